@@ -1,0 +1,72 @@
+"""Daemon settings. Precedence: command-line flags > QMDD_* environment > config file > defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from qmdd.paths import Paths, resolve_paths
+from qmdd.protocol import ErrorCode, QmddError
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: Paths = field(default_factory=resolve_paths)
+    log_level: str = "info"
+    max_file_bytes: int = 10 * 1024 * 1024
+    stem: bool = True
+    k1: float = 1.2
+    b: float = 0.75
+    index_batch_files: int = 512
+    """Files per SQLite transaction while indexing: bounds the work lost to a kill -9."""
+    shutdown_grace_s: float = 5.0
+    idle_exit_s: float = 0.0
+    """Exit after this many seconds without a client request (0: never)."""
+
+
+_TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _TUNABLES[name]
+    try:
+        if kind in ("bool", bool):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                return lowered in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"{source}: {name} = {value!r} is not a valid {kind}") from None
+
+
+def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    paths = resolve_paths(env)
+    values: dict[str, Any] = {}
+    if paths.config_file.is_file():
+        try:
+            data = tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: {exc}") from None
+        for key, value in data.get("daemon", data).items():
+            if key in _TUNABLES:
+                values[key] = _coerce(key, value, str(paths.config_file))
+            elif not isinstance(value, dict):
+                raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: unknown setting {key!r}")
+    for key in _TUNABLES:
+        env_value = env.get(f"QMDD_{key.upper()}")
+        if env_value is not None:
+            values[key] = _coerce(key, env_value, f"QMDD_{key.upper()}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    return replace(Config(paths=paths), **values)

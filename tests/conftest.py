@@ -1,0 +1,100 @@
+"""Shared fixtures: a private QMDD_HOME per test (short, for the socket path), a real daemon process,
+and helpers to run the real `qmdctl` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qmdctl.client import Client
+from qmdd.paths import Paths, resolve_paths
+
+
+@dataclass
+class Env:
+    home: Path
+    vars: dict[str, str]
+
+    @property
+    def paths(self) -> Paths:
+        return resolve_paths(self.vars)
+
+    def client(self) -> Client:
+        return Client(self.paths)
+
+    def run(self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 120
+            ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "qmdctl.main", *args], env=self.vars, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"qmdctl {' '.join(args)} exited {proc.returncode}\n"
+                                 f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
+        return proc
+
+    def json(self, *args: str, cwd: Path | None = None) -> Any:
+        return json.loads(self.run(*args, "--json", cwd=cwd).stdout)
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return int(self.paths.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop_daemon(self) -> None:
+        pid = self.daemon_pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    home = Path(tempfile.mkdtemp(prefix="qmdd-", dir="/tmp"))
+    variables = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "AGENT_", "XDG_"))}
+    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_LOG_LEVEL="debug")
+    e = Env(home, variables)
+    try:
+        yield e
+    finally:
+        e.stop_daemon()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    """A small markdown collection with headings, code and a nested folder."""
+    root = tmp_path / "notes"
+    (root / "projects").mkdir(parents=True)
+    (root / "alpha.md").write_text(
+        "# Alpha Project\n\nThe alpha project tracks gnome-screenshot packaging.\n\n"
+        "## Install\n\n```sh\napt install gnome-screenshot\n```\n\nMore text about cameras.\n")
+    (root / "beta.md").write_text("# Beta\n\nBeta notes about databases and SQLite WAL mode.\n")
+    (root / "projects" / "gamma.md").write_text(
+        "---\ntitle: Gamma Plan\n---\n\n# Gamma\n\nQuarterly plan: ship the daemon.\n\n" +
+        "\n".join(f"Line {i} of filler text." for i in range(1, 40)) + "\n")
+    (root / "chinese.md").write_text("# 笔记\n\n我们使用全文搜索引擎来查找文档。\n")
+    (root / "ignored.txt").write_text("not markdown: alpha\n")
+    return root
