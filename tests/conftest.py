@@ -32,7 +32,7 @@ class Env:
         return resolve_paths(self.vars)
 
     def client(self) -> Client:
-        return Client(self.paths)
+        return Client(self.paths, environ=self.vars)
 
     def run(self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 120
             ) -> subprocess.CompletedProcess[str]:

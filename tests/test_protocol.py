@@ -8,6 +8,7 @@ import struct
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from qmdd import framing
 from qmdd.protocol import ERRORS, MAX_FRAME_BYTES, ErrorCode, QmddError, unwrap_error, validate_params
@@ -88,7 +89,5 @@ def test_frame_reader_handles_split_frames_eof_and_truncation() -> None:
             await a.aclose()
             with pytest.raises(QmddError):
                 await reader.read_body()
-
-    import trio.testing  # noqa: F401  (registers trio.testing for the memory streams)
 
     trio.run(main)

@@ -1,0 +1,115 @@
+"""`qmdctl status`, `update` and `cleanup`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qmdctl.main import Invocation
+    from qmdctl.render import Output
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def status(inv: Invocation) -> int:
+    answer = inv.client.call("status")
+    inv.output.value(answer, lambda s: _status_text(inv.output, s))
+    return 0
+
+
+def _status_text(out: Output, s: dict[str, Any]) -> None:
+    state = out.style(s["state"], "green" if s["state"] == "ok" else "red")
+    out.line(f"{out.style('qmdd status', 'bold')}  {state}  pid {s['pid']}, up {s['uptime_s']:.0f}s, v{s['version']}")
+    out.line(f"Socket:  {s['socket']}\nData:    {s['data_dir']}  (log: {s['log_file']})")
+    sizes = s["index_bytes"]
+    out.line(f"Index:   {_size(sum(sizes.values()))}  (sqlite {_size(sizes['database'] + sizes['wal'])}, "
+             f"bm25 {_size(sizes['bm25_snapshot'])})")
+    out.line(f"\n{out.style('Collections', 'bold')} ({len(s['collections'])})")
+    for c in s["collections"]:
+        out.line(f"  {out.style(c['name'], 'cyan')} (qmd://{c['name']}/)  {c['documents']} files, "
+                 f"{c['chunks']} chunks")
+        out.line(f"    {c['root']}  masks: {', '.join(c['masks'])}")
+    out.line(f"\n{out.style('Actors', 'bold')}")
+    for name, a in s["actors"].items():
+        extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("status", "restarts", "queue_depth",
+                                                                          "last_crash", "last_error"))
+        out.line(f"  {name:<8} {a['status']:<10} restarts={a['restarts']} queue={a['queue_depth']}  {extra}")
+        if a.get("last_crash"):
+            out.line(out.style(f"           last crash: {a['last_crash']}", "red"))
+    rpc = s["rpc"]
+    out.line(f"\nRPC: {rpc['requests']} requests, {rpc['open_connections']} open connections, "
+             f"errors {rpc['errors'] or 0}")
+    if s["problems"]:
+        out.line(f"\n{out.style('Skipped files', 'yellow')} ({len(s['problems'])} shown)")
+        for p in s["problems"][:20]:
+            out.line(f"  qmd://{p['collection']}/{p['path']}: {p['code']}: {p['message']}")
+
+
+def progress_reporter(out: Output) -> tuple[Callable[[str, Any], None], Callable[[], None]]:
+    """A callback for streamed progress items, and a function to close the display."""
+    if out.fmt == "ndjson":
+        return (lambda kind, payload: out.record(kind, payload)), (lambda: None)
+    if out.fmt != "text" or not sys.stderr.isatty():
+        return (lambda kind, payload: None), (lambda: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   transient=True)
+    bar.start()
+    tasks: dict[str, Any] = {}
+
+    def on_item(kind: str, payload: Any) -> None:
+        if kind != "progress":
+            return
+        name = str(payload.get("collection"))
+        if name not in tasks:
+            tasks[name] = bar.add_task(f"indexing {name}", total=payload.get("total") or None)
+        bar.update(tasks[name], completed=payload.get("done", 0), total=payload.get("total") or None)
+
+    return on_item, bar.stop
+
+
+def print_summaries(out: Output, summaries: list[dict[str, Any]]) -> None:
+    def text(rows: list[dict[str, Any]]) -> None:
+        for s in rows:
+            out.line(f"{out.style(s['collection'], 'cyan')}: {s['files']} files, {s['indexed']} indexed, "
+                     f"{s['unchanged']} unchanged, {s['removed']} removed, {len(s['problems'])} skipped "
+                     f"in {s['seconds']:.2f}s")
+            for p in s["problems"][:10]:
+                out.line(out.style(f"  skipped {p['path']}: {p['code']}: {p['message']}", "yellow"))
+            if len(s["problems"]) > 10:
+                out.line(out.style(f"  … and {len(s['problems']) - 10} more (qmdctl status)", "yellow"))
+
+    if out.fmt == "ndjson":
+        for s in summaries:
+            out.record("result", s)
+    elif out.fmt in ("csv", "md", "files"):
+        out.table(summaries, ["collection", "files", "indexed", "unchanged", "removed", "seconds"])
+    else:
+        out.value(summaries, text)
+
+
+def update(inv: Invocation) -> int:
+    on_item, close = progress_reporter(inv.output)
+    try:
+        summaries = inv.client.call("update", {"collections": inv.args["collection"]}, on_item)
+    finally:
+        close()
+    print_summaries(inv.output, summaries)
+    return 0
+
+
+def cleanup(inv: Invocation) -> int:
+    answer = inv.client.call("cleanup")
+    inv.output.value(answer, lambda a: inv.output.line(
+        f"database {_size(a['database_bytes_before'])} → {_size(a['database_bytes_after'])}; "
+        f"bm25 repaired: +{a['bm25_repaired']['added']} -{a['bm25_repaired']['removed']} chunks"))
+    return 0

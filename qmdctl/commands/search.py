@@ -1,0 +1,102 @@
+"""`qmdctl search`: qmd's output shapes, so scripts written for `qmd search` work unchanged."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from qmdd.search.snippets import number_lines
+
+if TYPE_CHECKING:
+    from qmdctl.main import Invocation
+    from qmdctl.render import Output
+
+ALL_LIMIT = 100_000
+
+
+def search(inv: Invocation) -> int:
+    args = inv.args
+    fmt = inv.output.fmt
+    limit = args["limit"] or (ALL_LIMIT if args["all"] else (20 if fmt in ("json", "files") else 5))
+    params = {"query": " ".join(args["query"]), "limit": limit, "collections": args["collection"],
+              "path_prefix": args["path"], "min_score": args["min_score"], "explain": args["explain"],
+              "full": args["full"]}
+    answer = inv.client.call("search", params)
+    render_results(inv.output, answer["results"], params["query"], line_numbers=args["line_numbers"],
+                   full=args["full"], min_score=args["min_score"])
+    return 0
+
+
+def qmd_shape(result: dict[str, Any], line_numbers: bool, full: bool) -> dict[str, Any]:
+    """The JSON object `qmd search --json` prints for one hit (context only when there is one)."""
+    shaped: dict[str, Any] = {"docid": result["docid"], "score": result["score"], "file": result["file"],
+                              "line": result["line"], "title": result["title"]}
+    if result.get("context"):
+        shaped["context"] = result["context"]
+    if full:
+        text = number_lines(result["body"], 1) if line_numbers else result["body"]
+    else:
+        text = result["snippet"]
+        header, _, body = text.partition("\n")
+        if line_numbers and body:
+            text = header + "\n" + number_lines(body, _snippet_first_line(header))
+    shaped["body" if full else "snippet"] = text
+    if "explain" in result:
+        shaped["explain"] = result["explain"]
+    return shaped
+
+
+def _snippet_first_line(header: str) -> int:
+    """The start line in an `@@ -start,count @@` header."""
+    try:
+        return int(header.split("-", 1)[1].split(",", 1)[0])
+    except (IndexError, ValueError):
+        return 1
+
+
+def render_results(out: Output, results: list[dict[str, Any]], query: str, *, line_numbers: bool, full: bool,
+                   min_score: float) -> None:
+    shaped = [qmd_shape(r, line_numbers, full) for r in results]
+    if out.fmt == "json":
+        out.json(shaped)
+    elif out.fmt == "ndjson":
+        out.record("metadata", {"query": query, "count": len(shaped)})
+        for s in shaped:
+            out.record("result", s)
+    elif out.fmt == "csv":
+        out.csv(["docid", "score", "file", "title", "context", "line", "snippet"],
+                ([s["docid"], f"{s['score']:.4f}", s["file"], s["title"], s.get("context"), s["line"],
+                  s.get("body", s.get("snippet"))] for s in shaped))
+    elif out.fmt == "files":
+        for s in shaped:
+            ctx = f',"{s["context"].replace(chr(34), chr(34) * 2)}"' if s.get("context") else ""
+            out.line(f"{s['docid']},{s['score']:.2f},{s['file']}{ctx}")
+    elif out.fmt == "md":
+        for s in shaped:
+            out.line(f"---\n# {s['title'] or s['file']}\n**file:** `{s['file']}`\n**docid:** `{s['docid']}`")
+            if s.get("context"):
+                out.line(f"**context:** {s['context']}")
+            out.line(f"\n{s.get('body', s.get('snippet'))}\n")
+    else:
+        _render_text(out, shaped, min_score)
+
+
+def _render_text(out: Output, shaped: list[dict[str, Any]], min_score: float) -> None:
+    if not shaped:
+        out.line("No results found above minimum score threshold." if min_score > 0 else "No results found.")
+        return
+    for i, s in enumerate(shaped):
+        if i:
+            out.line()
+        out.line(f"{out.style(s['file'] + ':' + str(s['line']), 'cyan')} {out.style(s['docid'], 'dim')}")
+        if s["title"]:
+            out.line(f"Title: {out.style(s['title'], 'bold')}")
+        if s.get("context"):
+            out.line(f"Context: {s['context']}")
+        pct = round(s["score"] * 100)
+        colour = "green" if s["score"] >= 0.7 else "yellow" if s["score"] >= 0.4 else "dim"
+        out.line(f"Score: {out.style(f'{pct:>3}%', colour)}")
+        out.line()
+        out.line(s.get("body", s.get("snippet", "")))
+        if "explain" in s:
+            out.line(out.style("Explain: " + json.dumps(s["explain"], ensure_ascii=False), "dim"))

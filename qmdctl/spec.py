@@ -1,0 +1,132 @@
+"""Every qmdctl command, declared once as data.
+
+Two front ends are built from this table: a stdlib argparse parser for the hot commands (a search must
+not pay ~80 ms for importing typer) and the typer app for everything else and for `--help`. The same
+table will give each command's JSON Schema for agents. Stdlib only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["str", "int", "float", "flag", "list"]
+FORMATS = ("text", "json", "ndjson", "csv", "md", "files")
+
+
+@dataclass(frozen=True)
+class Opt:
+    name: str
+    flags: tuple[str, ...] = ()
+    """Empty for a positional argument."""
+    kind: Kind = "str"
+    default: Any = None
+    help: str = ""
+    nargs: str | None = None
+    """Positional only: None (exactly one), '?' (optional), '+' (one or more, joined or listed)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    path: tuple[str, ...]
+    help: str
+    runner: str
+    """'module:function' under qmdctl.commands, imported only when the command runs."""
+    opts: tuple[Opt, ...] = ()
+    hot: bool = False
+    aliases: tuple[str, ...] = ()
+    output: bool = True
+    """Takes the shared --format/--json/... output options."""
+
+
+OUTPUT_OPTS: tuple[Opt, ...] = (
+    Opt("format", ("--format",), "str", None, f"Output format: {', '.join(FORMATS)} (env AGENT_OUTPUT_FORMAT)."),
+    Opt("json", ("--json",), "flag", False, "Shorthand for --format json."),
+    Opt("ndjson", ("--ndjson",), "flag", False, "Shorthand for --format ndjson."),
+    Opt("csv", ("--csv",), "flag", False, "Shorthand for --format csv."),
+    Opt("md", ("--md",), "flag", False, "Shorthand for --format md."),
+    Opt("files", ("--files",), "flag", False, "Shorthand for --format files."),
+)
+
+_COLLECTION_FILTER = Opt("collection", ("-c", "--collection"), "list", None,
+                         "Restrict to this collection (repeatable).")
+
+COMMANDS: tuple[Command, ...] = (
+    Command(("search",), "Keyword (BM25) search over the indexed collections.", "search:search", (
+        Opt("query", (), "str", None, "The query (several words are OR-ed, ranked by BM25).", "+"),
+        Opt("limit", ("-n", "--limit"), "int", None, "Number of results (default 5; 20 for json/files)."),
+        _COLLECTION_FILTER,
+        Opt("path", ("--path",), "str", None, "Only documents below this path prefix in the collection."),
+        Opt("min_score", ("--min-score",), "float", 0.0, "Drop results scoring below this (0-1)."),
+        Opt("all", ("--all",), "flag", False, "Return every match (up to 100000)."),
+        Opt("full", ("--full",), "flag", False, "Print whole documents instead of snippets."),
+        Opt("line_numbers", ("--line-numbers",), "flag", False, "Number the snippet lines."),
+        Opt("explain", ("--explain",), "flag", False, "Show how each score was made."),
+    ), hot=True),
+    Command(("get",), "Print a document: path, qmd://collection/path or #docid, with :from:count.", "docs:get", (
+        Opt("target", (), "str", None, "FILE[:FROM[:COUNT]], qmd://collection/path or #docid."),
+        Opt("from_line", ("--from",), "int", None, "First line to print (1-based)."),
+        Opt("lines", ("-l", "--lines"), "int", None, "At most this many lines."),
+        Opt("no_line_numbers", ("--no-line-numbers",), "flag", False, "Print the text without line numbers."),
+        Opt("line_numbers", ("--line-numbers",), "flag", False, "Number lines (the default for text)."),
+    ), hot=True),
+    Command(("multi-get",), "Print several documents by glob or comma-separated list.", "docs:multi_get", (
+        Opt("patterns", (), "list", None, "Globs (e.g. 'notes/**/*.md') or comma-separated paths.", "+"),
+        Opt("lines", ("-l", "--lines"), "int", None, "At most this many lines per document."),
+        Opt("max_bytes", ("--max-bytes",), "int", 10 * 1024, "Skip documents larger than this."),
+        Opt("no_line_numbers", ("--no-line-numbers",), "flag", False, "Print the text without line numbers."),
+        Opt("line_numbers", ("--line-numbers",), "flag", False, "Number lines (the default for text)."),
+    ), hot=True),
+    Command(("ls",), "List collections, or the files of COLLECTION[/path].", "docs:ls", (
+        Opt("target", (), "str", None, "COLLECTION[/path] or qmd://collection/path.", "?"),
+    ), hot=True),
+    Command(("status",), "Show collections, index size, actor statistics and problems.", "admin:status", (),
+            hot=True),
+    Command(("update",), "Rescan collections and index what changed.", "admin:update", (
+        _COLLECTION_FILTER,
+    )),
+    Command(("cleanup",), "Compact the database and repair derived indexes.", "admin:cleanup", ()),
+    Command(("collection", "add"), "Add a folder as a collection and index it.", "collection:add", (
+        Opt("path", (), "str", ".", "The folder (default: current directory).", "?"),
+        Opt("name", ("--name",), "str", None, "Collection name (default: the folder's name)."),
+        Opt("mask", ("--mask",), "list", None, "Include glob (repeatable; default **/*.md)."),
+        Opt("exclude", ("--exclude",), "list", None, "Exclude pattern, gitignore style (repeatable)."),
+        Opt("no_update", ("--no-update",), "flag", False, "Register without indexing now."),
+    )),
+    Command(("collection", "list"), "List collections.", "collection:list_", (), aliases=("ls",)),
+    Command(("collection", "remove"), "Remove a collection and its index entries.", "collection:remove", (
+        Opt("name", (), "str", None, "Collection name."),
+    ), aliases=("rm",)),
+    Command(("collection", "rename"), "Rename a collection.", "collection:rename", (
+        Opt("old", (), "str", None, "Current name."),
+        Opt("new", (), "str", None, "New name."),
+    ), aliases=("mv",)),
+    Command(("context", "add"), "Describe a path; the text is returned with every hit below it.", "context:add", (
+        Opt("args", (), "list", None, "[TARGET] TEXT: TARGET is qmd://c/path, a folder, or / (global); "
+            "default: the current directory.", "+"),
+    )),
+    Command(("context", "list"), "List contexts.", "context:list_", ()),
+    Command(("context", "rm"), "Remove a context.", "context:remove", (
+        Opt("target", (), "str", None, "qmd://collection/path, a folder, or /."),
+    ), aliases=("remove",)),
+    Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", ()),
+    Command(("daemon", "stop"), "Stop the daemon gracefully.", "daemon:stop", ()),
+    Command(("daemon", "status"), "Is the daemon running? Where are its socket and log?", "daemon:status", ()),
+)
+
+GROUP_HELP = {
+    "collection": "Manage collections (named folders).",
+    "context": "Describe paths for agents and people.",
+    "daemon": "Control the background daemon.",
+}
+
+
+def find_command(argv: list[str]) -> tuple[Command, list[str]] | None:
+    """Match the leading words of argv to a command (or alias); returns it with the remaining args."""
+    for cmd in COMMANDS:
+        n = len(cmd.path)
+        if len(argv) < n or argv[: n - 1] != list(cmd.path[:-1]):
+            continue
+        if argv[n - 1] == cmd.path[-1] or argv[n - 1] in cmd.aliases:
+            return cmd, argv[n:]
+    return None

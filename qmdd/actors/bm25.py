@@ -1,0 +1,172 @@
+"""BM25 actor: owns the in-memory keyword index and its snapshot on disk.
+
+The index is derived data. On start it loads the snapshot (if its fingerprint matches this database
+and tokenizer) and then reconciles it with SQLite by chunk id: chunk ids are never reused and a chunk's
+text never changes under its id, so equal id sets mean equal indexes, and any difference (a crash
+between a SQLite commit and the next snapshot) is repaired by adding or removing just those chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import trio
+from pyroaring import BitMap
+
+from qmdd.actors.base import Actor, Handler
+from qmdd.protocol import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
+from qmdd.search.bm25index import BM25Index, ChunkHit, IndexedChunk, SnapshotError
+from qmdd.search.tokenize import Tokenizer, TokenizerConfig
+from qmdd.store import documents as docs
+from qmdd.store.db import connect
+from qmdd.store.documents import ChunkText
+
+log = logging.getLogger("qmdd.bm25")
+
+# Integer field weights (BM25F-style): a query word in a title or heading says more about a chunk
+# than the same word in passing.
+TITLE_WEIGHT = 3
+HEADING_WEIGHT = 2
+PATH_WEIGHT = 2
+
+
+def index_chunk(tokenizer: Tokenizer, chunk: ChunkText) -> IndexedChunk:
+    tf = tokenizer.count_terms(chunk.text)
+    length = sum(tf.values())
+    path = PurePosixPath(chunk.path)
+    # A heading that repeats the title (the usual `# Title` line) is boosted once, as the title.
+    headings = " ".join(h for h in chunk.heading if h != chunk.title)
+    for weight, text in ((TITLE_WEIGHT, chunk.title), (HEADING_WEIGHT, headings),
+                         (PATH_WEIGHT, " ".join((*path.parent.parts, path.stem)))):
+        for term, count in tokenizer.count_terms(text).items():
+            tf[term] = tf.get(term, 0) + weight * count
+    return IndexedChunk(chunk.chunk_id, chunk.doc_id, chunk.collection_id, tf, length)
+
+
+class Bm25Actor(Actor):
+    name = "bm25"
+
+    def __init__(self, database: Path, snapshot: Path, database_id: str, *, stem: bool = True,
+                 k1: float = 1.3, b: float = 0.55) -> None:
+        super().__init__()
+        self._database = database
+        self._snapshot = snapshot
+        self._tokenizer = Tokenizer(TokenizerConfig(stem=stem))
+        self._meta = {"database_id": database_id, "tokenizer": self._tokenizer.fingerprint,
+                      "k1": repr(k1), "b": repr(b)}
+        self._k1, self._b = k1, b
+        self.index = BM25Index(k1=k1, b=b)
+        self._conn: sqlite3.Connection | None = None
+        self._cpu = trio.CapacityLimiter(1)
+        self._dirty = False
+        self.loaded_from = "empty"
+        self.queries = 0
+
+    def handlers(self) -> dict[type, Handler]:
+        return {ApplyChunks: self._apply, Bm25Query: self._query, SaveSnapshot: self._save,
+                VerifyIndex: self._verify}
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "setup() opens the connection"
+        return self._conn
+
+    async def setup(self) -> None:
+        self._conn = connect(self._database)
+        started = time.monotonic()
+        await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
+        await self._verify(VerifyIndex())
+        log.info("bm25 ready: %s, %d chunks in %.2fs", self.loaded_from, len(self.index.chunk_ids()),
+                 time.monotonic() - started)
+
+    async def teardown(self) -> None:
+        if self._conn is not None:
+            if self._dirty:
+                await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+            self._conn.close()
+            self._conn = None
+
+    def extra_statistics(self) -> dict[str, Any]:
+        return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
+                **self.index.statistics()}
+
+    def _load_snapshot(self) -> None:
+        if not self._snapshot.exists():
+            return
+        try:
+            index, meta = BM25Index.load(self._snapshot)
+        except SnapshotError as exc:
+            log.warning("bm25 snapshot unusable (%s); rebuilding from SQLite", exc)
+            self.loaded_from = "rebuilt"
+            return
+        if meta != self._meta:
+            log.info("bm25 snapshot was made with other settings; rebuilding from SQLite")
+            self.loaded_from = "rebuilt"
+            return
+        self.index = index
+        self.loaded_from = "snapshot"
+
+    def _write_snapshot(self) -> None:
+        self.index.save(self._snapshot, self._meta)
+        self._dirty = False
+
+    def _add(self, chunks: Iterable[ChunkText]) -> None:
+        self.index.add([index_chunk(self._tokenizer, c) for c in chunks])
+
+    def _reconcile(self) -> tuple[int, int]:
+        truth = BitMap(docs.all_chunk_ids(self.conn))
+        have = self.index.chunk_ids()
+        extra = have - truth
+        missing = truth - have
+        if extra:
+            self.index.remove(extra)
+        missing_ids = list(missing)
+        for start in range(0, len(missing_ids), 5000):
+            self._add(docs.chunk_texts(self.conn, missing_ids[start:start + 5000]))
+        return len(missing), len(extra)
+
+    async def _verify(self, _: VerifyIndex) -> dict[str, int]:
+        added, removed = await trio.to_thread.run_sync(self._reconcile, limiter=self._cpu)
+        if added or removed:
+            self._dirty = True
+            log.info("bm25 reconciled with SQLite: +%d -%d chunks", added, removed)
+            await self._save(SaveSnapshot())
+        return {"added": added, "removed": removed}
+
+    def _apply_sync(self, message: ApplyChunks) -> None:
+        if message.removed:
+            self.index.remove(message.removed)
+        for start in range(0, len(message.added), 2000):
+            self._add(docs.chunk_texts(self.conn, message.added[start:start + 2000]))
+
+    async def _apply(self, message: ApplyChunks) -> None:
+        await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)
+        self._dirty = True
+
+    async def _save(self, message: SaveSnapshot) -> bool:
+        if not (self._dirty or message.force):
+            return False
+        await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+        return True
+
+    def _search_sync(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
+        weighted = self._tokenizer.weighted_query_terms(message.text)
+        terms = list(weighted)
+        if not terms:
+            return terms, []
+        allowed = message.allowed
+        if message.collection_ids is not None:
+            in_collections = BitMap.union(BitMap(), *(self.index.collection_chunks(cid)
+                                                      for cid in message.collection_ids))
+            allowed = in_collections if allowed is None else allowed & in_collections
+        return terms, self.index.search(terms, limit=message.limit, allowed=allowed, explain=message.explain,
+                                        term_weights=[float(w) for w in weighted.values()])
+
+    async def _query(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
+        self.queries += 1
+        return await trio.to_thread.run_sync(self._search_sync, message, limiter=self._cpu)

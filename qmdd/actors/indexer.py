@@ -1,0 +1,196 @@
+"""Indexer actor: the single writer of SQLite. Scans collections and manages collections and contexts.
+
+Scans run in a worker thread; every committed batch is announced to the BM25 actor, and a scan ends
+with a snapshot request to it, which doubles as a barrier: when `update` returns, what it indexed is
+searchable and persisted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from qmdd.actors.base import Actor, Handler, Mailbox
+from qmdd.chunking import ChunkerConfig
+from qmdd.indexing import ScanSummary, scan_collection
+from qmdd.protocol import (
+    AddCollection,
+    ApplyChunks,
+    Cleanup,
+    ErrorCode,
+    QmddError,
+    RemoveCollection,
+    RenameCollection,
+    SaveSnapshot,
+    ScanCollections,
+    SetContext,
+    VerifyIndex,
+)
+from qmdd.store import documents as docs
+from qmdd.store.db import connect
+from qmdd.walk import DEFAULT_MASKS
+
+log = logging.getLogger("qmdd.indexer")
+
+_NAME = re.compile(r"^[^/\\\x00-\x1f#.][^/\\\x00-\x1f]{0,99}$")
+
+
+def check_collection_name(name: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise QmddError(ErrorCode.INVALID_INPUT,
+                        f"invalid collection name {name!r}: 1-100 characters, no '/', not starting with '.' or '#'")
+    return name
+
+
+class IndexerActor(Actor):
+    name = "indexer"
+
+    def __init__(self, database: Path, bm25: Mailbox, *, max_file_bytes: int, batch_files: int,
+                 chunker: ChunkerConfig | None = None) -> None:
+        super().__init__()
+        self._database = database
+        self._bm25 = bm25
+        self._max_file_bytes = max_file_bytes
+        self._batch_files = batch_files
+        self._chunker = chunker or ChunkerConfig()
+        self._conn: sqlite3.Connection | None = None
+        self._writer = trio.CapacityLimiter(1)
+        self.scans = 0
+        self.files_indexed = 0
+        self.current: str | None = None
+
+    def handlers(self) -> dict[type, Handler]:
+        return {ScanCollections: self._scan, AddCollection: self._add, RemoveCollection: self._remove,
+                RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup}
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "setup() opens the connection"
+        return self._conn
+
+    async def setup(self) -> None:
+        self._conn = connect(self._database)
+
+    async def teardown(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def extra_statistics(self) -> dict[str, Any]:
+        return {"scans": self.scans, "files_indexed": self.files_indexed, "scanning": self.current}
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
+
+    async def _scan(self, message: ScanCollections) -> list[dict[str, object]]:
+        collections = docs.list_collections(self.conn)
+        if message.names:
+            known = {c.name for c in collections}
+            for name in message.names:
+                if name not in known:
+                    raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
+            collections = [c for c in collections if c.name in message.names]
+        progress = message.progress
+        bm25 = self._bm25
+        summaries: list[ScanSummary] = []
+
+        def on_batch(added: list[int], removed: list[int]) -> None:
+            trio.from_thread.run(bm25.call, ApplyChunks(added, removed))
+
+        def on_progress(event: dict[str, object]) -> None:
+            if progress is not None:
+                trio.from_thread.run_sync(_offer, progress, event)
+
+        for collection in collections:
+            if not await trio.Path(collection.root).is_dir():
+                raise QmddError(ErrorCode.PATH_NOT_FOUND,
+                                f"root of collection {collection.name!r} is missing: {collection.root}",
+                                hints=("Reconnect the disk, or remove the collection.",))
+            self.current = collection.name
+            try:
+                summary = await self._write(lambda c=collection: scan_collection(
+                    self.conn, c, max_file_bytes=self._max_file_bytes, batch_files=self._batch_files,
+                    chunker=self._chunker, on_batch=on_batch, on_progress=on_progress,
+                    checkpoint=trio.from_thread.check_cancelled))
+            finally:
+                self.current = None
+            self.scans += 1
+            self.files_indexed += summary.indexed
+            summaries.append(summary)
+            log.info("scanned %s: %d files, %d indexed, %d removed, %d problems in %.2fs", collection.name,
+                     summary.files, summary.indexed, summary.removed, len(summary.problems), summary.seconds)
+        await self._bm25.call(SaveSnapshot())
+        return [s.to_wire() for s in summaries]
+
+    async def _add(self, message: AddCollection) -> dict[str, object]:
+        name = check_collection_name(message.name)
+        existing = [(c.name, c.root) for c in docs.list_collections(self.conn)]
+        root = await trio.to_thread.run_sync(check_new_root, message.path, existing)
+        masks = message.masks or list(DEFAULT_MASKS)
+        row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes)
+        return {"name": row.name, "root": row.root, "masks": list(row.masks), "excludes": list(row.excludes)}
+
+    async def _remove(self, message: RemoveCollection) -> dict[str, object]:
+        removed = await self._write(docs.remove_collection, self.conn, message.name)
+        if removed:
+            await self._bm25.call(ApplyChunks([], removed))
+        await self._bm25.call(SaveSnapshot())
+        return {"name": message.name, "chunks_removed": len(removed)}
+
+    async def _rename(self, message: RenameCollection) -> dict[str, object]:
+        row = await self._write(docs.rename_collection, self.conn, message.old,
+                                check_collection_name(message.new))
+        return {"name": row.name, "root": row.root}
+
+    async def _context(self, message: SetContext) -> bool:
+        collection_id = None
+        if message.collection is not None:
+            collection_id = docs.collection_by_name(self.conn, message.collection).id
+        if message.text is None:
+            removed: bool = await self._write(docs.remove_context, self.conn, collection_id, message.prefix)
+            if not removed:
+                raise QmddError(ErrorCode.NOT_FOUND, f"no context set for {message.prefix or '/'}")
+            return removed
+        await self._write(docs.set_context, self.conn, collection_id, message.prefix, message.text)
+        return True
+
+    async def _cleanup(self, _: Cleanup) -> dict[str, object]:
+        def vacuum() -> tuple[int, int]:
+            before = self._database.stat().st_size
+            self.conn.execute("DELETE FROM problems WHERE collection_id NOT IN (SELECT id FROM collections)")
+            self.conn.execute("VACUUM")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return before, self._database.stat().st_size
+
+        before, after = await self._write(vacuum)
+        repaired = await self._bm25.call(VerifyIndex())
+        await self._bm25.call(SaveSnapshot(force=True))
+        return {"database_bytes_before": before, "database_bytes_after": after, "bm25_repaired": repaired}
+
+
+def _offer(channel: trio.MemorySendChannel[dict[str, object]], event: dict[str, object]) -> None:
+    # Progress is advisory: a slow or vanished listener must never stall indexing.
+    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        channel.send_nowait(event)
+
+
+def check_new_root(path: str, existing: list[tuple[str, str]]) -> Path:
+    """Validate a new collection root against the filesystem and the other collections' roots."""
+    root = Path(path).expanduser()
+    if not root.is_absolute():
+        raise QmddError(ErrorCode.INVALID_INPUT, f"collection path must be absolute: {path}")
+    if not root.is_dir():
+        raise QmddError(ErrorCode.PATH_NOT_FOUND, f"not a directory: {root}")
+    root = root.resolve()
+    for name, other in existing:
+        other_root = Path(other)
+        if root == other_root or root.is_relative_to(other_root) or other_root.is_relative_to(root):
+            raise QmddError(ErrorCode.COLLECTION_OVERLAP, f"{root} overlaps collection {name!r} at {other}")
+    return root

@@ -1,0 +1,317 @@
+"""The daemon's RPC methods. Writes go to the indexer actor, searches to the BM25 actor by message;
+reads of documents happen here, always confined to indexed roots."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from qmdd import __version__
+from qmdd.actors.base import Mailbox
+from qmdd.config import Config
+from qmdd.protocol import (
+    AddCollection,
+    Cleanup,
+    ErrorCode,
+    QmddError,
+    RemoveCollection,
+    RenameCollection,
+    ScanCollections,
+    SetContext,
+)
+from qmdd.rpc import Call, MethodHandler
+from qmdd.search.pipeline import ContextIndex, SearchRequest, keyword_search
+from qmdd.search.targets import docid_prefix, glob_to_regex, is_glob, resolve_target, split_line_suffix
+from qmdd.search.tokenize import Tokenizer, TokenizerConfig
+from qmdd.store import documents as docs
+from qmdd.store.documents import DocRow
+from qmdd.supervisor import Supervisor
+from qmdd.walk import resolve_inside
+
+READ_LIMITER_TOKENS = 4
+
+
+@dataclass
+class Services:
+    config: Config
+    reader: sqlite3.Connection
+    indexer: Mailbox
+    bm25: Mailbox
+    supervisor: Supervisor
+    rpc_statistics: Callable[[], dict[str, Any]]
+    shutdown: trio.Event
+    started_at: float
+    files: trio.CapacityLimiter
+    tokenizer: Tokenizer
+
+
+def make_services(config: Config, reader: sqlite3.Connection, indexer: Mailbox, bm25: Mailbox,
+                  supervisor: Supervisor, rpc_statistics: Callable[[], dict[str, Any]],
+                  shutdown: trio.Event) -> Services:
+    return Services(config, reader, indexer, bm25, supervisor, rpc_statistics, shutdown, time.time(),
+                    trio.CapacityLimiter(READ_LIMITER_TOKENS), Tokenizer(TokenizerConfig(stem=config.stem)))
+
+
+def read_text(doc: DocRow) -> str:
+    """Read a document from disk, never outside its collection root."""
+    try:
+        path = resolve_inside(Path(doc.root), doc.path)
+    except ValueError as exc:
+        raise QmddError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise QmddError(ErrorCode.NOT_FOUND, f"{doc.uri} was deleted since it was indexed",
+                        hints=("Run `qmdctl update`.",)) from None
+    except OSError as exc:
+        raise QmddError(ErrorCode.FILE_UNREADABLE, f"{doc.uri}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff").replace("\r\n", "\n")
+    except UnicodeDecodeError:
+        raise QmddError(ErrorCode.FILE_UNREADABLE, f"{doc.uri} is no longer valid UTF-8") from None
+
+
+def slice_lines(text: str, from_line: int | None, max_lines: int | None) -> tuple[str, int, int]:
+    """(body, first line number, lines left after the slice)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    start = max(from_line or 1, 1)
+    end = len(lines) if max_lines is None else min(len(lines), start - 1 + max(max_lines, 0))
+    return "\n".join(lines[start - 1:end]), start, max(len(lines) - end, 0)
+
+
+class Api:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def methods(self) -> dict[str, MethodHandler]:
+        return {
+            "ping": self.ping, "status": self.status, "shutdown": self.shutdown,
+            "collection.add": self.collection_add, "collection.list": self.collection_list,
+            "collection.remove": self.collection_remove, "collection.rename": self.collection_rename,
+            "update": self.update, "search": self.search, "get": self.get, "multi_get": self.multi_get,
+            "ls": self.ls, "context.add": self.context_add, "context.list": self.context_list,
+            "context.remove": self.context_remove, "cleanup": self.cleanup,
+        }
+
+    async def ping(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        return {"pong": True, "pid": os.getpid(), "version": __version__}
+
+    async def shutdown(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        self.s.shutdown.set()
+        return {"stopping": True, "pid": os.getpid()}
+
+    # --- collections -----------------------------------------------------------------------------
+
+    async def collection_add(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        added = await self.s.indexer.call(AddCollection(params["path"], params["name"], params["masks"] or [],
+                                                        params["excludes"] or []))
+        if params["update"]:
+            added["update"] = await self._scan([added["name"]], call)
+        return added
+
+    async def collection_list(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
+        counts = docs.counts(self.s.reader)
+        return [{"name": c.name, "root": c.root, "masks": list(c.masks), "excludes": list(c.excludes),
+                 "documents": counts.get(c.id, (0, 0))[0], "chunks": counts.get(c.id, (0, 0))[1],
+                 "updated_at": c.updated_at, "uri": f"qmd://{c.name}/"}
+                for c in docs.list_collections(self.s.reader)]
+
+    async def collection_remove(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        result: dict[str, Any] = await self.s.indexer.call(RemoveCollection(params["name"]))
+        return result
+
+    async def collection_rename(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        result: dict[str, Any] = await self.s.indexer.call(RenameCollection(params["old"], params["new"]))
+        return result
+
+    async def update(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
+        return await self._scan(params["collections"], call)
+
+    async def _scan(self, names: list[str] | None, call: Call) -> list[dict[str, Any]]:
+        send, receive = trio.open_memory_channel[dict[str, object]](256)
+        summaries: list[dict[str, Any]] = []
+
+        async def forward() -> None:
+            async with receive:
+                async for event in receive:
+                    await call.emit("progress", event)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward)
+            async with send:
+                summaries = await self.s.indexer.call(ScanCollections(names, progress=send))
+        return summaries
+
+    # --- search and documents --------------------------------------------------------------------
+
+    async def search(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        request = SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
+                                path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
+                                explain=params["explain"], full=params["full"],
+                                snippet_lines=params["snippet_lines"])
+        answer = await keyword_search(self.s.reader, self.s.bm25, self.s.tokenizer, request)
+        if request.full:
+            for result in answer["results"]:
+                doc = self._find_document(result["file"], None)
+                result["body"] = await trio.to_thread.run_sync(read_text, doc, limiter=self.s.files)
+        return answer
+
+    def _find_document(self, target: str, cwd: str | None) -> DocRow:
+        conn = self.s.reader
+        prefix = docid_prefix(target)
+        if prefix:
+            found = docs.find_docs(conn, "substr(d.hash, 1, ?) = ?", [len(prefix), prefix], limit=2)
+            if not found:
+                raise QmddError(ErrorCode.NOT_FOUND, f"no document with docid #{prefix}")
+            return found[0]
+        resolved = resolve_target(target, docs.list_collections(conn), cwd)
+        if resolved.collection is not None:
+            found = docs.find_docs(conn, "d.collection_id = ? AND d.path = ?",
+                                   [resolved.collection.id, resolved.path], limit=1)
+            if found:
+                return found[0]
+        # Last resort, as qmd does: a unique path suffix anywhere (e.g. just the file name).
+        suffix = (resolved.path if resolved.collection else target).strip("/")
+        if suffix:
+            found = docs.find_docs(conn, "(d.path = ? OR d.path LIKE ? ESCAPE '\\')",
+                                   [suffix, "%/" + suffix.replace("%", "\\%").replace("_", "\\_")], limit=6)
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise QmddError(ErrorCode.NOT_FOUND, f"{target!r} is ambiguous",
+                                hints=("Name it as qmd://collection/path.",),
+                                details={"candidates": [d.uri for d in found]})
+        raise QmddError(ErrorCode.NOT_FOUND, f"no indexed document matches {target!r}")
+
+    async def get(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        target, from_line, count = split_line_suffix(params["target"])
+        from_line = params["from_line"] if params["from_line"] is not None else from_line
+        count = params["max_lines"] if params["max_lines"] is not None else count
+        doc = self._find_document(target, params["cwd"])
+        text = await trio.to_thread.run_sync(read_text, doc, limiter=self.s.files)
+        body, first, remaining = slice_lines(text, from_line, count)
+        context = ContextIndex(docs.list_contexts(self.s.reader)).for_path(doc.collection_id, doc.path)
+        return {"file": doc.uri, "docid": doc.docid, "title": doc.title, "context": context,
+                "collection": doc.collection, "path": doc.path, "from_line": first,
+                "lines_after": remaining, "body": body}
+
+    async def multi_get(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        conn = self.s.reader
+        everything = docs.find_docs(conn, "1", [], limit=10_000_000)
+        wanted: list[DocRow] = []
+        seen: set[int] = set()
+        for pattern in params["patterns"]:
+            for part in ([pattern] if is_glob(pattern) else [p for p in pattern.split(",") if p.strip()]):
+                if is_glob(part):
+                    regex = glob_to_regex(part.strip())
+                    matches = [d for d in everything if regex.match(d.uri) or regex.match(d.path)
+                               or regex.match(f"{d.collection}/{d.path}")]
+                else:
+                    matches = [self._find_document(part.strip(), params["cwd"])]
+                for d in matches:
+                    if d.id not in seen:
+                        seen.add(d.id)
+                        wanted.append(d)
+        contexts = ContextIndex(docs.list_contexts(conn))
+        sent = skipped = 0
+        for doc in wanted:
+            entry: dict[str, Any] = {"file": doc.uri, "docid": doc.docid, "title": doc.title,
+                                     "context": contexts.for_path(doc.collection_id, doc.path)}
+            if doc.size > params["max_bytes"]:
+                entry.update(skipped=True, reason=f"File too large ({doc.size // 1024}KB > "
+                             f"{params['max_bytes'] // 1024}KB). Use 'qmdctl get {doc.uri}' to retrieve.")
+                skipped += 1
+            else:
+                try:
+                    text = await trio.to_thread.run_sync(read_text, doc, limiter=self.s.files)
+                except QmddError as exc:
+                    entry.update(skipped=True, reason=exc.message)
+                    skipped += 1
+                else:
+                    body, _, remaining = slice_lines(text, None, params["max_lines"])
+                    if remaining and params["max_lines"] is not None:
+                        body += f"\n\n[... truncated {remaining} more lines]"
+                    entry["body"] = body
+                    sent += 1
+            await call.emit("result", entry)
+        if not wanted:
+            raise QmddError(ErrorCode.NOT_FOUND, f"nothing matches {', '.join(params['patterns'])}")
+        return {"documents": sent, "skipped": skipped}
+
+    async def ls(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        conn = self.s.reader
+        if not params["target"]:
+            return {"collections": await self.collection_list(params, call)}
+        resolved = resolve_target(params["target"], docs.list_collections(conn), params["cwd"])
+        if resolved.collection is None:
+            raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"{params['target']!r} is not in any collection")
+        prefix = resolved.path.strip("/")
+        found = docs.find_docs(conn, "d.collection_id = ? AND (? = '' OR d.path = ? OR substr(d.path, 1, ?) = ?)",
+                               [resolved.collection.id, prefix, prefix, len(prefix) + 1, prefix + "/"],
+                               limit=1_000_000)
+        return {"collection": resolved.collection.name, "prefix": prefix,
+                "files": [{"file": d.uri, "path": d.path, "size": d.size, "mtime": d.mtime_ns / 1e9,
+                           "docid": d.docid, "title": d.title} for d in found]}
+
+    # --- contexts --------------------------------------------------------------------------------
+
+    def _context_target(self, params: dict[str, Any]) -> tuple[str | None, str]:
+        target = params["target"].strip()
+        if target in ("/", "qmd://", ""):
+            return None, ""
+        resolved = resolve_target(target, docs.list_collections(self.s.reader), params["cwd"])
+        if resolved.collection is None:
+            raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"{target!r} is not inside any collection",
+                            hints=("Use qmd://collection/path, or a path inside a collection root; "
+                                   "'/' sets the global context.",))
+        return resolved.collection.name, resolved.path.strip("/")
+
+    async def context_add(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        collection, prefix = self._context_target(params)
+        if not params["text"].strip():
+            raise QmddError(ErrorCode.INVALID_INPUT, "the context text is empty")
+        await self.s.indexer.call(SetContext(collection, prefix, params["text"].strip()))
+        return {"target": _context_uri(collection, prefix), "text": params["text"].strip()}
+
+    async def context_remove(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        collection, prefix = self._context_target(params)
+        await self.s.indexer.call(SetContext(collection, prefix, None))
+        return {"target": _context_uri(collection, prefix), "removed": True}
+
+    async def context_list(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
+        return [{"target": _context_uri(name, prefix), "collection": name, "path": prefix, "text": text}
+                for name, _, prefix, text in docs.list_contexts(self.s.reader)]
+
+    # --- maintenance -----------------------------------------------------------------------------
+
+    async def cleanup(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        result: dict[str, Any] = await self.s.indexer.call(Cleanup())
+        return result
+
+    async def status(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        paths = self.s.config.paths
+        sizes = {name: (p.stat().st_size if p.exists() else 0) for name, p in (
+            ("database", paths.database), ("wal", paths.database.with_name(paths.database.name + "-wal")),
+            ("bm25_snapshot", paths.bm25_snapshot))}
+        return {
+            "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.s.started_at, 1),
+            "state": "degraded" if self.s.supervisor.degraded else "ok",
+            "socket": str(paths.socket), "data_dir": str(paths.data_dir), "log_file": str(paths.log_file),
+            "config_file": str(paths.config_file),
+            "index_bytes": sizes, "collections": await self.collection_list(params, call),
+            "actors": self.s.supervisor.statistics(), "rpc": self.s.rpc_statistics(),
+            "problems": docs.list_problems(self.s.reader),
+        }
+
+
+def _context_uri(collection: str | None, prefix: str) -> str:
+    return "/" if collection is None else f"qmd://{collection}/{prefix}"

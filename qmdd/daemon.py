@@ -1,0 +1,112 @@
+"""The only place that wires actors together and hands out their mailboxes.
+
+Start order: instance lock → socket bound (clients queue in the backlog) → SQLite migrated → actors
+started under the supervisor (BM25 reconciles with SQLite) → accept loop → READY. Shutdown on
+SIGTERM/SIGINT or the `shutdown` method: stop accepting, let in-flight requests finish within the
+grace period, stop actors (BM25 writes its snapshot), close the store, remove the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import uuid
+from collections.abc import Callable
+from functools import partial
+
+import trio
+
+from qmdd import __version__, listener
+from qmdd.actors.base import Mailbox
+from qmdd.actors.bm25 import Bm25Actor
+from qmdd.actors.indexer import IndexerActor
+from qmdd.api import Api, make_services
+from qmdd.config import Config
+from qmdd.paths import ensure_private_dir
+from qmdd.rpc import RpcServer
+from qmdd.store.db import connect, open_database, transaction
+from qmdd.supervisor import Supervisor
+
+log = logging.getLogger("qmdd.daemon")
+
+
+def database_id(conn: sqlite3.Connection) -> str:
+    """A random id born with the database: a BM25 snapshot from another database never loads."""
+    with transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
+    row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+    return str(row[0])
+
+
+async def _watch_signals(shutdown: trio.Event, cancel: Callable[[], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if shutdown.is_set():
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                cancel()
+                return
+            log.info("%s received: shutting down", signal.Signals(signum).name)
+            shutdown.set()
+
+
+async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    paths = config.paths
+    ensure_private_dir(paths.data_dir)
+    with listener.instance_lock(paths):
+        sock = listener.bind_socket(paths)
+        try:
+            await _serve(config, sock, task_status)
+        finally:
+            listener.remove_socket(paths)
+            sock.close()
+            paths.pid_file.unlink(missing_ok=True)
+    log.info("qmdd stopped")
+
+
+async def _serve(config: Config, sock: object, task_status: trio.TaskStatus[None]) -> None:
+    paths = config.paths
+    setup_conn = await trio.to_thread.run_sync(open_database, paths.database)
+    try:
+        db_id = database_id(setup_conn)
+    finally:
+        setup_conn.close()
+    reader = connect(paths.database)
+    shutdown = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope.cancel)
+            supervisor = Supervisor(nursery)
+            bm25 = Mailbox("bm25")
+            indexer = Mailbox("indexer")
+            await supervisor.start_actor(bm25, lambda: Bm25Actor(
+                paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
+            await supervisor.start_actor(indexer, lambda: IndexerActor(
+                paths.database, bm25, max_file_bytes=config.max_file_bytes, batch_files=config.index_batch_files))
+            rpc: RpcServer | None = None
+            services = make_services(config, reader, indexer, bm25, supervisor,
+                                     lambda: rpc.statistics() if rpc else {}, shutdown)
+            rpc = RpcServer(Api(services).methods(), {"server": f"qmdd/{__version__}", "pid": os.getpid()})
+            server = listener.trio_listener(sock)  # type: ignore[arg-type]
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    await accepting.start(partial(trio.serve_listeners, rpc.handle_connection, [server],
+                                                  handler_nursery=connections))
+                    paths.pid_file.write_text(f"{os.getpid()}\n")
+                    log.info("qmdd %s ready on %s (pid %d)", __version__, paths.socket, os.getpid())
+                    task_status.started()
+                    await shutdown.wait()
+                    accepting.cancel_scope.cancel()
+                await server.aclose()
+                log.info("stopping: no new connections; %d request(s) in flight", rpc.stats.in_flight)
+                with trio.move_on_after(config.shutdown_grace_s):
+                    await rpc.idle.wait()
+                connections.cancel_scope.cancel()
+            for mailbox in (indexer, bm25):
+                mailbox.send_channel.close()
+            with trio.move_on_after(config.shutdown_grace_s):
+                await supervisor.wait_ended()
+            nursery.cancel_scope.cancel()
+    finally:
+        reader.close()

@@ -1,0 +1,133 @@
+"""One collection scan: walk, diff against SQLite by mtime+size, hash, chunk, write in batches.
+
+Runs in a worker thread (blocking I/O and CPU). Each batch is one SQLite transaction that replaces
+whole documents, so a kill -9 at any moment leaves every document either fully old or fully new;
+the next scan picks up where this one stopped because unfinished files still differ by stat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from qmdd.chunking import ChunkerConfig, chunk_markdown, extract_title
+from qmdd.store import documents as docs
+from qmdd.store.documents import CollectionRow, ParsedFile
+from qmdd.walk import FileStat, WalkConfig, walk_collection
+
+BatchSink = Callable[[list[int], list[int]], None]
+ProgressSink = Callable[[dict[str, object]], None]
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str
+    code: str
+    message: str
+
+
+@dataclass
+class ScanSummary:
+    collection: str
+    files: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    problems: list[FileProblem] = field(default_factory=list)
+    chunks_added: int = 0
+    seconds: float = 0.0
+
+    def to_wire(self) -> dict[str, object]:
+        return {"collection": self.collection, "files": self.files, "indexed": self.indexed,
+                "unchanged": self.unchanged, "removed": self.removed, "chunks_added": self.chunks_added,
+                "problems": [{"path": p.path, "code": p.code, "message": p.message} for p in self.problems],
+                "seconds": round(self.seconds, 3)}
+
+
+def read_document(root: Path, st: FileStat, chunker: ChunkerConfig) -> ParsedFile | FileProblem | None:
+    """Read, hash and chunk one file. None when it vanished since the walk."""
+    try:
+        data = (root / st.relpath).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return FileProblem(st.relpath, "unreadable", exc.strerror or str(exc))
+    if b"\x00" in data[:8192]:
+        return FileProblem(st.relpath, "binary", "looks like a binary file (NUL bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return FileProblem(st.relpath, "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    chunks = chunk_markdown(text, chunker)
+    return ParsedFile(
+        path=st.relpath, size=len(data), mtime_ns=st.mtime_ns,
+        hash=hashlib.sha256(data).hexdigest(),
+        title=extract_title(text, PurePosixPath(st.relpath).stem),
+        lines=text.count("\n") + (0 if text.endswith("\n") or not text else 1),
+        chunks=chunks,
+        chunk_hashes=[hashlib.sha256(c.text.encode()).hexdigest() for c in chunks])
+
+
+def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, *, max_file_bytes: int,
+                    batch_files: int, chunker: ChunkerConfig, on_batch: BatchSink,
+                    on_progress: ProgressSink, checkpoint: Callable[[], None] = lambda: None) -> ScanSummary:
+    """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation)."""
+    started = time.monotonic()
+    summary = ScanSummary(collection.name)
+    root = Path(collection.root)
+    walk = walk_collection(root, WalkConfig(masks=collection.masks, excludes=collection.excludes,
+                                            max_file_bytes=max_file_bytes))
+    summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
+    summary.files = len(walk.files)
+    states = docs.doc_states(conn, collection.id)
+    seen = {f.relpath for f in walk.files}
+    pending_removals = [path for path in states if path not in seen]
+    candidates = [f for f in walk.files
+                  if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]
+    summary.unchanged = summary.files - len(candidates)
+
+    parsed: list[ParsedFile] = []
+    touched: list[tuple[str, int, int]] = []
+
+    def flush() -> None:
+        added, removed = docs.write_batch(conn, collection.id, parsed, touched, pending_removals)
+        summary.chunks_added += len(added)
+        summary.removed += len(pending_removals)
+        if added or removed:
+            on_batch(added, removed)
+        parsed.clear()
+        touched.clear()
+        pending_removals.clear()
+
+    done = 0
+    for st in candidates:
+        checkpoint()
+        old = states.get(st.relpath)
+        result = read_document(root, st, chunker)
+        if result is None:
+            if old is not None:
+                pending_removals.append(st.relpath)
+        elif isinstance(result, FileProblem):
+            summary.problems.append(result)
+            if old is not None:  # never keep serving content we can no longer read
+                pending_removals.append(st.relpath)
+        elif old is not None and old.hash == result.hash:
+            touched.append((st.relpath, st.size, st.mtime_ns))
+            summary.unchanged += 1
+        else:
+            parsed.append(result)
+            summary.indexed += 1
+        done += 1
+        if len(parsed) + len(touched) + len(pending_removals) >= batch_files:
+            flush()
+            on_progress({"collection": collection.name, "done": done, "total": len(candidates)})
+    flush()
+    docs.replace_problems(conn, collection.id, [(p.path, p.code, p.message) for p in summary.problems])
+    summary.seconds = time.monotonic() - started
+    on_progress({"collection": collection.name, "done": done, "total": len(candidates)})
+    return summary

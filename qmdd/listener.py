@@ -1,0 +1,91 @@
+"""The daemon's Unix socket: single-instance lock, stale-socket detection, permissions, peer check."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from qmdd.paths import Paths, check_socket_path, ensure_private_dir
+from qmdd.protocol import ErrorCode, QmddError
+
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return uid
+
+
+def socket_is_live(path: Path, timeout: float = 1.0) -> bool:
+    """True when something accepts connections on `path` (a live daemon we must not hijack)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(os.fspath(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+@contextlib.contextmanager
+def instance_lock(paths: Paths) -> Iterator[int]:
+    """Hold an exclusive flock for the daemon's lifetime: two daemons never share one runtime dir."""
+    ensure_private_dir(paths.runtime_dir)
+    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            raise QmddError(ErrorCode.DAEMON_RUNNING,
+                            f"another qmdd holds {paths.lock_file} and serves {paths.socket}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def bind_socket(paths: Paths) -> socket.socket:
+    """Bind and listen on the daemon socket, replacing a stale one left by a dead daemon."""
+    path = paths.socket
+    check_socket_path(path)
+    if path.exists() or path.is_symlink():
+        if socket_is_live(path):
+            raise QmddError(ErrorCode.DAEMON_RUNNING, f"a daemon is already answering on {path}")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # umask covers the window between bind() and chmod(): the socket is never world-usable.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(os.fspath(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def trio_listener(sock: socket.socket) -> trio.SocketListener:
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def remove_socket(paths: Paths) -> None:
+    """Unlink the socket file; safe because the instance lock guarantees nobody else bound it."""
+    with contextlib.suppress(FileNotFoundError):
+        paths.socket.unlink()

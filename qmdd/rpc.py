@@ -1,0 +1,182 @@
+"""Per-connection handler: hello, then decode → validate → dispatch → reply or stream, one request at a time.
+
+This is one of the three places that catch exceptions: anything a request raises becomes a typed
+error frame for that request and the connection carries on; only a broken frame stream (an oversized
+or truncated frame: we cannot find the next frame boundary) closes the connection.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from qmdd import framing
+from qmdd.framing import FrameReader, FrameTooLarge
+from qmdd.listener import peer_uid
+from qmdd.protocol import (
+    HELLO,
+    PROTOCOL_VERSION,
+    REQUEST,
+    ErrorCode,
+    QmddError,
+    error,
+    hello,
+    item,
+    result,
+    unwrap_error,
+    validate_params,
+)
+
+log = logging.getLogger("qmdd.rpc")
+trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
+
+
+@dataclass
+class Call:
+    """What a method handler gets besides its params: a way to stream items back."""
+
+    req_id: int
+    trace_id: str
+    _send: Callable[[dict[str, Any]], Awaitable[None]]
+    _seq: int = 0
+
+    async def emit(self, kind: str, payload: Any) -> None:
+        self._seq += 1
+        await self._send(item(self.req_id, self._seq, kind, payload))
+
+
+MethodHandler = Callable[[dict[str, Any], Call], Awaitable[Any]]
+
+
+@dataclass
+class RpcStats:
+    connections: int = 0
+    open_connections: int = 0
+    requests: int = 0
+    in_flight: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    rejected_peers: int = 0
+
+
+class RpcServer:
+    def __init__(self, methods: dict[str, MethodHandler], server_info: dict[str, Any]) -> None:
+        self.methods = methods
+        self.server_info = server_info
+        self.stats = RpcStats()
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def statistics(self) -> dict[str, Any]:
+        s = self.stats
+        return {"connections": s.connections, "open_connections": s.open_connections, "requests": s.requests,
+                "in_flight": s.in_flight, "errors": dict(s.errors), "rejected_peers": s.rejected_peers}
+
+    async def handle_connection(self, stream: trio.SocketStream) -> None:
+        self.stats.connections += 1
+        self.stats.open_connections += 1
+        try:
+            async with stream:
+                await self._serve(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.debug("client went away")
+        except Exception:  # last resort: one bad connection must not take the daemon down
+            log.exception("connection handler failed")
+        finally:
+            self.stats.open_connections -= 1
+
+    async def _send(self, stream: trio.SocketStream, frame: dict[str, Any]) -> None:
+        try:
+            data = framing.encode(frame)
+        except QmddError as exc:
+            data = framing.encode(error(frame.get("id"), exc))
+        await stream.send_all(data)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        if peer_uid(stream.socket) != os.getuid():  # type: ignore[arg-type]
+            self.stats.rejected_peers += 1
+            await self._send(stream, error(None, QmddError(
+                ErrorCode.PERMISSION_DENIED, "only the daemon's own user may connect")))
+            return
+        reader = FrameReader(stream)
+        greeted = False
+        while True:
+            try:
+                body = await reader.read_body()
+            except FrameTooLarge as exc:
+                self._count(exc.code)
+                await self._send(stream, error(None, exc))
+                return
+            except QmddError as exc:  # truncated frame: nothing more can be read reliably
+                self._count(exc.code)
+                return
+            if body is None:
+                return
+            req_id: int | None = None
+            try:
+                message = framing.decode_body(body)
+                raw_id = message.get("id")
+                req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+                if not greeted:
+                    await self._hello(stream, message)
+                    greeted = True
+                    continue
+                await self._request(stream, message, req_id)
+            except QmddError as exc:
+                self._count(exc.code)
+                await self._send(stream, error(req_id, exc))
+                if not greeted:
+                    return
+
+    async def _hello(self, stream: trio.SocketStream, message: dict[str, Any]) -> None:
+        if message.get("type") != HELLO:
+            raise QmddError(ErrorCode.PROTOCOL_ERROR, "the first frame must be a hello")
+        if message.get("version") != PROTOCOL_VERSION:
+            raise QmddError(ErrorCode.PROTOCOL_ERROR,
+                            f"protocol version {message.get('version')!r} is not supported "
+                            f"(this daemon speaks {PROTOCOL_VERSION})")
+        await self._send(stream, hello("server", **self.server_info))
+
+    async def _request(self, stream: trio.SocketStream, message: dict[str, Any], req_id: int | None) -> None:
+        if message.get("type") != REQUEST or req_id is None or not isinstance(message.get("method"), str):
+            raise QmddError(ErrorCode.PROTOCOL_ERROR, "expected a request frame {type:'req', id:int, method:str}")
+        method: str = message["method"]
+        raw_trace = message.get("trace_id")
+        trace_id = raw_trace if isinstance(raw_trace, str) and 0 < len(raw_trace) <= 128 else uuid.uuid4().hex[:16]
+        trace_id_var.set(trace_id)
+        params = validate_params(method, message.get("params"))
+        handler = self.methods.get(method)
+        if handler is None:
+            raise QmddError(ErrorCode.UNKNOWN_METHOD, f"method {method!r} is not served by this daemon")
+
+        async def send(frame: dict[str, Any]) -> None:
+            await self._send(stream, frame)
+
+        self.stats.requests += 1
+        self.stats.in_flight += 1
+        self.idle = trio.Event() if self.stats.in_flight == 1 else self.idle
+        try:
+            log.debug("%s %s", method, {k: v for k, v in params.items() if k != "text"})
+            value = await handler(params, Call(req_id, trace_id, send))
+        except Exception as exc:
+            typed = unwrap_error(exc)
+            if typed is not None:
+                raise typed from None
+            log.exception("method %s failed", method)
+            raise QmddError(ErrorCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.stats.in_flight -= 1
+            if self.stats.in_flight == 0:
+                self.idle.set()
+        reply = result(req_id, value)
+        reply["trace_id"] = trace_id
+        await send(reply)
+
+    def _count(self, code: ErrorCode) -> None:
+        self.stats.errors[str(code)] = self.stats.errors.get(str(code), 0) + 1

@@ -1,0 +1,111 @@
+"""Keyword search orchestration: filters → BM25 actor → documents, contexts, snippets.
+
+Talks to the BM25 actor by message only; SQLite reads here are a handful of rows by primary key,
+cheap enough to run on the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyroaring import BitMap
+
+from qmdd.actors.base import Mailbox
+from qmdd.protocol import Bm25Query, ErrorCode, QmddError
+from qmdd.search.bm25index import ChunkHit
+from qmdd.search.snippets import make_snippet
+from qmdd.search.tokenize import Tokenizer
+from qmdd.store import documents as docs
+from qmdd.store.documents import CollectionRow, DocRow
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    query: str
+    limit: int = 5
+    collections: Sequence[str] | None = None
+    path_prefix: str | None = None
+    min_score: float = 0.0
+    explain: bool = False
+    full: bool = False
+    snippet_lines: int = 4
+
+
+class ContextIndex:
+    """Contexts attached to path prefixes: every matching prefix applies, global first, shortest first."""
+
+    def __init__(self, rows: Sequence[tuple[str | None, int | None, str, str]]) -> None:
+        self._global = [text for name, _, _, text in rows if name is None]
+        self._by_collection: dict[int, list[tuple[str, str]]] = {}
+        for _, cid, prefix, text in rows:
+            if cid is not None:
+                self._by_collection.setdefault(cid, []).append((prefix.strip("/"), text))
+        for entries in self._by_collection.values():
+            entries.sort(key=lambda e: len(e[0]))
+
+    def for_path(self, collection_id: int, path: str) -> str | None:
+        found = list(self._global)
+        for prefix, text in self._by_collection.get(collection_id, ()):
+            if not prefix or path == prefix or path.startswith(prefix + "/"):
+                found.append(text)
+        return "\n\n".join(found) or None
+
+
+def resolve_filters(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[int] | None, BitMap | None]:
+    collection_ids: list[int] | None = None
+    if request.collections:
+        rows: list[CollectionRow] = [docs.collection_by_name(conn, name) for name in request.collections]
+        collection_ids = [r.id for r in rows]
+    allowed = None
+    if request.path_prefix:
+        prefix = request.path_prefix.strip("/")
+        allowed = BitMap(docs.doc_chunk_ids_under(conn, collection_ids, prefix))
+    return collection_ids, allowed
+
+
+async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tokenizer,
+                         request: SearchRequest) -> dict[str, Any]:
+    if not request.query.strip():
+        raise QmddError(ErrorCode.INVALID_INPUT, "the query is empty")
+    if not 1 <= request.limit <= 100_000:
+        raise QmddError(ErrorCode.INVALID_INPUT, "limit must be between 1 and 100000")
+    collection_ids, allowed = resolve_filters(conn, request)
+    terms, hits = await bm25.call(Bm25Query(request.query, request.limit, collection_ids=collection_ids,
+                                            allowed=allowed, explain=request.explain))
+    hits = [h for h in hits if h.norm >= request.min_score]
+    return {"terms": terms, "results": build_results(conn, tokenizer, terms, hits, request)}
+
+
+def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str],
+                  hits: Sequence[ChunkHit], request: SearchRequest) -> list[dict[str, Any]]:
+    if not hits:
+        return []
+    chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, [h.chunk_id for h in hits])}
+    rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
+    contexts = ContextIndex(docs.list_contexts(conn))
+
+    def terms_of(line: str) -> list[str]:
+        return tokenizer.index_terms(line)
+
+    results = []
+    for hit in hits:
+        doc, chunk = rows.get(hit.doc_id), chunks.get(hit.chunk_id)
+        if doc is None or chunk is None:  # removed between the BM25 answer and this read
+            continue
+        snippet = make_snippet(chunk.text, chunk.start_line, doc.lines, terms, terms_of, request.snippet_lines)
+        result: dict[str, Any] = {
+            "docid": doc.docid, "score": round(hit.norm, 4), "file": doc.uri, "line": snippet.line,
+            "title": doc.title, "context": contexts.for_path(doc.collection_id, doc.path),
+            "snippet": snippet.text, "collection": doc.collection, "path": doc.path,
+            "heading": list(chunk.heading), "chunk_lines": [chunk.start_line, chunk.start_line +
+                                                           chunk.text.count("\n")],
+        }
+        if request.explain:
+            result["explain"] = {"bm25": round(hit.score, 4), "norm": round(hit.norm, 4),
+                                 "terms": {t: round(v, 4) for t, v in (hit.explain or {}).items()},
+                                 "query_terms": list(terms)}
+        results.append(result)
+    return results

@@ -1,0 +1,132 @@
+"""SQLite, the source of truth: connections, pragmas and numbered migrations.
+
+One writer (the indexer, always inside explicit transactions) and any number of readers, which WAL
+lets proceed while a write is in flight. `synchronous=NORMAL` in WAL mode keeps every committed
+transaction across a process kill; only an OS crash can lose the last few, never corrupt.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from qmdd.protocol import ErrorCode, QmddError
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE collections (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        root TEXT NOT NULL,
+        masks TEXT NOT NULL,
+        excludes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL
+    );
+    CREATE TABLE documents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        title TEXT NOT NULL,
+        lines INTEGER NOT NULL,
+        indexed_at REAL NOT NULL,
+        UNIQUE (collection_id, path)
+    );
+    CREATE INDEX documents_hash ON documents(hash);
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        start_line INTEGER NOT NULL,
+        end_line INTEGER NOT NULL,
+        heading TEXT NOT NULL,
+        text TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX chunks_doc ON chunks(doc_id);
+    CREATE TABLE contexts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        collection_id INTEGER REFERENCES collections(id) ON DELETE CASCADE,
+        prefix TEXT NOT NULL,
+        text TEXT NOT NULL,
+        UNIQUE (collection_id, prefix)
+    );
+    CREATE TABLE problems (
+        collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        PRIMARY KEY (collection_id, path)
+    );
+    """,
+)
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection with qmdd's pragmas. Autocommit mode: callers open transactions explicitly."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA cache_size = -32000")
+    except sqlite3.Error as exc:
+        raise QmddError(ErrorCode.STORAGE_ERROR, f"cannot open {path}: {exc}") from None
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations; returns the schema version. Refuses a database from the future."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise QmddError(ErrorCode.STORAGE_ERROR,
+                        f"index schema v{version} is newer than this qmdd (v{len(MIGRATIONS)})",
+                        hints=("Upgrade qmdd, or point QMDD_HOME at a fresh directory.",))
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        with transaction(conn):
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+    return len(MIGRATIONS)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (including cancellation)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    conn = connect(path)
+    try:
+        migrate(conn)
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise QmddError(ErrorCode.STORAGE_ERROR, f"{path} is damaged: {exc}",
+                        hints=("Move the file away and run `qmdctl update` to rebuild the index.",)) from None
+    if check != "ok":
+        conn.close()
+        raise QmddError(ErrorCode.STORAGE_ERROR, f"{path} failed its integrity check: {check}")
+    return conn

@@ -1,0 +1,304 @@
+"""Typed reads and writes of collections, documents, chunks, contexts and problems.
+
+Plain functions over a `sqlite3.Connection`: the caller decides which thread and which transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qmdd.chunking import Chunk
+from qmdd.protocol import ErrorCode, QmddError
+from qmdd.store.db import transaction
+
+
+@dataclass(frozen=True)
+class CollectionRow:
+    id: int
+    name: str
+    root: str
+    masks: tuple[str, ...]
+    excludes: tuple[str, ...]
+    created_at: float
+    updated_at: float | None
+
+
+@dataclass(frozen=True)
+class DocState:
+    id: int
+    size: int
+    mtime_ns: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """A file read and chunked by the indexer, ready to be written in one transaction."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    title: str
+    lines: int
+    chunks: Sequence[Chunk]
+    chunk_hashes: Sequence[str]
+
+
+@dataclass(frozen=True)
+class DocRow:
+    id: int
+    collection_id: int
+    collection: str
+    root: str
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    title: str
+    lines: int
+
+    @property
+    def docid(self) -> str:
+        return "#" + self.hash[:6]
+
+    @property
+    def uri(self) -> str:
+        return f"qmd://{self.collection}/{self.path}"
+
+
+_COLLECTION_COLS = "id, name, root, masks, excludes, created_at, updated_at"
+_DOC_COLS = ("d.id, d.collection_id, c.name, c.root, d.path, d.size, d.mtime_ns, d.hash, d.title, d.lines")
+
+
+def _collection(row: Sequence[Any]) -> CollectionRow:
+    return CollectionRow(row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
+                         row[5], row[6])
+
+
+# --- collections ---------------------------------------------------------------------------------
+
+def list_collections(conn: sqlite3.Connection) -> list[CollectionRow]:
+    rows = conn.execute(f"SELECT {_COLLECTION_COLS} FROM collections ORDER BY name").fetchall()
+    return [_collection(r) for r in rows]
+
+
+def collection_by_name(conn: sqlite3.Connection, name: str) -> CollectionRow:
+    row = conn.execute(f"SELECT {_COLLECTION_COLS} FROM collections WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
+    return _collection(row)
+
+
+def add_collection(conn: sqlite3.Connection, name: str, root: str, masks: Sequence[str],
+                   excludes: Sequence[str]) -> CollectionRow:
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
+            raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {name!r} already exists")
+        conn.execute("INSERT INTO collections (name, root, masks, excludes, created_at) VALUES (?, ?, ?, ?, ?)",
+                     (name, root, json.dumps(list(masks)), json.dumps(list(excludes)), time.time()))
+    return collection_by_name(conn, name)
+
+
+def collection_chunk_ids(conn: sqlite3.Connection, collection_id: int) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE d.collection_id = ?",
+        (collection_id,))]
+
+
+def remove_collection(conn: sqlite3.Connection, name: str) -> list[int]:
+    """Delete a collection with its documents; returns the chunk ids that went with it."""
+    with transaction(conn):
+        row = collection_by_name(conn, name)
+        removed = collection_chunk_ids(conn, row.id)
+        conn.execute("DELETE FROM collections WHERE id = ?", (row.id,))
+    return removed
+
+
+def rename_collection(conn: sqlite3.Connection, old: str, new: str) -> CollectionRow:
+    with transaction(conn):
+        collection_by_name(conn, old)
+        if conn.execute("SELECT 1 FROM collections WHERE name = ?", (new,)).fetchone():
+            raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {new!r} already exists")
+        conn.execute("UPDATE collections SET name = ? WHERE name = ?", (new, old))
+    return collection_by_name(conn, new)
+
+
+def touch_collection(conn: sqlite3.Connection, collection_id: int) -> None:
+    conn.execute("UPDATE collections SET updated_at = ? WHERE id = ?", (time.time(), collection_id))
+
+
+# --- indexing ------------------------------------------------------------------------------------
+
+def doc_states(conn: sqlite3.Connection, collection_id: int) -> dict[str, DocState]:
+    rows = conn.execute("SELECT path, id, size, mtime_ns, hash FROM documents WHERE collection_id = ?",
+                        (collection_id,))
+    return {r[0]: DocState(r[1], r[2], r[3], r[4]) for r in rows}
+
+
+def write_batch(conn: sqlite3.Connection, collection_id: int, parsed: Sequence[ParsedFile],
+                touched: Sequence[tuple[str, int, int]], removed_paths: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Apply one batch atomically; returns (added chunk ids, removed chunk ids).
+
+    `touched` are (path, size, mtime_ns) of files whose stat changed but whose content hash did not:
+    only their stat is refreshed, so the next rescan takes the cheap path again.
+    """
+    added: list[int] = []
+    removed: list[int] = []
+    now = time.time()
+    with transaction(conn):
+        for path in removed_paths:
+            removed.extend(_delete_document(conn, collection_id, path))
+        conn.executemany("UPDATE documents SET size = ?, mtime_ns = ? WHERE collection_id = ? AND path = ?",
+                         [(size, mtime, collection_id, path) for path, size, mtime in touched])
+        for f in parsed:
+            removed.extend(_delete_document(conn, collection_id, f.path))
+            cur = conn.execute(
+                "INSERT INTO documents (collection_id, path, size, mtime_ns, hash, title, lines, indexed_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (collection_id, f.path, f.size, f.mtime_ns, f.hash, f.title, f.lines, now))
+            doc_id = cur.lastrowid
+            for chunk, chunk_hash in zip(f.chunks, f.chunk_hashes, strict=True):
+                cur = conn.execute(
+                    "INSERT INTO chunks (doc_id, seq, start_line, end_line, heading, text, hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (doc_id, chunk.seq, chunk.start_line, chunk.end_line, "\x1f".join(chunk.heading_path),
+                     chunk.text, chunk_hash))
+                assert cur.lastrowid is not None
+                added.append(cur.lastrowid)
+        touch_collection(conn, collection_id)
+    return added, removed
+
+
+def _delete_document(conn: sqlite3.Connection, collection_id: int, path: str) -> list[int]:
+    row = conn.execute("SELECT id FROM documents WHERE collection_id = ? AND path = ?",
+                       (collection_id, path)).fetchone()
+    if row is None:
+        return []
+    ids = [r[0] for r in conn.execute("SELECT id FROM chunks WHERE doc_id = ?", (row[0],))]
+    conn.execute("DELETE FROM documents WHERE id = ?", (row[0],))
+    return ids
+
+
+def replace_problems(conn: sqlite3.Connection, collection_id: int,
+                     problems: Iterable[tuple[str, str, str]]) -> None:
+    """Replace the files a full scan of this collection had to skip."""
+    now = time.time()
+    with transaction(conn):
+        conn.execute("DELETE FROM problems WHERE collection_id = ?", (collection_id,))
+        conn.executemany("INSERT OR REPLACE INTO problems (collection_id, path, code, message, seen_at)"
+                         " VALUES (?, ?, ?, ?, ?)", [(collection_id, p, c, m, now) for p, c, m in problems])
+
+
+def list_problems(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT c.name, p.path, p.code, p.message FROM problems p JOIN collections c"
+                        " ON c.id = p.collection_id ORDER BY p.seen_at DESC LIMIT ?", (limit,))
+    return [{"collection": r[0], "path": r[1], "code": r[2], "message": r[3]} for r in rows]
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChunkText:
+    chunk_id: int
+    doc_id: int
+    collection_id: int
+    path: str
+    title: str
+    heading: tuple[str, ...]
+    start_line: int
+    text: str
+
+
+def _chunk_texts(rows: Iterable[Sequence[Any]]) -> list[ChunkText]:
+    return [ChunkText(r[0], r[1], r[2], r[3], r[4], tuple(r[5].split("\x1f")) if r[5] else (), r[6], r[7])
+            for r in rows]
+
+
+_CHUNK_TEXT_SQL = ("SELECT k.id, k.doc_id, d.collection_id, d.path, d.title, k.heading, k.start_line, k.text"
+                   " FROM chunks k JOIN documents d ON d.id = k.doc_id")
+
+
+def chunk_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[ChunkText]:
+    out: list[ChunkText] = []
+    for start in range(0, len(ids), 900):  # stay below SQLite's bound-parameter limit
+        part = ids[start:start + 900]
+        marks = ",".join("?" * len(part))
+        out.extend(_chunk_texts(conn.execute(f"{_CHUNK_TEXT_SQL} WHERE k.id IN ({marks})", part)))
+    return out
+
+
+def all_chunk_texts(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[ChunkText]]:
+    cur = conn.execute(f"{_CHUNK_TEXT_SQL} ORDER BY k.id")
+    while rows := cur.fetchmany(batch):
+        yield _chunk_texts(rows)
+
+
+def all_chunk_ids(conn: sqlite3.Connection) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT id FROM chunks")]
+
+
+def docs_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocRow]:
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
+                        f" WHERE d.id IN ({marks})", list(ids))
+    return {r[0]: DocRow(*r) for r in rows}
+
+
+def find_docs(conn: sqlite3.Connection, where: str, args: Sequence[Any], limit: int = 1000) -> list[DocRow]:
+    rows = conn.execute(f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
+                        f" WHERE {where} ORDER BY c.name, d.path LIMIT ?", [*args, limit])
+    return [DocRow(*r) for r in rows]
+
+
+def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] | None,
+                        prefix: str | None) -> list[int]:
+    """Chunk ids of documents in the given collections and/or below a path prefix (for filters)."""
+    clauses: list[str] = []
+    args: list[object] = []
+    if collection_ids is not None:
+        clauses.append(f"d.collection_id IN ({','.join('?' * len(collection_ids))})")
+        args.extend(collection_ids)
+    if prefix:
+        clauses.append("substr(d.path, 1, ?) = ?")
+        args.extend([len(prefix), prefix])
+    where = " AND ".join(clauses) or "1"
+    return [r[0] for r in conn.execute(
+        f"SELECT k.id FROM chunks k JOIN documents d ON d.id = k.doc_id WHERE {where}", args)]
+
+
+# --- contexts ------------------------------------------------------------------------------------
+
+def set_context(conn: sqlite3.Connection, collection_id: int | None, prefix: str, text: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM contexts WHERE collection_id IS ? AND prefix = ?", (collection_id, prefix))
+        conn.execute("INSERT INTO contexts (collection_id, prefix, text) VALUES (?, ?, ?)",
+                     (collection_id, prefix, text))
+
+
+def remove_context(conn: sqlite3.Connection, collection_id: int | None, prefix: str) -> bool:
+    with transaction(conn):
+        cur = conn.execute("DELETE FROM contexts WHERE collection_id IS ? AND prefix = ?", (collection_id, prefix))
+    return cur.rowcount > 0
+
+
+def list_contexts(conn: sqlite3.Connection) -> list[tuple[str | None, int | None, str, str]]:
+    """(collection name or None for global, collection id, prefix, text), global first."""
+    rows = conn.execute("SELECT c.name, x.collection_id, x.prefix, x.text FROM contexts x"
+                        " LEFT JOIN collections c ON c.id = x.collection_id ORDER BY c.name, x.prefix")
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+def counts(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """collection id -> (documents, chunks)."""
+    docs = dict(conn.execute("SELECT collection_id, COUNT(*) FROM documents GROUP BY collection_id").fetchall())
+    chunks = dict(conn.execute("SELECT d.collection_id, COUNT(*) FROM chunks k JOIN documents d"
+                               " ON d.id = k.doc_id GROUP BY d.collection_id").fetchall())
+    return {cid: (docs.get(cid, 0), chunks.get(cid, 0)) for cid in set(docs) | set(chunks)}

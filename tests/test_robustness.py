@@ -1,0 +1,218 @@
+"""Bad input never takes the daemon down, and a killed daemon leaves a consistent index."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from qmdd import framing
+from qmdd.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, QmddError, hello, request
+from qmdd.store.db import connect
+from tests.conftest import Env
+
+
+def raw_connect(env: Env, greet: bool = True) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(env.paths.socket))
+    if greet:
+        framing.send_frame(sock, hello("client"))
+        assert framing.recv_frame(sock)["type"] == "hello"
+    return sock
+
+
+def assert_serving(env: Env) -> None:
+    with env.client() as c:
+        assert c.call("ping")["pong"] is True
+
+
+def test_malformed_frames_get_typed_errors_and_daemon_keeps_serving(env: Env) -> None:
+    env.run("daemon", "start")
+    # Garbage msgpack inside a valid frame: a typed error, and the connection stays usable.
+    sock = raw_connect(env)
+    sock.sendall(struct.pack(">I", 3) + b"\xc1\xc1\xc1")
+    reply = framing.recv_frame(sock)
+    assert reply["type"] == "err" and reply["error"]["code"] == "PROTOCOL_ERROR"
+    framing.send_frame(sock, {"type": "req", "id": 7, "method": "search", "params": {"query": 5}})
+    reply = framing.recv_frame(sock)
+    assert (reply["id"], reply["error"]["code"]) == (7, "INVALID_INPUT")
+    framing.send_frame(sock, {"type": "req", "id": 8, "method": "no.such", "params": {}})
+    assert framing.recv_frame(sock)["error"]["code"] == "UNKNOWN_METHOD"
+    framing.send_frame(sock, request(9, "ping", {}))
+    assert framing.recv_frame(sock)["result"]["pong"] is True
+    sock.close()
+
+    # An oversized frame header: typed error, then the daemon closes that connection.
+    sock = raw_connect(env)
+    sock.sendall(struct.pack(">I", MAX_FRAME_BYTES + 1))
+    assert framing.recv_frame(sock)["error"]["code"] == "FRAME_TOO_LARGE"
+    assert sock.recv(1) == b""
+    sock.close()
+
+    # A wrong protocol version or no hello at all.
+    sock = raw_connect(env, greet=False)
+    framing.send_frame(sock, {"type": "hello", "version": PROTOCOL_VERSION + 99})
+    assert framing.recv_frame(sock)["error"]["code"] == "PROTOCOL_ERROR"
+    sock.close()
+    sock = raw_connect(env, greet=False)
+    sock.sendall(framing.encode(request(1, "ping", {})))
+    assert framing.recv_frame(sock)["error"]["code"] == "PROTOCOL_ERROR"
+    sock.close()
+
+    # Truncated frames and abrupt disconnects from many clients.
+    for _ in range(20):
+        sock = raw_connect(env)
+        sock.sendall(struct.pack(">I", 100) + msgpack.packb({"type": "req"})[:3])
+        sock.close()
+    assert_serving(env)
+
+
+def test_client_disconnect_mid_stream_does_not_stop_indexing(env: Env, tmp_path: Path) -> None:
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(1500):
+        (root / f"n{i}.md").write_text(f"# Note {i}\n\nbody {i} marsupial\n")
+    env.run("collection", "add", str(root), "--name", "many", "--no-update")
+    sock = raw_connect(env)
+    framing.send_frame(sock, request(1, "update", {}))
+    sock.close()  # gone before the first progress item
+    deadline = time.monotonic() + 60
+    with env.client() as c:
+        while time.monotonic() < deadline:
+            docs = c.call("collection.list")[0]["documents"]
+            if docs == 1500:
+                break
+            time.sleep(0.1)
+        assert docs == 1500
+        assert c.call("search", {"query": "marsupial", "limit": 3})["results"]
+
+
+def test_second_daemon_is_refused_and_stale_socket_is_replaced(env: Env) -> None:
+    env.run("daemon", "start")
+    second = subprocess.run([sys.executable, "-m", "qmdd"], env=env.vars, capture_output=True, text=True,
+                            timeout=30)
+    assert second.returncode == ErrorCode.DAEMON_RUNNING.spec.exit_code
+    assert "DAEMON_RUNNING" in second.stderr
+    assert_serving(env)
+
+    pid = env.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    _wait_dead(pid)
+    assert env.paths.socket.exists()  # a dead daemon's socket is left behind...
+    assert_serving(env)  # ...and the next client call replaces it with a fresh daemon
+    assert env.daemon_pid() != pid
+
+
+def _wait_dead(pid: int) -> None:
+    for _ in range(500):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} did not die")
+
+
+def test_sigterm_shuts_down_gracefully_and_removes_socket(env: Env, notes: Path) -> None:
+    env.run("collection", "add", str(notes), "--name", "notes")
+    pid = env.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    _wait_dead(pid)
+    assert not env.paths.socket.exists()
+    assert env.paths.bm25_snapshot.exists()
+    log = env.paths.log_file.read_text()
+    assert "qmdd stopped" in log
+    # A restart loads the snapshot and answers the same.
+    assert env.json("search", "gnome-screenshot")[0]["file"] == "qmd://notes/alpha.md"
+    status = env.json("status")
+    assert status["actors"]["bm25"]["loaded_from"] == "snapshot"
+
+
+def test_bad_files_are_reported_and_skipped(env: Env, tmp_path: Path) -> None:
+    root = tmp_path / "bad"
+    (root / "loop").mkdir(parents=True)
+    (root / "good.md").write_text("# Good\n\nperfectly fine platypus\n")
+    (root / "latin1.md").write_bytes("# Caf\xe9\n".encode("latin-1"))
+    (root / "binary.md").write_bytes(b"\x00\x01\x02binary")
+    (root / "huge.md").write_bytes(b"# Huge\n" + b"x" * (2 * 1024 * 1024))
+    os.symlink(root, root / "loop" / "again")
+    env.vars["QMDD_MAX_FILE_BYTES"] = str(1024 * 1024)
+    summary = env.json("collection", "add", str(root), "--name", "bad")["update"][0]
+    codes = {p["path"]: p["code"] for p in summary["problems"]}
+    assert codes["latin1.md"] == "invalid_utf8"
+    assert codes["binary.md"] == "binary"
+    assert codes["huge.md"] == "too_large"
+    assert any(c in ("symlink_loop", "outside_root") for c in codes.values())
+    assert summary["indexed"] == 1
+    assert env.json("search", "platypus")[0]["file"] == "qmd://bad/good.md"
+    # Fixing a file makes it indexable; the problem disappears.
+    (root / "latin1.md").write_text("# Café\n\nnow utf-8 platypus\n")
+    again = env.json("update")[0]
+    assert "latin1.md" not in {p["path"] for p in again["problems"]}
+    assert len(env.json("search", "platypus")) == 2
+
+
+def _index_state(db: Path) -> tuple[int, int, int]:
+    conn = connect(db)
+    try:
+        docs = conn.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        dup = conn.execute("SELECT COUNT(*) FROM (SELECT collection_id, path FROM documents"
+                           " GROUP BY 1, 2 HAVING COUNT(*) > 1)").fetchone()[0]
+        orphans = conn.execute("SELECT COUNT(*) FROM chunks WHERE doc_id NOT IN (SELECT id FROM documents)"
+                               ).fetchone()[0]
+    finally:
+        conn.close()
+    return docs, dup, orphans
+
+
+def test_kill_9_during_update_then_update_again_is_consistent(env: Env, tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    n = 3000
+    for i in range(n):
+        (root / f"doc{i:05d}.md").write_text(f"# Doc {i}\n\nunique{i} shared words about echidna\n\n"
+                                             + "filler line\n" * 20)
+    env.vars["QMDD_INDEX_BATCH_FILES"] = "100"
+    env.run("collection", "add", str(root), "--name", "corpus", "--no-update")
+    pid = env.daemon_pid()
+    assert pid is not None
+    proc = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "update"], env=env.vars,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = env.paths.database
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _index_state(db)[0] < 300:
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    _wait_dead(pid)
+    proc.wait(timeout=30)
+    partial, dup, orphans = _index_state(db)
+    assert 0 < partial < n and dup == 0 and orphans == 0
+
+    summary = env.json("update")[0]  # a fresh daemon starts, reconciles BM25, resumes
+    assert summary["indexed"] == n - partial
+    docs, dup, orphans = _index_state(db)
+    assert (docs, dup, orphans) == (n, 0, 0)
+    for i in (0, partial - 1, partial, n - 1):
+        hits = env.json("search", f"unique{i}", "-n", "1")
+        assert hits[0]["file"] == f"qmd://corpus/doc{i:05d}.md"
+    assert len(env.json("search", "echidna", "--all")) == n
+
+
+def test_client_reports_daemon_start_failure(env: Env) -> None:
+    env.home.joinpath("config.toml").write_text("max_file_bytes = 'lots'\n")
+    client = env.client()
+    with pytest.raises(QmddError) as e:
+        client.connect()
+    assert e.value.code is ErrorCode.DAEMON_START_FAILED
+    assert "CONFIG_ERROR" in e.value.message
