@@ -45,7 +45,8 @@ def _callback(command: Command) -> Any:
 
 
 def build_app() -> typer.Typer:
-    app = typer.Typer(name="qmdctl", no_args_is_help=True, add_completion=False,
+    # Help texts are plain text with literal brackets (COLLECTION[/path]): no rich markup parsing.
+    app = typer.Typer(name="qmdctl", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                       help="qmdctl: keyword search over your markdown, through the warm qmdd daemon.",
                       context_settings={"help_option_names": ["-h", "--help"]})
     groups: dict[str, typer.Typer] = {}
@@ -54,7 +55,8 @@ def build_app() -> typer.Typer:
         if len(command.path) == 2:
             group = command.path[0]
             if group not in groups:
-                groups[group] = typer.Typer(no_args_is_help=True, help=GROUP_HELP.get(group, ""))
+                groups[group] = typer.Typer(no_args_is_help=True, help=GROUP_HELP.get(group, ""),
+                                            rich_markup_mode=None)
                 app.add_typer(groups[group], name=group)
             target = groups[group]
         callback = _callback(command)

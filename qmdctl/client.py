@@ -5,20 +5,23 @@ from __future__ import annotations
 import itertools
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from qmdd import framing
-from qmdd.paths import Paths, check_socket_path, ensure_private_dir, resolve_paths
+from qmdd.paths import Paths, check_socket_path, ensure_private_dir, resolve_paths, socket_path
 from qmdd.protocol import ERROR, HELLO, ITEM, RESULT, ErrorCode, QmddError, hello, request
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
+if TYPE_CHECKING:
+    from typing import Any
+
+    ItemSink = Callable[[str, Any], None]
 
 CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = float(os.environ.get("QMDD_START_TIMEOUT", "30"))
 
-ItemSink = Callable[[str, Any], None]
 
 
 class Client:
@@ -26,11 +29,19 @@ class Client:
                  environ: dict[str, str] | None = None) -> None:
         self.environ = environ
         """Environment for an auto-started daemon (default: ours); it decides the daemon's paths."""
-        self.paths = paths or resolve_paths(environ)
+        self._paths = paths
+        self.socket_path = str(paths.socket) if paths is not None else socket_path(environ)
         self.trace_id = trace_id or os.environ.get("AGENT_TRACE_ID") or None
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self.server: dict[str, Any] = {}
+
+    @property
+    def paths(self) -> Paths:
+        """All the daemon's paths (pathlib: only needed off the hot path)."""
+        if self._paths is None:
+            self._paths = resolve_paths(self.environ)
+        return self._paths
 
     def __enter__(self) -> Client:
         return self
@@ -45,11 +56,11 @@ class Client:
 
     def try_connect(self) -> bool:
         """Connect and greet; False when no daemon answers on the socket."""
-        check_socket_path(self.paths.socket)
+        check_socket_path(self.socket_path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
-            sock.connect(os.fspath(self.paths.socket))
+            sock.connect(self.socket_path)
             framing.send_frame(sock, hello("client", client="qmdctl"))
             reply = framing.recv_frame(sock)
         except (FileNotFoundError, ConnectionRefusedError, ConnectionError, TimeoutError):
@@ -75,7 +86,7 @@ class Client:
         if self.try_connect():
             return self
         if not autostart:
-            raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"no daemon is running on {self.paths.socket}",
+            raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"no daemon is running on {self.socket_path}",
                             hints=("Start it with `qmdctl daemon start`.",))
         start_daemon(self.paths, self.environ)
         if not self.try_connect():
@@ -114,6 +125,8 @@ def _log_tail(paths: Paths, lines: int = 8) -> str:
 
 def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S) -> int:
     """Start `qmdd` detached (own session, output to its log) and wait until it answers."""
+    import subprocess
+
     ensure_private_dir(paths.data_dir)
     with open(paths.log_file, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "qmdd"], stdin=subprocess.DEVNULL, stdout=log,

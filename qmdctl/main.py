@@ -1,31 +1,33 @@
-"""qmdctl entry point. Hot commands parse with argparse and never import typer or rich; everything
+"""qmdctl entry point. Hot commands parse with `fastargs` and never import typer or rich; everything
 else (and every --help) goes through the typer app. Both are built from `qmdctl.spec`."""
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
-from typing import Any
 
+from qmdctl import fastargs
 from qmdctl.client import Client
 from qmdctl.render import Output, report_error
-from qmdctl.spec import FORMATS, OUTPUT_OPTS, Command, find_command
+from qmdctl.spec import FORMATS, Command, find_command
 from qmdd.protocol import ErrorCode, QmddError
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
+if TYPE_CHECKING:
+    from typing import Any
 
 _SHORTHANDS = ("json", "ndjson", "csv", "md", "files")
 
 
-@dataclass
 class Invocation:
     """What a command runner gets: its parsed arguments, the output, and a lazily connected client."""
 
-    command: Command
-    args: dict[str, Any]
-    output: Output
-    _client: Client | None = field(default=None, repr=False)
+    def __init__(self, command: Command, args: dict[str, Any], output: Output) -> None:
+        self.command = command
+        self.args = args
+        self.output = output
+        self._client: Client | None = None
 
     @property
     def client(self) -> Client:
@@ -72,31 +74,17 @@ def run_command(command: Command, args: dict[str, Any]) -> int:
             invocation.close()
 
 
-def build_argparser(command: Command) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qmdctl " + " ".join(command.path), add_help=False,
-                                     allow_abbrev=False)
-    for opt in (*command.opts, *(OUTPUT_OPTS if command.output else ())):
-        if not opt.flags:
-            nargs = opt.nargs
-            if opt.kind == "list" and nargs is None:
-                nargs = "*"
-            parser.add_argument(opt.name, nargs=nargs, default=opt.default)
-        elif opt.kind == "flag":
-            parser.add_argument(*opt.flags, dest=opt.name, action="store_true")
-        elif opt.kind == "list":
-            parser.add_argument(*opt.flags, dest=opt.name, action="append", default=opt.default)
-        else:
-            kind = {"int": int, "float": float}.get(opt.kind, str)
-            parser.add_argument(*opt.flags, dest=opt.name, type=kind, default=opt.default)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     found = find_command(argv)
     if found is not None and found[0].hot and not {"-h", "--help"} & set(found[1]):
         command, rest = found
-        args = vars(build_argparser(command).parse_args(rest))
+        try:
+            args = fastargs.parse(command, rest)
+        except fastargs.UsageError as exc:
+            sys.stderr.write(f"usage error: qmdctl {' '.join(command.path)}: {exc}\n"
+                             f"  hint: see `qmdctl {' '.join(command.path)} --help`\n")
+            return 2
         return run_command(command, args)
     from qmdctl.app import run_typer
 

@@ -5,26 +5,28 @@ Stdlib only on the hot path; rich is imported lazily, and only for text on a ter
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TextIO
 
 from qmdd.protocol import QmddError
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 NDJSON_VERSION = 1
 
 
-@dataclass
 class Output:
-    fmt: str
-    out: TextIO = field(default_factory=lambda: sys.stdout)
-    err: TextIO = field(default_factory=lambda: sys.stderr)
-    _seq: int = 0
+    """Where and how a command writes its results (a plain class: dataclasses cost import time)."""
+
+    def __init__(self, fmt: str, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.fmt = fmt
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._seq = 0
 
     @property
     def tty(self) -> bool:
@@ -46,6 +48,9 @@ class Output:
         self._seq += 1
 
     def csv(self, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        import csv
+        import io
+
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(header)

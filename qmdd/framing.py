@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Any, Protocol
 
 import msgpack
 
 from qmdd.protocol import MAX_FRAME_BYTES, ErrorCode, QmddError
+
+TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+
+    class ReceiveStream(Protocol):
+        async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
 
 _HEADER = struct.Struct(">I")
 
@@ -71,10 +77,6 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME_BYTES) -> dict[st
 
 
 # --- trio side (daemon) --------------------------------------------------------------------------
-
-class ReceiveStream(Protocol):
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
-
 
 class FrameReader:
     """Reads whole frames from a trio byte stream. Returns None on a clean EOF between frames."""

@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
 
 from qmdd.protocol import ErrorCode, QmddError
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # sun_path is 108 bytes on Linux; keep room for the terminating NUL.
 MAX_SOCKET_PATH = 107
 
 
-@dataclass(frozen=True)
 class Paths:
-    runtime_dir: Path
-    data_dir: Path
-    config_file: Path
-    cache_dir: Path
+    __slots__ = ("runtime_dir", "data_dir", "config_file", "cache_dir")
+
+    def __init__(self, runtime_dir: Path, data_dir: Path, config_file: Path, cache_dir: Path) -> None:
+        self.runtime_dir = runtime_dir
+        self.data_dir = data_dir
+        self.config_file = config_file
+        self.cache_dir = cache_dir
 
     @property
     def socket(self) -> Path:
@@ -48,25 +53,35 @@ class Paths:
         return self.data_dir / "qmdd.log"
 
 
-def _xdg(var: str, fallback: str) -> Path:
-    value = os.environ.get(var)
-    return Path(value) if value and os.path.isabs(value) else Path.home() / fallback
+def _xdg(env: dict[str, str], var: str, fallback: str) -> str:
+    value = env.get(var)
+    return value if value and os.path.isabs(value) else os.path.join(os.path.expanduser("~"), fallback)
+
+
+def _roots(env: dict[str, str]) -> tuple[str, str, str, str]:
+    """(runtime dir, data dir, config file, cache dir) as strings: os.path only, no pathlib."""
+    home = env.get("QMDD_HOME")
+    if home:
+        root = os.path.abspath(os.path.expanduser(home))
+        return (os.path.join(root, "run"), os.path.join(root, "data"), os.path.join(root, "config.toml"),
+                os.path.join(root, "cache"))
+    runtime = env.get("XDG_RUNTIME_DIR")
+    return (os.path.join(runtime, "qmdd") if runtime else f"/tmp/qmdd-{os.getuid()}",
+            os.path.join(_xdg(env, "XDG_DATA_HOME", ".local/share"), "qmdd"),
+            os.path.join(_xdg(env, "XDG_CONFIG_HOME", ".config"), "qmdd", "config.toml"),
+            os.path.join(_xdg(env, "XDG_CACHE_HOME", ".cache"), "qmdd"))
+
+
+def socket_path(env: dict[str, str] | None = None) -> str:
+    """The daemon socket, computed without pathlib: the hot path of every qmdctl call."""
+    return os.path.join(_roots(dict(os.environ) if env is None else env)[0], "qmdd.sock")
 
 
 def resolve_paths(env: dict[str, str] | None = None) -> Paths:
-    env = dict(os.environ) if env is None else env
-    home = env.get("QMDD_HOME")
-    if home:
-        root = Path(home).expanduser().absolute()
-        return Paths(root / "run", root / "data", root / "config.toml", root / "cache")
-    runtime = env.get("XDG_RUNTIME_DIR")
-    runtime_dir = Path(runtime) / "qmdd" if runtime else Path(f"/tmp/qmdd-{os.getuid()}")
-    return Paths(
-        runtime_dir=runtime_dir,
-        data_dir=_xdg("XDG_DATA_HOME", ".local/share") / "qmdd",
-        config_file=_xdg("XDG_CONFIG_HOME", ".config") / "qmdd" / "config.toml",
-        cache_dir=_xdg("XDG_CACHE_HOME", ".cache") / "qmdd",
-    )
+    from pathlib import Path
+
+    runtime, data, config, cache = _roots(dict(os.environ) if env is None else env)
+    return Paths(Path(runtime), Path(data), Path(config), Path(cache))
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -79,7 +94,7 @@ def ensure_private_dir(path: Path) -> None:
         path.chmod(0o700)
 
 
-def check_socket_path(path: Path) -> None:
+def check_socket_path(path: str | Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
         raise QmddError(ErrorCode.CONFIG_ERROR,
                         f"socket path {path} is longer than {MAX_SOCKET_PATH} bytes",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms in qmdctl
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8 * 1024 * 1024
@@ -23,12 +25,14 @@ ERROR = "err"
 ITEM = "item"
 
 
-@dataclass(frozen=True)
 class ErrorSpec:
-    status: int
-    title: str
-    exit_code: int
-    hints: tuple[str, ...]
+    __slots__ = ("status", "title", "exit_code", "hints")
+
+    def __init__(self, status: int, title: str, exit_code: int, hints: tuple[str, ...]) -> None:
+        self.status = status
+        self.title = title
+        self.exit_code = exit_code
+        self.hints = hints
 
 
 class ErrorCode(enum.StrEnum):
@@ -172,12 +176,15 @@ REQUIRED: Any = object()
 _STR_LIST = (list,)
 
 
-@dataclass(frozen=True)
 class Method:
-    params: Mapping[str, tuple[type | tuple[type, ...], Any]]
-    streams: bool = False
-    """Streams `item` frames (progress or results) before its final result."""
-    mutates: bool = False
+    __slots__ = ("params", "streams", "mutates")
+
+    def __init__(self, params: Mapping[str, tuple[type | tuple[type, ...], Any]], streams: bool = False,
+                 mutates: bool = False) -> None:
+        self.params = params
+        # Streams `item` frames (progress or results) before its final result.
+        self.streams = streams
+        self.mutates = mutates
 
 
 METHODS: dict[str, Method] = {
@@ -263,69 +270,84 @@ def item(req_id: int, seq: int, kind: str, payload: Any) -> dict[str, Any]:
 
 # --- Actor messages (in-process; fields are msgpack-friendly except the channels) -----------------
 
-@dataclass(frozen=True)
 class ScanCollections:
     """Indexer: rescan these collections (None: all); progress dicts go to `progress` if given."""
+    __slots__ = ("names", "progress")
 
-    names: list[str] | None = None
-    progress: Any = None
+    def __init__(self, names: list[str] | None = None, progress: Any = None) -> None:
+        self.names = names
+        self.progress = progress
 
 
-@dataclass(frozen=True)
 class AddCollection:
-    path: str
-    name: str
-    masks: list[str]
-    excludes: list[str]
+    __slots__ = ("path", "name", "masks", "excludes")
+
+    def __init__(self, path: str, name: str, masks: list[str], excludes: list[str]) -> None:
+        self.path = path
+        self.name = name
+        self.masks = masks
+        self.excludes = excludes
 
 
-@dataclass(frozen=True)
 class RemoveCollection:
-    name: str
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
 
-@dataclass(frozen=True)
 class RenameCollection:
-    old: str
-    new: str
+    __slots__ = ("old", "new")
+
+    def __init__(self, old: str, new: str) -> None:
+        self.old = old
+        self.new = new
 
 
-@dataclass(frozen=True)
 class SetContext:
-    collection: str | None
-    prefix: str
-    text: str | None
-    """None removes the context."""
+    __slots__ = ("collection", "prefix", "text")
+
+    def __init__(self, collection: str | None, prefix: str, text: str | None) -> None:
+        self.collection = collection
+        self.prefix = prefix
+        # None removes the context.
+        self.text = text
 
 
-@dataclass(frozen=True)
 class Cleanup:
-    pass
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class ApplyChunks:
     """BM25: index the chunks with these ids (read from SQLite) and forget the removed ones."""
+    __slots__ = ("added", "removed")
 
-    added: list[int]
-    removed: list[int]
+    def __init__(self, added: list[int], removed: list[int]) -> None:
+        self.added = added
+        self.removed = removed
 
 
-@dataclass(frozen=True)
 class VerifyIndex:
     """BM25: reconcile the in-memory index with SQLite (after a start or a crash)."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
 class SaveSnapshot:
-    force: bool = False
+    __slots__ = ("force",)
+
+    def __init__(self, force: bool = False) -> None:
+        self.force = force
 
 
-@dataclass(frozen=True)
 class Bm25Query:
-    text: str
-    limit: int
-    collection_ids: list[int] | None = None
-    allowed: Any = None
-    """A pyroaring BitMap of chunk ids that may match (a path filter), or None for all."""
-    explain: bool = False
+    __slots__ = ("text", "limit", "collection_ids", "allowed", "explain")
+
+    def __init__(self, text: str, limit: int, collection_ids: list[int] | None = None, allowed: Any = None,
+                 explain: bool = False) -> None:
+        self.text = text
+        self.limit = limit
+        self.collection_ids = collection_ids
+        # A pyroaring BitMap of chunk ids that may match (a path filter), or None for all.
+        self.allowed = allowed
+        self.explain = explain
+

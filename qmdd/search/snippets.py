@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 MAX_SNIPPET_CHARS = 500
 
 
-@dataclass(frozen=True)
 class Snippet:
-    line: int
-    """1-based line in the file of the best-matching line (the chunk's first line if none matched)."""
-    text: str
-    """`@@ -start,count @@ (B before, A after)` header, then the snippet lines."""
+    __slots__ = ("line", "text")
+
+    def __init__(self, line: int, text: str) -> None:
+        # 1-based line in the file of the best-matching line (the chunk's first line if none matched).
+        self.line = line
+        # `@@ -start,count @@ (B before, A after)` header, then the snippet lines.
+        self.text = text
 
 
 def best_line(lines: list[str], terms: Collection[str], terms_of: Callable[[str], Collection[str]]) -> int:

@@ -1,0 +1,67 @@
+"""The hot-path parser and the typer app accept the same syntax, both generated from the spec."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from qmdctl import fastargs
+from qmdctl.app import build_app
+from qmdctl.main import main
+from qmdctl.spec import COMMANDS, find_command
+
+
+def parse(*argv: str) -> dict[str, object]:
+    found = find_command(list(argv))
+    assert found is not None
+    return fastargs.parse(*found)
+
+
+def test_search_flags_in_every_spelling() -> None:
+    args = parse("search", "tar", "extract", "-n", "3", "-c", "a", "--collection=b", "--json", "--min-score", "0.5")
+    assert args["query"] == ["tar", "extract"]
+    assert (args["limit"], args["collection"], args["json"], args["min_score"]) == (3, ["a", "b"], True, 0.5)
+    assert parse("search", "x", "-n5")["limit"] == 5
+    assert parse("search", "--", "-v", "--json")["query"] == ["-v", "--json"]
+    assert parse("search", "-5", "degrees")["query"] == ["-5", "degrees"]
+    assert parse("search", "x")["limit"] is None and parse("search", "x")["explain"] is False
+
+
+def test_positionals_and_aliases() -> None:
+    assert parse("get", "notes/a.md:10:5", "--from", "3")["target"] == "notes/a.md:10:5"
+    assert parse("multi-get", "a.md", "b/*.md")["patterns"] == ["a.md", "b/*.md"]
+    assert parse("ls")["target"] is None
+    assert find_command(["collection", "rm", "x"]) is not None
+    assert find_command(["nope"]) is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("search",), "missing QUERY"),
+    (("search", "x", "--bogus"), "no such option"),
+    (("search", "x", "-n"), "needs a value"),
+    (("search", "x", "-n", "many"), "expects an integer"),
+    (("search", "x", "--json=yes"), "takes no value"),
+    (("get", "a", "b"), "unexpected argument"),
+])
+def test_usage_errors(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(fastargs.UsageError, match=message):
+        parse(*argv)
+
+
+def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", "x", "--bogus"]) == 2
+    assert "no such option" in capsys.readouterr().err
+
+
+def test_typer_app_has_every_command_and_alias() -> None:
+    runner = CliRunner()
+    app = build_app()
+    top = runner.invoke(app, ["--help"])
+    assert top.exit_code == 0
+    for command in COMMANDS:
+        result = runner.invoke(app, [*command.path, "--help"])
+        assert result.exit_code == 0, (command.path, result.output)
+        for opt in command.opts:
+            for flag in opt.flags:
+                assert flag in result.output, (command.path, flag)
+    assert runner.invoke(app, ["collection", "rm", "--help"]).exit_code == 0
