@@ -61,11 +61,19 @@ class Client:
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
             sock.connect(self.socket_path)
+            # Connected: a daemon owns the socket. It answers the hello once its actors are up,
+            # which after a crash can take a BM25 rebuild: wait for that, not for a connect.
+            sock.settimeout(START_TIMEOUT_S)
             framing.send_frame(sock, hello("client", client="qmdctl"))
             reply = framing.recv_frame(sock)
         except (FileNotFoundError, ConnectionRefusedError, ConnectionError, TimeoutError):
             sock.close()
             return False
+        except PermissionError:
+            sock.close()
+            raise QmddError(ErrorCode.PERMISSION_DENIED, f"not allowed to use {self.socket_path}",
+                            hints=("The daemon runs as another user; set QMDD_HOME to a directory of yours.",)
+                            ) from None
         except BaseException:
             sock.close()
             raise
@@ -113,6 +121,20 @@ class Client:
             self.close()
             raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"lost the connection to the daemon: {exc}",
                             hints=("Retry: the daemon restarts on demand.",)) from None
+
+
+def call_collecting(client: Client, method: str, params: dict[str, Any], key: str) -> dict[str, Any]:
+    """A call whose list `key` the daemon may stream in batches: the batches are put back in place."""
+    parts: list[Any] = []
+
+    def on_item(kind: str, payload: Any) -> None:
+        if kind == key:
+            parts.extend(payload)
+
+    answer: dict[str, Any] = client.call(method, params, on_item)
+    if answer.get("streamed") == key:
+        answer[key] = parts
+    return answer
 
 
 def _log_tail(paths: Paths, lines: int = 8) -> str:

@@ -33,7 +33,7 @@ from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 from qmdd.supervisor import Supervisor
-from qmdd.walk import resolve_inside
+from qmdd.walk import read_regular_file, resolve_inside
 
 READ_LIMITER_TOKENS = 4
 
@@ -59,14 +59,14 @@ def make_services(config: Config, reader: sqlite3.Connection, indexer: Mailbox, 
                     trio.CapacityLimiter(READ_LIMITER_TOKENS), Tokenizer(TokenizerConfig(stem=config.stem)))
 
 
-def read_text(doc: DocRow) -> str:
-    """Read a document from disk, never outside its collection root."""
+def read_text(doc: DocRow, max_bytes: int) -> str:
+    """Read a document from disk, never outside its collection root, never blocking on a FIFO."""
     try:
         path = resolve_inside(Path(doc.root), doc.path)
     except ValueError as exc:
         raise QmddError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, max_bytes)
     except FileNotFoundError:
         raise QmddError(ErrorCode.NOT_FOUND, f"{doc.uri} was deleted since it was indexed",
                         hints=("Run `qmdctl update`.",)) from None
@@ -161,17 +161,28 @@ class Api:
         answer = await keyword_search(self.s.reader, self.s.bm25, self.s.tokenizer, request)
         if request.full:
             for result in answer["results"]:
-                doc = self._find_document(result["file"], None)
-                result["body"] = await trio.to_thread.run_sync(read_text, doc, limiter=self.s.files)
+                try:
+                    result["body"] = await self._read(self._find_document(result["file"], None))
+                except QmddError as exc:  # one vanished or unreadable hit must not fail the search
+                    result["body"] = ""
+                    result["error"] = exc.to_wire()
+        await stream_long_list(call, answer, "results")
         return answer
+
+    async def _read(self, doc: DocRow) -> str:
+        return await trio.to_thread.run_sync(read_text, doc, self.s.config.max_file_bytes, limiter=self.s.files)
 
     def _find_document(self, target: str, cwd: str | None) -> DocRow:
         conn = self.s.reader
         prefix = docid_prefix(target)
         if prefix:
-            found = docs.find_docs(conn, "substr(d.hash, 1, ?) = ?", [len(prefix), prefix], limit=2)
+            found = docs.find_docs(conn, "substr(d.hash, 1, ?) = ?", [len(prefix), prefix], limit=6)
             if not found:
                 raise QmddError(ErrorCode.NOT_FOUND, f"no document with docid #{prefix}")
+            if len({d.hash for d in found}) > 1:
+                raise QmddError(ErrorCode.NOT_FOUND, f"docid #{prefix} is ambiguous",
+                                hints=("Give more hex digits of the docid, or the path.",),
+                                details={"candidates": [d.uri for d in found]})
             return found[0]
         resolved = resolve_target(target, docs.list_collections(conn), cwd)
         if resolved.collection is not None:
@@ -197,7 +208,7 @@ class Api:
         from_line = params["from_line"] if params["from_line"] is not None else from_line
         count = params["max_lines"] if params["max_lines"] is not None else count
         doc = self._find_document(target, params["cwd"])
-        text = await trio.to_thread.run_sync(read_text, doc, limiter=self.s.files)
+        text = await self._read(doc)
         body, first, remaining = slice_lines(text, from_line, count)
         context = ContextIndex(docs.list_contexts(self.s.reader)).for_path(doc.collection_id, doc.path)
         return {"file": doc.uri, "docid": doc.docid, "title": doc.title, "context": context,
@@ -232,7 +243,7 @@ class Api:
                 skipped += 1
             else:
                 try:
-                    text = await trio.to_thread.run_sync(read_text, doc, limiter=self.s.files)
+                    text = await self._read(doc)
                 except QmddError as exc:
                     entry.update(skipped=True, reason=exc.message)
                     skipped += 1
@@ -258,9 +269,11 @@ class Api:
         found = docs.find_docs(conn, "d.collection_id = ? AND (? = '' OR d.path = ? OR substr(d.path, 1, ?) = ?)",
                                [resolved.collection.id, prefix, prefix, len(prefix) + 1, prefix + "/"],
                                limit=1_000_000)
-        return {"collection": resolved.collection.name, "prefix": prefix,
-                "files": [{"file": d.uri, "path": d.path, "size": d.size, "mtime": d.mtime_ns / 1e9,
-                           "docid": d.docid, "title": d.title} for d in found]}
+        answer = {"collection": resolved.collection.name, "prefix": prefix,
+                  "files": [{"file": d.uri, "path": d.path, "size": d.size, "mtime": d.mtime_ns / 1e9,
+                             "docid": d.docid, "title": d.title} for d in found]}
+        await stream_long_list(call, answer, "files")
+        return answer
 
     # --- contexts --------------------------------------------------------------------------------
 
@@ -311,6 +324,21 @@ class Api:
             "actors": self.s.supervisor.statistics(), "rpc": self.s.rpc_statistics(),
             "problems": docs.list_problems(self.s.reader),
         }
+
+
+STREAM_BATCH = 500
+
+
+async def stream_long_list(call: Call, answer: dict[str, Any], key: str) -> None:
+    """Send a long list as `key` items of STREAM_BATCH entries, so no reply frame grows without bound;
+    the final reply then carries the list empty and `streamed: key`."""
+    entries = answer[key]
+    if len(entries) <= STREAM_BATCH:
+        return
+    for start in range(0, len(entries), STREAM_BATCH):
+        await call.emit(key, entries[start:start + STREAM_BATCH])
+    answer[key] = []
+    answer["streamed"] = key
 
 
 def _context_uri(collection: str | None, prefix: str) -> str:

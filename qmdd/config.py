@@ -24,8 +24,6 @@ class Config:
     index_batch_files: int = 512
     """Files per SQLite transaction while indexing: bounds the work lost to a kill -9."""
     shutdown_grace_s: float = 5.0
-    idle_exit_s: float = 0.0
-    """Exit after this many seconds without a client request (0: never)."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}

@@ -103,9 +103,12 @@ async def _serve(config: Config, sock: object, task_status: trio.TaskStatus[None
                 with trio.move_on_after(config.shutdown_grace_s):
                     await rpc.idle.wait()
                 connections.cancel_scope.cancel()
-            for mailbox in (indexer, bm25):
-                mailbox.send_channel.close()
+            # The indexer first: a scan still running sends its last batches to BM25, which must
+            # still be there to take them (and then to write its snapshot).
             with trio.move_on_after(config.shutdown_grace_s):
+                indexer.send_channel.close()
+                await supervisor.children[indexer.name].ended.wait()
+                bm25.send_channel.close()
                 await supervisor.wait_ended()
             nursery.cancel_scope.cancel()
     finally:

@@ -17,8 +17,9 @@ from pathlib import Path, PurePosixPath
 from qmdd.chunking import ChunkerConfig, chunk_markdown, extract_title
 from qmdd.store import documents as docs
 from qmdd.store.documents import CollectionRow, ParsedFile
-from qmdd.walk import FileStat, WalkConfig, walk_collection
+from qmdd.walk import FileStat, FileTooLarge, NotRegularFile, WalkConfig, read_regular_file, walk_collection
 
+MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[int], list[int]], None]
 ProgressSink = Callable[[dict[str, object]], None]
 
@@ -44,16 +45,25 @@ class ScanSummary:
     def to_wire(self) -> dict[str, object]:
         return {"collection": self.collection, "files": self.files, "indexed": self.indexed,
                 "unchanged": self.unchanged, "removed": self.removed, "chunks_added": self.chunks_added,
-                "problems": [{"path": p.path, "code": p.code, "message": p.message} for p in self.problems],
+                # Bounded, so a tree of a million unreadable files still fits in one reply frame;
+                # `qmdctl status` lists the recorded problems.
+                "problems": [{"path": p.path, "code": p.code, "message": p.message}
+                             for p in self.problems[:MAX_REPORTED_PROBLEMS]],
+                "problems_total": len(self.problems),
                 "seconds": round(self.seconds, 3)}
 
 
-def read_document(root: Path, st: FileStat, chunker: ChunkerConfig) -> ParsedFile | FileProblem | None:
+def read_document(root: Path, st: FileStat, chunker: ChunkerConfig,
+                  max_bytes: int) -> ParsedFile | FileProblem | None:
     """Read, hash and chunk one file. None when it vanished since the walk."""
     try:
-        data = (root / st.relpath).read_bytes()
+        data = read_regular_file(root / st.relpath, max_bytes)
     except FileNotFoundError:
         return None
+    except FileTooLarge as exc:
+        return FileProblem(st.relpath, "too_large", str(exc))
+    except NotRegularFile as exc:
+        return FileProblem(st.relpath, "not_regular", str(exc))
     except OSError as exc:
         return FileProblem(st.relpath, "unreadable", exc.strerror or str(exc))
     if b"\x00" in data[:8192]:
@@ -73,15 +83,14 @@ def read_document(root: Path, st: FileStat, chunker: ChunkerConfig) -> ParsedFil
         chunk_hashes=[hashlib.sha256(c.text.encode()).hexdigest() for c in chunks])
 
 
-def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, *, max_file_bytes: int,
+def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config: WalkConfig, *,
                     batch_files: int, chunker: ChunkerConfig, on_batch: BatchSink,
                     on_progress: ProgressSink, checkpoint: Callable[[], None] = lambda: None) -> ScanSummary:
     """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation)."""
     started = time.monotonic()
     summary = ScanSummary(collection.name)
     root = Path(collection.root)
-    walk = walk_collection(root, WalkConfig(masks=collection.masks, excludes=collection.excludes,
-                                            max_file_bytes=max_file_bytes))
+    walk = walk_collection(root, config)
     summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
     summary.files = len(walk.files)
     states = docs.doc_states(conn, collection.id)
@@ -108,7 +117,7 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, *, max_
     for st in candidates:
         checkpoint()
         old = states.get(st.relpath)
-        result = read_document(root, st, chunker)
+        result = read_document(root, st, chunker, config.max_file_bytes)
         if result is None:
             if old is not None:
                 pending_removals.append(st.relpath)

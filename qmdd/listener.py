@@ -37,24 +37,33 @@ def socket_is_live(path: Path, timeout: float = 1.0) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def instance_lock(paths: Paths) -> Iterator[int]:
-    """Hold an exclusive flock for the daemon's lifetime: two daemons never share one runtime dir."""
-    ensure_private_dir(paths.runtime_dir)
-    fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _flock(path: Path, what: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            raise QmddError(ErrorCode.DAEMON_RUNNING,
-                            f"another qmdd holds {paths.lock_file} and serves {paths.socket}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield fd
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
         os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        raise QmddError(ErrorCode.DAEMON_RUNNING, f"another qmdd holds {path} ({what})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+@contextlib.contextmanager
+def instance_lock(paths: Paths) -> Iterator[None]:
+    """Hold exclusive flocks for the daemon's lifetime on the runtime dir (one daemon per socket)
+    and on the data dir (one daemon per index, even when two shells disagree on XDG_RUNTIME_DIR)."""
+    ensure_private_dir(paths.runtime_dir)
+    ensure_private_dir(paths.data_dir)
+    fds = [_flock(paths.lock_file, f"serving {paths.socket}")]
+    try:
+        fds.append(_flock(paths.data_dir / "qmdd.lock", f"using the index in {paths.data_dir}"))
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def bind_socket(paths: Paths) -> socket.socket:

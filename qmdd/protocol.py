@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 PROTOCOL_VERSION = 1
-MAX_FRAME_BYTES = 8 * 1024 * 1024
-"""Largest frame either side accepts; bigger payloads are streamed as items."""
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+"""Largest frame either side accepts: above the default 10 MiB file size guard, so any indexed
+document fits in one `get` reply; long result lists are streamed as items."""
 
 HELLO = "hello"
 REQUEST = "req"

@@ -65,6 +65,13 @@ class RpcStats:
     rejected_peers: int = 0
 
 
+def _client_gone(exc: BaseException) -> bool:
+    """True when every failure inside `exc` is the client's stream breaking (it disconnected)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_client_gone(e) for e in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
+
+
 class RpcServer:
     def __init__(self, methods: dict[str, MethodHandler], server_info: dict[str, Any]) -> None:
         self.methods = methods
@@ -165,6 +172,8 @@ class RpcServer:
             log.debug("%s %s", method, {k: v for k, v in params.items() if k != "text"})
             value = await handler(params, Call(req_id, trace_id, send))
         except Exception as exc:
+            if _client_gone(exc):
+                raise trio.BrokenResourceError("client went away mid-stream") from None
             typed = unwrap_error(exc)
             if typed is not None:
                 raise typed from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from qmdctl.client import Client
 from qmdd import framing
 from qmdd.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, QmddError, hello, request
 from qmdd.store.db import connect
@@ -216,3 +218,64 @@ def test_client_reports_daemon_start_failure(env: Env) -> None:
         client.connect()
     assert e.value.code is ErrorCode.DAEMON_START_FAILED
     assert "CONFIG_ERROR" in e.value.message
+
+
+def test_bad_globs_are_typed_errors_and_never_break_the_indexer(env: Env, notes: Path) -> None:
+    for args in (("--mask", "**/[z-a].md"), ("--exclude", "!")):
+        proc = env.run("collection", "add", str(notes), "--name", "bad", *args, "--json", check=False)
+        assert proc.returncode == ErrorCode.INVALID_INPUT.spec.exit_code, proc.stdout
+    assert env.json("collection", "list") == []
+    env.run("collection", "add", str(notes), "--name", "notes")
+    proc = env.run("multi-get", "notes/[z-a].md", "--json", check=False)
+    assert proc.returncode == ErrorCode.INVALID_INPUT.spec.exit_code
+    status = env.json("status")
+    assert status["state"] == "ok" and status["actors"]["indexer"]["restarts"] == 0
+
+
+def test_get_on_a_fifo_fails_fast_instead_of_hanging(env: Env, notes: Path) -> None:
+    env.run("collection", "add", str(notes), "--name", "notes")
+    (notes / "beta.md").unlink()
+    os.mkfifo(notes / "beta.md")
+    started = time.monotonic()
+    proc = env.run("get", "notes/beta.md", "--json", check=False, timeout=30)
+    assert proc.returncode == ErrorCode.FILE_UNREADABLE.spec.exit_code
+    assert time.monotonic() - started < 10
+    summary = env.json("update")[0]
+    assert {p["path"]: p["code"] for p in summary["problems"]}["beta.md"] == "not_regular"
+
+
+def test_one_index_never_has_two_daemons(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "XDG_"))}
+    base.update(XDG_DATA_HOME=str(tmp_path / "d"), XDG_CONFIG_HOME=str(tmp_path / "c"),
+                XDG_CACHE_HOME=str(tmp_path / "k"))
+    first_env = {**base, "XDG_RUNTIME_DIR": str(tmp_path / "r1")}
+    first = subprocess.Popen([sys.executable, "-m", "qmdd"], env=first_env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Client(environ=first_env) as client:
+            assert client.call("ping")["pid"] == first.pid
+        # Same index, another runtime dir (a shell without XDG_RUNTIME_DIR, say): refused.
+        second = subprocess.run([sys.executable, "-m", "qmdd"], env={**base, "XDG_RUNTIME_DIR": str(tmp_path / "r2")},
+                                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert second.returncode == ErrorCode.DAEMON_RUNNING.spec.exit_code, second.stderr
+        assert "using the index" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+
+
+def test_update_reports_a_missing_root_and_updates_the_others(env: Env, notes: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "g.md").write_text("# G\n\nwallaby\n")
+    env.run("collection", "add", str(notes), "--name", "notes")
+    env.run("collection", "add", str(gone), "--name", "gone")
+    (notes / "new.md").write_text("# New\n\nquokka\n")
+    (gone / "g.md").unlink()
+    gone.rmdir()
+    proc = env.run("update", "--json", check=False)
+    assert proc.returncode == ErrorCode.PATH_NOT_FOUND.spec.exit_code
+    rows = {r["collection"]: r for r in json.loads(proc.stdout)}
+    assert rows["gone"]["error"]["code"] == "PATH_NOT_FOUND" and rows["notes"]["indexed"] == 1
+    assert env.json("search", "quokka")[0]["file"] == "qmd://notes/new.md"
+    assert env.json("status")["state"] == "ok"

@@ -82,13 +82,16 @@ def progress_reporter(out: Output) -> tuple[Callable[[str, Any], None], Callable
 def print_summaries(out: Output, summaries: list[dict[str, Any]]) -> None:
     def text(rows: list[dict[str, Any]]) -> None:
         for s in rows:
+            if "error" in s:
+                out.line(out.style(f"{s['collection']}: {s['error']['code']}: {s['error']['message']}", "red"))
+                continue
             out.line(f"{out.style(s['collection'], 'cyan')}: {s['files']} files, {s['indexed']} indexed, "
-                     f"{s['unchanged']} unchanged, {s['removed']} removed, {len(s['problems'])} skipped "
+                     f"{s['unchanged']} unchanged, {s['removed']} removed, {s['problems_total']} skipped "
                      f"in {s['seconds']:.2f}s")
             for p in s["problems"][:10]:
                 out.line(out.style(f"  skipped {p['path']}: {p['code']}: {p['message']}", "yellow"))
-            if len(s["problems"]) > 10:
-                out.line(out.style(f"  … and {len(s['problems']) - 10} more (qmdctl status)", "yellow"))
+            if s["problems_total"] > 10:
+                out.line(out.style(f"  … and {s['problems_total'] - 10} more (qmdctl status)", "yellow"))
 
     if out.fmt == "ndjson":
         for s in summaries:
@@ -106,6 +109,16 @@ def update(inv: Invocation) -> int:
     finally:
         close()
     print_summaries(inv.output, summaries)
+    return failed_exit_code(summaries)
+
+
+def failed_exit_code(summaries: list[dict[str, Any]]) -> int:
+    """The exit code of the first collection that could not be scanned (0 when all were)."""
+    from qmdd.protocol import QmddError
+
+    for s in summaries:
+        if "error" in s:
+            return QmddError.from_wire(s["error"]).code.spec.exit_code
     return 0
 
 

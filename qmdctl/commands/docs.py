@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from qmdctl.client import call_collecting
 from qmdd.search.snippets import number_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -106,7 +107,7 @@ def _when(ts: float) -> str:
 
 def ls(inv: Invocation) -> int:
     out = inv.output
-    answer = inv.client.call("ls", {"target": inv.args["target"], "cwd": os.getcwd()})
+    answer = call_collecting(inv.client, "ls", {"target": inv.args["target"], "cwd": os.getcwd()}, "files")
     if "collections" in answer:
         rows = answer["collections"]
         if out.fmt == "text":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from qmdctl.client import call_collecting
 from qmdd.search.snippets import number_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -23,7 +24,7 @@ def search(inv: Invocation) -> int:
     params = {"query": " ".join(args["query"]), "limit": limit, "collections": args["collection"],
               "path_prefix": args["path"], "min_score": args["min_score"], "explain": args["explain"],
               "full": args["full"]}
-    answer = inv.client.call("search", params)
+    answer = call_collecting(inv.client, "search", params, "results")
     render_results(inv.output, answer["results"], params["query"], line_numbers=args["line_numbers"],
                    full=args["full"], min_score=args["min_score"])
     return 0

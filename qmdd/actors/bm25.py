@@ -112,7 +112,13 @@ class Bm25Actor(Actor):
         self.loaded_from = "snapshot"
 
     def _write_snapshot(self) -> None:
-        self.index.save(self._snapshot, self._meta)
+        try:
+            self.index.save(self._snapshot, self._meta)
+        except OSError as exc:
+            # The snapshot only saves start-up time (SQLite is the truth): a full or read-only disk
+            # must not take keyword search down. It stays dirty, so the next save tries again.
+            log.warning("cannot write the BM25 snapshot %s: %s", self._snapshot, exc)
+            return
         self._dirty = False
 
     def _add(self, chunks: Iterable[ChunkText]) -> None:
@@ -141,8 +147,11 @@ class Bm25Actor(Actor):
     def _apply_sync(self, message: ApplyChunks) -> None:
         if message.removed:
             self.index.remove(message.removed)
-        for start in range(0, len(message.added), 2000):
-            self._add(docs.chunk_texts(self.conn, message.added[start:start + 2000]))
+        # After a restart of this actor, its reconciliation may already hold chunks that a batch
+        # queued before the crash announces again: adding is idempotent.
+        added = list(BitMap(message.added) - self.index.chunk_ids())
+        for start in range(0, len(added), 2000):
+            self._add(docs.chunk_texts(self.conn, added[start:start + 2000]))
 
     async def _apply(self, message: ApplyChunks) -> None:
         await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import trio
 
 from qmdd.actors.base import Actor, Handler, Mailbox
 from qmdd.chunking import ChunkerConfig
-from qmdd.indexing import ScanSummary, scan_collection
+from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection
 from qmdd.protocol import (
     AddCollection,
     ApplyChunks,
@@ -34,7 +35,8 @@ from qmdd.protocol import (
 )
 from qmdd.store import documents as docs
 from qmdd.store.db import connect
-from qmdd.walk import DEFAULT_MASKS
+from qmdd.store.documents import CollectionRow
+from qmdd.walk import DEFAULT_MASKS, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
 
@@ -108,17 +110,18 @@ class IndexerActor(Actor):
             if progress is not None:
                 trio.from_thread.run_sync(_offer, progress, event)
 
+        failures: list[dict[str, object]] = []
         for collection in collections:
-            if not await trio.Path(collection.root).is_dir():
-                raise QmddError(ErrorCode.PATH_NOT_FOUND,
-                                f"root of collection {collection.name!r} is missing: {collection.root}",
-                                hints=("Reconnect the disk, or remove the collection.",))
             self.current = collection.name
             try:
-                summary = await self._write(lambda c=collection: scan_collection(
-                    self.conn, c, max_file_bytes=self._max_file_bytes, batch_files=self._batch_files,
-                    chunker=self._chunker, on_batch=on_batch, on_progress=on_progress,
-                    checkpoint=trio.from_thread.check_cancelled))
+                config = walk_config(collection.masks, collection.excludes, self._max_file_bytes)
+                summary = await self._write(self._scan_one, collection, config, on_batch, on_progress)
+            except QmddError as exc:
+                # One unmounted or unreadable root must not stop the other collections' updates.
+                if len(collections) == 1:
+                    raise
+                failures.append({"collection": collection.name, "error": exc.to_wire()})
+                continue
             finally:
                 self.current = None
             self.scans += 1
@@ -127,13 +130,23 @@ class IndexerActor(Actor):
             log.info("scanned %s: %d files, %d indexed, %d removed, %d problems in %.2fs", collection.name,
                      summary.files, summary.indexed, summary.removed, len(summary.problems), summary.seconds)
         await self._bm25.call(SaveSnapshot())
-        return [s.to_wire() for s in summaries]
+        return [s.to_wire() for s in summaries] + failures
+
+    def _scan_one(self, collection: CollectionRow, config: WalkConfig, on_batch: BatchSink,
+                  on_progress: ProgressSink) -> ScanSummary:
+        try:
+            return scan_collection(self.conn, collection, config, batch_files=self._batch_files,
+                                   chunker=self._chunker, on_batch=on_batch, on_progress=on_progress,
+                                   checkpoint=trio.from_thread.check_cancelled)
+        except OSError as exc:  # the root itself vanished or became unreadable mid-scan
+            raise filesystem_error(exc, f"root of collection {collection.name!r} ({collection.root})") from None
 
     async def _add(self, message: AddCollection) -> dict[str, object]:
         name = check_collection_name(message.name)
         existing = [(c.name, c.root) for c in docs.list_collections(self.conn)]
         root = await trio.to_thread.run_sync(check_new_root, message.path, existing)
         masks = message.masks or list(DEFAULT_MASKS)
+        walk_config(masks, message.excludes, self._max_file_bytes)
         row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes)
         return {"name": row.name, "root": row.root, "masks": list(row.masks), "excludes": list(row.excludes)}
 
@@ -181,14 +194,36 @@ def _offer(channel: trio.MemorySendChannel[dict[str, object]], event: dict[str, 
         channel.send_nowait(event)
 
 
+def walk_config(masks: Sequence[str], excludes: Sequence[str], max_file_bytes: int) -> WalkConfig:
+    """The walker's configuration, with bad globs turned into a typed error instead of a crash."""
+    try:
+        return WalkConfig(masks=tuple(masks), excludes=tuple(excludes), max_file_bytes=max_file_bytes)
+    except ValueError as exc:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"bad --mask or --exclude pattern: {exc}") from None
+
+
+def filesystem_error(exc: OSError, what: str) -> QmddError:
+    """Map an OSError met while touching a collection's files onto a typed error."""
+    if isinstance(exc, PermissionError):
+        return QmddError(ErrorCode.PERMISSION_DENIED, f"{what}: permission denied",
+                         hints=("Give the daemon's user read access, or remove the collection.",))
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return QmddError(ErrorCode.PATH_NOT_FOUND, f"{what}: {exc.strerror or exc}",
+                         hints=("Reconnect the disk or restore the folder, or remove the collection.",))
+    return QmddError(ErrorCode.FILE_UNREADABLE, f"{what}: {exc.strerror or exc}")
+
+
 def check_new_root(path: str, existing: list[tuple[str, str]]) -> Path:
     """Validate a new collection root against the filesystem and the other collections' roots."""
     root = Path(path).expanduser()
     if not root.is_absolute():
         raise QmddError(ErrorCode.INVALID_INPUT, f"collection path must be absolute: {path}")
-    if not root.is_dir():
-        raise QmddError(ErrorCode.PATH_NOT_FOUND, f"not a directory: {root}")
-    root = root.resolve()
+    try:
+        if not root.is_dir():
+            raise QmddError(ErrorCode.PATH_NOT_FOUND, f"not a directory: {root}")
+        root = root.resolve(strict=True)
+    except OSError as exc:
+        raise filesystem_error(exc, str(root)) from None
     for name, other in existing:
         other_root = Path(other)
         if root == other_root or root.is_relative_to(other_root) or other_root.is_relative_to(root):

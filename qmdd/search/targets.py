@@ -99,7 +99,8 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
             if end < 0:
                 out.append(re.escape(ch))
             else:
-                out.append("[" + pattern[i + 1:end].replace("\\", "\\\\") + "]")
+                body = pattern[i + 1:end].replace("\\", "\\\\")
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
                 i = end
         elif ch == "{":
             end = pattern.find("}", i + 1)
@@ -111,7 +112,10 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(ch))
         i += 1
-    return re.compile("".join(out) + r"\Z")
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error as exc:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"bad glob {pattern!r}: {exc}") from None
 
 
 def is_glob(pattern: str) -> bool:

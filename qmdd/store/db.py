@@ -107,14 +107,21 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (including cancellation)."""
-    conn.execute("BEGIN IMMEDIATE")
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (including cancellation).
+
+    SQLite's own failures (disk full, database locked past the busy timeout, I/O errors) become
+    STORAGE_ERROR: a typed answer for the caller, not a crash of the actor that owns the writer."""
     try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise QmddError(ErrorCode.STORAGE_ERROR, f"database write failed: {exc}") from exc
 
 
 def open_database(path: Path) -> sqlite3.Connection:
