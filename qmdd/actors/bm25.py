@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,17 +35,39 @@ HEADING_WEIGHT = 2
 PATH_WEIGHT = 2
 
 
-def index_chunk(tokenizer: Tokenizer, chunk: ChunkText) -> IndexedChunk:
-    tf = tokenizer.count_terms(chunk.text)
-    length = sum(tf.values())
-    path = PurePosixPath(chunk.path)
-    # A heading that repeats the title (the usual `# Title` line) is boosted once, as the title.
-    headings = " ".join(h for h in chunk.heading if h != chunk.title)
-    for weight, text in ((TITLE_WEIGHT, chunk.title), (HEADING_WEIGHT, headings),
-                         (PATH_WEIGHT, " ".join((*path.parent.parts, path.stem)))):
+def _weighted(tokenizer: Tokenizer, fields: tuple[tuple[int, str], ...]) -> dict[str, int]:
+    tf: dict[str, int] = {}
+    for weight, text in fields:
         for term, count in tokenizer.count_terms(text).items():
             tf[term] = tf.get(term, 0) + weight * count
-    return IndexedChunk(chunk.chunk_id, chunk.doc_id, chunk.collection_id, tf, length)
+    return tf
+
+
+def index_chunks(tokenizer: Tokenizer, chunks: Iterable[ChunkText]) -> list[IndexedChunk]:
+    """Chunk texts to weighted term frequencies. Title and path terms are shared by all chunks of a
+    document and headings by runs of chunks: each is tokenized once per batch."""
+    doc_fields: dict[int, dict[str, int]] = {}
+    heading_fields: dict[tuple[tuple[str, ...], str], dict[str, int]] = {}
+    out = []
+    for chunk in chunks:
+        tf = tokenizer.count_terms(chunk.text)
+        length = sum(tf.values())
+        shared = doc_fields.get(chunk.doc_id)
+        if shared is None:
+            folder, _, name = chunk.path.rpartition("/")
+            path_text = f"{folder.replace('/', ' ')} {name.rpartition('.')[0] or name}"
+            shared = doc_fields[chunk.doc_id] = _weighted(tokenizer, ((TITLE_WEIGHT, chunk.title),
+                                                                       (PATH_WEIGHT, path_text)))
+        headings = heading_fields.get((chunk.heading, chunk.title))
+        if headings is None:
+            # A heading that repeats the title (the usual `# Title` line) is boosted once, as the title.
+            text = " ".join(h for h in chunk.heading if h != chunk.title)
+            headings = heading_fields[chunk.heading, chunk.title] = _weighted(tokenizer, ((HEADING_WEIGHT, text),))
+        for extra in (shared, headings):
+            for term, count in extra.items():
+                tf[term] = tf.get(term, 0) + count
+        out.append(IndexedChunk(chunk.chunk_id, chunk.doc_id, chunk.collection_id, tf, length))
+    return out
 
 
 class Bm25Actor(Actor):
@@ -122,7 +144,7 @@ class Bm25Actor(Actor):
         self._dirty = False
 
     def _add(self, chunks: Iterable[ChunkText]) -> None:
-        self.index.add([index_chunk(self._tokenizer, c) for c in chunks])
+        self.index.add(index_chunks(self._tokenizer, chunks))
 
     def _reconcile(self) -> tuple[int, int]:
         truth = BitMap(docs.all_chunk_ids(self.conn))

@@ -104,7 +104,10 @@ class IndexerActor(Actor):
         summaries: list[ScanSummary] = []
 
         def on_batch(added: list[int], removed: list[int]) -> None:
-            trio.from_thread.run(bm25.call, ApplyChunks(added, removed))
+            # Not awaited: BM25 tokenizes this batch while the next one is read and written. The
+            # snapshot request after the scan is the barrier; a batch BM25 failed on is repaired by
+            # its reconciliation with SQLite when it restarts.
+            trio.from_thread.run(bm25.cast, ApplyChunks(added, removed))
 
         def on_progress(event: dict[str, object]) -> None:
             if progress is not None:
