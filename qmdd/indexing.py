@@ -104,6 +104,8 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
     touched: list[tuple[str, int, int]] = []
 
     def flush() -> None:
+        if not (parsed or touched or pending_removals):
+            return  # a no-change rescan writes nothing (but its problem list, below)
         added, removed = docs.write_batch(conn, collection.id, parsed, touched, pending_removals)
         summary.chunks_added += len(added)
         summary.removed += len(pending_removals)

@@ -173,7 +173,6 @@ def write_batch(conn: sqlite3.Connection, collection_id: int, parsed: Sequence[P
                      chunk.text, chunk_hash))
                 assert cur.lastrowid is not None
                 added.append(cur.lastrowid)
-        touch_collection(conn, collection_id)
     return added, removed
 
 
@@ -189,9 +188,10 @@ def _delete_document(conn: sqlite3.Connection, collection_id: int, path: str) ->
 
 def replace_problems(conn: sqlite3.Connection, collection_id: int,
                      problems: Iterable[tuple[str, str, str]]) -> None:
-    """Replace the files a full scan of this collection had to skip."""
+    """Replace the files a full scan of this collection had to skip; the scan is then complete."""
     now = time.time()
     with transaction(conn):
+        touch_collection(conn, collection_id)
         conn.execute("DELETE FROM problems WHERE collection_id = ?", (collection_id,))
         conn.executemany("INSERT OR REPLACE INTO problems (collection_id, path, code, message, seen_at)"
                          " VALUES (?, ?, ?, ?, ?)", [(collection_id, p, c, m, now) for p, c, m in problems])
