@@ -249,19 +249,19 @@ def test_one_index_never_has_two_daemons(tmp_path: Path) -> None:
     base.update(XDG_DATA_HOME=str(tmp_path / "d"), XDG_CONFIG_HOME=str(tmp_path / "c"),
                 XDG_CACHE_HOME=str(tmp_path / "k"))
     first_env = {**base, "XDG_RUNTIME_DIR": str(tmp_path / "r1")}
-    first = subprocess.Popen([sys.executable, "-m", "qmdd"], env=first_env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with Client(environ=first_env) as client:
-            assert client.call("ping")["pid"] == first.pid
-        # Same index, another runtime dir (a shell without XDG_RUNTIME_DIR, say): refused.
-        second = subprocess.run([sys.executable, "-m", "qmdd"], env={**base, "XDG_RUNTIME_DIR": str(tmp_path / "r2")},
-                                capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
-        assert second.returncode == ErrorCode.DAEMON_RUNNING.spec.exit_code, second.stderr
-        assert "using the index" in second.stderr
-    finally:
-        first.terminate()
-        first.wait(timeout=30)
+    with Client(environ=first_env) as client:  # starts the first daemon on demand
+        pid = client.call("ping")["pid"]
+        try:
+            # Same index, another runtime dir (a shell without XDG_RUNTIME_DIR, say): refused.
+            second = subprocess.run([sys.executable, "-m", "qmdd"],
+                                    env={**base, "XDG_RUNTIME_DIR": str(tmp_path / "r2")},
+                                    capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            assert second.returncode == ErrorCode.DAEMON_RUNNING.spec.exit_code, second.stderr
+            assert "using the index" in second.stderr
+            assert client.call("ping")["pid"] == pid
+        finally:
+            client.call("shutdown")
+    os.waitpid(pid, 0)  # the client started it as our child: reap it
 
 
 def test_update_reports_a_missing_root_and_updates_the_others(env: Env, notes: Path, tmp_path: Path) -> None:
