@@ -12,16 +12,14 @@ import argparse
 import csv
 import json
 import math
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from common import bench_daemon
+
 from qmdctl.client import Client
-from qmdd.paths import resolve_paths
 
 # The plain BM25 reference nDCG@10 given in ../shared/data/README.md.
 REFERENCE = {"cranfield": 0.352, "cisi": 0.368, "medline": 0.671, "cacm": 0.504, "npl": 0.445,
@@ -116,10 +114,7 @@ def main() -> int:
     names = sorted(p.name for p in args.data.iterdir() if (p / "corpus.jsonl").exists())
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="qmdd-eval-", dir="/tmp"))
-    environ = {**os.environ, "QMDD_HOME": str(work / "home")}
-    client = Client(resolve_paths(environ), environ=environ)
-    try:
+    with bench_daemon("qmdd-eval-") as (client, work):
         print(f"{'collection':<16}{'docs':>7}{'queries':>8}{'nDCG@10':>9}{'ref':>7}{'Δ':>7}{'R@100':>8}"
               f"{'index s':>9}{'q p50 ms':>10}")
         for name in names:
@@ -128,13 +123,6 @@ def main() -> int:
             delta = f"{r['ndcg@10'] - ref:+.3f}" if ref else "-"
             print(f"{name:<16}{r['docs']:>7}{r['queries']:>8}{r['ndcg@10']:>9.3f}{ref or 0:>7.3f}{delta:>7}"
                   f"{r['recall@100']:>8.3f}{r['index_s']:>9.2f}{r['query_ms_p50']:>10.2f}", flush=True)
-    finally:
-        try:
-            client.call("shutdown")
-        finally:
-            client.close()
-            time.sleep(0.5)
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

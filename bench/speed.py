@@ -11,7 +11,6 @@ markdown archives together.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -19,13 +18,12 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from qmdctl.client import Client
-from qmdd.paths import resolve_paths
+from common import bench_daemon
+
 from qmdd.search.bm25index import BM25Index, IndexedChunk
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store.db import connect
@@ -134,12 +132,10 @@ def main() -> int:
 
     tldr = extract("tldr.tar.gz", tldr_english, CACHE / "tldr-en")
     pages = sum(1 for _ in tldr.rglob("*.md"))
-    home = Path(tempfile.mkdtemp(prefix="qmdd-bench-", dir="/tmp"))
-    environ = {**os.environ, "QMDD_HOME": str(home), "QMDD_LOG_LEVEL": "warning"}
-    paths = resolve_paths(environ)
-    client = Client(paths, environ=environ)
-    try:
+    with bench_daemon("qmdd-bench-", QMDD_LOG_LEVEL="warning") as (client, _):
         client.connect()
+        environ = client.environ or {}
+        paths = client.paths
         pid = int(client.server["pid"])
         print(f"tldr English pages: {pages} files")
         fulls = []
@@ -208,13 +204,6 @@ def main() -> int:
                 client.call("search", {"query": q, "limit": 5})
                 lat.append(time.perf_counter() - t0)
             print(f"in-daemon search over all three: {ms(lat)}")
-    finally:
-        try:
-            client.call("shutdown")
-        finally:
-            client.close()
-            time.sleep(1)
-            shutil.rmtree(home, ignore_errors=True)
     return 0
 
 

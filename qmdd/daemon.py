@@ -26,6 +26,8 @@ from qmdd.api import Api, make_services
 from qmdd.config import Config
 from qmdd.paths import ensure_private_dir
 from qmdd.rpc import RpcServer
+from qmdd.search.fields import index_chunks
+from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store.db import connect, open_database, transaction
 from qmdd.supervisor import Supervisor
 
@@ -82,8 +84,10 @@ async def _serve(config: Config, sock: object, task_status: trio.TaskStatus[None
             indexer = Mailbox("indexer")
             await supervisor.start_actor(bm25, lambda: Bm25Actor(
                 paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
+            prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
             await supervisor.start_actor(indexer, lambda: IndexerActor(
-                paths.database, bm25, max_file_bytes=config.max_file_bytes, batch_files=config.index_batch_files))
+                paths.database, bm25, prepare, max_file_bytes=config.max_file_bytes,
+                batch_files=config.index_batch_files))
             rpc: RpcServer | None = None
             services = make_services(config, reader, indexer, bm25, supervisor,
                                      lambda: rpc.statistics() if rpc else {}, shutdown)

@@ -16,11 +16,11 @@ from pathlib import Path, PurePosixPath
 
 from qmdd.chunking import ChunkerConfig, chunk_markdown, extract_title
 from qmdd.store import documents as docs
-from qmdd.store.documents import CollectionRow, ParsedFile
+from qmdd.store.documents import ChunkText, CollectionRow, ParsedFile
 from qmdd.walk import FileStat, FileTooLarge, NotRegularFile, WalkConfig, read_regular_file, walk_collection
 
 MAX_REPORTED_PROBLEMS = 100
-BatchSink = Callable[[list[int], list[int]], None]
+BatchSink = Callable[[list[ChunkText], list[int]], None]
 ProgressSink = Callable[[dict[str, object]], None]
 
 

@@ -320,12 +320,15 @@ class Cleanup:
 
 
 class ApplyChunks:
-    """BM25: index the chunks with these ids (read from SQLite) and forget the removed ones."""
-    __slots__ = ("added", "removed")
+    """BM25: index the added chunks and forget the removed ones. `prepared` holds the added chunks'
+    term frequencies when the sender already tokenized them; otherwise they are read from SQLite."""
 
-    def __init__(self, added: list[int], removed: list[int]) -> None:
+    __slots__ = ("added", "removed", "prepared")
+
+    def __init__(self, added: list[int], removed: list[int], prepared: list[Any] | None = None) -> None:
         self.added = added
         self.removed = removed
+        self.prepared = prepared
 
 
 class VerifyIndex:

@@ -9,15 +9,18 @@ crashed or was given up on.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import outcome
 import trio
 
 from qmdd.protocol import ErrorCode, QmddError
+from qmdd.store.db import connect
 
 INBOX_SIZE = 1024
 
@@ -147,3 +150,26 @@ class Actor:
                     ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor failed: {exc}")))
                 result.unwrap()
         send_reply(envelope, result)
+
+
+class DatabaseActor(Actor):
+    """An actor owning one SQLite connection from setup to teardown (used by its worker threads,
+    one at a time: the actor handles one message at a time)."""
+
+    def __init__(self, database: Path) -> None:
+        super().__init__()
+        self._database = database
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "setup() opens the connection"
+        return self._conn
+
+    async def setup(self) -> None:
+        self._conn = connect(self._database)
+
+    async def teardown(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -9,7 +9,6 @@ between a SQLite commit and the next snapshot) is repaired by adding or removing
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,72 +17,28 @@ from typing import Any
 import trio
 from pyroaring import BitMap
 
-from qmdd.actors.base import Actor, Handler
+from qmdd.actors.base import DatabaseActor, Handler
 from qmdd.protocol import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
-from qmdd.search.bm25index import BM25Index, ChunkHit, IndexedChunk, SnapshotError
+from qmdd.search.bm25index import BM25Index, ChunkHit, SnapshotError
+from qmdd.search.fields import index_chunks
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
-from qmdd.store.db import connect
 from qmdd.store.documents import ChunkText
 
 log = logging.getLogger("qmdd.bm25")
 
-# Integer field weights (BM25F-style): a query word in a title or heading says more about a chunk
-# than the same word in passing. Title 2 measured best of 1/2/3/5 on the eval collections.
-TITLE_WEIGHT = 2
-HEADING_WEIGHT = 2
-PATH_WEIGHT = 2
-
-
-def _weighted(tokenizer: Tokenizer, fields: tuple[tuple[int, str], ...]) -> dict[str, int]:
-    tf: dict[str, int] = {}
-    for weight, text in fields:
-        for term, count in tokenizer.count_terms(text).items():
-            tf[term] = tf.get(term, 0) + weight * count
-    return tf
-
-
-def index_chunks(tokenizer: Tokenizer, chunks: Iterable[ChunkText]) -> list[IndexedChunk]:
-    """Chunk texts to weighted term frequencies. Title and path terms are shared by all chunks of a
-    document and headings by runs of chunks: each is tokenized once per batch."""
-    doc_fields: dict[int, dict[str, int]] = {}
-    heading_fields: dict[tuple[tuple[str, ...], str], dict[str, int]] = {}
-    out = []
-    for chunk in chunks:
-        tf = tokenizer.count_terms(chunk.text)
-        length = sum(tf.values())
-        shared = doc_fields.get(chunk.doc_id)
-        if shared is None:
-            folder, _, name = chunk.path.rpartition("/")
-            path_text = f"{folder.replace('/', ' ')} {name.rpartition('.')[0] or name}"
-            shared = doc_fields[chunk.doc_id] = _weighted(tokenizer, ((TITLE_WEIGHT, chunk.title),
-                                                                       (PATH_WEIGHT, path_text)))
-        headings = heading_fields.get((chunk.heading, chunk.title))
-        if headings is None:
-            # A heading that repeats the title (the usual `# Title` line) is boosted once, as the title.
-            text = " ".join(h for h in chunk.heading if h != chunk.title)
-            headings = heading_fields[chunk.heading, chunk.title] = _weighted(tokenizer, ((HEADING_WEIGHT, text),))
-        for extra in (shared, headings):
-            for term, count in extra.items():
-                tf[term] = tf.get(term, 0) + count
-        out.append(IndexedChunk(chunk.chunk_id, chunk.doc_id, chunk.collection_id, tf, length))
-    return out
-
-
-class Bm25Actor(Actor):
+class Bm25Actor(DatabaseActor):
     name = "bm25"
 
     def __init__(self, database: Path, snapshot: Path, database_id: str, *, stem: bool = True,
                  k1: float = 1.3, b: float = 0.55) -> None:
-        super().__init__()
-        self._database = database
+        super().__init__(database)
         self._snapshot = snapshot
         self._tokenizer = Tokenizer(TokenizerConfig(stem=stem))
         self._meta = {"database_id": database_id, "tokenizer": self._tokenizer.fingerprint,
                       "k1": repr(k1), "b": repr(b)}
         self._k1, self._b = k1, b
         self.index = BM25Index(k1=k1, b=b)
-        self._conn: sqlite3.Connection | None = None
         self._cpu = trio.CapacityLimiter(1)
         self._dirty = False
         self.loaded_from = "empty"
@@ -93,13 +48,8 @@ class Bm25Actor(Actor):
         return {ApplyChunks: self._apply, Bm25Query: self._query, SaveSnapshot: self._save,
                 VerifyIndex: self._verify}
 
-    @property
-    def conn(self) -> sqlite3.Connection:
-        assert self._conn is not None, "setup() opens the connection"
-        return self._conn
-
     async def setup(self) -> None:
-        self._conn = connect(self._database)
+        await super().setup()
         started = time.monotonic()
         await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
         await self._verify(VerifyIndex())
@@ -107,11 +57,9 @@ class Bm25Actor(Actor):
                  time.monotonic() - started)
 
     async def teardown(self) -> None:
-        if self._conn is not None:
-            if self._dirty:
-                await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
-            self._conn.close()
-            self._conn = None
+        if self._conn is not None and self._dirty:
+            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+        await super().teardown()
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
@@ -171,7 +119,11 @@ class Bm25Actor(Actor):
             self.index.remove(message.removed)
         # After a restart of this actor, its reconciliation may already hold chunks that a batch
         # queued before the crash announces again: adding is idempotent.
-        added = list(BitMap(message.added) - self.index.chunk_ids())
+        live = self.index.chunk_ids()
+        if message.prepared is not None:
+            self.index.add([c for c in message.prepared if c.chunk_id not in live])
+            return
+        added = list(BitMap(message.added) - live)
         for start in range(0, len(added), 2000):
             self._add(docs.chunk_texts(self.conn, added[start:start + 2000]))
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from qmdd.actors.base import Actor, Handler, Mailbox
+from qmdd.actors.base import DatabaseActor, Handler, Mailbox
 from qmdd.chunking import ChunkerConfig
 from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection
 from qmdd.protocol import (
@@ -34,8 +33,7 @@ from qmdd.protocol import (
     VerifyIndex,
 )
 from qmdd.store import documents as docs
-from qmdd.store.db import connect
-from qmdd.store.documents import CollectionRow
+from qmdd.store.documents import ChunkText, CollectionRow
 from qmdd.walk import DEFAULT_MASKS, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
@@ -51,18 +49,19 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-class IndexerActor(Actor):
+class IndexerActor(DatabaseActor):
     name = "indexer"
 
-    def __init__(self, database: Path, bm25: Mailbox, *, max_file_bytes: int, batch_files: int,
-                 chunker: ChunkerConfig | None = None) -> None:
-        super().__init__()
-        self._database = database
+    def __init__(self, database: Path, bm25: Mailbox, prepare: Callable[[list[ChunkText]], list[Any]], *,
+                 max_file_bytes: int, batch_files: int, chunker: ChunkerConfig | None = None) -> None:
+        super().__init__(database)
         self._bm25 = bm25
+        # Tokenizes a committed batch for BM25 in this actor's worker thread, while the text is at
+        # hand: one CPU-bound thread at a time (two would fight over the GIL and stall the I/O).
+        self._prepare = prepare
         self._max_file_bytes = max_file_bytes
         self._batch_files = batch_files
         self._chunker = chunker or ChunkerConfig()
-        self._conn: sqlite3.Connection | None = None
         self._writer = trio.CapacityLimiter(1)
         self.scans = 0
         self.files_indexed = 0
@@ -71,19 +70,6 @@ class IndexerActor(Actor):
     def handlers(self) -> dict[type, Handler]:
         return {ScanCollections: self._scan, AddCollection: self._add, RemoveCollection: self._remove,
                 RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup}
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        assert self._conn is not None, "setup() opens the connection"
-        return self._conn
-
-    async def setup(self) -> None:
-        self._conn = connect(self._database)
-
-    async def teardown(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"scans": self.scans, "files_indexed": self.files_indexed, "scanning": self.current}
@@ -103,11 +89,13 @@ class IndexerActor(Actor):
         bm25 = self._bm25
         summaries: list[ScanSummary] = []
 
-        def on_batch(added: list[int], removed: list[int]) -> None:
-            # Not awaited: BM25 tokenizes this batch while the next one is read and written. The
-            # snapshot request after the scan is the barrier; a batch BM25 failed on is repaired by
-            # its reconciliation with SQLite when it restarts.
-            trio.from_thread.run(bm25.cast, ApplyChunks(added, removed))
+        prepare = self._prepare
+
+        def on_batch(added: list[ChunkText], removed: list[int]) -> None:
+            # Not awaited: the snapshot request after the scan is the barrier, and a batch BM25
+            # failed on is repaired by its reconciliation with SQLite when it restarts.
+            message = ApplyChunks([c.chunk_id for c in added], removed, prepare(added))
+            trio.from_thread.run(bm25.cast, message)
 
         def on_progress(event: dict[str, object]) -> None:
             if progress is not None:

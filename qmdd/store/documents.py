@@ -144,13 +144,14 @@ def doc_states(conn: sqlite3.Connection, collection_id: int) -> dict[str, DocSta
 
 
 def write_batch(conn: sqlite3.Connection, collection_id: int, parsed: Sequence[ParsedFile],
-                touched: Sequence[tuple[str, int, int]], removed_paths: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Apply one batch atomically; returns (added chunk ids, removed chunk ids).
+                touched: Sequence[tuple[str, int, int]], removed_paths: Sequence[str]
+                ) -> tuple[list[ChunkText], list[int]]:
+    """Apply one batch atomically; returns (the added chunks, with their new ids; removed chunk ids).
 
     `touched` are (path, size, mtime_ns) of files whose stat changed but whose content hash did not:
     only their stat is refreshed, so the next rescan takes the cheap path again.
     """
-    added: list[int] = []
+    added: list[ChunkText] = []
     removed: list[int] = []
     now = time.time()
     with transaction(conn):
@@ -165,6 +166,7 @@ def write_batch(conn: sqlite3.Connection, collection_id: int, parsed: Sequence[P
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (collection_id, f.path, f.size, f.mtime_ns, f.hash, f.title, f.lines, now))
             doc_id = cur.lastrowid
+            assert doc_id is not None
             for chunk, chunk_hash in zip(f.chunks, f.chunk_hashes, strict=True):
                 cur = conn.execute(
                     "INSERT INTO chunks (doc_id, seq, start_line, end_line, heading, text, hash)"
@@ -172,7 +174,8 @@ def write_batch(conn: sqlite3.Connection, collection_id: int, parsed: Sequence[P
                     (doc_id, chunk.seq, chunk.start_line, chunk.end_line, "\x1f".join(chunk.heading_path),
                      chunk.text, chunk_hash))
                 assert cur.lastrowid is not None
-                added.append(cur.lastrowid)
+                added.append(ChunkText(cur.lastrowid, doc_id, collection_id, f.path, f.title, chunk.heading_path,
+                                       chunk.start_line, chunk.text))
     return added, removed
 
 
