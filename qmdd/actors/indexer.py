@@ -92,10 +92,10 @@ class IndexerActor(DatabaseActor):
         prepare = self._prepare
 
         def on_batch(added: list[ChunkText], removed: list[int]) -> None:
-            # Not awaited: the snapshot request after the scan is the barrier, and a batch BM25
-            # failed on is repaired by its reconciliation with SQLite when it restarts.
+            # Awaited, for back-pressure: queued batches of term-frequency dicts would otherwise
+            # pile up in BM25's inbox (hundreds of MB on a large tree). BM25 only adds arrays here.
             message = ApplyChunks([c.chunk_id for c in added], removed, prepare(added))
-            trio.from_thread.run(bm25.cast, message)
+            trio.from_thread.run(bm25.call, message)
 
         def on_progress(event: dict[str, object]) -> None:
             if progress is not None:
