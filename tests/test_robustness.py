@@ -279,3 +279,26 @@ def test_update_reports_a_missing_root_and_updates_the_others(env: Env, notes: P
     assert rows["gone"]["error"]["code"] == "PATH_NOT_FOUND" and rows["notes"]["indexed"] == 1
     assert env.json("search", "quokka")[0]["file"] == "qmd://notes/new.md"
     assert env.json("status")["state"] == "ok"
+
+
+def test_other_users_are_refused_by_peer_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trio
+
+    from qmdd import rpc
+    from qmdd.listener import peer_uid
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    assert peer_uid(a) == os.getuid()  # SO_PEERCRED read correctly from a real socket
+    monkeypatch.setattr(rpc, "peer_uid", lambda sock: os.getuid() + 1)
+    server = rpc.RpcServer({}, {})
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            await server.handle_connection(trio.SocketStream(trio.socket.from_stdlib_socket(a)))
+
+    with b:
+        trio.run(main)
+        reply = framing.recv_frame(b)
+        assert reply["error"]["code"] == "PERMISSION_DENIED"
+        assert b.recv(1) == b""  # and the connection is closed
+    assert server.stats.rejected_peers == 1
