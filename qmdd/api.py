@@ -217,13 +217,15 @@ class Api:
 
     async def multi_get(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         conn = self.s.reader
-        everything = docs.find_docs(conn, "1", [], limit=10_000_000)
+        everything: list[DocRow] | None = None  # loaded only if a glob needs it
         wanted: list[DocRow] = []
         seen: set[int] = set()
         for pattern in params["patterns"]:
             for part in ([pattern] if is_glob(pattern) else [p for p in pattern.split(",") if p.strip()]):
                 if is_glob(part):
                     regex = glob_to_regex(part.strip())
+                    if everything is None:
+                        everything = docs.find_docs(conn, "1", [], limit=10_000_000)
                     matches = [d for d in everything if regex.match(d.uri) or regex.match(d.path)
                                or regex.match(f"{d.collection}/{d.path}")]
                 else:
