@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         if error is None:
             logging.getLogger("qmdd").exception("daemon crashed")
             return ErrorCode.INTERNAL.spec.exit_code
-        print(f"qmdd: {error.code}: {error.message}", file=sys.stderr)
+        sys.stderr.write(f"qmdd: {error.code}: {error.message}\n")
         for hint in error.hints:
-            print(f"  hint: {hint}", file=sys.stderr)
+            sys.stderr.write(f"  hint: {hint}\n")
         return error.code.spec.exit_code
     return 0
 

@@ -171,47 +171,35 @@ def unwrap_error(exc: BaseException) -> QmddError | None:
 
 
 # --- Methods -------------------------------------------------------------------------------------
-# Each parameter: (type or tuple of types, default). A default of REQUIRED means the caller must send it.
+# Each method's parameters: name -> (type or tuple of types, default); a default of REQUIRED means
+# the caller must send it.
 
 REQUIRED: Any = object()
 _STR_LIST = (list,)
 
-
-class Method:
-    __slots__ = ("params", "streams", "mutates")
-
-    def __init__(self, params: Mapping[str, tuple[type | tuple[type, ...], Any]], streams: bool = False,
-                 mutates: bool = False) -> None:
-        self.params = params
-        # Streams `item` frames (progress or results) before its final result.
-        self.streams = streams
-        self.mutates = mutates
-
-
-METHODS: dict[str, Method] = {
-    "ping": Method({}),
-    "status": Method({}),
-    "shutdown": Method({}),
-    "collection.add": Method({"path": (str, REQUIRED), "name": (str, REQUIRED), "masks": (_STR_LIST, None),
-                              "excludes": (_STR_LIST, None), "update": (bool, True)},
-                             streams=True, mutates=True),
-    "collection.list": Method({}),
-    "collection.remove": Method({"name": (str, REQUIRED)}, mutates=True),
-    "collection.rename": Method({"old": (str, REQUIRED), "new": (str, REQUIRED)}, mutates=True),
-    "update": Method({"collections": (_STR_LIST, None)}, streams=True, mutates=True),
-    "search": Method({"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
-                      "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-                      "full": (bool, False), "snippet_lines": (int, 4)}),
-    "get": Method({"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None),
-                   "cwd": (str, None)}),
-    "multi_get": Method({"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 10 * 1024),
-                         "max_lines": (int, None), "cwd": (str, None)}, streams=True),
-    "ls": Method({"target": (str, None), "cwd": (str, None)}),
-    "context.add": Method({"target": (str, REQUIRED), "text": (str, REQUIRED), "cwd": (str, None)},
-                          mutates=True),
-    "context.list": Method({}),
-    "context.remove": Method({"target": (str, REQUIRED), "cwd": (str, None)}, mutates=True),
-    "cleanup": Method({}, mutates=True),
+METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
+    "ping": {},
+    "status": {},
+    "shutdown": {},
+    # Streams progress items, then the scan summaries.
+    "collection.add": {"path": (str, REQUIRED), "name": (str, REQUIRED), "masks": (_STR_LIST, None),
+                       "excludes": (_STR_LIST, None), "update": (bool, True)},
+    "collection.list": {},
+    "collection.remove": {"name": (str, REQUIRED)},
+    "collection.rename": {"old": (str, REQUIRED), "new": (str, REQUIRED)},
+    "update": {"collections": (_STR_LIST, None)},  # streams progress items
+    # Streams its results in batches when there are many.
+    "search": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
+               "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
+               "full": (bool, False), "snippet_lines": (int, 4)},
+    "get": {"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None), "cwd": (str, None)},
+    "multi_get": {"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 10 * 1024), "max_lines": (int, None),
+                  "cwd": (str, None)},  # streams one item per document
+    "ls": {"target": (str, None), "cwd": (str, None)},  # streams its files in batches when there are many
+    "context.add": {"target": (str, REQUIRED), "text": (str, REQUIRED), "cwd": (str, None)},
+    "context.list": {},
+    "context.remove": {"target": (str, REQUIRED), "cwd": (str, None)},
+    "cleanup": {},
 }
 
 
@@ -224,11 +212,11 @@ def validate_params(method: str, params: Any) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise QmddError(ErrorCode.INVALID_INPUT, f"params of {method} must be a map")
-    unknown = set(params) - set(decl.params)
+    unknown = set(params) - set(decl)
     if unknown:
         raise QmddError(ErrorCode.INVALID_INPUT, f"unknown parameter(s) for {method}: {sorted(map(str, unknown))}")
     clean: dict[str, Any] = {}
-    for name, (kind, default) in decl.params.items():
+    for name, (kind, default) in decl.items():
         value = params.get(name)
         if value is None:
             if default is REQUIRED:

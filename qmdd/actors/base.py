@@ -57,13 +57,6 @@ class Mailbox:
                 raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor has stopped") from None
             return (await reply_receive.receive()).unwrap()
 
-    async def cast(self, message: Any) -> None:
-        """Send without waiting for the handling; waits only while the inbox is full."""
-        try:
-            await self.send_channel.send(Envelope(message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor has stopped") from None
-
     def cast_nowait(self, message: Any) -> None:
         """Fire and forget; refuses rather than blocks when the actor is far behind."""
         try:

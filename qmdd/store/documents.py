@@ -238,12 +238,6 @@ def chunk_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[ChunkText]
     return out
 
 
-def all_chunk_texts(conn: sqlite3.Connection, batch: int = 5000) -> Iterable[list[ChunkText]]:
-    cur = conn.execute(f"{_CHUNK_TEXT_SQL} ORDER BY k.id")
-    while rows := cur.fetchmany(batch):
-        yield _chunk_texts(rows)
-
-
 def all_chunk_ids(conn: sqlite3.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM chunks")]
 
