@@ -27,13 +27,13 @@ from qmdd.protocol import (
     SetContext,
 )
 from qmdd.rpc import Call, MethodHandler
+from qmdd.safefiles import read_regular_file, resolve_inside
 from qmdd.search.pipeline import ContextIndex, SearchRequest, keyword_search
 from qmdd.search.targets import docid_prefix, glob_to_regex, is_glob, resolve_target, split_line_suffix
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 from qmdd.supervisor import Supervisor
-from qmdd.walk import read_regular_file, resolve_inside
 
 READ_LIMITER_TOKENS = 4
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from qmdd.chunking import ChunkerConfig, chunk_markdown, extract_title
+from qmdd.safefiles import FileTooLarge, NotRegularFile, read_regular_file
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, ParsedFile
-from qmdd.walk import FileStat, FileTooLarge, NotRegularFile, WalkConfig, read_regular_file, walk_collection
+from qmdd.walk import FileStat, WalkConfig, walk_collection
 
 MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[ChunkText], list[int]], None]

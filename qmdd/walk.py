@@ -32,7 +32,8 @@ from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 
-from pathspec import GitIgnoreSpec
+from qmdd.ignorefiles import DIR_MARK, Chain, Patterns, chain_ignored, compile_patterns, expand_braces, verdict
+from qmdd.safefiles import inside
 
 DEFAULT_MASKS: tuple[str, ...] = ("**/*.md",)
 
@@ -48,8 +49,6 @@ GITIGNORE = ".gitignore"
 QMDIGNORE = ".qmdignore"
 IGNORE_FILES: frozenset[str] = frozenset({GITIGNORE, QMDIGNORE})
 
-_MAX_BRACE_EXPANSION = 256
-_BRACE_RE = re.compile(r"\{([^{}]*,[^{}]*)\}")
 # "*.md" / "**/*.md": a basename suffix test is equivalent and much cheaper than a regex.
 _SUFFIX_MASK_RE = re.compile(r"(?:\*\*/)?\*([^*?\[\]\\/\s{}!]+)")
 
@@ -97,68 +96,6 @@ class WalkResult:
     dirs_scanned: int
 
 
-# Compiled gitignore patterns as (regex, include), LAST pattern first: the evaluation order.
-_Patterns = tuple[tuple[re.Pattern[str], bool], ...]
-# (prefix of the directory holding the ignore file, e.g. "a/b/" or "", its patterns), shallowest first.
-_Chain = tuple[tuple[str, _Patterns], ...]
-# pathspec names the regex group that matches when a pattern hit an ancestor directory of the path.
-_DIR_MARK = "ps_d"
-
-
-def _expand_braces(pattern: str) -> list[str]:
-    m = _BRACE_RE.search(pattern)
-    if m is None:
-        return [pattern]
-    out: list[str] = []
-    for alt in m.group(1).split(","):
-        out.extend(_expand_braces(pattern[: m.start()] + alt + pattern[m.end() :]))
-        if len(out) > _MAX_BRACE_EXPANSION:
-            raise ValueError(f"mask {pattern!r} expands to too many patterns")
-    return out
-
-
-def _parse(lines: list[str], strict: bool) -> list[tuple[re.Pattern[str] | None, bool | None]]:
-    try:
-        return [(p.regex, p.include) for p in GitIgnoreSpec.from_lines(lines).patterns]
-    except (ValueError, re.error):
-        if len(lines) == 1:
-            if strict:  # a bad mask or exclude is the caller's error...
-                raise ValueError(f"invalid pattern {lines[0]!r}") from None
-            return []  # ...while git skips an ignore-file line it cannot parse
-        return [pat for line in lines for pat in _parse([line], strict)]
-
-
-def _compile(lines: list[str], strict: bool = False) -> _Patterns:
-    # pathspec parses; matching is done here, ~4x faster than GitIgnoreSpec.check_file (which
-    # re-normalizes every path), and it is the per-file cost of a walk under a .gitignore.
-    pats = _parse(lines, strict)
-    # Blank and comment lines compile to no-op patterns: dropped, so a file of them is empty.
-    return tuple((r, inc) for r, inc in reversed(pats) if r is not None and inc is not None)
-
-
-def _verdict(patterns: _Patterns, path: str) -> bool | None:
-    # GitIgnoreSpec's rule: the last pattern matching the path itself wins, else the last one
-    # matching an ancestor directory (tests check this against pathspec).
-    ancestor: bool | None = None
-    for regex, include in patterns:
-        m = regex.search(path)
-        if m is not None:
-            if not m.groupdict().get(_DIR_MARK):
-                return include
-            if ancestor is None:
-                ancestor = include
-    return ancestor
-
-
-def _chain_ignored(path: str, chain: _Chain) -> bool:
-    # Deepest ignore file with an opinion decides.
-    for prefix, patterns in reversed(chain):
-        verdict = _verdict(patterns, path[len(prefix) :])
-        if verdict is not None:
-            return verdict
-    return False
-
-
 def _bad_name(name: str) -> bool:
     # Undecodable bytes come back as lone surrogates, which SQLite and JSON cannot store.
     try:
@@ -175,20 +112,20 @@ class _Rules:
         self.config = config
         self.hidden_ok = config.include_hidden
         self.vendor = config.vendor_dirs
-        masks = [p for m in config.masks for p in _expand_braces(m)]
+        masks = [p for m in config.masks for p in expand_braces(m)]
         fast = [_SUFFIX_MASK_RE.fullmatch(m) for m in masks]
         self.suffixes = tuple(m.group(1) for m in fast if m) if all(fast) else None
-        self.mask_patterns = _compile(masks, strict=True)
-        self.excludes = _compile(list(config.excludes), strict=True)
+        self.mask_patterns = compile_patterns(masks, strict=True)
+        self.excludes = compile_patterns(list(config.excludes), strict=True)
         self.ignore_names = (GITIGNORE, QMDIGNORE) if config.honor_gitignore else (QMDIGNORE,)
 
-    def dir_wanted(self, name: str, rel: str, chain: _Chain) -> bool:
+    def dir_wanted(self, name: str, rel: str, chain: Chain) -> bool:
         """Whether the walk descends into directory `name` at `rel` (no trailing slash)."""
         if (name[0] == "." and not self.hidden_ok) or name in self.vendor:
             return False
         return not self._ignored(rel + "/", chain)
 
-    def file_wanted(self, name: str, rel: str, chain: _Chain) -> bool:
+    def file_wanted(self, name: str, rel: str, chain: Chain) -> bool:
         """Whether file `name` at `rel` is selected, judging by its path alone."""
         if name[0] == "." and not self.hidden_ok:
             return False
@@ -204,14 +141,14 @@ class _Rules:
         # directory ("*.md" vs "x.md/pic.png") selects nothing. Last match wins.
         for regex, include in self.mask_patterns:
             m = regex.search(rel)
-            if m is not None and not m.groupdict().get(_DIR_MARK):
+            if m is not None and not m.groupdict().get(DIR_MARK):
                 return include
         return False
 
-    def _ignored(self, path: str, chain: _Chain) -> bool:
-        if self.excludes and _verdict(self.excludes, path):
+    def _ignored(self, path: str, chain: Chain) -> bool:
+        if self.excludes and verdict(self.excludes, path):
             return True
-        return bool(chain) and _chain_ignored(path, chain)
+        return bool(chain) and chain_ignored(path, chain)
 
 
 @lru_cache(maxsize=64)
@@ -221,7 +158,7 @@ def _rules_for(config: WalkConfig) -> _Rules:
 
 def _read_ignore_spec(
     dir_abs: str, names: tuple[str, ...], problems: list[WalkProblem] | None, prefix: str
-) -> _Patterns:
+) -> Patterns:
     # One spec per directory: .gitignore lines first so .qmdignore lines override them.
     lines: list[str] = []
     for name in names:
@@ -233,17 +170,17 @@ def _read_ignore_spec(
         except OSError as exc:
             if problems is not None:
                 problems.append(WalkProblem(prefix + name, "unreadable", f"ignore file unreadable: {exc}"))
-    return _compile(lines)
+    return compile_patterns(lines)
 
 
-def _base_chain(root_abs: str, rules: _Rules, problems: list[WalkProblem] | None) -> _Chain:
+def _base_chain(root_abs: str, rules: _Rules, problems: list[WalkProblem] | None) -> Chain:
     if not rules.config.honor_gitignore:
         return ()
     spec = _read_ignore_spec(os.path.join(root_abs, ".git", "info"), ("exclude",), problems, ".git/info/")
     return _with((), "", spec)
 
 
-def _with(chain: _Chain, prefix: str, spec: _Patterns) -> _Chain:
+def _with(chain: Chain, prefix: str, spec: Patterns) -> Chain:
     return (*chain, (prefix, spec)) if spec else chain
 
 
@@ -255,11 +192,7 @@ def _real_root(root: Path) -> tuple[str, os.stat_result]:
     return real, st
 
 
-def _inside(path: str, root_abs: str) -> bool:
-    return path == root_abs or path.startswith(root_abs.rstrip(os.sep) + os.sep)
-
-
-_DirJob = tuple[str, str, _Chain, tuple[int, int]]  # (path to list, relpath, chain, (st_dev, st_ino))
+_DirJob = tuple[str, str, Chain, tuple[int, int]]  # (path to list, relpath, chain, (st_dev, st_ino))
 
 
 def walk_collection(root: Path, config: WalkConfig = WalkConfig()) -> WalkResult:
@@ -303,7 +236,7 @@ class _Walk:
         self.problems.sort(key=lambda p: (p.relpath, p.code))
         return WalkResult(self.files, self.problems, self.dirs_scanned)
 
-    def scan(self, dir_abs: str, dir_rel: str, chain: _Chain) -> None:
+    def scan(self, dir_abs: str, dir_rel: str, chain: Chain) -> None:
         # Listing through a directory fd makes each DirEntry.stat() an fstatat() of one name
         # rather than a full path lookup (~15% off a no-change rescan). O_NOFOLLOW: dir_abs is
         # a real directory or a resolved link target, so a symlink here is a swap mid-walk.
@@ -324,7 +257,7 @@ class _Walk:
         finally:
             os.close(fd)  # only now: the entries stat() relative to it
 
-    def scan_entries(self, entries: list[os.DirEntry[str]], dir_abs: str, dir_rel: str, chain: _Chain) -> None:
+    def scan_entries(self, entries: list[os.DirEntry[str]], dir_abs: str, dir_rel: str, chain: Chain) -> None:
         rules, files, max_bytes = self.rules, self.files, self.rules.config.max_file_bytes
         prefix = dir_rel + "/" if dir_rel else ""
         # Two failed opens per directory are cheaper than scanning the entry names for them.
@@ -377,7 +310,7 @@ class _Walk:
         else:
             self.files.append(FileStat(rel, st.st_size, st.st_mtime_ns))
 
-    def follow_link(self, entry: os.DirEntry[str], path: str, rel: str, chain: _Chain) -> None:
+    def follow_link(self, entry: os.DirEntry[str], path: str, rel: str, chain: Chain) -> None:
         name, rules = entry.name, self.rules
         try:
             st = entry.stat()
@@ -391,7 +324,7 @@ class _Walk:
         if not (rules.dir_wanted(name, rel, chain) if is_dir else rules.file_wanted(name, rel, chain)):
             return
         target = os.path.realpath(path)
-        if not _inside(target, self.root_abs):
+        if not inside(target, self.root_abs):
             self.problem(rel, "outside_root", f"symlink target {target!r} is outside the root")
         elif _bad_name(name):
             self.problem(rel, "bad_name", "name is not valid UTF-8")
@@ -413,14 +346,14 @@ class PathFilter:
     def __init__(self, root: Path, config: WalkConfig = WalkConfig()) -> None:
         self._root = _real_root(root)[0]
         self._rules = _rules_for(config)
-        self._specs: dict[str, _Patterns] = {}
+        self._specs: dict[str, Patterns] = {}
         self._base = _base_chain(self._root, self._rules, None)
 
     def invalidate(self) -> None:
         self._specs.clear()
         self._base = _base_chain(self._root, self._rules, None)
 
-    def _dir_spec(self, prefix: str) -> _Patterns:
+    def _dir_spec(self, prefix: str) -> Patterns:
         if prefix not in self._specs:
             dir_abs = os.path.join(self._root, prefix)
             self._specs[prefix] = _read_ignore_spec(dir_abs, self._rules.ignore_names, None, prefix)
@@ -430,7 +363,7 @@ class PathFilter:
         return _path_selected(self._rules, relpath, self._base, self._dir_spec)
 
 
-def _path_selected(rules: _Rules, relpath: str, chain: _Chain, dir_spec: Callable[[str], _Patterns] | None) -> bool:
+def _path_selected(rules: _Rules, relpath: str, chain: Chain, dir_spec: Callable[[str], Patterns] | None) -> bool:
     # Only clean relpaths as the walk produces them; anything else is never selected.
     parts = relpath.split("/")
     if "\0" in relpath or any(p in ("", ".", "..") for p in parts):
@@ -450,51 +383,3 @@ def _path_selected(rules: _Rules, relpath: str, chain: _Chain, dir_spec: Callabl
 def matches_masks(relpath: str, config: WalkConfig) -> bool:
     """The walk's path-only decision without ignore files: masks, hidden, vendor, excludes."""
     return _path_selected(_rules_for(config), relpath, (), None)
-
-
-def resolve_inside(root: Path, relpath: str) -> Path:
-    """Resolve root/relpath through symlinks; ValueError unless the result stays inside root.
-
-    Rejects empty, absolute, NUL-containing and ".."-containing relpaths outright, so callers
-    never read outside an indexed root even via a symlink planted inside it.
-    """
-    parts = relpath.replace("\\", "/").split("/")
-    if not relpath or "\0" in relpath or relpath[0] in "/\\" or ".." in parts:
-        raise ValueError(f"not a plain relative path (absolute, '..', NUL or empty): {relpath!r}")
-    root_abs = os.path.realpath(root)
-    target = os.path.realpath(os.path.join(root_abs, relpath))
-    if not _inside(target, root_abs):
-        raise ValueError(f"path escapes the collection root: {relpath!r}")
-    return Path(target)
-
-
-class FileTooLarge(OSError):
-    """The file grew past the size guard since it was walked."""
-
-
-class NotRegularFile(OSError):
-    """A FIFO, socket or device where a file was expected: reading it could block forever."""
-
-
-def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """Read a regular file of at most `max_bytes`, never blocking on a FIFO swapped in since the walk.
-
-    O_NONBLOCK makes opening a FIFO return at once; fstat on the opened descriptor then decides, so
-    no check-then-open race remains."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(f"not a regular file: {path}")
-        if st.st_size > max_bytes:
-            raise FileTooLarge(f"{path} is {st.st_size} bytes, over the {max_bytes}-byte size guard")
-        chunks = []
-        remaining = max_bytes + 1
-        while remaining > 0 and (data := os.read(fd, min(remaining, 1 << 20))):
-            chunks.append(data)
-            remaining -= len(data)
-    finally:
-        os.close(fd)
-    if remaining <= 0:
-        raise FileTooLarge(f"{path} grew over the {max_bytes}-byte size guard")
-    return b"".join(chunks)

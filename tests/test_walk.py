@@ -9,7 +9,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pathspec import GitIgnoreSpec
 
+from qmdd import ignorefiles
 from qmdd import walk as walk_mod
+from qmdd.safefiles import resolve_inside
 from qmdd.walk import (
     DEFAULT_MASKS,
     VENDOR_DIRS,
@@ -19,7 +21,6 @@ from qmdd.walk import (
     WalkProblem,
     WalkResult,
     matches_masks,
-    resolve_inside,
     walk_collection,
 )
 
@@ -112,7 +113,7 @@ def test_ignore_verdict_matches_pathspec(lines: list[str], path: list[str], is_d
     except (ValueError, re.error):  # "!", "[b-a]": covered by test_invalid_patterns
         return
     rel = "/".join(path) + ("/" if is_dir else "")
-    assert walk_mod._verdict(walk_mod._compile(lines), rel) == spec.check_file(rel).include
+    assert ignorefiles.verdict(ignorefiles.compile_patterns(lines), rel) == spec.check_file(rel).include
 
 
 def test_masks_select_files_not_directory_contents(tmp_path: Path) -> None:
