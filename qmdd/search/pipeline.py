@@ -16,7 +16,7 @@ from pyroaring import BitMap
 from qmdd.actors.base import Mailbox
 from qmdd.protocol import Bm25Query, ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
-from qmdd.search.snippets import make_snippet
+from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store import documents as docs
 from qmdd.store.documents import CollectionRow, DocRow
@@ -87,15 +87,13 @@ def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequenc
     rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
     contexts = ContextIndex(docs.list_contexts(conn))
 
-    def terms_of(line: str) -> list[str]:
-        return tokenizer.index_terms(line)
-
+    snippets = Snippets(terms, tokenizer.index_terms)
     results = []
     for hit in hits:
         doc, chunk = rows.get(hit.doc_id), chunks.get(hit.chunk_id)
         if doc is None or chunk is None:  # removed between the BM25 answer and this read
             continue
-        snippet = make_snippet(chunk.text, chunk.start_line, doc.lines, terms, terms_of, request.snippet_lines)
+        snippet = snippets.make(chunk.text, chunk.start_line, doc.lines, request.snippet_lines)
         result: dict[str, Any] = {
             "docid": doc.docid, "score": round(hit.norm, 4), "file": doc.uri, "line": snippet.line,
             "title": doc.title, "context": contexts.for_path(doc.collection_id, doc.path),
