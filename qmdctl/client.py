@@ -21,12 +21,15 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = float(os.environ.get("QMDD_START_TIMEOUT", "30"))
+REPLY_TIMEOUT_S = float(os.environ.get("QMDD_TIMEOUT", "300"))
+"""Longest silence between two frames of a reply (progress items count); 0 waits forever."""
 
 
 
 class Client:
     def __init__(self, paths: Paths | None = None, *, trace_id: str | None = None,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, reply_timeout: float = REPLY_TIMEOUT_S) -> None:
+        self.reply_timeout = reply_timeout
         self.environ = environ
         """Environment for an auto-started daemon (default: ours); it decides the daemon's paths."""
         self._paths = paths
@@ -83,7 +86,7 @@ class Client:
         if reply.get("type") != HELLO:
             sock.close()
             raise QmddError(ErrorCode.PROTOCOL_ERROR, f"unexpected greeting from the daemon: {reply!r:.200}")
-        sock.settimeout(None)
+        sock.settimeout(self.reply_timeout or None)
         self._sock = sock
         self.server = reply
         return True
@@ -117,6 +120,11 @@ class Client:
                     return frame.get("result")
                 elif kind == ERROR:
                     raise QmddError.from_wire(frame.get("error"))
+        except TimeoutError:
+            self.close()
+            raise QmddError(ErrorCode.TIMEOUT, f"the daemon sent nothing for {self.reply_timeout:g}s during {method}",
+                            hints=("It may be stuck: see `qmdctl daemon status` and its log, then `daemon stop`.",
+                                   "For very long jobs raise QMDD_TIMEOUT (seconds; 0 waits forever).")) from None
         except (ConnectionError, OSError) as exc:
             self.close()
             raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"lost the connection to the daemon: {exc}",

@@ -302,3 +302,31 @@ def test_other_users_are_refused_by_peer_credentials(monkeypatch: pytest.MonkeyP
         assert reply["error"]["code"] == "PERMISSION_DENIED"
         assert b.recv(1) == b""  # and the connection is closed
     assert server.stats.rejected_peers == 1
+
+
+def test_client_times_out_on_a_silent_daemon(tmp_path: Path) -> None:
+    import threading
+
+    from qmdd.paths import resolve_paths
+
+    environ = {"QMDD_HOME": str(tmp_path)}
+    paths = resolve_paths(environ)
+    paths.runtime_dir.mkdir(parents=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(paths.socket))
+    server.listen(1)
+
+    def greet_then_hang() -> None:
+        conn, _ = server.accept()
+        framing.recv_frame(conn)
+        framing.send_frame(conn, hello("server", pid=0))
+        framing.recv_frame(conn)  # the request, never answered
+        time.sleep(3)
+        conn.close()
+
+    thread = threading.Thread(target=greet_then_hang, daemon=True)
+    thread.start()
+    with Client(paths, environ=environ, reply_timeout=0.3) as client, pytest.raises(QmddError) as e:
+        client.call("ping")
+    assert e.value.code is ErrorCode.TIMEOUT
+    server.close()
