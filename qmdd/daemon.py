@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -67,7 +68,7 @@ async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = tri
     log.info("qmdd stopped")
 
 
-async def _serve(config: Config, sock: object, task_status: trio.TaskStatus[None]) -> None:
+async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStatus[None]) -> None:
     paths = config.paths
     setup_conn = await trio.to_thread.run_sync(open_database, paths.database)
     try:
@@ -88,11 +89,10 @@ async def _serve(config: Config, sock: object, task_status: trio.TaskStatus[None
             await supervisor.start_actor(indexer, lambda: IndexerActor(
                 paths.database, bm25, prepare, max_file_bytes=config.max_file_bytes,
                 batch_files=config.index_batch_files))
-            rpc: RpcServer | None = None
-            services = make_services(config, reader, indexer, bm25, supervisor,
-                                     lambda: rpc.statistics() if rpc else {}, shutdown)
-            rpc = RpcServer(Api(services).methods(), {"server": f"qmdd/{__version__}", "pid": os.getpid()})
-            server = listener.trio_listener(sock)  # type: ignore[arg-type]
+            rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()})
+            services = make_services(config, reader, indexer, bm25, supervisor, rpc.statistics, shutdown)
+            rpc.methods = Api(services).methods()
+            server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     await accepting.start(partial(trio.serve_listeners, rpc.handle_connection, [server],
