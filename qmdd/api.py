@@ -158,11 +158,11 @@ class Api:
                                 path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
                                 explain=params["explain"], full=params["full"],
                                 snippet_lines=params["snippet_lines"])
-        answer = await keyword_search(self.s.reader, self.s.bm25, self.s.tokenizer, request)
+        answer, rows = await keyword_search(self.s.reader, self.s.bm25, self.s.tokenizer, request)
         if request.full:
-            for result in answer["results"]:
+            for result, doc in zip(answer["results"], rows, strict=True):
                 try:
-                    result["body"] = await self._read(self._find_document(result["file"], None))
+                    result["body"] = await self._read(doc)
                 except QmddError as exc:  # one vanished or unreadable hit must not fail the search
                     result["body"] = ""
                     result["error"] = exc.to_wire()

@@ -89,6 +89,8 @@ def test_filters_limit_min_score_and_formats(env: Env, notes: Path, tmp_path: Pa
     assert "**docid:**" in md
     text = env.run("search", "alpha").stdout
     assert "qmd://notes/alpha.md" in text and "Score:" in text
+    full = env.json("search", "gnome-screenshot", "--full")[0]
+    assert full["body"].startswith("# Alpha Project") and "snippet" not in full
     explained = env.json("search", "alpha", "--explain")[0]["explain"]
     assert explained["terms"] and 0 < explained["norm"] <= 1
 

@@ -67,7 +67,8 @@ def resolve_filters(conn: sqlite3.Connection, request: SearchRequest) -> tuple[l
 
 
 async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tokenizer,
-                         request: SearchRequest) -> dict[str, Any]:
+                         request: SearchRequest) -> tuple[dict[str, Any], list[DocRow]]:
+    """The reply (terms, results) and, for the caller's own use, each result's document row."""
     if not request.query.strip():
         raise QmddError(ErrorCode.INVALID_INPUT, "the query is empty")
     if not 1 <= request.limit <= 100_000:
@@ -76,19 +77,21 @@ async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tok
     terms, hits = await bm25.call(Bm25Query(request.query, request.limit, collection_ids=collection_ids,
                                             allowed=allowed, explain=request.explain))
     hits = [h for h in hits if h.norm >= request.min_score]
-    return {"terms": terms, "results": build_results(conn, tokenizer, terms, hits, request)}
+    results, rows = build_results(conn, tokenizer, terms, hits, request)
+    return {"terms": terms, "results": results}, rows
 
 
-def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str],
-                  hits: Sequence[ChunkHit], request: SearchRequest) -> list[dict[str, Any]]:
+def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit],
+                  request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
     if not hits:
-        return []
+        return [], []
     chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, [h.chunk_id for h in hits])}
     rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
     contexts = ContextIndex(docs.list_contexts(conn))
 
     snippets = Snippets(terms, tokenizer.index_terms)
     results = []
+    result_docs = []
     for hit in hits:
         doc, chunk = rows.get(hit.doc_id), chunks.get(hit.chunk_id)
         if doc is None or chunk is None:  # removed between the BM25 answer and this read
@@ -106,4 +109,5 @@ def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequenc
                                  "terms": {t: round(v, 4) for t, v in (hit.explain or {}).items()},
                                  "query_terms": list(terms)}
         results.append(result)
-    return results
+        result_docs.append(doc)
+    return results, result_docs
