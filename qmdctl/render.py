@@ -38,6 +38,13 @@ class Output:
     def line(self, text: str = "") -> None:
         self.out.write(text + "\n")
 
+    def warn(self, text: str) -> None:
+        """A warning beside the results: on stderr, or as an NDJSON record in the stream."""
+        if self.fmt == "ndjson":
+            self.record("warning", {"message": text})
+        else:
+            self.err.write(text + "\n")
+
     def json(self, value: Any) -> None:
         self.out.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 

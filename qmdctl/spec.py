@@ -58,18 +58,49 @@ OUTPUT_OPTS: tuple[Opt, ...] = (
 _COLLECTION_FILTER = Opt("collection", ("-c", "--collection"), "list", None,
                          "Restrict to this collection (repeatable).")
 
+_RESULT_OPTS: tuple[Opt, ...] = (
+    Opt("limit", ("-n", "--limit"), "int", None, "Number of results (default 5; 20 for json/files)."),
+    _COLLECTION_FILTER,
+    Opt("path", ("--path",), "str", None, "Only documents below this path prefix in the collection."),
+    Opt("min_score", ("--min-score",), "float", 0.0, "Drop results scoring below this (0-1)."),
+    Opt("all", ("--all",), "flag", False, "Return every match (up to 100000)."),
+    Opt("full", ("--full",), "flag", False, "Print whole documents instead of snippets."),
+    Opt("line_numbers", ("--line-numbers",), "flag", False, "Number the snippet lines."),
+    Opt("explain", ("--explain",), "flag", False, "Show how each score was made."),
+)
+
 COMMANDS: tuple[Command, ...] = (
     Command(("search",), "Keyword (BM25) search over the indexed collections.", "search:search", (
         Opt("query", (), "str", None, "The query (several words are OR-ed, ranked by BM25).", "+"),
-        Opt("limit", ("-n", "--limit"), "int", None, "Number of results (default 5; 20 for json/files)."),
-        _COLLECTION_FILTER,
-        Opt("path", ("--path",), "str", None, "Only documents below this path prefix in the collection."),
-        Opt("min_score", ("--min-score",), "float", 0.0, "Drop results scoring below this (0-1)."),
-        Opt("all", ("--all",), "flag", False, "Return every match (up to 100000)."),
-        Opt("full", ("--full",), "flag", False, "Print whole documents instead of snippets."),
-        Opt("line_numbers", ("--line-numbers",), "flag", False, "Number the snippet lines."),
-        Opt("explain", ("--explain",), "flag", False, "Show how each score was made."),
+        *_RESULT_OPTS,
     ), hot=True),
+    Command(("vsearch",), "Semantic search: nearest chunks by embedding (run `qmdctl embed` first).",
+            "search:vsearch", (
+                Opt("query", (), "str", None, "The query, in your own words.", "+"),
+                *_RESULT_OPTS,
+            ), hot=True),
+    Command(("query",), "Hybrid search: BM25 and vectors fused by RRF, then reranked if a reranker is set.",
+            "search:query", (
+                Opt("query", (), "str", None, "Plain text, or one `lex:`/`vec:`/`hyde:` line per sub-query.", "+"),
+                *_RESULT_OPTS,
+                Opt("no_rerank", ("--no-rerank",), "flag", False, "Skip the cross-encoder reranker."),
+                Opt("candidates", ("--candidates",), "int", 40, "Documents taken from each list before fusion."),
+            ), hot=True),
+    Command(("embed",), "Embed chunks that have no vector yet (resumable; unchanged text is never redone).",
+            "admin:embed", (_COLLECTION_FILTER,)),
+    Command(("model", "list"), "List the embedding and reranker models and which are in use.", "model:list_", ()),
+    Command(("model", "import"), "Import a BERT-family checkpoint folder (safetensors) as a model.",
+            "model:import_", (
+                Opt("path", (), "str", None, "Folder with config.json, model.safetensors, tokenizer.json."),
+                Opt("name", ("--name",), "str", None, "Model name (default: the folder's name)."),
+                Opt("kind", ("--kind",), "str", None, "embedding or reranker (default: from the checkpoint)."),
+                Opt("pooling", ("--pooling",), "str", None, "mean or cls (embedding models; default: detected)."),
+                Opt("max_length", ("--max-length",), "int", None, "Token limit (default: from the checkpoint)."),
+            )),
+    Command(("model", "use"), "Serve a role with a model: NAME, or 'default' / 'none' (reranker).", "model:use", (
+        Opt("name", (), "str", None, "Model name; 'default' or 'none' to reset the role."),
+        Opt("role", ("--role",), "str", None, "embedding or reranker (default: the model's kind)."),
+    )),
     Command(("get",), "Print a document: path, qmd://collection/path or #docid, with :from:count.", "docs:get", (
         Opt("target", (), "str", None, "FILE[:FROM[:COUNT]], qmd://collection/path or #docid."),
         Opt("from_line", ("--from",), "int", None, "First line to print (1-based)."),
@@ -125,6 +156,7 @@ GROUP_HELP = {
     "collection": "Manage collections (named folders).",
     "context": "Describe paths for agents and people.",
     "daemon": "Control the background daemon.",
+    "model": "Embedding and reranker models (offline; imported from local folders).",
 }
 
 

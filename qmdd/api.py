@@ -16,10 +16,12 @@ import trio
 from qmdd import __version__
 from qmdd.actors.base import Mailbox
 from qmdd.config import Config
+from qmdd.models.registry import ModelRegistry
 from qmdd.protocol import (
     AddCollection,
     Cleanup,
     ErrorCode,
+    ModelStatus,
     QmddError,
     RemoveCollection,
     RenameCollection,
@@ -31,6 +33,7 @@ from qmdd.safefiles import read_regular_file, resolve_inside
 from qmdd.search.pipeline import ContextIndex, SearchRequest, keyword_search
 from qmdd.search.targets import docid_prefix, glob_to_regex, is_glob, resolve_target, split_line_suffix
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
+from qmdd.semantic import SemanticApi
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 from qmdd.supervisor import Supervisor
@@ -50,13 +53,18 @@ class Services:
     started_at: float
     files: trio.CapacityLimiter
     tokenizer: Tokenizer
+    embedder: Mailbox
+    vectors: Mailbox
+    registry: ModelRegistry
 
 
-def make_services(config: Config, reader: sqlite3.Connection, indexer: Mailbox, bm25: Mailbox,
+def make_services(config: Config, reader: sqlite3.Connection, mailboxes: dict[str, Mailbox],
                   supervisor: Supervisor, rpc_statistics: Callable[[], dict[str, Any]],
-                  shutdown: trio.Event) -> Services:
-    return Services(config, reader, indexer, bm25, supervisor, rpc_statistics, shutdown, time.time(),
-                    trio.CapacityLimiter(READ_LIMITER_TOKENS), Tokenizer(TokenizerConfig(stem=config.stem)))
+                  shutdown: trio.Event, registry: ModelRegistry) -> Services:
+    return Services(config, reader, mailboxes["indexer"], mailboxes["bm25"], supervisor, rpc_statistics, shutdown,
+                    time.time(), trio.CapacityLimiter(READ_LIMITER_TOKENS),
+                    Tokenizer(TokenizerConfig(stem=config.stem)), mailboxes["embedder"], mailboxes["vectors"],
+                    registry)
 
 
 def read_text(doc: DocRow, max_bytes: int) -> str:
@@ -91,9 +99,10 @@ def slice_lines(text: str, from_line: int | None, max_lines: int | None) -> tupl
 class Api:
     def __init__(self, services: Services) -> None:
         self.s = services
+        self.semantic = SemanticApi(self)
 
     def methods(self) -> dict[str, MethodHandler]:
-        return {
+        return {**self.semantic.methods(),
             "ping": self.ping, "status": self.status, "shutdown": self.shutdown,
             "collection.add": self.collection_add, "collection.list": self.collection_list,
             "collection.remove": self.collection_remove, "collection.rename": self.collection_rename,
@@ -160,14 +169,17 @@ class Api:
                                 snippet_lines=params["snippet_lines"])
         answer, rows = await keyword_search(self.s.reader, self.s.bm25, self.s.tokenizer, request)
         if request.full:
-            for result, doc in zip(answer["results"], rows, strict=True):
-                try:
-                    result["body"] = await self._read(doc)
-                except QmddError as exc:  # one vanished or unreadable hit must not fail the search
-                    result["body"] = ""
-                    result["error"] = exc.to_wire()
+            await self.attach_bodies(answer, rows)
         await stream_long_list(call, answer, "results")
         return answer
+
+    async def attach_bodies(self, answer: dict[str, Any], rows: list[DocRow]) -> None:
+        for result, doc in zip(answer["results"], rows, strict=True):
+            try:
+                result["body"] = await self._read(doc)
+            except QmddError as exc:  # one vanished or unreadable hit must not fail the search
+                result["body"] = ""
+                result["error"] = exc.to_wire()
 
     async def _read(self, doc: DocRow) -> str:
         return await trio.to_thread.run_sync(read_text, doc, self.s.config.max_file_bytes, limiter=self.s.files)
@@ -309,14 +321,16 @@ class Api:
     # --- maintenance -----------------------------------------------------------------------------
 
     async def cleanup(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        result: dict[str, Any] = await self.s.indexer.call(Cleanup())
+        model = await self.s.embedder.call(ModelStatus())
+        result: dict[str, Any] = await self.s.indexer.call(Cleanup([model["fingerprint"]] if model["fingerprint"]
+                                                                   else []))
         return result
 
     async def status(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         paths = self.s.config.paths
         sizes = {name: (p.stat().st_size if p.exists() else 0) for name, p in (
             ("database", paths.database), ("wal", paths.database.with_name(paths.database.name + "-wal")),
-            ("bm25_snapshot", paths.bm25_snapshot))}
+            ("bm25_snapshot", paths.bm25_snapshot), ("vector_snapshot", paths.vector_snapshot))}
         return {
             "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.s.started_at, 1),
             "state": "degraded" if self.s.supervisor.degraded else "ok",
@@ -324,7 +338,7 @@ class Api:
             "config_file": str(paths.config_file),
             "index_bytes": sizes, "collections": await self.collection_list(params, call),
             "actors": self.s.supervisor.statistics(), "rpc": self.s.rpc_statistics(),
-            "problems": docs.list_problems(self.s.reader),
+            "problems": docs.list_problems(self.s.reader), "model": await self.semantic.status(),
         }
 
 

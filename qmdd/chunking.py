@@ -374,3 +374,12 @@ class _Assembler:
                 best = i
         return best
 
+
+
+def embedding_text(title: str, heading_path: tuple[str, ...], text: str) -> str:
+    """What the embedding model sees for a chunk: its document title and heading path give a
+    mid-document chunk the topic its own lines may never name. A chunk's stored hash is the hash of
+    this string, so an embedding is reused exactly when the model would see the same input."""
+    context = [title] if title and (not heading_path or heading_path[0] != title) else []
+    context.extend(heading_path)
+    return " > ".join(context) + "\n" + text if context else text

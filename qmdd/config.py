@@ -24,6 +24,14 @@ class Config:
     index_batch_files: int = 512
     """Files per SQLite transaction while indexing: bounds the work lost to a kill -9."""
     shutdown_grace_s: float = 5.0
+    device: str = "auto"
+    """auto (CUDA when CTranslate2 sees a GPU, else CPU), cpu or cuda."""
+    embed_batch_tokens: int = 2048
+    """Padded tokens per inference batch: ~2k measured best on a 2-core CPU."""
+    embed_threads: int = 0
+    """CPU threads for inference; 0 = all cores."""
+    model_idle_unload_s: float = 0.0
+    """Unload models after this many idle seconds (0: keep them loaded)."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}

@@ -15,16 +15,23 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
+import outcome
 import trio
 
 from qmdd import __version__, listener
 from qmdd.actors.base import Mailbox
 from qmdd.actors.bm25 import Bm25Actor
+from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.indexer import IndexerActor
+from qmdd.actors.vectors import VectorsActor
 from qmdd.api import Api, make_services
+from qmdd.chunking import ChunkerConfig
 from qmdd.config import Config
+from qmdd.models.registry import DEFAULT_EMBEDDING, ModelRegistry
+from qmdd.models.runtime import cpu_threads, pick_device
 from qmdd.paths import ensure_private_dir
 from qmdd.rpc import RpcServer
 from qmdd.search.fields import index_chunks
@@ -33,6 +40,37 @@ from qmdd.store.db import connect, open_database, transaction
 from qmdd.supervisor import Supervisor
 
 log = logging.getLogger("qmdd.daemon")
+
+
+@dataclass(frozen=True)
+class EmbeddingRuntime:
+    device: str
+    compute_type: str
+    threads: int
+    workers: int
+    chunking: str
+
+    def fingerprint(self, registry: ModelRegistry) -> str | None:
+        """The fingerprint of the vectors to serve now (the selection may change at run time), or
+        None when the selected model is unknown: then there is nothing to serve until it is fixed."""
+        choice = outcome.capture(registry.choice, registry.selection()["embedding"] or DEFAULT_EMBEDDING)
+        if isinstance(choice, outcome.Error):
+            log.warning("embedding model unavailable: %s", choice.error)
+            return None
+        return choice.unwrap().fingerprint(self.compute_type, self.chunking)
+
+
+def embedding_runtime(config: Config, registry: ModelRegistry) -> EmbeddingRuntime:
+    """Where and how models run, and the fingerprint of the vectors to serve. Loads no model: a
+    missing one must not keep the daemon (and keyword search) from starting."""
+    device, compute_type = pick_device(config.device)
+    threads = config.embed_threads or cpu_threads()
+    # Two CTranslate2 workers on a CPU: one can answer a query while the other runs a bulk batch
+    # (throughput equals one worker with all threads, measured on 2 cores). A GPU takes one stream.
+    workers = 1 if device == "cuda" or threads < 2 else 2
+    chunker = ChunkerConfig()
+    chunking = f"chunks{chunker.target_tokens}-{chunker.max_tokens}-{chunker.overlap_tokens}"
+    return EmbeddingRuntime(device, compute_type, max(1, threads // workers), workers, chunking)
 
 
 def database_id(conn: sqlite3.Connection) -> str:
@@ -81,16 +119,24 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope.cancel)
             supervisor = Supervisor(nursery)
-            bm25 = Mailbox("bm25")
-            indexer = Mailbox("indexer")
+            mailboxes = {name: Mailbox(name) for name in ("bm25", "vectors", "embedder", "indexer")}
+            bm25, vectors, embedder, indexer = mailboxes.values()
+            registry = ModelRegistry(paths)
+            runtime = await trio.to_thread.run_sync(embedding_runtime, config, registry)
             await supervisor.start_actor(bm25, lambda: Bm25Actor(
                 paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
+            await supervisor.start_actor(vectors, lambda: VectorsActor(
+                paths.database, paths.vector_snapshot, db_id, runtime.fingerprint(registry), 0))
+            await supervisor.start_actor(embedder, lambda: EmbedderActor(
+                registry, embedder, device=runtime.device, compute_type=runtime.compute_type,
+                threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
+                chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s))
             prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
             await supervisor.start_actor(indexer, lambda: IndexerActor(
                 paths.database, bm25, prepare, max_file_bytes=config.max_file_bytes,
-                batch_files=config.index_batch_files))
+                batch_files=config.index_batch_files, vectors=vectors))
             rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()})
-            services = make_services(config, reader, indexer, bm25, supervisor, rpc.statistics, shutdown)
+            services = make_services(config, reader, mailboxes, supervisor, rpc.statistics, shutdown, registry)
             rpc.methods = Api(services).methods()
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
@@ -110,9 +156,9 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             # The indexer first: a scan still running sends its last batches to BM25, which must
             # still be there to take them (and then to write its snapshot).
             with trio.move_on_after(config.shutdown_grace_s):
-                indexer.send_channel.close()
-                await supervisor.children[indexer.name].ended.wait()
-                bm25.send_channel.close()
+                for mailbox in (indexer, embedder, vectors, bm25):
+                    mailbox.send_channel.close()
+                    await supervisor.children[mailbox.name].ended.wait()
                 await supervisor.wait_ended()
             nursery.cancel_scope.cancel()
     finally:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from qmdd.chunking import ChunkerConfig, chunk_markdown, extract_title
+from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract_title
 from qmdd.safefiles import FileTooLarge, NotRegularFile, read_regular_file
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, ParsedFile
@@ -75,13 +75,15 @@ def read_document(root: Path, st: FileStat, chunker: ChunkerConfig,
         return FileProblem(st.relpath, "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     chunks = chunk_markdown(text, chunker)
+    title = extract_title(text, PurePosixPath(st.relpath).stem)
     return ParsedFile(
         path=st.relpath, size=len(data), mtime_ns=st.mtime_ns,
         hash=hashlib.sha256(data).hexdigest(),
-        title=extract_title(text, PurePosixPath(st.relpath).stem),
+        title=title,
         lines=text.count("\n") + (0 if text.endswith("\n") or not text else 1),
         chunks=chunks,
-        chunk_hashes=[hashlib.sha256(c.text.encode()).hexdigest() for c in chunks])
+        chunk_hashes=[hashlib.sha256(embedding_text(title, c.heading_path, c.text).encode()).hexdigest()
+                      for c in chunks])
 
 
 def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config: WalkConfig, *,

@@ -49,6 +49,20 @@ class Paths:
         return self.data_dir / "bm25.snapshot"
 
     @property
+    def vector_snapshot(self) -> Path:
+        return self.data_dir / "vectors.usearch"
+
+    @property
+    def imported_models(self) -> Path:
+        """Converted models imported by the user: data, since their source folder may go away."""
+        return self.data_dir / "models"
+
+    @property
+    def model_cache(self) -> Path:
+        """Converted packaged models: a cache, rebuilt from the installed package when missing."""
+        return self.cache_dir / "models"
+
+    @property
     def log_file(self) -> Path:
         return self.data_dir / "qmdd.log"
 

@@ -200,6 +200,17 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "context.list": {},
     "context.remove": {"target": (str, REQUIRED), "cwd": (str, None)},
     "cleanup": {},
+    "embed": {"collections": (_STR_LIST, None)},  # streams progress items
+    "vsearch": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
+                "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
+                "full": (bool, False), "snippet_lines": (int, 4)},
+    "query": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
+              "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
+              "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 40)},
+    "model.list": {},
+    "model.import": {"path": (str, REQUIRED), "name": (str, None), "kind": (str, None), "pooling": (str, None),
+                     "max_length": (int, None)},
+    "model.use": {"name": (str, None), "role": (str, None)},
 }
 
 
@@ -304,7 +315,12 @@ class SetContext:
 
 
 class Cleanup:
-    __slots__ = ()
+    """Indexer: vacuum, drop stale problems and the vectors of models not in `keep_fingerprints`."""
+
+    __slots__ = ("keep_fingerprints",)
+
+    def __init__(self, keep_fingerprints: list[str] | None = None) -> None:
+        self.keep_fingerprints = keep_fingerprints or []
 
 
 class ApplyChunks:
@@ -343,3 +359,90 @@ class Bm25Query:
         self.allowed = allowed
         self.explain = explain
 
+
+
+class EmbedTexts:
+    """Embedder: vectors (float32, L2-normalised, one row per text). `priority` is "query" (served
+    first, batched within a millisecond) or "bulk" (indexing; yields to queries)."""
+
+    __slots__ = ("texts", "priority", "attempts")
+
+    def __init__(self, texts: list[str], priority: str = "query") -> None:
+        self.texts = texts
+        self.priority = priority
+        self.attempts = 0  # how many embedder instances crashed while holding this request
+
+
+class RerankPairs:
+    """Embedder: relevance of each text to the query (0..1) by the cross-encoder in use, or None
+    when no reranker is configured."""
+
+    __slots__ = ("query", "texts")
+
+    def __init__(self, query: str, texts: list[str]) -> None:
+        self.query = query
+        self.texts = texts
+
+
+class ModelStatus:
+    """Embedder: the models in use, their fingerprint and batching statistics (loads nothing
+    unless `load` is set; then a missing or broken model raises its typed error)."""
+
+    __slots__ = ("load",)
+
+    def __init__(self, load: bool = False) -> None:
+        self.load = load
+
+
+class UseModel:
+    """Embedder: serve `role` with model `name` from now on (None: the default / no reranker)."""
+
+    __slots__ = ("role", "name")
+
+    def __init__(self, role: str, name: str | None) -> None:
+        self.role = role
+        self.name = name
+
+
+class StoreEmbeddings:
+    """Indexer: persist vectors of embedded texts, keyed by text hash and model fingerprint."""
+
+    __slots__ = ("fingerprint", "hashes", "vectors")
+
+    def __init__(self, fingerprint: str, hashes: list[str], vectors: Any) -> None:
+        self.fingerprint = fingerprint
+        self.hashes = hashes
+        self.vectors = vectors
+
+
+class IndexEmbedded:
+    """Vectors: these text hashes now have vectors in SQLite; index every chunk that carries one."""
+
+    __slots__ = ("fingerprint", "hashes", "vectors")
+
+    def __init__(self, fingerprint: str, hashes: list[str], vectors: Any) -> None:
+        self.fingerprint = fingerprint
+        self.hashes = hashes
+        self.vectors = vectors
+
+
+class SetFingerprint:
+    """Vectors: the embedding model changed; serve (and rebuild from SQLite) this fingerprint's vectors."""
+
+    __slots__ = ("fingerprint", "dims")
+
+    def __init__(self, fingerprint: str | None, dims: int) -> None:
+        self.fingerprint = fingerprint
+        self.dims = dims
+
+
+class VectorQuery:
+    """Vectors: the nearest chunks to each of `vectors` (one hit list per vector)."""
+
+    __slots__ = ("vectors", "limit", "collection_ids", "allowed")
+
+    def __init__(self, vectors: Any, limit: int, collection_ids: list[int] | None = None, allowed: Any = None) -> None:
+        self.vectors = vectors
+        self.limit = limit
+        self.collection_ids = collection_ids
+        self.allowed = allowed

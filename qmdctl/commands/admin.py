@@ -49,6 +49,7 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
     rpc = s["rpc"]
     out.line(f"\nRPC: {rpc['requests']} requests, {rpc['open_connections']} open connections, "
              f"errors {rpc['errors'] or 0}")
+    _model_text(out, s.get("model") or {})
     if s["problems"]:
         out.line(f"\n{out.style('Skipped files', 'yellow')} ({len(s['problems'])} shown)")
         for p in s["problems"][:20]:
@@ -71,9 +72,10 @@ def progress_reporter(out: Output) -> tuple[Callable[[str, Any], None], Callable
     def on_item(kind: str, payload: Any) -> None:
         if kind != "progress":
             return
-        name = str(payload.get("collection"))
+        name = str(payload.get("collection") or payload.get("phase"))
         if name not in tasks:
-            tasks[name] = bar.add_task(f"indexing {name}", total=payload.get("total") or None)
+            label = "embedding" if payload.get("phase") == "embed" else f"indexing {name}"
+            tasks[name] = bar.add_task(label, total=payload.get("total") or None)
         bar.update(tasks[name], completed=payload.get("done", 0), total=payload.get("total") or None)
 
     return on_item, bar.stop
@@ -126,5 +128,34 @@ def cleanup(inv: Invocation) -> int:
     answer = inv.client.call("cleanup")
     inv.output.value(answer, lambda a: inv.output.line(
         f"database {_size(a['database_bytes_before'])} → {_size(a['database_bytes_after'])}; "
-        f"bm25 repaired: +{a['bm25_repaired']['added']} -{a['bm25_repaired']['removed']} chunks"))
+        f"bm25 repaired: +{a['bm25_repaired']['added']} -{a['bm25_repaired']['removed']} chunks; "
+        f"{a['embeddings_purged']} stale vector(s) purged"))
+    return 0
+
+
+def _model_text(out: Output, m: dict[str, Any]) -> None:
+    if not m:
+        return
+    loaded = ", ".join(f"{role}={v['name']} ({v['load_s']}s)" for role, v in m["loaded"].items()) or "none yet"
+    out.line(f"\n{out.style('Models', 'bold')}  {m['device']}/{m['compute_type']}, {m['workers']} worker(s) x "
+             f"{m['threads']} thread(s); loaded: {loaded}")
+    out.line(f"  embedding: {m['embedding']}   reranker: {m['reranker'] or 'none'}")
+    if "chunks" in m:
+        out.line(f"  vectors: {m['embedded']}/{m['chunks']} chunks embedded"
+                 + ("" if m["embedded"] >= m["chunks"] else "  (run `qmdctl embed`)"))
+    b = m["batching"]
+    out.line(f"  batches: {b['batches']['query']} query, {b['batches']['bulk']} bulk; mean {b['mean_batch_texts']} "
+             f"texts; padding +{b['padding_overhead'] * 100:.0f}%; inference {b['inference_s']}s")
+
+
+def embed(inv: Invocation) -> int:
+    on_item, close = progress_reporter(inv.output)
+    try:
+        answer = inv.client.call("embed", {"collections": inv.args["collection"]}, on_item)
+    finally:
+        close()
+    rate = f" ({answer['chunks_per_s']} chunks/s)" if answer["chunks_per_s"] else ""
+    inv.output.value(answer, lambda a: inv.output.line(
+        f"{a['model']}: embedded {a['embedded']} chunk(s) in {a['seconds']:.1f}s{rate}; "
+        f"{a['already_embedded']} already had vectors; {a['chunks']} in all"))
     return 0

@@ -18,13 +18,29 @@ ALL_LIMIT = 100_000
 
 
 def search(inv: Invocation) -> int:
+    return _run(inv, "search", {})
+
+
+def vsearch(inv: Invocation) -> int:
+    return _run(inv, "vsearch", {})
+
+
+def query(inv: Invocation) -> int:
+    return _run(inv, "query", {"rerank": not inv.args["no_rerank"], "candidates": inv.args["candidates"]})
+
+
+def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
     args = inv.args
     fmt = inv.output.fmt
     limit = args["limit"] or (ALL_LIMIT if args["all"] else (20 if fmt in ("json", "files") else 5))
     params = {"query": " ".join(args["query"]), "limit": limit, "collections": args["collection"],
               "path_prefix": args["path"], "min_score": args["min_score"], "explain": args["explain"],
-              "full": args["full"]}
-    answer = call_collecting(inv.client, "search", params, "results")
+              "full": args["full"], **extra}
+    answer = call_collecting(inv.client, method, params, "results")
+    for warning in answer.get("warnings", ()):
+        # Degraded, not failed (e.g. `query` before `embed`): say so where a human or a log sees it.
+        hints = "".join(f"\n  hint: {h}" for h in warning.get("hints", ()))
+        inv.output.warn(f"warning: {warning['code']}: {warning['message']}{hints}")
     render_results(inv.output, answer["results"], params["query"], line_numbers=args["line_numbers"],
                    full=args["full"], min_score=args["min_score"])
     return 0

@@ -30,10 +30,12 @@ from qmdd.protocol import (
     SaveSnapshot,
     ScanCollections,
     SetContext,
+    StoreEmbeddings,
     VerifyIndex,
 )
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow
+from qmdd.store.embeddings import purge_embeddings, store_vectors
 from qmdd.walk import DEFAULT_MASKS, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
@@ -53,9 +55,11 @@ class IndexerActor(DatabaseActor):
     name = "indexer"
 
     def __init__(self, database: Path, bm25: Mailbox, prepare: Callable[[list[ChunkText]], list[Any]], *,
-                 max_file_bytes: int, batch_files: int, chunker: ChunkerConfig | None = None) -> None:
+                 max_file_bytes: int, batch_files: int, chunker: ChunkerConfig | None = None,
+                 vectors: Mailbox | None = None) -> None:
         super().__init__(database)
         self._bm25 = bm25
+        self._vectors = vectors
         # Tokenizes a committed batch for BM25 in this actor's worker thread, while the text is at
         # hand: one CPU-bound thread at a time (two would fight over the GIL and stall the I/O).
         self._prepare = prepare
@@ -69,7 +73,8 @@ class IndexerActor(DatabaseActor):
 
     def handlers(self) -> dict[type, Handler]:
         return {ScanCollections: self._scan, AddCollection: self._add, RemoveCollection: self._remove,
-                RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup}
+                RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup,
+                StoreEmbeddings: self._store_embeddings}
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"scans": self.scans, "files_indexed": self.files_indexed, "scanning": self.current}
@@ -86,7 +91,7 @@ class IndexerActor(DatabaseActor):
                     raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
             collections = [c for c in collections if c.name in message.names]
         progress = message.progress
-        bm25 = self._bm25
+        bm25, vectors = self._bm25, self._vectors
         summaries: list[ScanSummary] = []
 
         prepare = self._prepare
@@ -94,8 +99,10 @@ class IndexerActor(DatabaseActor):
         def on_batch(added: list[ChunkText], removed: list[int]) -> None:
             # Awaited, for back-pressure: queued batches of term-frequency dicts would otherwise
             # pile up in BM25's inbox (hundreds of MB on a large tree). BM25 only adds arrays here.
-            message = ApplyChunks([c.chunk_id for c in added], removed, prepare(added))
-            trio.from_thread.run(bm25.call, message)
+            added_ids = [c.chunk_id for c in added]
+            trio.from_thread.run(bm25.call, ApplyChunks(added_ids, removed, prepare(added)))
+            if vectors is not None:
+                trio.from_thread.run(vectors.call, ApplyChunks(added_ids, removed))
 
         def on_progress(event: dict[str, object]) -> None:
             if progress is not None:
@@ -120,8 +127,13 @@ class IndexerActor(DatabaseActor):
             summaries.append(summary)
             log.info("scanned %s: %d files, %d indexed, %d removed, %d problems in %.2fs", collection.name,
                      summary.files, summary.indexed, summary.removed, len(summary.problems), summary.seconds)
-        await self._bm25.call(SaveSnapshot())
+        await self._save_snapshots()
         return [s.to_wire() for s in summaries] + failures
+
+    async def _save_snapshots(self) -> None:
+        await self._bm25.call(SaveSnapshot())
+        if self._vectors is not None:
+            await self._vectors.call(SaveSnapshot())
 
     def _scan_one(self, collection: CollectionRow, config: WalkConfig, on_batch: BatchSink,
                   on_progress: ProgressSink) -> ScanSummary:
@@ -145,7 +157,9 @@ class IndexerActor(DatabaseActor):
         removed = await self._write(docs.remove_collection, self.conn, message.name)
         if removed:
             await self._bm25.call(ApplyChunks([], removed))
-        await self._bm25.call(SaveSnapshot())
+            if self._vectors is not None:
+                await self._vectors.call(ApplyChunks([], removed))
+        await self._save_snapshots()
         return {"name": message.name, "chunks_removed": len(removed)}
 
     async def _rename(self, message: RenameCollection) -> dict[str, object]:
@@ -165,18 +179,28 @@ class IndexerActor(DatabaseActor):
         await self._write(docs.set_context, self.conn, collection_id, message.prefix, message.text)
         return True
 
-    async def _cleanup(self, _: Cleanup) -> dict[str, object]:
-        def vacuum() -> tuple[int, int]:
+    async def _store_embeddings(self, message: StoreEmbeddings) -> int:
+        await self._write(store_vectors, self.conn, message.fingerprint, message.hashes, message.vectors)
+        return len(message.hashes)
+
+    async def _cleanup(self, message: Cleanup) -> dict[str, object]:
+        def vacuum() -> tuple[int, int, int]:
             before = self._database.stat().st_size
+            purged = purge_embeddings(self.conn, message.keep_fingerprints)
             self.conn.execute("DELETE FROM problems WHERE collection_id NOT IN (SELECT id FROM collections)")
             self.conn.execute("VACUUM")
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return before, self._database.stat().st_size
+            return before, self._database.stat().st_size, purged
 
-        before, after = await self._write(vacuum)
+        before, after, purged = await self._write(vacuum)
         repaired = await self._bm25.call(VerifyIndex())
         await self._bm25.call(SaveSnapshot(force=True))
-        return {"database_bytes_before": before, "database_bytes_after": after, "bm25_repaired": repaired}
+        answer: dict[str, object] = {"database_bytes_before": before, "database_bytes_after": after,
+                                     "bm25_repaired": repaired, "embeddings_purged": purged}
+        if self._vectors is not None:
+            answer["vectors_repaired"] = await self._vectors.call(VerifyIndex())
+            await self._vectors.call(SaveSnapshot(force=True))
+        return answer
 
 
 def _offer(channel: trio.MemorySendChannel[dict[str, object]], event: dict[str, object]) -> None:

@@ -66,13 +66,17 @@ def resolve_filters(conn: sqlite3.Connection, request: SearchRequest) -> tuple[l
     return collection_ids, allowed
 
 
-async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tokenizer,
-                         request: SearchRequest) -> tuple[dict[str, Any], list[DocRow]]:
-    """The reply (terms, results) and, for the caller's own use, each result's document row."""
+def check_request(request: SearchRequest) -> None:
     if not request.query.strip():
         raise QmddError(ErrorCode.INVALID_INPUT, "the query is empty")
     if not 1 <= request.limit <= 100_000:
         raise QmddError(ErrorCode.INVALID_INPUT, "limit must be between 1 and 100000")
+
+
+async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tokenizer,
+                         request: SearchRequest) -> tuple[dict[str, Any], list[DocRow]]:
+    """The reply (terms, results) and, for the caller's own use, each result's document row."""
+    check_request(request)
     collection_ids, allowed = resolve_filters(conn, request)
     terms, hits = await bm25.call(Bm25Query(request.query, request.limit, collection_ids=collection_ids,
                                             allowed=allowed, explain=request.explain))

@@ -66,6 +66,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (collection_id, path)
     );
     """,
+    # Vectors are keyed by the hash of the exact text that was embedded and the model fingerprint:
+    # a renamed or copied chunk reuses its vector, a model change never mixes with old vectors.
+    """
+    CREATE TABLE embeddings (
+        hash TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        PRIMARY KEY (hash, fingerprint)
+    ) WITHOUT ROWID;
+    CREATE INDEX chunks_hash ON chunks(hash);
+    """,
 )
 
 

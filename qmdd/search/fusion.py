@@ -1,0 +1,172 @@
+"""Hybrid-search fusion: typed sub-queries, weighted reciprocal rank fusion, reranker blending.
+
+A query is either plain text, searched both by BM25 ("lex") and by embedding ("vec"), or a block of
+typed lines (`lex:`, `vec:`, `hyde:`), one sub-query each; a `hyde:` line is a hypothetical answer
+document and is embedded exactly like a `vec:` query. Every sub-query yields one ranked list.
+
+The lists are merged with weighted reciprocal rank fusion (RRF): a document scores
+sum(weight / (k + rank)) over the lists that contain it. RRF uses ranks only, so BM25 scores and
+cosine similarities, which live on unrelated scales, never need calibrating against each other.
+Following tobi's qmd, a document ranked first in any list gets a small bonus (a smaller one for
+ranks 2-3), so an exact keyword hit is not diluted by lists that missed it.
+
+An optional cross-encoder then rescores the head of the fused list. Its score is blended with the
+fused position rather than replacing it, and trusted less near the top: retrieval agreement on the
+first few results is strong evidence, while deeper down the reranker is the better judge.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, TypeVar
+
+from qmdd.protocol import ErrorCode, QmddError
+
+MAX_SUBQUERIES = 10
+"""Each sub-query costs a BM25 search or an embedding; a cap keeps one request from hogging the daemon."""
+
+# Typed prefixes and the list kind they produce: a `hyde:` document is searched as a vector.
+_PREFIX_KINDS = {"lex": "lex", "vec": "vec", "hyde": "vec"}
+_TYPED_LINE = re.compile(r"(lex|vec|hyde)\s*:(.*)", re.IGNORECASE)
+_ANY_PREFIX = re.compile(r"([A-Za-z][\w-]*)\s*:")
+
+K = TypeVar("K", bound=Hashable)  # what is ranked, typically a document id
+
+
+class SubQuery(NamedTuple):
+    kind: str  # "lex" or "vec"
+    text: str
+
+
+def _parse_error(message: str) -> QmddError:
+    return QmddError(ErrorCode.QUERY_PARSE_ERROR, message)
+
+
+def parse_query(text: str) -> list[SubQuery]:
+    """Split a query into typed sub-queries; a plain query becomes one lex and one vec sub-query."""
+    numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise _parse_error("the query is empty")
+    # Typed mode starts only at a known prefix, so a plain "error: file not found" stays plain.
+    if not any(_TYPED_LINE.fullmatch(line) for _, line in numbered):
+        plain = " ".join(line for _, line in numbered)
+        return [SubQuery("lex", plain), SubQuery("vec", plain)]
+
+    subqueries: list[SubQuery] = []
+    for number, line in numbered:
+        typed = _TYPED_LINE.fullmatch(line)
+        if typed is None:
+            other = _ANY_PREFIX.match(line)
+            if other is not None:
+                raise _parse_error(f"line {number}: unknown prefix {other.group(1)!r}; use lex:, vec: or hyde:")
+            raise _parse_error(f"line {number} has no lex:, vec: or hyde: prefix; once one line is typed, all must be")
+        prefix, body = typed.group(1).lower(), typed.group(2).strip()
+        if not body:
+            raise _parse_error(f"line {number}: nothing follows {prefix}:")
+        subqueries.append(SubQuery(_PREFIX_KINDS[prefix], body))
+    if len(subqueries) > MAX_SUBQUERIES:
+        raise _parse_error(f"{len(subqueries)} sub-queries; at most {MAX_SUBQUERIES} are allowed")
+    return subqueries
+
+
+class RankedList(NamedTuple, Generic[K]):
+    source: str  # e.g. "lex:0", "vec:1"; names the list in explanations
+    weight: float
+    keys: Sequence[K]  # best first
+
+
+@dataclass(slots=True)
+class Fused(Generic[K]):
+    key: K
+    score: float
+    rank: int  # 1-based, after sorting
+    contributions: dict[str, float]  # source -> weight / (k + rank)
+    best_rank: int  # best 1-based rank in any list
+    ceiling: float = field(repr=False)  # highest score this fusion could give; see normalise_scores
+
+
+def fuse(lists: Sequence[RankedList[K]], *, k: int = 60, bonus_first: float = 0.05,
+         bonus_top3: float = 0.02) -> list[Fused[K]]:
+    """Weighted RRF with a top-rank bonus, best first; ties go to the better best rank, then to the
+    key seen first, so equal inputs always give the same order."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    for ranked in lists:
+        if not (math.isfinite(ranked.weight) and ranked.weight >= 0.0):
+            raise ValueError(f"weight of {ranked.source} must be finite and >= 0, got {ranked.weight!r}")
+    # A zero-weight list is switched off: it must not grant the top-rank bonus either.
+    active = [ranked for ranked in lists if ranked.weight > 0.0]
+    ceiling = sum(ranked.weight / (k + 1) for ranked in active) + bonus_first
+
+    contributions: dict[K, dict[str, float]] = {}  # insertion order = first appearance
+    best_ranks: dict[K, int] = {}
+    for ranked in active:
+        # Only a key's first occurrence counts, and repeats do not push later keys down: a list of
+        # chunk hits keyed by document ranks documents, whatever number of chunks each one had.
+        for rank, key in enumerate(dict.fromkeys(ranked.keys), 1):
+            per_source = contributions.setdefault(key, {})
+            per_source[ranked.source] = per_source.get(ranked.source, 0.0) + ranked.weight / (k + rank)
+            best_ranks[key] = min(best_ranks.get(key, rank), rank)
+
+    unsorted: list[tuple[float, int, int, K]] = []
+    for order, (key, per_source) in enumerate(contributions.items()):
+        best = best_ranks[key]
+        bonus = bonus_first if best == 1 else bonus_top3 if best <= 3 else 0.0
+        unsorted.append((sum(per_source.values()) + bonus, best, order, key))
+    unsorted.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
+    return [Fused(key, score, rank, contributions[key], best, ceiling)
+            for rank, (score, best, _, key) in enumerate(unsorted, 1)]
+
+
+def normalise_scores(fused: Sequence[Fused[K]]) -> list[float]:
+    """Scores divided by the best attainable one (first in every list, plus the first-place bonus),
+    so 1.0 means "unanimous winner" and scores compare across queries with different list counts."""
+    return [min(1.0, max(0.0, item.score / item.ceiling)) if item.ceiling > 0.0 else 0.0 for item in fused]
+
+
+@dataclass(slots=True)
+class Blended(Generic[K]):
+    key: K
+    score: float
+    fused_rank: int
+    rerank_score: float | None  # None: the reranker did not see this item
+    rrf_weight: float
+
+
+def _rrf_weight(fused_rank: int) -> float:
+    # The head of the fused list is where lexical and semantic retrieval agreed; protect it most.
+    if fused_rank <= 3:
+        return 0.75
+    if fused_rank <= 10:
+        return 0.60
+    return 0.40
+
+
+def blend_rerank(fused: Sequence[Fused[K]], rerank_scores: Mapping[K, float]) -> list[Blended[K]]:
+    """Blend reranker scores (0..1) with fused position: w * 1/rank + (1 - w) * rerank.
+
+    The RRF side uses 1/rank, not the RRF score, whose scale shifts with the number of lists. An
+    item the reranker did not score gets no rerank share and so stays behind scored peers."""
+    blended: list[Blended[K]] = []
+    for item in fused:
+        weight = _rrf_weight(item.rank)
+        rerank = rerank_scores.get(item.key)
+        score = weight / item.rank
+        if rerank is not None:
+            if not 0.0 <= rerank <= 1.0:  # also rejects NaN, which would scramble the sort
+                raise ValueError(f"rerank score for {item.key!r} must lie in 0..1, got {rerank!r}")
+            score += (1.0 - weight) * rerank
+        blended.append(Blended(item.key, score, item.rank, rerank, weight))
+    blended.sort(key=lambda entry: (-entry.score, entry.fused_rank))
+    return blended
+
+
+def sigmoid(x: float) -> float:
+    """Logistic function without overflow: exp() only ever sees a non-positive argument."""
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)

@@ -1,0 +1,144 @@
+"""RPC methods of semantic search: embed, vsearch, query, and the model commands."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from qmdd.protocol import (
+    EmbedTexts,
+    IndexEmbedded,
+    ModelStatus,
+    SaveSnapshot,
+    SetFingerprint,
+    StoreEmbeddings,
+    UseModel,
+)
+from qmdd.rpc import Call
+from qmdd.search.hybrid import Engines, hybrid_search, vector_search
+from qmdd.search.pipeline import SearchRequest
+from qmdd.store import documents as docs
+from qmdd.store import embeddings as emb
+from qmdd.store.documents import DocRow
+
+if TYPE_CHECKING:
+    from qmdd.api import Api
+
+EMBED_PAGE = 256  # texts per request to the embedder: its batcher splits them by tokens
+
+
+def search_request(params: dict[str, Any]) -> SearchRequest:
+    return SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
+                         path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
+                         explain=params["explain"], full=params["full"], snippet_lines=params["snippet_lines"])
+
+
+class SemanticApi:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.s = api.s
+        self.engines = Engines(self.s.reader, self.s.bm25, self.s.embedder, self.s.vectors, self.s.tokenizer)
+        self.embed_lock = trio.Lock()  # one embed run at a time; a second caller waits, then finds it done
+
+    def methods(self) -> dict[str, Any]:
+        return {"embed": self.embed, "vsearch": self.vsearch, "query": self.query, "model.list": self.model_list,
+                "model.import": self.model_import, "model.use": self.model_use}
+
+    async def _finish(self, answer: dict[str, Any], rows: list[DocRow], request: SearchRequest,
+                      call: Call) -> dict[str, Any]:
+        from qmdd.api import stream_long_list
+
+        if request.full:
+            await self.api.attach_bodies(answer, rows)
+        await stream_long_list(call, answer, "results")
+        return answer
+
+    async def vsearch(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        request = search_request(params)
+        answer, rows = await vector_search(self.engines, request)
+        return await self._finish(answer, rows, request, call)
+
+    async def query(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        request = search_request(params)
+        answer, rows = await hybrid_search(self.engines, request, rerank=params["rerank"],
+                                           candidates=max(1, min(params["candidates"], 1000)))
+        return await self._finish(answer, rows, request, call)
+
+    async def embed(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        model = await self.s.embedder.call(ModelStatus(load=True))
+        fingerprint: str = model["fingerprint"]
+        collection_ids = None
+        if params["collections"]:
+            collection_ids = [docs.collection_by_name(self.s.reader, n).id for n in params["collections"]]
+        async with self.embed_lock:
+            await self.s.vectors.call(SetFingerprint(fingerprint, model["dims"]))
+            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, fingerprint)
+            started = time.monotonic()
+            done = texts = 0
+            after = 0
+            await call.emit("progress", {"phase": "embed", "done": 0, "total": total - embedded,
+                                         "model": model["embedding"]})
+            while True:
+                page = await trio.to_thread.run_sync(emb.pending_chunks, self.s.reader, fingerprint, after,
+                                                     EMBED_PAGE, collection_ids)
+                if not page:
+                    break
+                after = page[-1].chunk_id
+                unique: dict[str, str] = {}
+                for chunk in page:  # identical texts (copies, boilerplate) are embedded once
+                    unique.setdefault(chunk.hash, chunk.text)
+                hashes = list(unique)
+                vectors = await self.s.embedder.call(EmbedTexts(list(unique.values()), "bulk"))
+                await self.s.indexer.call(StoreEmbeddings(fingerprint, hashes, vectors.astype(np.float16)))
+                await self.s.vectors.call(IndexEmbedded(fingerprint, hashes, vectors))
+                done += len(page)
+                texts += len(hashes)
+                elapsed = time.monotonic() - started
+                await call.emit("progress", {"phase": "embed", "done": done, "total": total - embedded,
+                                             "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
+            await self.s.vectors.call(SaveSnapshot())
+        elapsed = time.monotonic() - started
+        return {"model": model["embedding"], "fingerprint": fingerprint, "chunks": total,
+                "already_embedded": embedded, "embedded": done, "texts_embedded": texts,
+                "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None}
+
+    async def model_list(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        models = await trio.to_thread.run_sync(self.s.registry.list_models)
+        status = await self.s.embedder.call(ModelStatus())
+        return {"models": models, "device": status["device"], "compute_type": status["compute_type"],
+                "fingerprint": status["fingerprint"]}
+
+    async def model_import(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        manifest = await trio.to_thread.run_sync(
+            self.s.registry.import_checkpoint, Path(params["path"]), params["name"], params["kind"],
+            params["pooling"], params["max_length"])
+        return {"name": manifest["name"], "kind": manifest["kind"], "pooling": manifest["pooling"],
+                "max_length": manifest["max_length"], "hidden_size": manifest["hidden_size"],
+                "hint": f"Use it with `qmdctl model use {manifest['name']}`."}
+
+    async def model_use(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        name = params["name"]
+        if name in (None, "", "none", "default"):
+            name = None
+        role = params["role"]
+        if role is None:
+            role = "embedding" if name is None else self.s.registry.choice(name).kind
+        result: dict[str, Any] = await self.s.embedder.call(UseModel(role, name))
+        if role == "embedding":
+            result["vectors"] = await self.s.vectors.call(SetFingerprint(result["fingerprint"], result["dims"]))
+            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, result["fingerprint"])
+            if embedded < total:
+                result["hint"] = f"{total - embedded} chunk(s) need `qmdctl embed` for this model."
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        model: dict[str, Any] = await self.s.embedder.call(ModelStatus())
+        if model["fingerprint"]:
+            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, model["fingerprint"])
+            model["chunks"] = total
+            model["embedded"] = embedded
+        return model
