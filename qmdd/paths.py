@@ -73,17 +73,19 @@ def _xdg(env: dict[str, str], var: str, fallback: str) -> str:
 
 
 def _roots(env: dict[str, str]) -> tuple[str, str, str, str]:
-    """(runtime dir, data dir, config file, cache dir) as strings: os.path only, no pathlib."""
+    """(runtime dir, data dir, config file, cache dir) as strings: os.path only, no pathlib.
+    QMDD_CACHE_DIR moves just the cache (converted models), e.g. to share it between test homes."""
     home = env.get("QMDD_HOME")
+    cache = env.get("QMDD_CACHE_DIR")
     if home:
         root = os.path.abspath(os.path.expanduser(home))
         return (os.path.join(root, "run"), os.path.join(root, "data"), os.path.join(root, "config.toml"),
-                os.path.join(root, "cache"))
+                cache or os.path.join(root, "cache"))
     runtime = env.get("XDG_RUNTIME_DIR")
     return (os.path.join(runtime, "qmdd") if runtime else f"/tmp/qmdd-{os.getuid()}",
             os.path.join(_xdg(env, "XDG_DATA_HOME", ".local/share"), "qmdd"),
             os.path.join(_xdg(env, "XDG_CONFIG_HOME", ".config"), "qmdd", "config.toml"),
-            os.path.join(_xdg(env, "XDG_CACHE_HOME", ".cache"), "qmdd"))
+            cache or os.path.join(_xdg(env, "XDG_CACHE_HOME", ".cache"), "qmdd"))
 
 
 def socket_path(env: dict[str, str] | None = None) -> str:

@@ -70,11 +70,17 @@ class Env:
         os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of converted models for the whole session: each daemon would convert again."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 @pytest.fixture
-def env() -> Iterator[Env]:
+def env(model_cache: Path) -> Iterator[Env]:
     home = Path(tempfile.mkdtemp(prefix="qmdd-", dir="/tmp"))
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "AGENT_", "XDG_"))}
-    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_LOG_LEVEL="debug")
+    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_LOG_LEVEL="debug", QMDD_CACHE_DIR=str(model_cache))
     e = Env(home, variables)
     try:
         yield e

@@ -19,6 +19,7 @@ import numpy as np
 import outcome
 import trio
 
+from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply
 from qmdd.models.registry import ModelChoice, ModelRegistry
 from qmdd.models.runtime import LoadedModel
@@ -222,6 +223,7 @@ class EmbedderActor(Actor):
                 continue
             self._bulk_running += kind == "bulk"
             try:
+                faults.check(f"embedder.{kind}_batch")
                 started = time.monotonic()
                 vectors = await trio.to_thread.run_sync(model.embed_ids, [item.ids for item in batch],
                                                         limiter=self._cpu)

@@ -203,6 +203,11 @@ def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
             os.fsync(fd)
         finally:
             os.close(fd)
+        if (dest / MANIFEST).exists() and not (dest / MANIFEST).is_symlink():
+            previous = json.loads((dest / MANIFEST).read_text())
+            if previous == manifest:  # another process converted the same model meanwhile
+                shutil.rmtree(work)
+                return manifest
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(work, dest)
