@@ -130,7 +130,8 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             await supervisor.start_actor(embedder, lambda: EmbedderActor(
                 registry, embedder, device=runtime.device, compute_type=runtime.compute_type,
                 threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
-                chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s))
+                chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
+                preload=paths.vector_snapshot.exists()))
             prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
             await supervisor.start_actor(indexer, lambda: IndexerActor(
                 paths.database, bm25, prepare, max_file_bytes=config.max_file_bytes,

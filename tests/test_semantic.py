@@ -165,3 +165,28 @@ def test_kill_9_during_embed_resumes_without_redoing_or_losing_vectors(env: Env,
     status = env.json("status")
     assert status["actors"]["vectors"]["vectors"] == n == status["model"]["embedded"]
     assert env.json("vsearch", "item-123 care", "-n", "3")[0]["file"].startswith("qmd://many/n")
+
+
+def test_imported_cross_encoder_reranks_query_and_can_be_turned_off(env: Env, corpus: Path, tmp_path: Path) -> None:
+    from tests.bertref import make_tiny_bert
+
+    checkpoint = make_tiny_bert(tmp_path / "tiny-reranker", num_labels=1, seed=3)
+    env.run("collection", "add", str(corpus), "--name", "kb")
+    env.json("embed")
+    imported = env.json("model", "import", str(checkpoint), "--name", "tiny-ce")
+    assert imported["kind"] == "reranker"
+    env.run("model", "use", "tiny-ce")
+    listed = {m["name"]: m for m in env.json("model", "list")["models"]}
+    assert listed["tiny-ce"]["in_use"] == ["reranker"] and listed["all-minilm-l6-v2"]["in_use"] == ["embedding"]
+
+    reranked = env.json("query", "tar gzip folder", "--explain", "-n", "5")
+    assert all("rerank" in hit["explain"] and 0 <= hit["explain"]["rerank"] <= 1 for hit in reranked)
+    assert all(0 <= hit["score"] <= 1 for hit in reranked)
+    assert [h["score"] for h in reranked] == sorted((h["score"] for h in reranked), reverse=True)
+    plain = env.json("query", "tar gzip folder", "--explain", "-n", "5", "--no-rerank")
+    assert all("rerank" not in hit["explain"] for hit in plain)
+    assert env.json("status")["model"]["batching"]["reranked"] >= len(reranked)
+
+    env.run("model", "use", "none", "--role", "reranker")
+    assert all("rerank" not in h["explain"] for h in env.json("query", "tar gzip folder", "--explain"))
+    assert env.run("model", "use", "tiny-ce", "--role", "embedding", check=False).returncode == 10

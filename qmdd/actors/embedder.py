@@ -21,7 +21,7 @@ import trio
 
 from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply
-from qmdd.models.registry import ModelChoice, ModelRegistry
+from qmdd.models.registry import ModelChoice, ModelRegistry, self_check
 from qmdd.models.runtime import LoadedModel
 from qmdd.protocol import EmbedTexts, ErrorCode, ModelStatus, QmddError, RerankPairs, UseModel
 
@@ -77,7 +77,8 @@ class EmbedderActor(Actor):
     name = "embedder"
 
     def __init__(self, registry: ModelRegistry, mailbox: Mailbox, *, device: str, compute_type: str,
-                 threads: int, workers: int, batch_tokens: int, chunking: str, idle_unload_s: float) -> None:
+                 threads: int, workers: int, batch_tokens: int, chunking: str, idle_unload_s: float,
+                 preload: bool = False) -> None:
         super().__init__()
         self._registry = registry
         self._mailbox = mailbox
@@ -86,8 +87,10 @@ class EmbedderActor(Actor):
         self._batch_tokens = batch_tokens
         self._chunking = chunking
         self._idle_unload_s = idle_unload_s
+        self._preload = preload
         self._models: dict[str, LoadedModel] = {}
         self._load_s: dict[str, float] = {}
+        self._self_check: dict[str, float | None] = {}
         self._queries: deque[_Item] = deque()
         self._bulk: deque[_Item] = deque()
         self._jobs: set[_Job] = set()
@@ -109,6 +112,8 @@ class EmbedderActor(Actor):
                 nursery.start_soon(self._worker)
             if self._idle_unload_s > 0:
                 nursery.start_soon(self._unload_when_idle)
+            if self._preload:
+                nursery.start_soon(self._load_quietly)
             await super().run(inbox, task_status=task_status)
             nursery.cancel_scope.cancel()
 
@@ -162,11 +167,22 @@ class EmbedderActor(Actor):
             loaded = await trio.to_thread.run_sync(lambda: LoadedModel(
                 folder, device=self._device, compute_type=self._compute_type, threads=self._threads,
                 workers=self._workers))
+            if loaded.kind == "embedding":
+                self._self_check[role] = await trio.to_thread.run_sync(
+                    self_check, name, lambda text: loaded.embed_ids(loaded.token_ids([text]))[0])
             self._models[role] = loaded
             self._load_s[role] = round(time.monotonic() - started, 3)
             log.info("%s model %s loaded on %s/%s in %.2fs", role, name, self._device, self._compute_type,
                      self._load_s[role])
             return loaded
+
+    async def _load_quietly(self) -> None:
+        """Warm up in the background, so the first vsearch after a start does not pay the load."""
+        loaded = await outcome.acapture(self.model, "embedding")
+        if isinstance(loaded, outcome.Error):
+            if not isinstance(loaded.error, QmddError):
+                loaded.unwrap()
+            log.warning("embedding model not preloaded: %s", loaded.error)
 
     async def _enqueue(self, envelope: Envelope) -> None:
         message: EmbedTexts = envelope.message
@@ -293,7 +309,8 @@ class EmbedderActor(Actor):
                 "dims": dims, "device": self._device, "compute_type": self._compute_type,
                 "threads": self._threads, "workers": self._workers,
                 "loaded": {role: {"name": m.manifest.get("name"), "load_s": self._load_s.get(role),
-                                  "size_bytes": m.size_bytes} for role, m in self._models.items()},
+                                  "size_bytes": m.size_bytes, "self_check_cosine": self._self_check.get(role)}
+                           for role, m in self._models.items()},
                 "queued": {"query": len(self._queries), "bulk": len(self._bulk)},
                 "batching": self.batch_stats.as_dict(), "batch_tokens": self._batch_tokens}
 

