@@ -12,11 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import outcome
+import trio
+
 from qmdd.actors.base import Mailbox
 from qmdd.chunking import embedding_text
 from qmdd.protocol import Bm25Query, EmbedTexts, ErrorCode, QmddError, RerankPairs, VectorQuery
 from qmdd.search.bm25index import ChunkHit
-from qmdd.search.fusion import RankedList, SubQuery, blend_rerank, fuse, normalise_scores, parse_query
+from qmdd.search.fusion import (
+    Blended,
+    Fused,
+    RankedList,
+    SubQuery,
+    blend_rerank,
+    fuse,
+    normalise_scores,
+    parse_query,
+)
 from qmdd.search.pipeline import SearchRequest, build_results, check_request, resolve_filters
 from qmdd.search.tokenize import Tokenizer
 from qmdd.search.vectorindex import VectorHit
@@ -84,33 +96,56 @@ async def vector_search(engines: Engines, request: SearchRequest) -> tuple[dict[
     return {"terms": terms, "results": results}, rows
 
 
+async def _lexical_lists(engines: Engines, texts: Sequence[str], depth: int, collection_ids: list[int] | None,
+                         allowed: Any) -> list[list[Candidate]]:
+    lists = []
+    for text in texts:
+        _, hits = await engines.bm25.call(Bm25Query(text, depth, collection_ids=collection_ids, allowed=allowed))
+        lists.append([Candidate(h.doc_id, h.chunk_id, i + 1, h.norm) for i, h in enumerate(hits)])
+    return lists
+
+
+async def retrieve(engines: Engines, subqueries: Sequence[SubQuery], depth: int, collection_ids: list[int] | None,
+                   allowed: Any) -> tuple[list[tuple[SubQuery, list[Candidate]]], list[dict[str, Any]]]:
+    """One ranked document list per sub-query (BM25 and vectors searched concurrently), and warnings
+    for what could not be searched."""
+    lex = [s for s in subqueries if s.kind == "lex"]
+    vec = [s for s in subqueries if s.kind == "vec"]
+    found: dict[str, Any] = {}
+
+    async def lexical() -> None:
+        found["lex"] = await _lexical_lists(engines, [s.text for s in lex], depth, collection_ids, allowed)
+
+    async def semantic() -> None:
+        found["vec"] = await outcome.acapture(_vector_lists, engines, [s.text for s in vec], depth,
+                                              collection_ids, allowed)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lexical)
+        if vec:
+            nursery.start_soon(semantic)
+    lists = list(zip(lex, found["lex"], strict=True))
+    warnings: list[dict[str, Any]] = []
+    if vec:
+        vectors = found["vec"]
+        error = vectors.error if isinstance(vectors, outcome.Error) else None
+        if isinstance(error, QmddError) and error.code in _DEGRADABLE and lex:
+            # Keyword results are still worth giving; say why the vectors are missing.
+            warnings.append({"code": error.code.value, "message": error.message, "hints": list(error.hints)})
+        else:
+            lists.extend(zip(vec, vectors.unwrap(), strict=True))
+    return lists, warnings
+
+
+_DEGRADABLE = (ErrorCode.INDEX_NOT_READY, ErrorCode.MODEL_NOT_FOUND, ErrorCode.MODEL_LOAD_FAILED)
+
+
 async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: bool,
                         candidates: int) -> tuple[dict[str, Any], list[DocRow]]:
     check_request(request)
     subqueries = parse_query(request.query)
     collection_ids, allowed = resolve_filters(engines.conn, request)
-    depth = max(candidates, request.limit)
-    lists: list[tuple[SubQuery, list[Candidate]]] = []
-    for sub in subqueries:
-        if sub.kind == "lex":
-            _, hits = await engines.bm25.call(Bm25Query(sub.text, depth, collection_ids=collection_ids,
-                                                        allowed=allowed))
-            lists.append((sub, [Candidate(h.doc_id, h.chunk_id, i + 1, h.norm) for i, h in enumerate(hits)]))
-    warnings: list[dict[str, Any]] = []
-    vec_texts = [sub.text for sub in subqueries if sub.kind == "vec"]
-    if vec_texts:
-        try:
-            vec_lists = await _vector_lists(engines, vec_texts, depth, collection_ids, allowed)
-        except QmddError as exc:
-            if exc.code not in (ErrorCode.INDEX_NOT_READY, ErrorCode.MODEL_NOT_FOUND, ErrorCode.MODEL_LOAD_FAILED):
-                raise
-            if not any(sub.kind == "lex" for sub in subqueries):
-                raise
-            # Keyword results are still worth giving; say why the vectors are missing.
-            warnings.append({"code": exc.code.value, "message": exc.message, "hints": list(exc.hints)})
-            vec_lists = []
-        vec_subs = [sub for sub in subqueries if sub.kind == "vec"]
-        lists.extend(zip(vec_subs, vec_lists, strict=False))
+    lists, warnings = await retrieve(engines, subqueries, max(candidates, request.limit), collection_ids, allowed)
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
     fused = fuse([RankedList(name, 1.0, [c.doc_id for c in ranked]) for name, (_, ranked) in zip(names, lists,
                                                                                                    strict=True)])
@@ -118,8 +153,7 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     head = fused[:max(request.limit, RERANK_DEPTH if rerank else request.limit)]
     chosen = {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head}
     scores = dict(zip([f.key for f in head], normalise_scores(head), strict=True))
-    rerank_scores: dict[int, float] = {}
-    blended_info: dict[int, tuple[float | None, float]] = {}
+    blended: list[Blended[int]] = []
     order = [f.key for f in head]
     if rerank and head:
         query_text = next((s.text for s in subqueries if s.kind == "vec"), subqueries[0].text)
@@ -127,36 +161,41 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
         reranked = await engines.embedder.call(RerankPairs(query_text, [texts.get(chosen[k].chunk_id, "")
                                                                         for k in order]))
         if reranked is not None:
-            rerank_scores = dict(zip(order, reranked, strict=True))
-            blended = blend_rerank(head, rerank_scores)
+            blended = blend_rerank(head, dict(zip(order, reranked, strict=True)))
             order = [b.key for b in blended]
             scores = {b.key: b.score for b in blended}
-            blended_info = {b.key: (b.rerank_score, b.rrf_weight) for b in blended}
     kept = [key for key in order if scores[key] >= request.min_score][:request.limit]
     hits = [ChunkHit(key, chosen[key].chunk_id, chosen[key].score, min(scores[key], 1.0), None) for key in kept]
     terms = sorted({t for sub in subqueries for t in engines.tokenizer.query_terms(sub.text)})
     results, rows = build_results(engines.conn, engines.tokenizer, terms, hits, request)
     if request.explain:
-        fused_by_key = {f.key: f for f in head}
-        for result, key in zip(results, [r.doc_id for r in hits], strict=False):
-            f = fused_by_key[key]
-            result["explain"] = {
-                "rrf": round(f.score, 5), "rrf_rank": f.rank, "rrf_norm": round(normalise_scores([f])[0], 4),
-                "lists": {name: {"rank": by_source[name][key].rank, "score": round(by_source[name][key].score, 4),
-                                 "rrf": round(f.contributions.get(name, 0.0), 5), "query": lists[i][0].text}
-                          for i, name in enumerate(names) if key in by_source[name]},
-                "chunk_from": _best_source(f.contributions),
-            }
-            if key in blended_info:
-                rerank_score, weight = blended_info[key]
-                result["explain"]["rerank"] = None if rerank_score is None else round(rerank_score, 4)
-                result["explain"]["rrf_weight"] = weight
+        _explain(results, [r.id for r in rows], head, lists, names, by_source, blended)
     answer: dict[str, Any] = {"terms": terms, "results": results,
                               "subqueries": [{"type": s.kind, "query": s.text} for s in subqueries],
-                              "reranked": bool(rerank_scores)}
+                              "reranked": bool(blended)}
     if warnings:
         answer["warnings"] = warnings
     return answer, rows
+
+
+def _explain(results: list[dict[str, Any]], doc_ids: list[int], head: Sequence[Fused[int]],
+             lists: Sequence[tuple[SubQuery, list[Candidate]]], names: Sequence[str],
+             by_source: dict[str, dict[int, Candidate]], blended: Sequence[Blended[int]]) -> None:
+    fused_by_key = {f.key: f for f in head}
+    blended_by_key = {b.key: b for b in blended}
+    for result, key in zip(results, doc_ids, strict=True):
+        f = fused_by_key[key]
+        result["explain"] = {
+            "rrf": round(f.score, 5), "rrf_rank": f.rank, "rrf_norm": round(normalise_scores([f])[0], 4),
+            "lists": {name: {"rank": by_source[name][key].rank, "score": round(by_source[name][key].score, 4),
+                             "rrf": round(f.contributions.get(name, 0.0), 5), "query": lists[i][0].text}
+                      for i, name in enumerate(names) if key in by_source[name]},
+            "chunk_from": _best_source(f.contributions),
+        }
+        b = blended_by_key.get(key)
+        if b is not None:
+            result["explain"]["rerank"] = None if b.rerank_score is None else round(b.rerank_score, 4)
+            result["explain"]["rrf_weight"] = b.rrf_weight
 
 
 def _best_source(contributions: dict[str, float]) -> str:
