@@ -30,7 +30,7 @@ from qmdd.actors.vectors import VectorsActor
 from qmdd.api import Api, make_services
 from qmdd.chunking import ChunkerConfig
 from qmdd.config import Config
-from qmdd.models.registry import DEFAULT_EMBEDDING, ModelRegistry
+from qmdd.models.registry import DEFAULT_EMBEDDING, ModelRegistry, load_model
 from qmdd.models.runtime import cpu_threads, pick_device
 from qmdd.paths import ensure_private_dir
 from qmdd.rpc import RpcServer
@@ -127,8 +127,10 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                 paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
             await supervisor.start_actor(vectors, lambda: VectorsActor(
                 paths.database, paths.vector_snapshot, db_id, runtime.fingerprint(registry), 0))
+            loader = partial(load_model, registry, device=runtime.device, compute_type=runtime.compute_type,
+                             threads=runtime.threads, workers=runtime.workers)
             await supervisor.start_actor(embedder, lambda: EmbedderActor(
-                registry, embedder, device=runtime.device, compute_type=runtime.compute_type,
+                registry, embedder, loader, device=runtime.device, compute_type=runtime.compute_type,
                 threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
                 chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
                 preload=paths.vector_snapshot.exists()))

@@ -190,3 +190,14 @@ def test_imported_cross_encoder_reranks_query_and_can_be_turned_off(env: Env, co
     env.run("model", "use", "none", "--role", "reranker")
     assert all("rerank" not in h["explain"] for h in env.json("query", "tar gzip folder", "--explain"))
     assert env.run("model", "use", "tiny-ce", "--role", "embedding", check=False).returncode == 10
+
+
+def test_idle_models_are_unloaded_and_reloaded_on_demand(env: Env, corpus: Path) -> None:
+    env.vars["QMDD_MODEL_IDLE_UNLOAD_S"] = "0.3"
+    env.run("collection", "add", str(corpus), "--name", "kb")
+    env.json("embed")
+    deadline = time.monotonic() + 10
+    while env.json("status")["model"]["loaded"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert env.json("status")["model"]["loaded"] == {}
+    assert env.json("vsearch", "spaghetti", "-n", "1")[0]["file"] == "qmd://kb/cooking.md"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ import trio
 
 from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply
-from qmdd.models.registry import ModelChoice, ModelRegistry, self_check
+from qmdd.models.registry import ModelChoice, ModelRegistry
 from qmdd.models.runtime import LoadedModel
 from qmdd.protocol import EmbedTexts, ErrorCode, ModelStatus, QmddError, RerankPairs, UseModel
 
@@ -76,12 +77,14 @@ class BatchStats:
 class EmbedderActor(Actor):
     name = "embedder"
 
-    def __init__(self, registry: ModelRegistry, mailbox: Mailbox, *, device: str, compute_type: str,
+    def __init__(self, registry: ModelRegistry, mailbox: Mailbox, loader: Callable[[str], LoadedModel], *,
+                 device: str, compute_type: str,
                  threads: int, workers: int, batch_tokens: int, chunking: str, idle_unload_s: float,
                  preload: bool = False) -> None:
         super().__init__()
         self._registry = registry
         self._mailbox = mailbox
+        self._loader = loader  # model name -> loaded model; blocking, run in a thread
         self._device, self._compute_type = device, compute_type
         self._threads, self._workers = threads, workers
         self._batch_tokens = batch_tokens
@@ -90,7 +93,6 @@ class EmbedderActor(Actor):
         self._preload = preload
         self._models: dict[str, LoadedModel] = {}
         self._load_s: dict[str, float] = {}
-        self._self_check: dict[str, float | None] = {}
         self._queries: deque[_Item] = deque()
         self._bulk: deque[_Item] = deque()
         self._jobs: set[_Job] = set()
@@ -163,13 +165,7 @@ class EmbedderActor(Actor):
             if loaded is not None and loaded.manifest.get("name") == name:
                 return loaded
             started = time.monotonic()
-            folder = await trio.to_thread.run_sync(self._registry.converted_dir, name)
-            loaded = await trio.to_thread.run_sync(lambda: LoadedModel(
-                folder, device=self._device, compute_type=self._compute_type, threads=self._threads,
-                workers=self._workers))
-            if loaded.kind == "embedding":
-                self._self_check[role] = await trio.to_thread.run_sync(
-                    self_check, name, lambda text: loaded.embed_ids(loaded.token_ids([text]))[0])
+            loaded = await trio.to_thread.run_sync(self._loader, name)
             self._models[role] = loaded
             self._load_s[role] = round(time.monotonic() - started, 3)
             log.info("%s model %s loaded on %s/%s in %.2fs", role, name, self._device, self._compute_type,
@@ -309,7 +305,7 @@ class EmbedderActor(Actor):
                 "dims": dims, "device": self._device, "compute_type": self._compute_type,
                 "threads": self._threads, "workers": self._workers,
                 "loaded": {role: {"name": m.manifest.get("name"), "load_s": self._load_s.get(role),
-                                  "size_bytes": m.size_bytes, "self_check_cosine": self._self_check.get(role)}
+                                  "size_bytes": m.size_bytes, "self_check_cosine": m.self_check_cosine}
                            for role, m in self._models.items()},
                 "queued": {"query": len(self._queries), "bulk": len(self._bulk)},
                 "batching": self.batch_stats.as_dict(), "batch_tokens": self._batch_tokens}

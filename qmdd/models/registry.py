@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from qmdd.models.convert import MANIFEST, convert_checkpoint, read_checkpoint_config, sha256_file
+from qmdd.models.runtime import LoadedModel
 from qmdd.paths import Paths
 from qmdd.protocol import ErrorCode, QmddError
 
@@ -110,6 +111,16 @@ def self_check(name: str, embed: Callable[[str], np.ndarray]) -> float | None:
                         f"the converted {name} gives wrong embeddings (cosine {cosine:.3f} to the reference)",
                         hints=("Delete the model cache folder (qmdctl model list shows it) to convert again.",))
     return cosine
+
+
+def load_model(registry: ModelRegistry, name: str, *, device: str, compute_type: str, threads: int,
+               workers: int) -> LoadedModel:
+    """Convert (the first time), load and self-check a model. Blocking: run it in a thread."""
+    loaded = LoadedModel(registry.converted_dir(name), device=device, compute_type=compute_type, threads=threads,
+                         workers=workers)
+    if loaded.kind == "embedding":
+        loaded.self_check_cosine = self_check(name, lambda text: loaded.embed_ids(loaded.token_ids([text]))[0])
+    return loaded
 
 
 class ModelRegistry:

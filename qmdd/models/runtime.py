@@ -73,6 +73,7 @@ class LoadedModel:
                 self.head = {"weight": head["weight"], "bias": head["bias"]}
         self.device = device
         self.compute_type = compute_type
+        self.self_check_cosine: float | None = None  # set by the registry for models with a reference
         self.size_bytes = sum(f.stat().st_size for f in model_dir.iterdir() if f.is_file())
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
