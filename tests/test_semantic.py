@@ -108,6 +108,11 @@ def test_renamed_file_reuses_its_vector_and_deleted_file_leaves_the_index(env: E
     assert env.json("vsearch", "compress a folder", "-n", "1")[0]["file"] == "qmd://kb/packing.md"
     assert env.json("status")["actors"]["vectors"]["loaded_from"] == "snapshot"
 
+    assert env.json("cleanup")["embeddings_purged"] == 1  # the deleted note's vector
+    env.run("collection", "remove", "kb")
+    assert env.json("status")["actors"]["vectors"]["vectors"] == 0
+    assert env.run("vsearch", "compress a folder", check=False).returncode == 18
+
 
 def test_embedder_crash_mid_batch_is_retried_after_restart(env: Env, corpus: Path) -> None:
     env.vars["QMDD_FAULTS"] = "embedder.bulk_batch=1"
