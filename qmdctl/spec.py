@@ -147,6 +147,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("context", "rm"), "Remove a context.", "context:remove", (
         Opt("target", (), "str", None, "qmd://collection/path, a folder, or /."),
     ), aliases=("remove",)),
+    Command(("mcp",), "Serve the MCP protocol on stdio for agents (Claude Desktop, Claude Code, ...).", "mcp:serve",
+            (), output=False),
     Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", ()),
     Command(("daemon", "stop"), "Stop the daemon gracefully.", "daemon:stop", ()),
     Command(("daemon", "status"), "Is the daemon running? Where are its socket and log?", "daemon:status", ()),
