@@ -11,19 +11,32 @@ class InjectedFault(RuntimeError):
     pass
 
 
-def _parse(spec: str) -> dict[str, int]:
-    armed: dict[str, int] = {}
+def _parse_pairs(spec: str) -> list[tuple[str, str]]:
+    pairs = []
     for part in spec.split(","):
-        point, _, count = part.partition("=")
+        point, _, value = part.partition("=")
         if point.strip():
-            armed[point.strip()] = int(count or 1)
-    return armed
+            pairs.append((point.strip(), value.strip()))
+    return pairs
 
 
-_armed = _parse(os.environ.get("QMDD_FAULTS", ""))
+_armed = {point: int(count or 1) for point, count in _parse_pairs(os.environ.get("QMDD_FAULTS", ""))}
 
 
 def check(point: str) -> None:
     if _armed.get(point, 0) > 0:
         _armed[point] -= 1
         raise InjectedFault(f"injected fault at {point}")
+
+
+_pauses = {point: float(seconds) for point, seconds in _parse_pairs(os.environ.get("QMDD_FAULT_PAUSES", ""))}
+
+
+async def pause(point: str) -> None:
+    """QMDD_FAULT_PAUSES="point=seconds": the first time `point` is reached, wait that long (to hold a
+    request in flight while a test kills the daemon)."""
+    seconds = _pauses.pop(point, 0.0)
+    if seconds > 0:
+        import trio
+
+        await trio.sleep(seconds)

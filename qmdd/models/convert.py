@@ -45,6 +45,15 @@ def read_checkpoint_config(src: Path) -> dict[str, Any]:
                                "tokenizer.json).",)) from None
     except (OSError, ValueError) as exc:
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src / 'config.json'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src / 'config.json'} is not a JSON object")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        if not isinstance(config.get(key), int) or config[key] <= 0:
+            raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src / 'config.json'}: {key} is missing or not a "
+                            "positive integer")
+    if config["hidden_size"] % config["num_attention_heads"]:
+        raise QmddError(ErrorCode.MODEL_LOAD_FAILED,
+                        f"{src / 'config.json'}: hidden_size is not a multiple of num_attention_heads")
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED,
@@ -174,6 +183,26 @@ def classification_head(w: _Weights) -> dict[str, np.ndarray] | None:
     return {"weight": w("classifier.weight"), "bias": w("classifier.bias")}
 
 
+def _intact(dest: Path, manifest: Mapping[str, Any]) -> bool:
+    """`dest` holds exactly this conversion, undamaged."""
+    try:
+        same = json.loads((dest / MANIFEST).read_text()) == manifest
+    except (OSError, ValueError):
+        return False
+    return same and sha256_file(dest / "model.bin") == manifest["model_bin_sha256"]
+
+
+def has_classifier(src: Path) -> bool:
+    """Does the checkpoint carry a sequence-classification head (a cross-encoder)? Reads names only."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(src / "model.safetensors"), "np") as f:
+            return "classifier.weight" in f.keys()  # noqa: SIM118 - a safetensors handle, not a dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src / 'model.safetensors'}: {exc}") from None
+
+
 def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
                        extra_manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Convert `src` into `dest` atomically (a temp dir renamed into place); returns the manifest."""
@@ -184,7 +213,10 @@ def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        spec.validate()
+        try:
+            spec.validate()
+        except ValueError as exc:  # tensor shapes that disagree with config.json
+            raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src}: inconsistent checkpoint: {exc}") from None
         spec.optimize(quantization=quantization)
         spec.save(str(work))
         if head is not None:
@@ -203,11 +235,9 @@ def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
             os.fsync(fd)
         finally:
             os.close(fd)
-        if (dest / MANIFEST).exists() and not (dest / MANIFEST).is_symlink():
-            previous = json.loads((dest / MANIFEST).read_text())
-            if previous == manifest:  # another process converted the same model meanwhile
-                shutil.rmtree(work)
-                return manifest
+        if _intact(dest, manifest):  # another process converted the same model meanwhile
+            shutil.rmtree(work)
+            return manifest
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(work, dest)

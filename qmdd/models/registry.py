@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qmdd.models.convert import MANIFEST, convert_checkpoint, read_checkpoint_config, sha256_file
+from qmdd.models.convert import MANIFEST, convert_checkpoint, has_classifier, read_checkpoint_config, sha256_file
 from qmdd.models.runtime import LoadedModel
 from qmdd.paths import Paths
 from qmdd.protocol import ErrorCode, QmddError
@@ -246,14 +245,13 @@ class ModelRegistry:
         if not (source / "tokenizer.json").exists():
             raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"{source} has no tokenizer.json",
                             hints=("Save the tokenizer with a fast (Rust) tokenizer so tokenizer.json exists.",))
-        manifest = convert_checkpoint(source, self._paths.imported_models / name, quantization=STORED_AS,
-                                      extra_manifest={"name": name, "kind": kind, "pooling": pooling,
-                                                      "max_length": max_length, "source": str(source),
-                                                      "source_sha256": sha256_file(weights)})
-        if kind == "reranker" and not manifest["has_head"]:
-            shutil.rmtree(self._paths.imported_models / name, ignore_errors=True)
+        if kind == "reranker" and not has_classifier(source):
             raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{source} has no classifier head; it cannot rerank")
-        return manifest
+        # Converted beside the old version and renamed over it: a failed import leaves it as it was.
+        return convert_checkpoint(source, self._paths.imported_models / name, quantization=STORED_AS,
+                                  extra_manifest={"name": name, "kind": kind, "pooling": pooling,
+                                                  "max_length": max_length, "source": str(source),
+                                                  "source_sha256": sha256_file(weights)})
 
 
 def _pooling_of(source: Path) -> str:

@@ -58,7 +58,7 @@ class LoadedModel:
         self.max_length: int = int(self.manifest.get("max_length", 256))
         self.dims: int = int(self.manifest["hidden_size"])
         try:
-            self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+            self.tokenizer = _load_tokenizer(Tokenizer, model_dir / "tokenizer.json")
             # The shipped tokenizer pads and truncates at 128; batches are padded by CTranslate2 and
             # the model's real limit is max_length.
             self.tokenizer.no_padding()
@@ -107,6 +107,14 @@ class LoadedModel:
         logits = pooled @ self.head["weight"].T + self.head["bias"]
         # One label: the logit is the score. Two labels (irrelevant, relevant): their difference.
         return logits[:, 0] if logits.shape[1] == 1 else logits[:, -1] - logits[:, 0]
+
+
+def _load_tokenizer(tokenizer_class: Any, path: Path) -> Any:
+    try:
+        return tokenizer_class.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises bare Exception for unreadable files
+        raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{path}: {exc}",
+                        hints=("Re-import the model from a folder with a valid tokenizer.json.",)) from None
 
 
 def cpu_threads() -> int:

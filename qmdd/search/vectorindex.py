@@ -53,6 +53,10 @@ class VectorIndex:
         self.ndim = ndim
         self._index = index if index is not None else self._new_index(ndim)
         self._viewing = False  # set by load(): the index is a read-only view of the snapshot file
+        # Entries removed but still in usearch's graph. usearch aborts the *process* restoring a file
+        # where most entries are deleted (seen with 2.21: malloc corruption above ~60%), so save()
+        # rebuilds first when they are many; `load` refuses such a file from older versions.
+        self._deleted = 0
         self._keys = BitMap(np.asarray(self._index.keys, dtype=np.uint64).tolist()) if len(self._index) else BitMap()
         self.collections: dict[int, BitMap] = collections or {}
 
@@ -70,16 +74,27 @@ class VectorIndex:
     def _writable(self) -> None:
         if self._viewing:
             # A viewed snapshot is read-only; copy it into memory on the first change.
-            copy = self._new_index(self.ndim)
-            keys = np.asarray(self._index.keys, dtype=np.uint64)
-            if len(keys):
-                copy.add(keys, np.asarray(self._index.get(keys, dtype="f32")), threads=1)
-            self._index = copy
+            self._rebuild()
             self._viewing = False
+
+    def _rebuild(self) -> None:
+        """A fresh graph of the live entries only."""
+        copy = self._new_index(self.ndim)
+        keys = np.asarray(self._keys.to_array(), dtype=np.uint64)
+        if len(keys):
+            vectors = np.asarray(self._index.get(keys, dtype="f32"), dtype=np.float32).reshape(len(keys), -1)
+            copy.add(keys, vectors, threads=2)
+        self._index = copy
+        self._deleted = 0
 
     def add(self, chunk_ids: Iterable[int], collection_ids: Iterable[int], vectors: np.ndarray) -> int:
         ids = list(chunk_ids)
-        fresh = [i for i, cid in enumerate(ids) if cid not in self._keys]
+        seen: set[int] = set()
+        fresh = []
+        for i, cid in enumerate(ids):  # new ids only, each once: usearch would fail half-way on a repeat
+            if cid not in self._keys and cid not in seen:
+                seen.add(cid)
+                fresh.append(i)
         if not fresh:
             return 0
         self._writable()
@@ -97,6 +112,7 @@ class VectorIndex:
             return 0
         self._writable()
         self._index.remove(np.asarray(gone.to_array(), dtype=np.uint64))
+        self._deleted += len(gone)
         self._keys -= gone
         for members in self.collections.values():
             members -= gone
@@ -142,11 +158,14 @@ class VectorIndex:
     # --- persistence --------------------------------------------------------------------------------
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
+        if self._deleted * 3 > len(self._keys) and not self._viewing:
+            self._rebuild()
         temp = path.with_name(path.name + ".tmp")
         self._index.save(str(temp))
         with temp.open("rb+") as f:
             os.fsync(f.fileno())
-        sidecar = {**meta, "ndim": self.ndim, "count": len(self._keys), "crc32": _crc(temp),
+        sidecar = {**meta, "ndim": self.ndim, "count": len(self._keys), "deleted": self._deleted,
+                   "crc32": _crc(temp),
                    "collections": {str(c): m.serialize().hex() for c, m in self.collections.items() if m}}
         temp_meta = _sidecar(temp)
         temp_meta.write_text(json.dumps(sidecar))
@@ -158,19 +177,23 @@ class VectorIndex:
     def load(cls, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
         try:
             meta: dict[str, Any] = json.loads(_sidecar(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise VectorSnapshotError(f"no usable sidecar: {exc}") from None
+            collections = {int(c): BitMap.deserialize(bytes.fromhex(m)) for c, m in meta.pop("collections").items()}
+            deleted, count, ndim = int(meta.get("deleted", 0)), int(meta["count"]), int(meta["ndim"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise VectorSnapshotError(f"no usable sidecar: {exc!r}") from None
+        if deleted * 3 > count + 1:
+            raise VectorSnapshotError("too many deleted entries to restore safely")
         if _crc(path) != meta.get("crc32"):
             raise VectorSnapshotError("checksum mismatch")
         try:
             index = Index.restore(str(path), view=True)
         except (RuntimeError, ValueError, OSError) as exc:
             raise VectorSnapshotError(str(exc)) from None
-        if index is None or len(index) != meta.get("count") or index.ndim != meta.get("ndim"):
+        if index is None or len(index) != count or index.ndim != ndim:
             raise VectorSnapshotError("size or dimensions differ from the sidecar")
-        collections = {int(c): BitMap.deserialize(bytes.fromhex(m)) for c, m in meta.pop("collections", {}).items()}
-        vectors = cls(int(meta["ndim"]), index, collections)
+        vectors = cls(ndim, index, collections)
         vectors._viewing = True
-        for key in ("ndim", "count", "crc32"):
+        vectors._deleted = deleted
+        for key in ("ndim", "count", "crc32", "deleted"):
             meta.pop(key, None)
         return vectors, meta

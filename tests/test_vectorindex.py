@@ -1,0 +1,413 @@
+"""The usearch-backed vector index: exact and HNSW search, filters, removal, snapshots."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyroaring import BitMap
+
+from qmdd.search import vectorindex
+from qmdd.search.vectorindex import EXACT_BELOW, VectorHit, VectorIndex, VectorSnapshotError
+
+DIM = 64
+TOL = 2e-3  # float16 storage: similarities are exact to about 1e-3
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_vectors(n: int, seed: int, dim: int = DIM) -> np.ndarray:
+    return unit(np.random.default_rng(seed).standard_normal((n, dim)))
+
+
+def embedding_like(n: int, seed: int, dim: int = DIM, rank: int = 16) -> np.ndarray:
+    """Unit vectors with a low intrinsic dimension, like real sentence embeddings (HNSW's home ground)."""
+    rng = np.random.default_rng(seed)
+    basis = np.random.default_rng(1234).standard_normal((rank, dim))
+    return unit(rng.standard_normal((n, rank)) @ basis + 0.3 * rng.standard_normal((n, dim)))
+
+
+def build(vectors: np.ndarray, collections: int = 4, start: int = 0) -> VectorIndex:
+    index = VectorIndex(vectors.shape[1])
+    ids = list(range(start, start + len(vectors)))
+    assert index.add(ids, [i % collections for i in ids], vectors) == len(vectors)
+    return index
+
+
+def ids_of(hits: list[VectorHit]) -> list[int]:
+    return [h.chunk_id for h in hits]
+
+
+def assert_exact_top(hits: list[VectorHit], vectors: np.ndarray, candidates: list[int], query: np.ndarray,
+                     limit: int) -> None:
+    """`hits` are the true nearest `candidates` (row ids of `vectors`), up to float16 rounding ties."""
+    truth = vectors[candidates] @ query
+    order = np.argsort(-truth)
+    assert len(hits) == min(limit, len(candidates))
+    if not hits:
+        return
+    kth = truth[order[len(hits) - 1]]
+    sims = {c: float(s) for c, s in zip(candidates, truth, strict=True)}
+    returned = ids_of(hits)
+    assert len(set(returned)) == len(returned)
+    for hit in hits:
+        assert hit.chunk_id in sims
+        assert abs(hit.similarity - sims[hit.chunk_id]) < TOL
+        assert sims[hit.chunk_id] >= kth - TOL
+    for c in candidates:  # anything clearly better than the k-th is returned
+        if sims[c] > kth + TOL:
+            assert c in returned
+    similarities = [h.similarity for h in hits]
+    assert all(a >= b - 1e-6 for a, b in itertools.pairwise(similarities))
+
+
+def recall_at(hits: list[VectorHit], vectors: np.ndarray, candidates: list[int], query: np.ndarray,
+              k: int) -> float:
+    truth = np.asarray(candidates)[np.argsort(-(vectors[candidates] @ query))[:k]]
+    return len(set(truth.tolist()) & set(ids_of(hits))) / k
+
+
+# --- search ---------------------------------------------------------------------------------------------
+
+def test_empty_index() -> None:
+    index = VectorIndex(DIM)
+    assert len(index) == 0 and index.keys() == BitMap()
+    assert index.search(random_vectors(1, 0)[0], 10) == []
+    assert index.search(random_vectors(1, 0)[0], 10, BitMap([1, 2])) == []
+    assert index.remove([1, 2, 3]) == 0
+
+
+def test_exact_search_small_index() -> None:
+    vectors = random_vectors(1000, seed=1)
+    index = build(vectors)
+    assert len(index) == 1000 <= EXACT_BELOW
+    everyone = list(range(1000))
+    for query in random_vectors(20, seed=2):
+        assert_exact_top(index.search(query, 10), vectors, everyone, query, 10)
+    # A stored vector finds itself first, at similarity 1.
+    top = index.search(vectors[123], 3)
+    assert top[0].chunk_id == 123 and top[0].similarity == pytest.approx(1.0, abs=TOL)
+    # Limits: zero, and more than there is.
+    assert index.search(vectors[0], 0) == []
+    assert sorted(ids_of(index.search(vectors[0], 5000))) == everyone
+    # A non-unit query gives the same neighbours and cosine similarities.
+    scaled = index.search(vectors[7] * 3.0, 5)
+    assert ids_of(scaled) == ids_of(index.search(vectors[7], 5))
+    assert scaled[0].similarity == pytest.approx(1.0, abs=TOL)
+
+
+def test_hnsw_recall_on_a_larger_index() -> None:
+    vectors = embedding_like(8000, seed=3)
+    index = build(vectors)
+    assert len(index) > EXACT_BELOW  # the approximate path
+    everyone = list(range(8000))
+    queries = embedding_like(30, seed=4)
+    recalls = []
+    for query in queries:
+        hits = index.search(query, 10)
+        assert len(hits) == 10
+        for hit in hits:
+            assert abs(hit.similarity - float(vectors[hit.chunk_id] @ query)) < TOL
+        recalls.append(recall_at(hits, vectors, everyone, query, 10))
+    assert np.mean(recalls) >= 0.9, recalls
+    # A large filter (more than EXACT_BELOW keys) also goes through HNSW, oversampled and filtered.
+    allowed = BitMap(range(8000)) - BitMap(range(0, 8000, 7))
+    assert len(allowed) > EXACT_BELOW
+    members = allowed.to_array().tolist()
+    filtered = []
+    for query in queries[:10]:
+        hits = index.search(query, 10, allowed)
+        assert len(hits) == 10 and all(h.chunk_id in allowed for h in hits)
+        filtered.append(recall_at(hits, vectors, members, query, 10))
+    assert np.mean(filtered) >= 0.9, filtered
+
+
+def test_sparse_filter_on_the_hnsw_path_widens_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With the exact thresholds lowered, a 5% filter must be met by widening the HNSW search.
+    monkeypatch.setattr(vectorindex, "EXACT_BELOW", 0)
+    vectors = embedding_like(2000, seed=5)
+    index = build(vectors)
+    allowed = BitMap(range(0, 2000, 20))
+    members = allowed.to_array().tolist()
+    recalls = []
+    for query in embedding_like(10, seed=6):
+        hits = index.search(query, 10, allowed)
+        assert len(hits) == 10 and all(h.chunk_id in allowed for h in hits)
+        recalls.append(recall_at(hits, vectors, members, query, 10))
+    assert np.mean(recalls) >= 0.9
+    # Fewer allowed keys than the limit: all of them come back.
+    few = BitMap([3, 500, 1999])
+    assert sorted(ids_of(index.search(vectors[3], 10, few))) == [3, 500, 1999]
+
+
+# --- adding and removing -----------------------------------------------------------------------------------
+
+def test_add_is_idempotent() -> None:
+    vectors = random_vectors(200, seed=7)
+    index = build(vectors[:100])
+    assert index.add(range(100), [0] * 100, vectors[:100]) == 0
+    assert len(index) == 100
+    # Overlap: only the new half counts, and each id sits in one collection once.
+    assert index.add(range(50, 150), [i % 4 for i in range(50, 150)], vectors[50:150]) == 50
+    assert len(index) == 150 and index.keys() == BitMap(range(150))
+    assert sum(len(m) for m in index.collections.values()) == 150
+    assert index.collections[1] == BitMap(range(1, 150, 4))
+    # Re-adding a known id with another vector changes nothing: the first vector stays.
+    assert index.add([5], [0], vectors[199:200]) == 0
+    assert index.search(vectors[5], 1)[0].chunk_id == 5
+    assert index.search(vectors[199], 1)[0].chunk_id != 5
+    assert index.statistics()["vectors"] == 150
+
+
+def test_add_with_a_repeated_id_in_one_batch() -> None:
+    vectors = random_vectors(3, seed=8)
+    index = VectorIndex(DIM)
+    assert index.add([1, 1, 2], [0, 0, 0], vectors) == 2
+    assert len(index) == 2 and index.keys() == BitMap([1, 2])
+
+
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "hnsw"])
+def test_removed_ids_never_come_back(monkeypatch: pytest.MonkeyPatch, approximate: bool) -> None:
+    if approximate:
+        monkeypatch.setattr(vectorindex, "EXACT_BELOW", 0)
+    vectors = embedding_like(1500, seed=9)
+    index = build(vectors)
+    queries = embedding_like(15, seed=10)
+    # Remove every query's current top 5, plus a third of everything.
+    gone = BitMap(range(0, 1500, 3))
+    for query in queries:
+        gone |= BitMap(ids_of(index.search(query, 5)))
+    assert index.remove([*gone.to_array().tolist(), 10**9]) == len(gone)  # unknown ids are ignored
+    assert index.remove(gone.to_array().tolist()) == 0
+    assert len(index) == 1500 - len(gone) and not (index.keys() & gone)
+    assert all(not (members & gone) for members in index.collections.values())
+    kept = (BitMap(range(1500)) - gone).to_array().tolist()
+    for query in queries:
+        hits = index.search(query, 10)
+        assert len(hits) == 10 and not (BitMap(ids_of(hits)) & gone)
+        assert recall_at(hits, vectors, kept, query, 10) >= 0.7
+        filtered = index.search(query, 10, BitMap(range(0, 1500, 2)))
+        assert not (BitMap(ids_of(filtered)) & gone)
+    # A removed id can be added again.
+    victim = int(gone.min())
+    assert index.add([victim], [0], vectors[victim:victim + 1]) == 1
+    assert index.search(vectors[victim], 1)[0].chunk_id == victim
+
+
+# --- filters ---------------------------------------------------------------------------------------------
+
+def test_collection_filter() -> None:
+    vectors = random_vectors(1200, seed=11)
+    index = build(vectors, collections=4)
+    assert index.allowed_keys(None, None) is None
+    ones = index.allowed_keys([1], None)
+    assert ones == BitMap(range(1, 1200, 4))
+    assert index.allowed_keys([1, 2], None) == BitMap(range(1, 1200, 4)) | BitMap(range(2, 1200, 4))
+    assert index.allowed_keys([99], None) == BitMap()
+    bitmap = BitMap(range(0, 100))
+    assert index.allowed_keys(None, bitmap) == bitmap
+    assert index.allowed_keys([1], bitmap) == BitMap(range(1, 100, 4))
+    members = ones.to_array().tolist()
+    for query in random_vectors(10, seed=12):
+        # Small filters take the exact-subset path: the true nearest members.
+        hits = index.search(query, 10, ones)
+        assert all(h.chunk_id % 4 == 1 for h in hits)
+        assert_exact_top(hits, vectors, members, query, 10)
+    assert index.search(vectors[0], 10, index.allowed_keys([99], None)) == []
+
+
+def test_allowed_bitmap_filter() -> None:
+    vectors = random_vectors(800, seed=13)
+    index = build(vectors)
+    allowed = BitMap(range(100, 160)) | BitMap([5, 10**6, 10**7])  # ids the index lacks are ignored
+    members = sorted(set(allowed.to_array().tolist()) & set(range(800)))
+    for query in random_vectors(10, seed=14):
+        hits = index.search(query, 7, allowed)
+        assert set(ids_of(hits)) <= set(members)
+        assert_exact_top(hits, vectors, members, query, 7)
+    # The query vector itself is outside the filter: it must not be returned.
+    assert 0 not in ids_of(index.search(vectors[0], 10, allowed))
+    assert index.search(vectors[0], 10, BitMap([10**6])) == []
+
+
+# --- snapshots ---------------------------------------------------------------------------------------------
+
+META = {"database_id": "db-1", "fingerprint": "all-minilm-l6-v2@abc/int8/mean/256/v1"}
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    vectors = random_vectors(600, seed=15)
+    index = build(vectors, collections=3)
+    index.remove(range(0, 600, 10))
+    path = tmp_path / "vectors.usearch"
+    index.save(path, META)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.usearch", "vectors.usearch.json"]
+
+    loaded, meta = VectorIndex.load(path)
+    assert meta == META
+    stats = loaded.statistics()
+    assert set(stats) == {"vectors", "dims", "memory_mapped", "memory_bytes"}
+    assert stats == {"vectors": 540, "dims": DIM, "memory_mapped": True, "memory_bytes": 0}
+    assert loaded.keys() == index.keys() and len(loaded) == 540
+    assert {c: BitMap(m) for c, m in loaded.collections.items()} == index.collections
+    queries = random_vectors(10, seed=16)
+    for query in queries:
+        for allowed in (None, loaded.allowed_keys([2], None)):
+            before, after = index.search(query, 10, allowed), loaded.search(query, 10, allowed)
+            assert ids_of(before) == ids_of(after)
+            np.testing.assert_allclose([h.similarity for h in before], [h.similarity for h in after], atol=1e-6)
+
+    # Copy on write: adding a known id changes nothing; a new one copies the view into memory.
+    assert loaded.add([1], [1], vectors[1:2]) == 0 and loaded.statistics()["memory_mapped"] is True
+    extra = random_vectors(1, seed=17)
+    assert loaded.add([5000], [2], extra) == 1
+    stats = loaded.statistics()
+    assert stats["memory_mapped"] is False and stats["memory_bytes"] > 0 and stats["vectors"] == 541
+    assert loaded.search(extra[0], 1)[0].chunk_id == 5000
+    assert 5000 in loaded.allowed_keys([2], None)
+    live = index.keys().to_array().tolist()
+    for query in queries:  # the old vectors survived the copy
+        assert_exact_top(loaded.search(query, 10, BitMap(range(600))), vectors, live, query, 10)
+
+    # Save the changed copy over the snapshot it came from, and load it again.
+    loaded.save(path, {**META, "generation": 2})
+    again, meta = VectorIndex.load(path)
+    assert meta["generation"] == 2 and len(again) == 541 and again.search(extra[0], 1)[0].chunk_id == 5000
+    # Removing from a viewed snapshot also copies first.
+    assert again.remove([5000, 1]) == 2 and again.statistics()["memory_mapped"] is False
+    assert len(again) == 539 and 5000 not in ids_of(again.search(extra[0], 5))
+
+
+def test_save_of_a_viewed_snapshot_over_itself(tmp_path: Path) -> None:
+    vectors = random_vectors(300, seed=18)
+    path = tmp_path / "v.usearch"
+    build(vectors).save(path, META)
+    viewed, _ = VectorIndex.load(path)
+    viewed.save(path, META)  # still memory-mapped while its file is replaced
+    reloaded, meta = VectorIndex.load(path)
+    assert meta == META and len(reloaded) == 300
+    assert reloaded.search(vectors[42], 1)[0].chunk_id == 42
+    assert viewed.search(vectors[42], 1)[0].chunk_id == 42
+
+
+def test_empty_index_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "v.usearch"
+    VectorIndex(DIM).save(path, META)
+    loaded, meta = VectorIndex.load(path)
+    assert meta == META and len(loaded) == 0 and loaded.search(random_vectors(1, 0)[0], 5) == []
+    vector = random_vectors(1, 1)
+    assert loaded.add([9], [0], vector) == 1 and loaded.search(vector[0], 5)[0].chunk_id == 9
+
+
+def _flip(path: Path, at: float = 0.5) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def snapshot(tmp_path: Path) -> Path:
+    path = tmp_path / "v.usearch"
+    build(random_vectors(300, seed=19)).save(path, META)
+    return path
+
+
+@pytest.mark.parametrize("at", [0.0, 0.01, 0.5, 0.999])
+def test_corrupted_snapshot_is_refused(snapshot: Path, at: float) -> None:
+    _flip(snapshot, at)
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(snapshot)
+
+
+def test_truncated_snapshot_is_refused(snapshot: Path) -> None:
+    data = snapshot.read_bytes()
+    snapshot.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(snapshot)
+
+
+def test_missing_or_broken_sidecar_is_refused(snapshot: Path) -> None:
+    sidecar = snapshot.with_name(snapshot.name + ".json")
+    good = sidecar.read_text()
+    sidecar.write_text(good[: len(good) // 2])  # torn JSON
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(snapshot)
+    sidecar.unlink()
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(snapshot)
+
+
+@pytest.mark.parametrize(("key", "value"), [("count", 299), ("ndim", 32), ("crc32", 12345)])
+def test_sidecar_that_disagrees_is_refused(snapshot: Path, key: str, value: int) -> None:
+    sidecar = snapshot.with_name(snapshot.name + ".json")
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, key: value}))
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(snapshot)
+
+
+def test_sidecar_belongs_to_its_index(tmp_path: Path) -> None:
+    # A sidecar beside another index file (same size, other content) fails the checksum.
+    a, b = tmp_path / "a.usearch", tmp_path / "b.usearch"
+    build(random_vectors(300, seed=20)).save(a, META)
+    build(random_vectors(300, seed=21)).save(b, META)
+    b.with_name(b.name + ".json").replace(a.with_name(a.name + ".json"))
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(a)
+
+
+@pytest.mark.parametrize("damage", ["list", "number", "collections-hex", "collections-bitmap"])
+def test_malformed_sidecar_is_a_snapshot_error(snapshot: Path, damage: str) -> None:
+    sidecar = snapshot.with_name(snapshot.name + ".json")
+    meta = json.loads(sidecar.read_text())
+    text = {"list": "[]", "number": "7",
+            "collections-hex": json.dumps({**meta, "collections": {"1": "zz"}}),
+            "collections-bitmap": json.dumps({**meta, "collections": {"1": "00ff"}})}[damage]
+    sidecar.write_text(text)
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(snapshot)
+
+
+_AFTER_MASS_REMOVAL = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import numpy as np
+    from qmdd.search.vectorindex import VectorIndex
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((100, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(64)
+    index.add(range(100), [0] * 100, vectors)
+    index.remove(range({removed}))
+    path = Path(sys.argv[1])
+    index.save(path, {{}})
+    loaded, _ = VectorIndex.load(path)
+    assert len(loaded) == {kept}, len(loaded)
+    assert loaded.search(vectors[99], 1)[0].chunk_id == 99
+    print("ok")
+""")
+
+
+def _save_load_after_removing(tmp_path: Path, removed: int) -> subprocess.CompletedProcess[str]:
+    # In a child process: the failure mode is an abort inside usearch, which would kill pytest.
+    code = _AFTER_MASS_REMOVAL.format(removed=removed, kept=100 - removed)
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path / "v.usearch")], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_snapshot_after_some_removals_loads(tmp_path: Path) -> None:
+    proc = _save_load_after_removing(tmp_path, 30)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_snapshot_after_mass_removal_loads(tmp_path: Path) -> None:
+    proc = _save_load_after_removing(tmp_path, 80)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
