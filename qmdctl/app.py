@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from qmdctl.main import run_command
-from qmdctl.spec import COMMANDS, GROUP_HELP, OUTPUT_OPTS, Command, Opt
+from qmdctl.spec import COMMANDS, GROUP_HELP, Command, Opt
 
 _TYPES: dict[str, Any] = {"str": str | None, "int": int | None, "float": float | None, "flag": bool,
                           "list": list[str] | None}
@@ -27,7 +27,7 @@ def _parameter(opt: Opt) -> inspect.Parameter:
 
 
 def _callback(command: Command) -> Any:
-    opts = (*command.opts, *(OUTPUT_OPTS if command.output else ()))
+    opts = command.all_opts()
 
     def callback(**kwargs: Any) -> None:
         for opt in command.opts:

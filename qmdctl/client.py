@@ -23,7 +23,14 @@ CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = float(os.environ.get("QMDD_START_TIMEOUT", "30"))
 REPLY_TIMEOUT_S = float(os.environ.get("QMDD_TIMEOUT", "300"))
 """Longest silence between two frames of a reply (progress items count); 0 waits forever."""
+MAX_TRACE_ID = 128
+"""The daemon replaces a longer trace id by its own."""
 
+
+def new_trace_id() -> str:
+    """AGENT_TRACE_ID when set (an agent correlating its calls), else 16 fresh hex digits."""
+    given = os.environ.get("AGENT_TRACE_ID", "").strip()
+    return given[:MAX_TRACE_ID] if given else os.urandom(8).hex()
 
 
 class Client:
@@ -34,7 +41,10 @@ class Client:
         """Environment for an auto-started daemon (default: ours); it decides the daemon's paths."""
         self._paths = paths
         self.socket_path = str(paths.socket) if paths is not None else socket_path(environ)
-        self.trace_id = trace_id or os.environ.get("AGENT_TRACE_ID") or None
+        self.trace_id = trace_id or new_trace_id()
+        """Sent with every request, logged by the daemon: AGENT_TRACE_ID, or a fresh id per client."""
+        self.identity = os.environ.get("AGENT_IDENTITY_TOKEN") or None
+        """AGENT_IDENTITY_TOKEN, passed along in every request (the daemon logs only a hash of it)."""
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self.server: dict[str, Any] = {}
@@ -109,7 +119,7 @@ class Client:
         assert self._sock is not None
         req_id = next(self._ids)
         try:
-            framing.send_frame(self._sock, request(req_id, method, params or {}, self.trace_id))
+            framing.send_frame(self._sock, request(req_id, method, params or {}, self.trace_id, self.identity))
             while True:
                 frame = framing.recv_frame(self._sock)
                 kind = frame.get("type")

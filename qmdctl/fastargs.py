@@ -6,8 +6,6 @@ whole `qmdctl search`; the command table already says everything a parser needs.
 
 from __future__ import annotations
 
-from qmdctl.spec import OUTPUT_OPTS
-
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
     from typing import Any
@@ -35,7 +33,7 @@ def _looks_negative_number(arg: str) -> bool:
 
 
 def parse(command: Command, argv: list[str]) -> dict[str, Any]:
-    opts = (*command.opts, *(OUTPUT_OPTS if command.output else ()))
+    opts = command.all_opts()
     by_flag = {flag: opt for opt in opts for flag in opt.flags}
     values: dict[str, Any] = {o.name: (False if o.kind == "flag" else o.default) for o in opts}
     free: list[str] = []

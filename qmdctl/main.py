@@ -8,9 +8,11 @@ import os
 import sys
 
 from qmdctl import fastargs
-from qmdctl.client import Client
+from qmdctl.agent import DryRun, DryRunClient, env_flag, print_plan, wants_spec
+from qmdctl.client import Client, new_trace_id
 from qmdctl.render import Output, report_error
 from qmdctl.spec import FORMATS, Command, find_command
+from qmdd import __version__
 from qmdd.protocol import ErrorCode, QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -21,18 +23,22 @@ _SHORTHANDS = ("json", "ndjson", "csv", "md", "files")
 
 
 class Invocation:
-    """What a command runner gets: its parsed arguments, the output, and a lazily connected client."""
+    """What a command runner gets: its parsed arguments, the output, and a lazily connected client
+    (under --dry-run, one that raises `DryRun` with the first request instead of sending it)."""
 
-    def __init__(self, command: Command, args: dict[str, Any], output: Output) -> None:
+    def __init__(self, command: Command, args: dict[str, Any], output: Output, *, trace_id: str | None = None,
+                 dry_run: bool = False) -> None:
         self.command = command
         self.args = args
         self.output = output
+        self.trace_id = trace_id or new_trace_id()
+        self.dry_run = dry_run
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client()
+            self._client = (DryRunClient if self.dry_run else Client)(trace_id=self.trace_id)
         return self._client
 
     def close(self) -> None:
@@ -50,19 +56,38 @@ def output_format(args: dict[str, Any]) -> str:
     return str(fmt)
 
 
+def given_args(command: Command, args: dict[str, Any]) -> dict[str, Any]:
+    """The command's own arguments that differ from their defaults (for NDJSON metadata)."""
+    given = {}
+    for opt in command.opts:
+        value = args.get(opt.name)
+        if value is not None and value is not False and not (opt.default is not None and value == opt.default):
+            given[opt.name] = value
+    return given
+
+
 def run_command(command: Command, args: dict[str, Any]) -> int:
-    """Shared by both front ends: pick the output, import the runner, map errors to exit codes."""
+    """Shared by both front ends: pick the output, import the runner, map errors to exit codes;
+    or print the command's spec (--emit-spec), or what it would send (--dry-run)."""
     output = Output("text")
-    invocation: Invocation | None = None
+    invocation = Invocation(command, args, output, dry_run=bool(args.get("dry_run")) or env_flag("AGENT_DRY_RUN"))
+    output.meta = {"command": command.name, "trace_id": invocation.trace_id, "qmdctl_version": __version__,
+                   "args": given_args(command, args)}
     try:
         output.fmt = output_format(args)
-        invocation = Invocation(command, args, output)
+        if args.get("emit_spec") or env_flag("AGENT_EMIT_SPEC"):
+            return print_spec(command)
+        if invocation.dry_run and command.effect:
+            raise DryRun({"action": command.effect})
         module, _, function = command.runner.partition(":")
         runner = getattr(importlib.import_module(f"qmdctl.commands.{module}"), function)
-        return int(runner(invocation) or 0)
+        status = int(runner(invocation) or 0)
+        output.start()  # NDJSON: the metadata record even when there was nothing else to write
+        return status
+    except DryRun as dry:
+        return print_plan(output, command, dry.plan, invocation.client)
     except QmddError as err:
-        trace = invocation._client.trace_id if invocation and invocation._client else None
-        return report_error(output, err, " ".join(command.path), trace)
+        return report_error(output, err, command.name, invocation.trace_id)
     except BrokenPipeError:
         # `qmdctl search … | head`: the reader left; nothing more to say.
         sys.stderr.close()
@@ -70,13 +95,23 @@ def run_command(command: Command, args: dict[str, Any]) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if invocation is not None:
-            invocation.close()
+        invocation.close()
+
+
+def print_spec(command: Command) -> int:
+    """--emit-spec: the command's JSON Schema document on stdout (never contacts the daemon)."""
+    from qmdctl.emitspec import command_spec, dumps
+
+    sys.stdout.write(dumps(command_spec(command)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     found = find_command(argv)
+    if found is not None and not {"-h", "--help"} & set(found[1]) and wants_spec(found[1]):
+        # Before parsing: `qmdctl collection rename --emit-spec` needs no OLD NEW, and no typer.
+        return print_spec(found[0])
     if found is not None and found[0].hot and not {"-h", "--help"} & set(found[1]):
         command, rest = found
         try:

@@ -27,6 +27,9 @@ class Output:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self._seq = 0
+        self.meta: dict[str, Any] = {}
+        """The payload of the NDJSON `metadata` record, which always comes first; commands may add to it
+        until the first record is written."""
 
     @property
     def tty(self) -> bool:
@@ -38,18 +41,32 @@ class Output:
     def line(self, text: str = "") -> None:
         self.out.write(text + "\n")
 
-    def warn(self, text: str) -> None:
-        """A warning beside the results: on stderr, or as an NDJSON record in the stream."""
-        if self.fmt == "ndjson":
-            self.record("warning", {"message": text})
+    def warn(self, text: str, payload: dict[str, Any] | None = None) -> None:
+        """A warning beside the results: on stderr, or in NDJSON's metadata `warnings` while it is unsent."""
+        if self.fmt == "ndjson" and self._seq == 0:
+            self.meta.setdefault("warnings", []).append(payload or {"message": text})
         else:
             self.err.write(text + "\n")
 
     def json(self, value: Any) -> None:
         self.out.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
+    def start(self) -> None:
+        """NDJSON: write the metadata record now if nothing was written yet (e.g. a command with no results)."""
+        if self.fmt == "ndjson" and self._seq == 0:
+            self._write_record("metadata", self.meta)
+
     def record(self, kind: str, payload: Any) -> None:
-        """One NDJSON record: {"type", "seq", "payload"}; written and flushed at once (streaming)."""
+        """One NDJSON record, after the metadata record (written first, once); `metadata` adds to it."""
+        if kind == "metadata":
+            self.meta.update(payload)
+            self.start()
+            return
+        self.start()
+        self._write_record(kind, payload)
+
+    def _write_record(self, kind: str, payload: Any) -> None:
+        """{"type", "seq", "payload"}; written and flushed at once (streaming)."""
         self.out.write(json.dumps({"type": kind, "seq": self._seq, "payload": payload}, ensure_ascii=False) + "\n")
         self.out.flush()
         self._seq += 1
@@ -114,21 +131,18 @@ def _cell(value: Any) -> Any:
 
 
 def problem_details(err: QmddError, instance: str | None = None, trace_id: str | None = None) -> dict[str, Any]:
-    """RFC 7807 problem details with qmdd's extensions."""
+    """RFC 7807 problem details with qmdd's extensions; `instance` (the command that failed) and `trace_id`
+    are always there (qmdctl always knows both)."""
     spec = err.code.spec
     doc: dict[str, Any] = {"type": f"urn:qmdd:error:{err.code}", "title": spec.title, "status": spec.status,
-                           "detail": err.message, "code": str(err.code), "recovery_hints": list(err.hints),
-                           "exit_code": spec.exit_code}
-    if instance:
-        doc["instance"] = instance
-    if trace_id:
-        doc["trace_id"] = trace_id
+                           "detail": err.message, "instance": instance, "code": str(err.code),
+                           "recovery_hints": list(err.hints), "trace_id": trace_id, "exit_code": spec.exit_code}
     if err.details:
         doc["details"] = err.details
     return doc
 
 
-def report_error(output: Output, err: QmddError, command: str, trace_id: str | None = None) -> int:
+def report_error(output: Output, err: QmddError, command: str, trace_id: str) -> int:
     if output.fmt == "json":
         output.json(problem_details(err, command, trace_id))
     elif output.fmt == "ndjson":
@@ -139,4 +153,5 @@ def report_error(output: Output, err: QmddError, command: str, trace_id: str | N
             output.err.write(f"  candidate: {candidate}\n")
         for hint in err.hints:
             output.err.write(f"  hint: {hint}\n")
+        output.err.write(f"  trace id: {trace_id} (qmdctl {command}, exit {err.code.spec.exit_code})\n")
     return err.code.spec.exit_code

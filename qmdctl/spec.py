@@ -2,7 +2,7 @@
 
 Two front ends are built from this table: a stdlib argparse parser for the hot commands (a search must
 not pay ~80 ms for importing typer) and the typer app for everything else and for `--help`. The same
-table will give each command's JSON Schema for agents. Stdlib only.
+table gives each command's JSON Schema for agents (`--emit-spec`, see `qmdctl.emitspec`). Stdlib only.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ class Opt:
 
 
 class Command:
-    __slots__ = ("path", "help", "runner", "opts", "hot", "aliases", "output")
+    __slots__ = ("path", "help", "runner", "opts", "hot", "aliases", "output", "effect")
 
     def __init__(self, path: tuple[str, ...], help: str, runner: str, opts: tuple[Opt, ...] = (), hot: bool = False,
-                 aliases: tuple[str, ...] = (), output: bool = True) -> None:
+                 aliases: tuple[str, ...] = (), output: bool = True, effect: str | None = None) -> None:
         self.path = path
         self.help = help
         # 'module:function' under qmdctl.commands, imported only when the command runs.
@@ -44,6 +44,22 @@ class Command:
         self.aliases = aliases
         # Takes the shared --format/--json/... output options.
         self.output = output
+        # What --dry-run reports for a command that does more than send one RPC (None: the runner's RPC).
+        self.effect = effect
+
+    @property
+    def name(self) -> str:
+        """'collection add'."""
+        return " ".join(self.path)
+
+    @property
+    def slug(self) -> str:
+        """'collection-add': the name of its spec file (qmdctl/schemas/, tests/fixtures/anel/)."""
+        return "-".join(self.path)
+
+    def all_opts(self) -> tuple[Opt, ...]:
+        """Its own options, then the output options (if it takes them), then the agent options."""
+        return (*self.opts, *(OUTPUT_OPTS if self.output else ()), *AGENT_OPTS)
 
 
 OUTPUT_OPTS: tuple[Opt, ...] = (
@@ -53,6 +69,15 @@ OUTPUT_OPTS: tuple[Opt, ...] = (
     Opt("csv", ("--csv",), "flag", False, "Shorthand for --format csv."),
     Opt("md", ("--md",), "flag", False, "Shorthand for --format md."),
     Opt("files", ("--files",), "flag", False, "Shorthand for --format files."),
+)
+
+# Every command takes these (env equivalents AGENT_EMIT_SPEC=1 / AGENT_DRY_RUN=1); neither contacts the daemon.
+AGENT_OPTS: tuple[Opt, ...] = (
+    Opt("emit_spec", ("--emit-spec",), "flag", False,
+        "Print this command's JSON Schema (input, output, error codes) and exit (env AGENT_EMIT_SPEC=1)."),
+    Opt("dry_run", ("--dry-run",), "flag", False,
+        "Validate the input and print the request it would send, without contacting the daemon "
+        "(env AGENT_DRY_RUN=1)."),
 )
 
 _COLLECTION_FILTER = Opt("collection", ("-c", "--collection"), "list", None,
@@ -148,10 +173,15 @@ COMMANDS: tuple[Command, ...] = (
         Opt("target", (), "str", None, "qmd://collection/path, a folder, or /."),
     ), aliases=("remove",)),
     Command(("mcp",), "Serve the MCP protocol on stdio for agents (Claude Desktop, Claude Code, ...).", "mcp:serve",
-            (), output=False),
-    Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", ()),
-    Command(("daemon", "stop"), "Stop the daemon gracefully.", "daemon:stop", ()),
-    Command(("daemon", "status"), "Is the daemon running? Where are its socket and log?", "daemon:status", ()),
+            (), output=False, effect="serve MCP (JSON-RPC 2.0) on stdin/stdout until stdin closes, relaying every "
+            "message through one `mcp.session` request to the daemon (started if not running)"),
+    Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", (),
+            effect="connect to the daemon; if none answers, start `python -m qmdd` detached and wait until it does"),
+    Command(("daemon", "stop"), "Stop the daemon gracefully.", "daemon:stop", (),
+            effect="connect to the daemon if one is running, send the `shutdown` request and wait for its process "
+            "to exit"),
+    Command(("daemon", "status"), "Is the daemon running? Where are its socket and log?", "daemon:status", (),
+            effect="try to connect to the daemon (never starting one) and report its pid, socket and log"),
 )
 
 GROUP_HELP = {

@@ -16,6 +16,7 @@ import trio
 from qmdd import __version__
 from qmdd.actors.base import Mailbox
 from qmdd.config import Config
+from qmdd.mcp_host import McpHost
 from qmdd.models.registry import ModelRegistry
 from qmdd.protocol import (
     AddCollection,
@@ -100,9 +101,10 @@ class Api:
     def __init__(self, services: Services) -> None:
         self.s = services
         self.semantic = SemanticApi(self)
+        self.mcp = McpHost(self)
 
     def methods(self) -> dict[str, MethodHandler]:
-        return {**self.semantic.methods(),
+        return {**self.semantic.methods(), "mcp.session": self.mcp.session,
             "ping": self.ping, "status": self.status, "shutdown": self.shutdown,
             "collection.add": self.collection_add, "collection.list": self.collection_list,
             "collection.remove": self.collection_remove, "collection.rename": self.collection_rename,

@@ -92,6 +92,15 @@ async def _watch_signals(shutdown: trio.Event, cancel: Callable[[], None]) -> No
             shutdown.set()
 
 
+async def _preload_mcp(api: Api) -> None:
+    """Import the MCP SDK (~1 s) in the background, so an agent's first bridge starts answering at once."""
+    loaded = await outcome.acapture(api.mcp.preload)
+    if isinstance(loaded, outcome.Error):
+        if not isinstance(loaded.error, Exception):
+            loaded.unwrap()  # cancellation
+        log.warning("MCP support unavailable: %r", loaded.error)
+
+
 async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     paths = config.paths
     ensure_private_dir(paths.data_dir)
@@ -140,7 +149,8 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                 batch_files=config.index_batch_files, vectors=vectors))
             rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()})
             services = make_services(config, reader, mailboxes, supervisor, rpc.statistics, shutdown, registry)
-            rpc.methods = Api(services).methods()
+            api = Api(services)
+            rpc.methods = api.methods()
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
@@ -149,6 +159,7 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                     paths.pid_file.write_text(f"{os.getpid()}\n")
                     log.info("qmdd %s ready on %s (pid %d)", __version__, paths.socket, os.getpid())
                     task_status.started()
+                    nursery.start_soon(_preload_mcp, api)
                     await shutdown.wait()
                     accepting.cancel_scope.cancel()
                 await server.aclose()

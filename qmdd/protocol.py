@@ -211,6 +211,9 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "model.import": {"path": (str, REQUIRED), "name": (str, None), "kind": (str, None), "pooling": (str, None),
                      "max_length": (int, None)},
     "model.use": {"name": (str, None), "role": (str, None)},
+    # Turns the connection into an MCP session: frames {"type": "mcp", "line": JSON-RPC text} from the
+    # client, items of kind "mcp" (payload: JSON-RPC text) back, until the client closes.
+    "mcp.session": {"client": (str, None)},
 }
 
 
@@ -248,10 +251,15 @@ def hello(role: str, **extra: Any) -> dict[str, Any]:
     return {"type": HELLO, "version": PROTOCOL_VERSION, "role": role, **extra}
 
 
-def request(req_id: int, method: str, params: Mapping[str, Any], trace_id: str | None = None) -> dict[str, Any]:
+def request(req_id: int, method: str, params: Mapping[str, Any], trace_id: str | None = None,
+            identity: str | None = None) -> dict[str, Any]:
+    """A request frame. `trace_id` ties the daemon's log lines to the caller; `identity` is the caller's
+    opaque identity token (AGENT_IDENTITY_TOKEN), which the daemon logs only as a hash."""
     frame: dict[str, Any] = {"type": REQUEST, "id": req_id, "method": method, "params": dict(params)}
     if trace_id:
         frame["trace_id"] = trace_id
+    if identity:
+        frame["identity"] = identity
     return frame
 
 

@@ -8,6 +8,7 @@ or truncated frame: we cannot find the next frame boundary) closes the connectio
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import os
 import uuid
@@ -45,11 +46,19 @@ class Call:
     req_id: int
     trace_id: str
     _send: Callable[[dict[str, Any]], Awaitable[None]]
+    _receive: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
     _seq: int = 0
 
     async def emit(self, kind: str, payload: Any) -> None:
         self._seq += 1
         await self._send(item(self.req_id, self._seq, kind, payload))
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The client's next frame on this connection (None at its end): for methods that turn the
+        connection into a session, like `mcp.session`. Nothing else reads the connection meanwhile."""
+        if self._receive is None:
+            return None
+        return await self._receive()
 
 
 MethodHandler = Callable[[dict[str, Any], Call], Awaitable[Any]]
@@ -63,6 +72,16 @@ class RpcStats:
     in_flight: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     rejected_peers: int = 0
+
+
+def redact_identity(token: Any) -> str | None:
+    """How a request's identity token (AGENT_IDENTITY_TOKEN) may appear in a log: never itself, only
+    'sha256:' and the first 8 hex digits of its hash, enough to tell callers apart."""
+    if token is None or token == "":
+        return None
+    if not isinstance(token, str):
+        raise QmddError(ErrorCode.PROTOCOL_ERROR, "a request's identity must be a string")
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def _client_gone(exc: BaseException) -> bool:
@@ -134,7 +153,7 @@ class RpcServer:
                     await self._hello(stream, message)
                     greeted = True
                     continue
-                await self._request(stream, message, req_id)
+                await self._request(stream, reader, message, req_id)
             except QmddError as exc:
                 self._count(exc.code)
                 await self._send(stream, error(req_id, exc))
@@ -150,13 +169,15 @@ class RpcServer:
                             f"(this daemon speaks {PROTOCOL_VERSION})")
         await self._send(stream, hello("server", **self.server_info))
 
-    async def _request(self, stream: trio.SocketStream, message: dict[str, Any], req_id: int | None) -> None:
+    async def _request(self, stream: trio.SocketStream, reader: FrameReader, message: dict[str, Any],
+                       req_id: int | None) -> None:
         if message.get("type") != REQUEST or req_id is None or not isinstance(message.get("method"), str):
             raise QmddError(ErrorCode.PROTOCOL_ERROR, "expected a request frame {type:'req', id:int, method:str}")
         method: str = message["method"]
         raw_trace = message.get("trace_id")
         trace_id = raw_trace if isinstance(raw_trace, str) and 0 < len(raw_trace) <= 128 else uuid.uuid4().hex[:16]
         trace_id_var.set(trace_id)
+        identity = redact_identity(message.get("identity"))
         params = validate_params(method, message.get("params"))
         handler = self.methods.get(method)
         if handler is None:
@@ -165,12 +186,17 @@ class RpcServer:
         async def send(frame: dict[str, Any]) -> None:
             await self._send(stream, frame)
 
+        async def receive() -> dict[str, Any] | None:
+            body = await reader.read_body()
+            return None if body is None else framing.decode_body(body)
+
         self.stats.requests += 1
         self.stats.in_flight += 1
         self.idle = trio.Event() if self.stats.in_flight == 1 else self.idle
         try:
-            log.debug("%s %s", method, {k: v for k, v in params.items() if k != "text"})
-            value = await handler(params, Call(req_id, trace_id, send))
+            log.debug("%s %s%s", method, {k: v for k, v in params.items() if k != "text"},
+                      f" identity={identity}" if identity else "")
+            value = await handler(params, Call(req_id, trace_id, send, receive))
         except Exception as exc:
             if _client_gone(exc):
                 raise trio.BrokenResourceError("client went away mid-stream") from None

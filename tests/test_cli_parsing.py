@@ -75,7 +75,8 @@ def test_hot_path_imports_stay_lean() -> None:
 
     code = ("import sys, qmdctl.main, qmdctl.commands.search, qmdctl.commands.docs, qmdctl.commands.admin\n"
             "editable = any('__editable__' in m for m in sys.modules)\n"
-            "heavy = ('typing', 'typer', 'rich', 'argparse', 'pathlib', 'dataclasses', 'trio', 'numpy')\n"
+            "heavy = ('typing', 'typer', 'rich', 'argparse', 'pathlib', 'dataclasses', 'trio', 'numpy',\n"
+            "         'jsonschema', 'qmdctl.emitspec', 'hashlib')\n"
             "print(int(editable), *(m for m in heavy if m in sys.modules))")
     editable, *loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                        check=True).stdout.split()

@@ -40,7 +40,7 @@ def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
     for warning in answer.get("warnings", ()):
         # Degraded, not failed (e.g. `query` before `embed`): say so where a human or a log sees it.
         hints = "".join(f"\n  hint: {h}" for h in warning.get("hints", ()))
-        inv.output.warn(f"warning: {warning['code']}: {warning['message']}{hints}")
+        inv.output.warn(f"warning: {warning['code']}: {warning['message']}{hints}", warning)
     render_results(inv.output, answer["results"], params["query"], line_numbers=args["line_numbers"],
                    full=args["full"], min_score=args["min_score"])
     return 0

@@ -18,6 +18,11 @@ from qmdd.models.convert import HEAD_FILE, MANIFEST, sha256_file
 from qmdd.protocol import ErrorCode, QmddError
 
 
+# tokenizers would tokenize a bulk batch on every core at once, starving the queries served meanwhile;
+# tokenizing is ~1% of the embedding cost, so one thread loses nothing.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def pick_device(requested: str) -> tuple[str, str]:
     """(device, compute type): CUDA with float16 where CTranslate2 sees a GPU, else CPU int8."""
     import ctranslate2

@@ -83,7 +83,7 @@ class VectorIndex:
         keys = np.asarray(self._keys.to_array(), dtype=np.uint64)
         if len(keys):
             vectors = np.asarray(self._index.get(keys, dtype="f32"), dtype=np.float32).reshape(len(keys), -1)
-            copy.add(keys, vectors, threads=2)
+            copy.add(keys, vectors, threads=0)
         self._index = copy
         self._deleted = 0
 
@@ -100,7 +100,8 @@ class VectorIndex:
         self._writable()
         cols = list(collection_ids)
         keys = np.asarray([ids[i] for i in fresh], dtype=np.uint64)
-        self._index.add(keys, np.ascontiguousarray(vectors[fresh], dtype=np.float32), threads=2)
+        # One thread: additions run beside searches (embed while querying); rebuilds use them all.
+        self._index.add(keys, np.ascontiguousarray(vectors[fresh], dtype=np.float32), threads=1)
         for i in fresh:
             self._keys.add(ids[i])
             self.collections.setdefault(cols[i], BitMap()).add(ids[i])

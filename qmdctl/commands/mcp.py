@@ -1,0 +1,183 @@
+"""`qmdctl mcp`: the stdio MCP bridge. It imports no MCP SDK: JSON-RPC lines from stdin go to an MCP
+session inside the daemon (which keeps the SDK loaded), and its answers go to stdout. Nothing else is
+ever written to stdout; diagnostics go to stderr.
+
+If the daemon goes away, the requests it held are answered with BACKEND_UNAVAILABLE errors, and the
+next message restarts it and replays the client's handshake on the new connection, so the agent's
+session carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+
+from qmdctl.client import Client
+from qmdd import framing
+from qmdd.protocol import ERROR, ITEM, RESULT, ErrorCode, QmddError, request
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Any
+
+    from qmdctl.main import Invocation
+
+SESSION_METHOD = "mcp.session"
+
+
+def _unavailable(req_id: Any, method: str, why: str) -> dict[str, Any]:
+    text = (f"BACKEND_UNAVAILABLE: {why}\nhint: retry: the daemon restarts on demand "
+            "(see `qmdctl daemon status` and its log if it keeps failing)")
+    if method == "tools/call":  # a tool error the model can read, not a broken session
+        return {"jsonrpc": "2.0", "id": req_id, "result": {
+            "content": [{"type": "text", "text": text}], "isError": True}}
+    return {"jsonrpc": "2.0", "id": req_id, "error": {
+        "code": -32603, "message": text, "data": {"code": "BACKEND_UNAVAILABLE"}}}
+
+
+class Bridge:
+    def __init__(self, stdout: Any = None) -> None:
+        self.out = stdout or sys.stdout.buffer
+        self.client: Client | None = None
+        self.sock: socket.socket | None = None
+        self.pending: dict[Any, str] = {}  # request id -> method, sent on the current connection
+        self.handshake: list[bytes] = []  # the client's initialize request and initialized notification
+        self.swallow: Any = None  # id of a replayed initialize, whose answer the client already has
+        self.lock = threading.Lock()
+        self.connections = 0
+
+    # --- stdout ----------------------------------------------------------------------------------------
+
+    def write(self, line: str | bytes) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        with self.lock:
+            self.out.write(data.rstrip(b"\n") + b"\n")
+            self.out.flush()
+
+    # --- daemon connection ------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        client = Client()
+        client.connect()
+        sock = client._sock
+        assert sock is not None
+        sock.settimeout(None)  # a session is idle for as long as the agent thinks
+        framing.send_frame(sock, request(1, SESSION_METHOD, {"client": "qmdctl-mcp"}, client.trace_id,
+                                         client.identity))
+        with self.lock:
+            self.client, self.sock = client, sock
+            self.connections += 1
+        threading.Thread(target=self.read_daemon, args=(client, sock), daemon=True).start()
+        if self.connections > 1 and self.handshake:
+            first = json.loads(self.handshake[0])
+            self.swallow = first.get("id")
+            for line in self.handshake:
+                framing.send_frame(sock, {"type": "mcp", "line": line.decode()})
+
+    def lost(self, sock: socket.socket, why: str) -> None:
+        with self.lock:
+            if self.sock is not sock:
+                return
+            self.sock = None
+            failed, self.pending = self.pending, {}
+        if self.client is not None:
+            self.client.close()
+        for req_id, method in failed.items():
+            self.write(json.dumps(_unavailable(req_id, method, why)))
+
+    def read_daemon(self, client: Client, sock: socket.socket) -> None:
+        why = "the daemon closed the session"
+        try:
+            while True:
+                frame = framing.recv_frame(sock)
+                kind = frame.get("type")
+                if kind == ITEM and frame.get("kind") == "mcp":
+                    self.from_daemon(str(frame.get("payload")))
+                elif kind == ERROR:
+                    err = QmddError.from_wire(frame.get("error"))
+                    why = f"{err.code}: {err.message}"
+                    break
+                elif kind == RESULT:
+                    break
+        except (ConnectionError, OSError, QmddError) as exc:
+            why = f"lost the connection to the daemon ({exc})"
+        self.lost(sock, why)
+
+    def from_daemon(self, line: str) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = {}
+        req_id = message.get("id") if isinstance(message, dict) else None
+        if req_id is not None and ("result" in message or "error" in message):
+            if self.swallow is not None and req_id == self.swallow:
+                self.swallow = None
+                return
+            with self.lock:
+                self.pending.pop(req_id, None)
+        self.write(line)
+
+    # --- stdin -------------------------------------------------------------------------------------------
+
+    def to_daemon(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if isinstance(message, dict):
+            method = message.get("method")
+            if method == "initialize":
+                self.handshake = [line]
+            elif method == "notifications/initialized" and len(self.handshake) == 1:
+                self.handshake.append(line)
+            if isinstance(method, str) and "id" in message:
+                with self.lock:
+                    self.pending[message["id"]] = method
+        for attempt in (1, 2):
+            if self.sock is None:
+                self.connect()
+            sock = self.sock
+            assert sock is not None
+            try:
+                framing.send_frame(sock, {"type": "mcp", "line": line.decode("utf-8", "replace")})
+                return
+            except OSError as exc:
+                self.lost(sock, f"lost the connection to the daemon ({exc})")
+                if attempt == 2:
+                    raise
+
+    def run(self, stdin: Any = None) -> int:
+        stdin = stdin or sys.stdin.buffer
+        for line in stdin:
+            if not line.strip():
+                continue
+            try:
+                self.to_daemon(line)
+            except QmddError as err:  # the daemon cannot be started: say so for this message, go on
+                self.fail_message(line, f"{err.code}: {err.message}")
+            except OSError as exc:
+                self.fail_message(line, f"lost the connection to the daemon ({exc})")
+        if self.sock is not None:
+            self.sock.close()
+        return 0
+
+    def fail_message(self, line: bytes, why: str) -> None:
+        with self.lock:
+            failed = dict(self.pending)
+            self.pending.clear()
+        for req_id, method in failed.items():
+            self.write(json.dumps(_unavailable(req_id, method, why)))
+        sys.stderr.write(f"qmdctl mcp: {why}\n")
+
+
+def serve(inv: Invocation) -> int:
+    os.environ.setdefault("QMDD_TIMEOUT", "0")
+    try:
+        return Bridge().run()
+    except KeyboardInterrupt:
+        return 0
+    except QmddError as err:
+        raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, err.message) from None

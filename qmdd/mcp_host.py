@@ -1,0 +1,123 @@
+"""MCP sessions, served inside the daemon: `qmdctl mcp` only pipes stdio to the socket.
+
+The MCP SDK takes about a second to import, and an agent host starts a fresh bridge per session; so
+the SDK lives in the long-running daemon (imported in the background after start) and a bridge is
+answering `initialize` within milliseconds of starting. Each bridge connection becomes one MCP
+session: its frames carry JSON-RPC lines both ways, fed to the SDK's low-level server loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from qmdd.rpc import Call
+from qmdd.store import documents as docs
+
+if TYPE_CHECKING:
+    from qmdd.api import Api
+
+log = logging.getLogger("qmdd.mcp")
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+
+
+def _jsonrpc_error(code: int, message: str, req_id: Any = None) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}})
+
+
+class McpHost:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self._server: Any = None
+        self._building = trio.Lock()
+        self.sessions = 0
+        self.open_sessions = 0
+
+    async def preload(self) -> None:
+        """Import the SDK and build the server in a thread, off the start-up path."""
+        await self.server()
+
+    async def server(self) -> Any:
+        async with self._building:
+            if self._server is None:
+                from qmdd import mcp_tools  # the SDK import: ~1 s, once per daemon
+
+                self._server = await trio.to_thread.run_sync(mcp_tools.build_server, self.api)
+            return self._server
+
+    def instructions(self) -> str:
+        conn = self.api.s.reader
+        counts = docs.counts(conn)
+        lines = ["qmdd searches the user's local markdown collections (notes, docs, transcripts).",
+                 "Collections:"]
+        for c in docs.list_collections(conn):
+            n_docs = counts.get(c.id, (0, 0))[0]
+            lines.append(f"- {c.name} (qmd://{c.name}/): {n_docs} documents from {c.root}")
+        if len(lines) == 2:
+            lines.append("- none yet: the user adds them with `qmdctl collection add PATH`")
+        lines += [
+            "Tools: `query` (best default: keyword + semantic, fused) for questions in natural language;",
+            "`search` for exact words, names, error messages, identifiers; `vsearch` for meaning only;",
+            "then `get` (a file, qmd:// URI or #docid, with line ranges) or `multi_get` (globs) to read.",
+            "Results carry a docid (#abc123), the file as qmd://collection/path, a line and a snippet.",
+            "Documents are also resources: qmd://{collection}/{path}. Everything is read-only.",
+        ]
+        return "\n".join(lines)
+
+    async def session(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        from mcp.shared._context_streams import create_context_streams
+        from mcp.shared.message import SessionMessage
+        from mcp_types import jsonrpc_message_adapter
+
+        mcp = await self.server()
+        lowlevel = mcp._lowlevel_server
+        lowlevel.instructions = self.instructions()
+        read_writer, read_stream = create_context_streams[SessionMessage | Exception](32)
+        write_stream, write_reader = create_context_streams[SessionMessage](32)
+
+        async def from_bridge() -> None:
+            async with read_writer:
+                while True:
+                    frame = await call.receive()
+                    if frame is None:
+                        return
+                    line = frame.get("line")
+                    if not isinstance(line, str):
+                        await call.emit("mcp", _jsonrpc_error(INVALID_REQUEST, "expected a JSON-RPC line"))
+                        continue
+                    try:
+                        json.loads(line)
+                    except ValueError as exc:
+                        await call.emit("mcp", _jsonrpc_error(PARSE_ERROR, f"Parse error: {exc}"))
+                        continue
+                    try:
+                        message = jsonrpc_message_adapter.validate_json(line, by_name=False)
+                    except ValueError as exc:  # valid JSON, not a JSON-RPC message
+                        await call.emit("mcp", _jsonrpc_error(INVALID_REQUEST, f"Invalid Request: {exc}"[:500]))
+                        continue
+                    await read_writer.send(SessionMessage(message))
+
+        async def to_bridge() -> None:
+            async with write_reader:
+                async for message in write_reader:
+                    await call.emit("mcp", message.message.model_dump_json(by_alias=True, exclude_unset=True))
+
+        self.sessions += 1
+        self.open_sessions += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(to_bridge)
+                nursery.start_soon(from_bridge)
+                await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+                nursery.cancel_scope.cancel()
+        finally:
+            self.open_sessions -= 1
+        return {"closed": True}
+
+    def statistics(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "open_sessions": self.open_sessions, "loaded": self._server is not None}

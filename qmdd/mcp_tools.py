@@ -1,0 +1,200 @@
+"""The MCP tools and resources qmdd offers agents, on the official SDK's MCPServer.
+
+Each tool validates its arguments (the SDK, from the type hints), calls the same in-daemon method a
+`qmdctl` command would, and returns structured content (with an output schema) plus readable text.
+A typed qmdd error becomes a tool error (`isError: true`) whose text carries the stable code and the
+recovery hints, so an agent can act on it; the session itself never breaks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import ToolAnnotations
+from pydantic import BaseModel, Field, ValidationError
+
+from qmdd import __version__, faults
+from qmdd.protocol import ErrorCode, QmddError, validate_params
+from qmdd.rpc import Call
+
+if TYPE_CHECKING:
+    from qmdd.api import Api
+
+MAX_RESULTS = 100
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+                            open_world_hint=False)
+
+
+class Hit(BaseModel):
+    docid: str = Field(description="Content-hash document id, e.g. #a1b2c3; `get` accepts it.")
+    score: float = Field(description="Relevance 0-1, comparable within one answer.")
+    file: str = Field(description="qmd://collection/path of the document.")
+    line: int = Field(description="First line of the snippet in the file (1-based).")
+    title: str
+    context: str | None = Field(None, description="What the user wrote about this part of the collection.")
+    snippet: str = Field(description="The best-matching lines, with an @@ -line,count @@ header.")
+
+
+class SearchResults(BaseModel):
+    query: str
+    results: list[Hit]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class TypedSearch(BaseModel):
+    type: Literal["lex", "vec", "hyde"] = Field(
+        description="lex: keywords (BM25); vec: a question or phrase searched by meaning; "
+                    "hyde: a hypothetical answer passage, searched by meaning.")
+    query: str = Field(min_length=1)
+
+
+class Document(BaseModel):
+    file: str
+    docid: str
+    title: str
+    context: str | None = None
+    from_line: int = Field(description="Line number of the first line of body.")
+    lines_after: int = Field(description="Lines of the file after the returned ones (0: the end was reached).")
+    body: str
+
+
+class MultiDocument(BaseModel):
+    file: str
+    docid: str
+    title: str
+    context: str | None = None
+    body: str | None = None
+    skipped: bool = False
+    reason: str | None = None
+
+
+class MultiGetResult(BaseModel):
+    documents: list[MultiDocument]
+
+
+class _Collector:
+    """A stand-in for an RPC connection: collects what a method streams."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        self.items.append((frame["kind"], frame["payload"]))
+
+
+def tool_error(err: QmddError) -> ToolError:
+    hints = "".join(f"\nhint: {h}" for h in err.hints)
+    return ToolError(f"{err.code}: {err.message}{hints}")
+
+
+async def invoke(api: Api, method: str, params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    collector = _Collector()
+    await faults.pause("mcp.tool")
+    try:
+        value = await api.methods()[method](validate_params(method, params), Call(0, "-", collector.send))
+    except QmddError as err:
+        raise tool_error(err) from None
+    return value, collector.items
+
+
+def _hits(answer: dict[str, Any], items: list[tuple[str, Any]]) -> list[Hit]:
+    results = answer["results"] or [r for kind, batch in items if kind == "results" for r in batch]
+    return [Hit(docid=r["docid"], score=r["score"], file=r["file"], line=r["line"], title=r["title"],
+                context=r.get("context"), snippet=r["snippet"]) for r in results]
+
+
+class QmddServer(MCPServer):
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):  # arguments that fail the input schema
+                raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: {exc.__cause__}", hints=(
+                    f"Check the arguments against the inputSchema of {name!r} in tools/list.",))) from None
+            raise
+
+
+def build_server(api: Api) -> MCPServer:
+    server = QmddServer(name="qmdd", title="qmdd: local document search", version=__version__,
+                       instructions="qmdd searches the user's local markdown collections.")
+
+    async def run_search(method: str, query: str, limit: int, min_score: float, collections: list[str] | None,
+                         extra: dict[str, Any]) -> SearchResults:
+        params = {"query": query, "limit": max(1, min(limit, MAX_RESULTS)), "min_score": min_score,
+                  "collections": collections or None, **extra}
+        answer, items = await invoke(api, method, params)
+        warnings = [f"{w['code']}: {w['message']}" for w in answer.get("warnings", ())]
+        return SearchResults(query=query, results=_hits(answer, items), warnings=warnings)
+
+    @server.tool(name="search", annotations=READ_ONLY, description=(
+        "Keyword search (BM25) over the user's documents: best for exact words, names, identifiers and "
+        "error messages. Words are OR-ed and ranked; CJK works without spaces."))
+    async def search(query: str, limit: int = 10, minScore: float = 0.0,
+                     collections: list[str] | None = None) -> SearchResults:
+        return await run_search("search", query, limit, minScore, collections, {})
+
+    @server.tool(name="vsearch", annotations=READ_ONLY, description=(
+        "Semantic search: the document chunks nearest in meaning to the query (needs `qmdctl embed` once)."))
+    async def vsearch(query: str, limit: int = 10, minScore: float = 0.0,
+                      collections: list[str] | None = None) -> SearchResults:
+        return await run_search("vsearch", query, limit, minScore, collections, {})
+
+    @server.tool(name="query", annotations=READ_ONLY, description=(
+        "Hybrid search, the best default: keyword and semantic retrieval fused (RRF), then reranked when a "
+        "reranker model is configured. Give `query` as plain text, or `searches` as typed sub-queries "
+        "(lex = keywords, vec = meaning, hyde = a hypothetical answer passage)."))
+    async def query(query: str | None = None, searches: list[TypedSearch] | None = None, limit: int = 10,
+                    minScore: float = 0.0, collections: list[str] | None = None,
+                    rerank: bool = True) -> SearchResults:
+        if searches:
+            text = "\n".join(f"{s.type}: {s.query}" for s in searches)
+        elif query and query.strip():
+            text = query
+        else:
+            raise ToolError("INVALID_INPUT: give `query` or a non-empty `searches` list")
+        return await run_search("query", text, limit, minScore, collections, {"rerank": rerank})
+
+    @server.tool(name="get", annotations=READ_ONLY, description=(
+        "Read a document: a qmd://collection/path URI, collection/path, a #docid from a result, or a path "
+        "suffix; optionally FILE:LINE or FILE:LINE:COUNT, or fromLine/maxLines."))
+    async def get(file: str, fromLine: int | None = None, maxLines: int | None = None) -> Document:
+        answer, _ = await invoke(api, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
+        return Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
+                        context=answer["context"], from_line=answer["from_line"],
+                        lines_after=answer["lines_after"], body=answer["body"])
+
+    @server.tool(name="multi_get", annotations=READ_ONLY, description=(
+        "Read several documents at once by glob (e.g. notes/2026-*.md) or comma-separated list; documents "
+        "larger than maxBytes are listed as skipped, with a reason, instead of being returned."))
+    async def multi_get(pattern: str, maxBytes: int = 10 * 1024,
+                        maxLines: int | None = None) -> MultiGetResult:
+        _, items = await invoke(api, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
+                                                   "max_lines": maxLines})
+        fields = MultiDocument.model_fields
+        return MultiGetResult(documents=[MultiDocument(**{k: v for k, v in doc.items() if k in fields})
+                                         for kind, doc in items if kind == "result"])
+
+    @server.tool(name="status", annotations=READ_ONLY, description=(
+        "The index: collections with document and chunk counts, vectors embedded, models, daemon health."))
+    async def status() -> dict[str, Any]:
+        answer, _ = await invoke(api, "status", {})
+        return {"state": answer["state"], "version": answer["version"],
+                "collections": [{k: c[k] for k in ("name", "root", "documents", "chunks", "uri", "updated_at")}
+                                for c in answer["collections"]],
+                "model": {k: answer["model"].get(k) for k in ("embedding", "reranker", "device", "chunks",
+                                                              "embedded")},
+                "problems": len(answer["problems"])}
+
+    @server.resource("qmd://{collection}/{+path}", name="document", mime_type="text/markdown",
+                     description="A document of a collection, by its path (sub-folders included).")
+    async def document(collection: str, path: str) -> str:
+        try:
+            answer = await api.methods()["get"](validate_params("get", {"target": f"qmd://{collection}/{path}"}),
+                                                Call(0, "-", _Collector().send))
+        except QmddError as err:
+            raise ResourceError(f"{err.code}: {err.message}") from None
+        return str(answer["body"])
+
+    return server
