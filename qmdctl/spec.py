@@ -109,7 +109,7 @@ COMMANDS: tuple[Command, ...] = (
                 Opt("query", (), "str", None, "Plain text, or one `lex:`/`vec:`/`hyde:` line per sub-query.", "+"),
                 *_RESULT_OPTS,
                 Opt("no_rerank", ("--no-rerank",), "flag", False, "Skip the cross-encoder reranker."),
-                Opt("candidates", ("--candidates",), "int", 40, "Documents taken from each list before fusion."),
+                Opt("candidates", ("--candidates",), "int", 100, "Documents taken from each list before fusion."),
             ), hot=True),
     Command(("embed",), "Embed chunks that have no vector yet (resumable; unchanged text is never redone).",
             "admin:embed", (_COLLECTION_FILTER,)),

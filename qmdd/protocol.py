@@ -206,7 +206,7 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
                 "full": (bool, False), "snippet_lines": (int, 4)},
     "query": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
               "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-              "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 40)},
+              "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 100)},
     "model.list": {},
     "model.import": {"path": (str, REQUIRED), "name": (str, None), "kind": (str, None), "pooling": (str, None),
                      "max_length": (int, None)},

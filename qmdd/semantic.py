@@ -41,7 +41,8 @@ class SemanticApi:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.s = api.s
-        self.engines = Engines(self.s.reader, self.s.bm25, self.s.embedder, self.s.vectors, self.s.tokenizer)
+        self.engines = Engines(self.s.reader, self.s.bm25, self.s.embedder, self.s.vectors, self.s.tokenizer,
+                               self.s.registry.selected_is_latin_only)
         self.embed_lock = trio.Lock()  # one embed run at a time; a second caller waits, then finds it done
 
     def methods(self) -> dict[str, Any]:

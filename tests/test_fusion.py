@@ -17,6 +17,7 @@ from qmdd.search.fusion import (
     fuse,
     normalise_scores,
     parse_query,
+    script_coverage,
     sigmoid,
 )
 
@@ -275,3 +276,37 @@ def test_sigmoid_is_bounded_symmetric_and_monotone(x: float, step: float) -> Non
     assert 0.0 <= sigmoid(x) <= 1.0
     assert sigmoid(x) + sigmoid(-x) == pytest.approx(1.0)
     assert sigmoid(x) <= sigmoid(x + step)
+
+
+def test_scores_weight_each_entry_by_its_share_of_the_list_best() -> None:
+    k = 60
+    lex = RankedList("lex:0", 1.0, ["a", "b"], [2.0, 0.5])
+    vec = RankedList("vec:1", 1.0, ["b", "a"], [0.8, 0.8])
+    fused = {f.key: f for f in fuse([lex, vec], k=k, bonus_first=0.0, bonus_top3=0.0)}
+    assert fused["a"].contributions["lex:0"] == pytest.approx(1.0 / (k + 1))
+    assert fused["b"].contributions["lex:0"] == pytest.approx(0.25 / (k + 2))  # far behind the winner
+    assert fused["a"].contributions["vec:1"] == pytest.approx(1.0 / (k + 2))  # a tie keeps full weight
+    assert [f.key for f in fuse([lex, vec], k=k, bonus_first=0.0, bonus_top3=0.0)] == ["a", "b"]
+    # Without scores the same ranks tie, and the earlier key wins.
+    plain = fuse([lex._replace(scores=None), vec._replace(scores=None)], k=k, bonus_first=0.0, bonus_top3=0.0)
+    assert plain[0].score == pytest.approx(plain[1].score)
+
+
+def test_scored_lists_still_normalise_to_one_for_a_unanimous_winner() -> None:
+    lists = [RankedList("lex:0", 1.0, ["x", "y"], [7.0, 1.0]), RankedList("vec:1", 1.0, ["x", "z"], [0.9, 0.1])]
+    fused = fuse(lists)
+    assert fused[0].key == "x" and normalise_scores(fused)[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        fuse([RankedList("lex:0", 1.0, ["x", "y"], [1.0])])
+
+
+@pytest.mark.parametrize(("text", "latin_only", "expected"), [
+    ("how do I compress a folder", True, 1.0),
+    ("什麼是數據庫索引", True, 0.0),
+    ("SQLite 的 WAL 模式", True, 9 / 12),
+    ("café résumé", True, 1.0),
+    ("什麼是數據庫索引", False, 1.0),
+    ("12345 !!!", True, 1.0),
+])
+def test_script_coverage(text: str, latin_only: bool, expected: float) -> None:
+    assert script_coverage(text, latin_only) == pytest.approx(expected)

@@ -9,6 +9,7 @@ crashed or was given up on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -19,8 +20,10 @@ from typing import Any, ClassVar
 import outcome
 import trio
 
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol import ErrorCode, QmddError, SaveSnapshot, VerifyIndex
 from qmdd.store.db import connect
+
+log = logging.getLogger("qmdd.actors")
 
 INBOX_SIZE = 1024
 
@@ -166,3 +169,93 @@ class DatabaseActor(Actor):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class DerivedIndexActor(DatabaseActor):
+    """An actor owning an index derived from SQLite (BM25, vectors): loaded from its snapshot when the
+    snapshot was made for the same settings, reconciled with SQLite, saved when dirty and on exit.
+
+    Subclasses provide `_open_snapshot` (index and metadata, or raise one of `snapshot_errors`),
+    `_install`, `_expected_meta`, `_save_index` and `_reconcile` (returns chunks added, removed).
+    Index work runs in threads under `_cpu`; `_lock` serialises it with anything else that must not
+    see the index half-changed.
+    """
+
+    snapshot_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
+    def __init__(self, database: Path, snapshot: Path) -> None:
+        super().__init__(database)
+        self._snapshot = snapshot
+        self._cpu = trio.CapacityLimiter(1)
+        self._lock = trio.Lock()  # fair: a waiting query gets the index after the current step
+        self._dirty = False
+        self.loaded_from = "empty"
+
+    def _open_snapshot(self) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+    def _install(self, index: Any) -> None:
+        raise NotImplementedError
+
+    def _expected_meta(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _save_index(self) -> None:
+        raise NotImplementedError
+
+    def _reconcile(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _load_snapshot(self) -> None:
+        if not self._snapshot.exists():
+            return
+        try:
+            index, meta = self._open_snapshot()
+        except self.snapshot_errors as exc:
+            log.warning("%s snapshot unusable (%s); rebuilding from SQLite", self.name, exc)
+            self.loaded_from = "rebuilt"
+            return
+        if meta != self._expected_meta():
+            log.info("%s snapshot was made with other settings or data; rebuilding from SQLite", self.name)
+            self.loaded_from = "rebuilt"
+            return
+        self._install(index)
+        self.loaded_from = "snapshot"
+
+    def _write_snapshot(self) -> None:
+        try:
+            self._save_index()
+        except (OSError, RuntimeError) as exc:
+            # The snapshot only saves start-up time (SQLite is the truth): a full or read-only disk
+            # must not take search down. It stays dirty, so the next save tries again.
+            log.warning("cannot write the %s snapshot %s: %s", self.name, self._snapshot, exc)
+            return
+        self._dirty = False
+
+    async def load(self) -> float:
+        """Snapshot, then reconciliation; returns the seconds it took."""
+        started = time.monotonic()
+        await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
+        await self._verify(VerifyIndex())
+        return time.monotonic() - started
+
+    async def teardown(self) -> None:
+        if self._conn is not None and self._dirty:
+            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+        await super().teardown()
+
+    async def _verify(self, _: VerifyIndex) -> dict[str, int]:
+        async with self._lock:
+            added, removed = await trio.to_thread.run_sync(self._reconcile, limiter=self._cpu)
+        if added or removed:
+            self._dirty = True
+            log.info("%s reconciled with SQLite: +%d -%d", self.name, added, removed)
+            await self._save(SaveSnapshot())
+        return {"added": added, "removed": removed}
+
+    async def _save(self, message: SaveSnapshot) -> bool:
+        if not (self._dirty or message.force):
+            return False
+        async with self._lock:
+            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
+        return True

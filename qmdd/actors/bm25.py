@@ -9,7 +9,6 @@ between a SQLite commit and the next snapshot) is repaired by adding or removing
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import trio
 from pyroaring import BitMap
 
-from qmdd.actors.base import DatabaseActor, Handler
+from qmdd.actors.base import DerivedIndexActor, Handler
 from qmdd.protocol import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
 from qmdd.search.bm25index import BM25Index, ChunkHit, SnapshotError
 from qmdd.search.fields import index_chunks
@@ -27,21 +26,17 @@ from qmdd.store.documents import ChunkText
 
 log = logging.getLogger("qmdd.bm25")
 
-class Bm25Actor(DatabaseActor):
+class Bm25Actor(DerivedIndexActor):
     name = "bm25"
+    snapshot_errors = (SnapshotError,)
 
     def __init__(self, database: Path, snapshot: Path, database_id: str, *, stem: bool = True,
                  k1: float = 1.3, b: float = 0.55) -> None:
-        super().__init__(database)
-        self._snapshot = snapshot
+        super().__init__(database, snapshot)
         self._tokenizer = Tokenizer(TokenizerConfig(stem=stem))
         self._meta = {"database_id": database_id, "tokenizer": self._tokenizer.fingerprint,
                       "k1": repr(k1), "b": repr(b)}
-        self._k1, self._b = k1, b
         self.index = BM25Index(k1=k1, b=b)
-        self._cpu = trio.CapacityLimiter(1)
-        self._dirty = False
-        self.loaded_from = "empty"
         self.queries = 0
 
     def handlers(self) -> dict[type, Handler]:
@@ -50,46 +45,24 @@ class Bm25Actor(DatabaseActor):
 
     async def setup(self) -> None:
         await super().setup()
-        started = time.monotonic()
-        await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
-        await self._verify(VerifyIndex())
-        log.info("bm25 ready: %s, %d chunks in %.2fs", self.loaded_from, len(self.index.chunk_ids()),
-                 time.monotonic() - started)
-
-    async def teardown(self) -> None:
-        if self._conn is not None and self._dirty:
-            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
-        await super().teardown()
+        seconds = await self.load()
+        log.info("bm25 ready: %s, %d chunks in %.2fs", self.loaded_from, len(self.index.chunk_ids()), seconds)
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
                 **self.index.statistics()}
 
-    def _load_snapshot(self) -> None:
-        if not self._snapshot.exists():
-            return
-        try:
-            index, meta = BM25Index.load(self._snapshot)
-        except SnapshotError as exc:
-            log.warning("bm25 snapshot unusable (%s); rebuilding from SQLite", exc)
-            self.loaded_from = "rebuilt"
-            return
-        if meta != self._meta:
-            log.info("bm25 snapshot was made with other settings; rebuilding from SQLite")
-            self.loaded_from = "rebuilt"
-            return
-        self.index = index
-        self.loaded_from = "snapshot"
+    def _open_snapshot(self) -> tuple[BM25Index, dict[str, Any]]:
+        return BM25Index.load(self._snapshot)
 
-    def _write_snapshot(self) -> None:
-        try:
-            self.index.save(self._snapshot, self._meta)
-        except OSError as exc:
-            # The snapshot only saves start-up time (SQLite is the truth): a full or read-only disk
-            # must not take keyword search down. It stays dirty, so the next save tries again.
-            log.warning("cannot write the BM25 snapshot %s: %s", self._snapshot, exc)
-            return
-        self._dirty = False
+    def _install(self, index: BM25Index) -> None:
+        self.index = index
+
+    def _expected_meta(self) -> dict[str, Any]:
+        return self._meta
+
+    def _save_index(self) -> None:
+        self.index.save(self._snapshot, self._meta)
 
     def _add(self, chunks: Iterable[ChunkText]) -> None:
         self.index.add(index_chunks(self._tokenizer, chunks))
@@ -105,14 +78,6 @@ class Bm25Actor(DatabaseActor):
         for start in range(0, len(missing_ids), 5000):
             self._add(docs.chunk_texts(self.conn, missing_ids[start:start + 5000]))
         return len(missing), len(extra)
-
-    async def _verify(self, _: VerifyIndex) -> dict[str, int]:
-        added, removed = await trio.to_thread.run_sync(self._reconcile, limiter=self._cpu)
-        if added or removed:
-            self._dirty = True
-            log.info("bm25 reconciled with SQLite: +%d -%d chunks", added, removed)
-            await self._save(SaveSnapshot())
-        return {"added": added, "removed": removed}
 
     def _apply_sync(self, message: ApplyChunks) -> None:
         if message.removed:
@@ -130,12 +95,6 @@ class Bm25Actor(DatabaseActor):
     async def _apply(self, message: ApplyChunks) -> None:
         await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)
         self._dirty = True
-
-    async def _save(self, message: SaveSnapshot) -> bool:
-        if not (self._dirty or message.force):
-            return False
-        await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
-        return True
 
     def _search_sync(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
         weighted = self._tokenizer.weighted_query_terms(message.text)

@@ -8,7 +8,6 @@ loaded if it was made for this database and fingerprint, then reconciled with SQ
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import outcome
 import trio
 from pyroaring import BitMap
 
-from qmdd.actors.base import DatabaseActor, Envelope, Handler, send_reply
+from qmdd.actors.base import DerivedIndexActor, Envelope, Handler, send_reply
 from qmdd.protocol import (
     ApplyChunks,
     ErrorCode,
@@ -38,21 +37,17 @@ log = logging.getLogger("qmdd.vectors")
 ADD_SLICE = 32  # vectors added per hold of the index lock: ~25 ms at 100k vectors
 
 
-class VectorsActor(DatabaseActor):
+class VectorsActor(DerivedIndexActor):
     name = "vectors"
+    snapshot_errors = (VectorSnapshotError,)
 
     def __init__(self, database: Path, snapshot: Path, database_id: str, fingerprint: str | None,
                  dims: int) -> None:
-        super().__init__(database)
-        self._snapshot = snapshot
+        super().__init__(database, snapshot)
         self._database_id = database_id
         self.fingerprint = fingerprint
         self.index = VectorIndex(dims) if dims else None
-        self._cpu = trio.CapacityLimiter(1)
-        self._lock = trio.Lock()  # fair: a waiting query gets the index after the current slice
         self._nursery: trio.Nursery | None = None
-        self._dirty = False
-        self.loaded_from = "empty"
         self.queries = 0
 
     def handlers(self) -> dict[type, Handler]:
@@ -80,54 +75,29 @@ class VectorsActor(DatabaseActor):
             result.unwrap()  # a bug: crash, the supervisor restarts us
         send_reply(envelope, result)
 
-    def _meta(self) -> dict[str, Any]:
+    def _expected_meta(self) -> dict[str, Any]:
         return {"database_id": self._database_id, "fingerprint": self.fingerprint}
 
     async def setup(self) -> None:
         await super().setup()
         if self.fingerprint is None:
             return
-        started = time.monotonic()
-        await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
-        await self._verify(VerifyIndex())
-        log.info("vectors ready: %s, %d vectors in %.2fs", self.loaded_from, len(self.index or ()),
-                 time.monotonic() - started)
-
-    async def teardown(self) -> None:
-        if self._conn is not None and self._dirty:
-            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
-        await super().teardown()
+        seconds = await self.load()
+        log.info("vectors ready: %s, %d vectors in %.2fs", self.loaded_from, len(self.index or ()), seconds)
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
                 "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0})}
 
-    def _load_snapshot(self) -> None:
-        if not self._snapshot.exists():
-            return
-        try:
-            index, meta = VectorIndex.load(self._snapshot)
-        except VectorSnapshotError as exc:
-            log.warning("vector snapshot unusable (%s); rebuilding from SQLite", exc)
-            self.loaded_from = "rebuilt"
-            return
-        if meta != self._meta():
-            log.info("vector snapshot was made for another database or model; rebuilding from SQLite")
-            self.loaded_from = "rebuilt"
-            return
-        self.index = index
-        self.loaded_from = "snapshot"
+    def _open_snapshot(self) -> tuple[VectorIndex, dict[str, Any]]:
+        return VectorIndex.load(self._snapshot)
 
-    def _write_snapshot(self) -> None:
-        if self.index is None or self.fingerprint is None:
-            return
-        try:
-            self.index.save(self._snapshot, self._meta())
-        except (OSError, RuntimeError) as exc:
-            # SQLite holds the vectors; a snapshot only saves start-up time.
-            log.warning("cannot write the vector snapshot %s: %s", self._snapshot, exc)
-            return
-        self._dirty = False
+    def _install(self, index: VectorIndex) -> None:
+        self.index = index
+
+    def _save_index(self) -> None:
+        if self.index is not None and self.fingerprint is not None:
+            self.index.save(self._snapshot, self._expected_meta())
 
     def _add_rows(self, rows: Sequence[IndexedVector]) -> int:
         if not rows:
@@ -153,15 +123,6 @@ class VectorsActor(DatabaseActor):
         for start in range(0, len(missing_ids), 5000):
             self._add_rows(emb.vectors_for_chunks(self.conn, self.fingerprint, missing_ids[start:start + 5000]))
         return len(missing), len(extra)
-
-    async def _verify(self, _: VerifyIndex) -> dict[str, int]:
-        async with self._lock:
-            added, removed = await trio.to_thread.run_sync(self._reconcile, limiter=self._cpu)
-        if added or removed:
-            self._dirty = True
-            log.info("vectors reconciled with SQLite: +%d -%d", added, removed)
-            await self._save(SaveSnapshot())
-        return {"added": added, "removed": removed}
 
     async def _set_fingerprint(self, message: SetFingerprint) -> dict[str, int]:
         if message.fingerprint == self.fingerprint:
@@ -205,13 +166,6 @@ class VectorsActor(DatabaseActor):
         self._dirty = self._dirty or added > 0
         return added
 
-    async def _save(self, message: SaveSnapshot) -> bool:
-        if not (self._dirty or message.force):
-            return False
-        async with self._lock:
-            await trio.to_thread.run_sync(self._write_snapshot, limiter=self._cpu)
-        return True
-
     def _search_sync(self, message: VectorQuery) -> list[list[VectorHit]]:
         assert self.index is not None
         allowed = self.index.allowed_keys(message.collection_ids, message.allowed)
@@ -224,6 +178,3 @@ class VectorsActor(DatabaseActor):
         self.queries += 1
         async with self._lock:
             return await trio.to_thread.run_sync(self._search_sync, message)
-
-    def size(self) -> int:
-        return len(self.index) if self.index is not None else 0

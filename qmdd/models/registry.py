@@ -45,6 +45,7 @@ class PackagedModel:
     # the conversion.
     check_text: str = ""
     check_vector: str = ""
+    latin_only: bool = True  # trained on English text: other scripts get meaningless vectors
 
 
 PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
@@ -154,6 +155,11 @@ class ModelRegistry:
         return chosen
 
     # --- lookup --------------------------------------------------------------------------------------
+
+    def selected_is_latin_only(self) -> bool:
+        """Whether the embedding model in use reads only Latin script (imported models: assumed not)."""
+        packaged = PACKAGED.get(self.selection()["embedding"] or DEFAULT_EMBEDDING)
+        return packaged is not None and packaged.latin_only
 
     def choice(self, name: str) -> ModelChoice:
         packaged = PACKAGED.get(name)

@@ -17,7 +17,6 @@ import numpy as np
 from qmdd.models.convert import HEAD_FILE, MANIFEST, sha256_file
 from qmdd.protocol import ErrorCode, QmddError
 
-
 # tokenizers would tokenize a bulk batch on every core at once, starving the queries served meanwhile;
 # tokenizing is ~1% of the embedding cost, so one thread loses nothing.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -76,6 +76,10 @@ class RankedList(NamedTuple, Generic[K]):
     source: str  # e.g. "lex:0", "vec:1"; names the list in explanations
     weight: float
     keys: Sequence[K]  # best first
+    # The retrieval scores behind the ranks (BM25, cosine), best first, or None for ranks only. With
+    # scores, an entry counts in proportion to its score relative to the list's best, so a list whose
+    # runners-up are far behind its winner does not lift them as if they were close.
+    scores: Sequence[float] | None = None
 
 
 @dataclass(slots=True)
@@ -83,7 +87,7 @@ class Fused(Generic[K]):
     key: K
     score: float
     rank: int  # 1-based, after sorting
-    contributions: dict[str, float]  # source -> weight / (k + rank)
+    contributions: dict[str, float]  # source -> weight * relative score / (k + rank)
     best_rank: int  # best 1-based rank in any list
     ceiling: float = field(repr=False)  # highest score this fusion could give; see normalise_scores
 
@@ -106,9 +110,11 @@ def fuse(lists: Sequence[RankedList[K]], *, k: int = 60, bonus_first: float = 0.
     for ranked in active:
         # Only a key's first occurrence counts, and repeats do not push later keys down: a list of
         # chunk hits keyed by document ranks documents, whatever number of chunks each one had.
+        relative = _relative_scores(ranked)
         for rank, key in enumerate(dict.fromkeys(ranked.keys), 1):
             per_source = contributions.setdefault(key, {})
-            per_source[ranked.source] = per_source.get(ranked.source, 0.0) + ranked.weight / (k + rank)
+            share = relative.get(key, 1.0) if relative is not None else 1.0
+            per_source[ranked.source] = per_source.get(ranked.source, 0.0) + ranked.weight * share / (k + rank)
             best_ranks[key] = min(best_ranks.get(key, rank), rank)
 
     unsorted: list[tuple[float, int, int, K]] = []
@@ -119,6 +125,32 @@ def fuse(lists: Sequence[RankedList[K]], *, k: int = 60, bonus_first: float = 0.
     unsorted.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
     return [Fused(key, score, rank, contributions[key], best, ceiling)
             for rank, (score, best, _, key) in enumerate(unsorted, 1)]
+
+
+def _relative_scores(ranked: RankedList[K]) -> dict[K, float] | None:
+    """Each key's score over the list's best score, in 0..1 (first occurrence of a key)."""
+    if ranked.scores is None:
+        return None
+    if len(ranked.scores) != len(ranked.keys):
+        raise ValueError(f"{ranked.source}: {len(ranked.scores)} scores for {len(ranked.keys)} keys")
+    top = max((s for s in ranked.scores if math.isfinite(s)), default=0.0)
+    relative: dict[K, float] = {}
+    for key, score in zip(ranked.keys, ranked.scores, strict=True):
+        if key not in relative:
+            relative[key] = min(1.0, max(0.0, score / top)) if top > 0.0 and math.isfinite(score) else 0.0
+    return relative
+
+
+def script_coverage(text: str, latin_only: bool) -> float:
+    """The share of the query's letters a Latin-script model can read (1.0 when the model is not
+    Latin-only). all-MiniLM-L6-v2 was trained on English: on Chinese questions its vectors are noise
+    (drcd vsearch nDCG@10 0.12), so a vector list is weighted by what its model can read."""
+    if not latin_only:
+        return 1.0
+    letters = [ch for ch in text if ch.isalpha()]
+    if not letters:
+        return 1.0
+    return sum(1 for ch in letters if ch <= "\u024f") / len(letters)
 
 
 def normalise_scores(fused: Sequence[Fused[K]]) -> list[float]:

@@ -8,7 +8,7 @@ best for it; an optional cross-encoder rescores the head of the list, blended by
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from qmdd.search.fusion import (
     fuse,
     normalise_scores,
     parse_query,
+    script_coverage,
 )
 from qmdd.search.pipeline import SearchRequest, build_results, check_request, resolve_filters
 from qmdd.search.tokenize import Tokenizer
@@ -35,6 +36,11 @@ from qmdd.search.vectorindex import VectorHit
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 
+# Score-weighted RRF, tuned on the eval collections (bench/eval_quality.py): k=60 with relative
+# scores and a small top-rank bonus beat plain RRF with qmd's larger bonus (0.05/0.02) on 7 of 8.
+RRF_K = 60
+BONUS_FIRST = 0.005
+BONUS_TOP3 = 0.002
 RERANK_DEPTH = 30  # documents the cross-encoder rescores: ~0.1 s each batch of 16 on a CPU
 CHUNKS_PER_DOC = 3  # nearest chunks fetched per wanted document, since several may share one
 
@@ -46,6 +52,7 @@ class Engines:
     embedder: Mailbox
     vectors: Mailbox
     tokenizer: Tokenizer
+    latin_only: Callable[[], bool] = lambda: False  # does the embedding model in use read only Latin script?
 
 
 @dataclass
@@ -147,8 +154,11 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     collection_ids, allowed = resolve_filters(engines.conn, request)
     lists, warnings = await retrieve(engines, subqueries, max(candidates, request.limit), collection_ids, allowed)
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
-    fused = fuse([RankedList(name, 1.0, [c.doc_id for c in ranked]) for name, (_, ranked) in zip(names, lists,
-                                                                                                   strict=True)])
+    latin_only = engines.latin_only()
+    fused = fuse([RankedList(name, 1.0 if sub.kind == "lex" else script_coverage(sub.text, latin_only),
+                             [c.doc_id for c in ranked], [max(c.score, 0.0) for c in ranked])
+                  for name, (sub, ranked) in zip(names, lists, strict=True)],
+                 k=RRF_K, bonus_first=BONUS_FIRST, bonus_top3=BONUS_TOP3)
     by_source = {name: {c.doc_id: c for c in ranked} for name, (_, ranked) in zip(names, lists, strict=True)}
     head = fused[:max(request.limit, RERANK_DEPTH if rerank else request.limit)]
     chosen = {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head}
