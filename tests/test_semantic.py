@@ -206,3 +206,16 @@ def test_idle_models_are_unloaded_and_reloaded_on_demand(env: Env, corpus: Path)
         time.sleep(0.1)
     assert env.json("status")["model"]["loaded"] == {}
     assert env.json("vsearch", "spaghetti", "-n", "1")[0]["file"] == "qmd://kb/cooking.md"
+
+
+def test_keyword_search_is_served_while_the_vector_index_loads(env: Env, corpus: Path) -> None:
+    env.run("collection", "add", str(corpus), "--name", "kb")
+    env.json("embed")
+    env.stop_daemon()
+    env.vars["QMDD_FAULT_PAUSES"] = "vectors.load=60"  # a rebuild that takes a minute
+    assert env.json("search", "spaghetti")[0]["file"] == "qmd://kb/cooking.md"
+    proc = env.run("vsearch", "spaghetti", "--json", check=False)
+    assert proc.returncode == 18 and "being rebuilt" in json.loads(proc.stdout)["detail"]
+    degraded = env.run("query", "spaghetti", "--json")
+    assert json.loads(degraded.stdout)[0]["file"] == "qmd://kb/cooking.md" and "INDEX_NOT_READY" in degraded.stderr
+    assert env.json("status")["actors"]["vectors"]["ready"] is False

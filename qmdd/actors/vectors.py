@@ -17,6 +17,7 @@ import outcome
 import trio
 from pyroaring import BitMap
 
+from qmdd import faults
 from qmdd.actors.base import DerivedIndexActor, Envelope, Handler, send_reply
 from qmdd.protocol import (
     ApplyChunks,
@@ -34,6 +35,7 @@ from qmdd.store.embeddings import IndexedVector
 
 log = logging.getLogger("qmdd.vectors")
 
+READY_WAIT_S = 2.0
 ADD_SLICE = 32  # vectors added per hold of the index lock: ~25 ms at 100k vectors
 
 
@@ -48,6 +50,10 @@ class VectorsActor(DerivedIndexActor):
         self.fingerprint = fingerprint
         self.index = VectorIndex(dims) if dims else None
         self._nursery: trio.Nursery | None = None
+        # Set once the snapshot is loaded and reconciled. Until then the daemon already serves
+        # everything else: rebuilding 100k vectors from SQLite takes ~15 s, and keyword search must
+        # not wait for it.
+        self._ready = trio.Event()
         self.queries = 0
 
     def handlers(self) -> dict[type, Handler]:
@@ -65,6 +71,7 @@ class VectorsActor(DerivedIndexActor):
         if isinstance(envelope.message, VectorQuery) and self._nursery is not None:
             self._nursery.start_soon(self._answer, envelope)
             return
+        await self._ready.wait()  # changes queue up behind the initial load
         await super()._dispatch(envelope)
 
     async def _answer(self, envelope: Envelope) -> None:
@@ -80,13 +87,20 @@ class VectorsActor(DerivedIndexActor):
 
     async def setup(self) -> None:
         await super().setup()
-        if self.fingerprint is None:
+        if self.fingerprint is None or self._nursery is None:
+            self._ready.set()
             return
+        self._nursery.start_soon(self._load_in_background)
+
+    async def _load_in_background(self) -> None:
+        await faults.pause("vectors.load")
         seconds = await self.load()
+        self._ready.set()
         log.info("vectors ready: %s, %d vectors in %.2fs", self.loaded_from, len(self.index or ()), seconds)
 
     def extra_statistics(self) -> dict[str, Any]:
-        return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
+        return {"queries": self.queries, "ready": self._ready.is_set(), "loaded_from": self.loaded_from,
+                "dirty": self._dirty,
                 "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0})}
 
     def _open_snapshot(self) -> tuple[VectorIndex, dict[str, Any]]:
@@ -172,6 +186,11 @@ class VectorsActor(DerivedIndexActor):
         return [self.index.search(vector, message.limit, allowed) for vector in np.atleast_2d(message.vectors)]
 
     async def _query(self, message: VectorQuery) -> list[list[VectorHit]]:
+        with trio.move_on_after(READY_WAIT_S):  # a snapshot loads in well under this
+            await self._ready.wait()
+        if not self._ready.is_set():
+            raise QmddError(ErrorCode.INDEX_NOT_READY, "the vector index is being rebuilt from SQLite",
+                            hints=("Retry in a few seconds; `qmdctl status` shows the vectors actor's state.",))
         if self.fingerprint is None or self.index is None or not len(self.index):
             raise QmddError(ErrorCode.INDEX_NOT_READY, "no chunk has a vector yet",
                             hints=("Run `qmdctl embed` to embed the indexed documents.",))
