@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from qmdd.models import registry as registry_module
-from qmdd.models.convert import HEAD_FILE, MANIFEST, convert_checkpoint
+from qmdd.models.convert import HEAD_FILE, MANIFEST, convert_checkpoint, sha256_file
 from qmdd.models.registry import (
     DEFAULT_EMBEDDING,
     PACKAGED,
@@ -559,6 +559,20 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     weights = load_reference_weights(source)
     references = [reference_embedding(source, row, weights=weights) for row in ids]
     return Packaged(registry, folder, source, mtimes, ids, references)
+
+
+# What ctranslate2 4.8.5's own `ct2-transformers-converter --quantization float16` (torch + transformers)
+# writes for this checkpoint: the torch-free converter must give the very same bytes.
+OFFICIAL_MODEL_BIN_SHA256 = "d104232a3adabd7e27d95f5e5157f14fecc421a54045afb5d7e23179fa66f0d3"
+
+
+@needs_package
+def test_packaged_conversion_is_byte_identical_to_the_official_converter(packaged: Packaged) -> None:
+    import ctranslate2
+
+    if ctranslate2.__version__ != "4.8.5":
+        pytest.skip(f"the reference digest was taken with ctranslate2 4.8.5, not {ctranslate2.__version__}")
+    assert sha256_file(packaged.folder / "model.bin") == OFFICIAL_MODEL_BIN_SHA256
 
 
 @needs_package

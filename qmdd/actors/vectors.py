@@ -54,6 +54,7 @@ class VectorsActor(DerivedIndexActor):
         # everything else: rebuilding 100k vectors from SQLite takes ~15 s, and keyword search must
         # not wait for it.
         self._ready = trio.Event()
+        self._any_stored = False  # a vector of this model exists in SQLite (once true, stays true)
         self.queries = 0
 
     def handlers(self) -> dict[type, Handler]:
@@ -142,6 +143,7 @@ class VectorsActor(DerivedIndexActor):
         if message.fingerprint == self.fingerprint:
             return {"added": 0, "removed": 0}
         self.fingerprint = message.fingerprint
+        self._any_stored = False
         self.index = VectorIndex(message.dims) if message.dims else None
         self.loaded_from = "rebuilt"
         self._snapshot.unlink(missing_ok=True)
@@ -150,10 +152,17 @@ class VectorsActor(DerivedIndexActor):
     def _apply_sync(self, message: ApplyChunks) -> None:
         if self.index is not None and message.removed:
             self.index.remove(message.removed)
-        if self.fingerprint is not None and message.added:
+        if self.fingerprint is not None and message.added and self._stored_vectors():
             # Chunks whose text was embedded before (a rename, a copy, an edit elsewhere in the file)
             # get their vector back without the model.
             self._add_rows(emb.vectors_for_chunks(self.conn, self.fingerprint, message.added))
+
+    def _stored_vectors(self) -> bool:
+        """Does SQLite hold any vector of the current model? Until the first `embed`, indexing a large
+        tree must not pay a lookup per chunk for vectors that cannot exist."""
+        if not self._any_stored:
+            self._any_stored = emb.has_vectors(self.conn, self.fingerprint)
+        return self._any_stored
 
     async def _apply(self, message: ApplyChunks) -> None:
         async with self._lock:

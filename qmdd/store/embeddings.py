@@ -59,6 +59,11 @@ def store_vectors(conn: sqlite3.Connection, fingerprint: str, hashes: Sequence[s
         conn.executemany("INSERT OR REPLACE INTO embeddings (hash, fingerprint, vector) VALUES (?, ?, ?)", rows)
 
 
+def has_vectors(conn: sqlite3.Connection, fingerprint: str | None) -> bool:
+    return fingerprint is not None and conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM embeddings WHERE fingerprint = ?)", (fingerprint,)).fetchone()[0] == 1
+
+
 def embedded_chunk_ids(conn: sqlite3.Connection, fingerprint: str) -> list[int]:
     return [r[0] for r in conn.execute(
         "SELECT k.id FROM chunks k WHERE EXISTS (SELECT 1 FROM embeddings e"
