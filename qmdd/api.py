@@ -31,7 +31,7 @@ from qmdd.protocol import (
 )
 from qmdd.rpc import Call, MethodHandler
 from qmdd.safefiles import read_regular_file, resolve_inside
-from qmdd.search.pipeline import ContextIndex, SearchRequest, keyword_search
+from qmdd.search.pipeline import ContextIndex, keyword_search, search_request
 from qmdd.search.targets import docid_prefix, glob_to_regex, is_glob, resolve_target, split_line_suffix
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.semantic import SemanticApi
@@ -165,10 +165,7 @@ class Api:
     # --- search and documents --------------------------------------------------------------------
 
     async def search(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        request = SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
-                                path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
-                                explain=params["explain"], full=params["full"],
-                                snippet_lines=params["snippet_lines"])
+        request = search_request(params)
         answer, rows = await keyword_search(self.s.reader, self.s.bm25, self.s.tokenizer, request)
         if request.full:
             await self.attach_bodies(answer, rows)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
 from qmdd.protocol import ErrorCode, QmddError, validate_params
-from qmdd.rpc import Call
+from qmdd.rpc import Call, MethodHandler
 
 if TYPE_CHECKING:
     from qmdd.api import Api
@@ -89,14 +89,21 @@ def tool_error(err: QmddError) -> ToolError:
     return ToolError(f"{err.code}: {err.message}{hints}")
 
 
-async def invoke(api: Api, method: str, params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
+async def call_method(methods: dict[str, MethodHandler], method: str,
+                      params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    """Run a daemon method in-process, as an RPC would: the value and the items it streamed."""
     collector = _Collector()
+    value = await methods[method](validate_params(method, params), Call(0, "-", collector.send))
+    return value, collector.items
+
+
+async def invoke(methods: dict[str, MethodHandler], method: str,
+                 params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
     await faults.pause("mcp.tool")
     try:
-        value = await api.methods()[method](validate_params(method, params), Call(0, "-", collector.send))
+        return await call_method(methods, method, params)
     except QmddError as err:
         raise tool_error(err) from None
-    return value, collector.items
 
 
 def _hits(answer: dict[str, Any], items: list[tuple[str, Any]]) -> list[Hit]:
@@ -117,6 +124,7 @@ class QmddServer(MCPServer):
 
 
 def build_server(api: Api) -> MCPServer:
+    methods = api.methods()
     server = QmddServer(name="qmdd", title="qmdd: local document search", version=__version__,
                        instructions="qmdd searches the user's local markdown collections.")
 
@@ -124,7 +132,7 @@ def build_server(api: Api) -> MCPServer:
                          extra: dict[str, Any]) -> SearchResults:
         params = {"query": query, "limit": max(1, min(limit, MAX_RESULTS)), "min_score": min_score,
                   "collections": collections or None, **extra}
-        answer, items = await invoke(api, method, params)
+        answer, items = await invoke(methods, method, params)
         warnings = [f"{w['code']}: {w['message']}" for w in answer.get("warnings", ())]
         return SearchResults(query=query, results=_hits(answer, items), warnings=warnings)
 
@@ -160,7 +168,7 @@ def build_server(api: Api) -> MCPServer:
         "Read a document: a qmd://collection/path URI, collection/path, a #docid from a result, or a path "
         "suffix; optionally FILE:LINE or FILE:LINE:COUNT, or fromLine/maxLines."))
     async def get(file: str, fromLine: int | None = None, maxLines: int | None = None) -> Document:
-        answer, _ = await invoke(api, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
+        answer, _ = await invoke(methods, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
         return Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
                         context=answer["context"], from_line=answer["from_line"],
                         lines_after=answer["lines_after"], body=answer["body"])
@@ -170,7 +178,7 @@ def build_server(api: Api) -> MCPServer:
         "larger than maxBytes are listed as skipped, with a reason, instead of being returned."))
     async def multi_get(pattern: str, maxBytes: int = 10 * 1024,
                         maxLines: int | None = None) -> MultiGetResult:
-        _, items = await invoke(api, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
+        _, items = await invoke(methods, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
                                                    "max_lines": maxLines})
         fields = MultiDocument.model_fields
         return MultiGetResult(documents=[MultiDocument(**{k: v for k, v in doc.items() if k in fields})
@@ -179,7 +187,7 @@ def build_server(api: Api) -> MCPServer:
     @server.tool(name="status", annotations=READ_ONLY, description=(
         "The index: collections with document and chunk counts, vectors embedded, models, daemon health."))
     async def status() -> dict[str, Any]:
-        answer, _ = await invoke(api, "status", {})
+        answer, _ = await invoke(methods, "status", {})
         return {"state": answer["state"], "version": answer["version"],
                 "collections": [{k: c[k] for k in ("name", "root", "documents", "chunks", "uri", "updated_at")}
                                 for c in answer["collections"]],
@@ -191,8 +199,7 @@ def build_server(api: Api) -> MCPServer:
                      description="A document of a collection, by its path (sub-folders included).")
     async def document(collection: str, path: str) -> str:
         try:
-            answer = await api.methods()["get"](validate_params("get", {"target": f"qmd://{collection}/{path}"}),
-                                                Call(0, "-", _Collector().send))
+            answer, _ = await call_method(methods, "get", {"target": f"qmd://{collection}/{path}"})
         except QmddError as err:
             raise ResourceError(f"{err.code}: {err.message}") from None
         return str(answer["body"])

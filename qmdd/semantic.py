@@ -20,7 +20,7 @@ from qmdd.protocol import (
 )
 from qmdd.rpc import Call
 from qmdd.search.hybrid import Engines, hybrid_search, vector_search
-from qmdd.search.pipeline import SearchRequest
+from qmdd.search.pipeline import SearchRequest, search_request
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
 from qmdd.store.documents import DocRow
@@ -29,12 +29,6 @@ if TYPE_CHECKING:
     from qmdd.api import Api
 
 EMBED_PAGE = 256  # texts per request to the embedder: its batcher splits them by tokens
-
-
-def search_request(params: dict[str, Any]) -> SearchRequest:
-    return SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
-                         path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
-                         explain=params["explain"], full=params["full"], snippet_lines=params["snippet_lines"])
 
 
 class SemanticApi:

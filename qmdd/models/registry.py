@@ -127,10 +127,14 @@ class ModelRegistry:
     def __init__(self, paths: Paths) -> None:
         self._paths = paths
         self._selection_file = paths.data_dir / "models.json"
+        # Read once, then kept: every embedding and query asks for it, and select() is its only writer.
+        self._chosen: dict[str, str | None] | None = None
 
     # --- roles ---------------------------------------------------------------------------------------
 
     def selection(self) -> dict[str, str | None]:
+        if self._chosen is not None:
+            return dict(self._chosen)
         try:
             chosen: dict[str, str | None] = json.loads(self._selection_file.read_text())
         except FileNotFoundError:
@@ -138,7 +142,8 @@ class ModelRegistry:
         except (OSError, ValueError) as exc:
             raise QmddError(ErrorCode.CONFIG_ERROR, f"{self._selection_file}: {exc}",
                             hints=("Delete the file to return to the default models.",)) from None
-        return {"embedding": chosen.get("embedding") or DEFAULT_EMBEDDING, "reranker": chosen.get("reranker")}
+        self._chosen = {"embedding": chosen.get("embedding") or DEFAULT_EMBEDDING, "reranker": chosen.get("reranker")}
+        return dict(self._chosen)
 
     def select(self, role: str, name: str | None) -> dict[str, str | None]:
         chosen = self.selection()
@@ -152,6 +157,7 @@ class ModelRegistry:
         temp = self._selection_file.with_name(self._selection_file.name + ".tmp")
         temp.write_text(json.dumps(chosen, indent=1))
         os.replace(temp, self._selection_file)
+        self._chosen = dict(chosen)
         return chosen
 
     # --- lookup --------------------------------------------------------------------------------------

@@ -66,6 +66,13 @@ def resolve_filters(conn: sqlite3.Connection, request: SearchRequest) -> tuple[l
     return collection_ids, allowed
 
 
+def search_request(params: dict[str, Any]) -> SearchRequest:
+    """A SearchRequest from a search/vsearch/query RPC's validated params."""
+    return SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
+                         path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
+                         explain=params["explain"], full=params["full"], snippet_lines=params["snippet_lines"])
+
+
 def check_request(request: SearchRequest) -> None:
     if not request.query.strip():
         raise QmddError(ErrorCode.INVALID_INPUT, "the query is empty")
