@@ -44,7 +44,8 @@ class Command:
         self.aliases = aliases
         # Takes the shared --format/--json/... output options.
         self.output = output
-        # What --dry-run reports for a command that does more than send one RPC (None: the runner's RPC).
+        # What --dry-run reports for a command that does more than send one RPC (None: the runner's RPC,
+        # or a plan the runner raises itself as DryRun).
         self.effect = effect
 
     @property
@@ -175,13 +176,30 @@ COMMANDS: tuple[Command, ...] = (
     Command(("mcp",), "Serve the MCP protocol on stdio for agents (Claude Desktop, Claude Code, ...).", "mcp:serve",
             (), output=False, effect="serve MCP (JSON-RPC 2.0) on stdin/stdout until stdin closes, relaying every "
             "message through one `mcp.session` request to the daemon (started if not running)"),
-    Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", (),
+    Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", (
+        Opt("no_watch", ("--no-watch",), "flag", False,
+            "Do not watch collection roots for changes (index them with `qmdctl update`)."),
+    ),
             effect="connect to the daemon; if none answers, start `python -m qmdd` detached and wait until it does"),
     Command(("daemon", "stop"), "Stop the daemon gracefully.", "daemon:stop", (),
             effect="connect to the daemon if one is running, send the `shutdown` request and wait for its process "
             "to exit"),
     Command(("daemon", "status"), "Is the daemon running? Where are its socket and log?", "daemon:status", (),
             effect="try to connect to the daemon (never starting one) and report its pid, socket and log"),
+    # The service commands work out their --dry-run plan themselves: it names the unit files and commands.
+    Command(("service", "install"), "Install qmdd as a systemd user service, started on demand by its socket.",
+            "service:install", (
+                Opt("no_socket", ("--no-socket",), "flag", False,
+                    "No socket activation: the service starts with the user session."),
+                Opt("no_start", ("--no-start",), "flag", False,
+                    "Write and enable the units, but do not start them now."),
+                Opt("watchdog", ("--watchdog",), "int", 60,
+                    "Restart a daemon whose event loop is stuck this many seconds (WatchdogSec=; 0: off)."),
+            )),
+    Command(("service", "uninstall"), "Stop and disable the systemd user units and remove them.",
+            "service:uninstall", ()),
+    Command(("service", "status"), "Are the systemd user units installed, current, enabled and active?",
+            "service:status", ()),
 )
 
 GROUP_HELP = {
@@ -189,6 +207,7 @@ GROUP_HELP = {
     "context": "Describe paths for agents and people.",
     "daemon": "Control the background daemon.",
     "model": "Embedding and reranker models (offline; imported from local folders).",
+    "service": "Run qmdd as a systemd user service (socket activation, journald, watchdog).",
 }
 
 

@@ -8,7 +8,7 @@ import sys
 
 import trio
 
-from qmdd import __version__
+from qmdd import __version__, systemd
 from qmdd.config import load_config
 from qmdd.daemon import run_daemon
 from qmdd.protocol import ErrorCode, unwrap_error
@@ -24,7 +24,8 @@ class _TraceFilter(logging.Filter):
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_TraceFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s"))
+    handler.setFormatter(systemd.JournalFormatter() if systemd.stderr_is_journal() else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -33,10 +34,12 @@ def setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qmdd", description="qmdd search daemon (foreground)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
+    parser.add_argument("--no-watch", action="store_true",
+                        help="do not watch collection roots (index changes with `qmdctl update`)")
     parser.add_argument("--version", action="version", version=f"qmdd {__version__}")
     args = parser.parse_args(argv)
     try:
-        config = load_config({"log_level": args.log_level})
+        config = load_config({"log_level": args.log_level, "watch": False if args.no_watch else None})
         setup_logging(config.log_level)
         trio.run(run_daemon, config)
     except KeyboardInterrupt:

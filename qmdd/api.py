@@ -3,6 +3,7 @@ reads of documents happen here, always confined to indexed roots."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import outcome
 import trio
 
 from qmdd import __version__
@@ -28,6 +30,8 @@ from qmdd.protocol import (
     RenameCollection,
     ScanCollections,
     SetContext,
+    SyncWatches,
+    WatchStatus,
 )
 from qmdd.rpc import Call, MethodHandler
 from qmdd.safefiles import read_regular_file, resolve_inside
@@ -38,6 +42,8 @@ from qmdd.semantic import SemanticApi
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 from qmdd.supervisor import Supervisor
+
+log = logging.getLogger("qmdd.api")
 
 READ_LIMITER_TOKENS = 4
 
@@ -57,6 +63,7 @@ class Services:
     embedder: Mailbox
     vectors: Mailbox
     registry: ModelRegistry
+    watcher: Mailbox
 
 
 def make_services(config: Config, reader: sqlite3.Connection, mailboxes: dict[str, Mailbox],
@@ -65,7 +72,7 @@ def make_services(config: Config, reader: sqlite3.Connection, mailboxes: dict[st
     return Services(config, reader, mailboxes["indexer"], mailboxes["bm25"], supervisor, rpc_statistics, shutdown,
                     time.time(), trio.CapacityLimiter(READ_LIMITER_TOKENS),
                     Tokenizer(TokenizerConfig(stem=config.stem)), mailboxes["embedder"], mailboxes["vectors"],
-                    registry)
+                    registry, mailboxes["watcher"])
 
 
 def read_text(doc: DocRow, max_bytes: int) -> str:
@@ -125,6 +132,7 @@ class Api:
     async def collection_add(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         added = await self.s.indexer.call(AddCollection(params["path"], params["name"], params["masks"] or [],
                                                         params["excludes"] or []))
+        await self._sync_watches()  # watching before the scan: no change slips between
         if params["update"]:
             added["update"] = await self._scan([added["name"]], call)
         return added
@@ -138,10 +146,12 @@ class Api:
 
     async def collection_remove(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         result: dict[str, Any] = await self.s.indexer.call(RemoveCollection(params["name"]))
+        await self._sync_watches()
         return result
 
     async def collection_rename(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         result: dict[str, Any] = await self.s.indexer.call(RenameCollection(params["old"], params["new"]))
+        await self._sync_watches()
         return result
 
     async def update(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
@@ -325,19 +335,49 @@ class Api:
                                                                    else []))
         return result
 
+    async def _model_status(self) -> dict[str, Any]:
+        # An embedder that is down must not take `status` (the place to see that it is down) with it.
+        answer = await outcome.acapture(self.semantic.status)
+        if isinstance(answer, outcome.Error) and isinstance(answer.error, QmddError):
+            return {"error": answer.error.to_wire()}
+        return answer.unwrap()
+
+    async def _sync_watches(self) -> None:
+        """After a collection change: the change is committed, so a watcher that is down (the status
+        says so) must not turn it into an error."""
+        synced = await outcome.acapture(self.s.watcher.call, SyncWatches())
+        if isinstance(synced, outcome.Error):
+            if not isinstance(synced.error, QmddError):
+                synced.unwrap()
+            log.warning("watches not updated: %s", synced.error)
+
+    async def _collections_with_watch(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
+        collections = await self.collection_list(params, call)
+        watch = await outcome.acapture(self.s.watcher.call, WatchStatus())
+        if isinstance(watch, outcome.Error) and not isinstance(watch.error, QmddError):
+            watch.unwrap()
+        # A watcher that is down must not take `status` (the place to see that it is down) with it.
+        watched = watch.unwrap() if isinstance(watch, outcome.Value) else {"enabled": None, "collections": {}}
+        for collection in collections:
+            collection["watch"] = watched["collections"].get(collection["name"]) or {
+                "state": "off" if watched["enabled"] is False else "unknown"}
+        return collections
+
     async def status(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         paths = self.s.config.paths
         sizes = {name: (p.stat().st_size if p.exists() else 0) for name, p in (
             ("database", paths.database), ("wal", paths.database.with_name(paths.database.name + "-wal")),
             ("bm25_snapshot", paths.bm25_snapshot), ("vector_snapshot", paths.vector_snapshot))}
         return {
-            "version": __version__, "pid": os.getpid(), "uptime_s": round(time.time() - self.s.started_at, 1),
+            "version": __version__, "pid": os.getpid(), "time": time.time(),
+            "uptime_s": round(time.time() - self.s.started_at, 1),
             "state": "degraded" if self.s.supervisor.degraded else "ok",
+            "degraded_reason": self.s.supervisor.degraded_reason,
             "socket": str(paths.socket), "data_dir": str(paths.data_dir), "log_file": str(paths.log_file),
             "config_file": str(paths.config_file),
-            "index_bytes": sizes, "collections": await self.collection_list(params, call),
+            "index_bytes": sizes, "collections": await self._collections_with_watch(params, call),
             "actors": self.s.supervisor.statistics(), "rpc": self.s.rpc_statistics(),
-            "problems": docs.list_problems(self.s.reader), "model": await self.semantic.status(),
+            "problems": docs.list_problems(self.s.reader), "model": await self._model_status(),
         }
 
 

@@ -32,6 +32,14 @@ class Config:
     """CPU threads for inference; 0 = all cores."""
     model_idle_unload_s: float = 0.0
     """Unload models after this many idle seconds (0: keep them loaded)."""
+    watch: bool = True
+    """Watch collection roots and index changes as they happen (`qmdd --no-watch` turns it off)."""
+    watch_debounce_ms: int = 400
+    """Longest a stream of changes is gathered before it is indexed (a quiet 50 ms ends it sooner)."""
+    watch_poll_s: float = 2.0
+    """How often a missing root is looked for, and a root without inotify watches rescanned (x15)."""
+    auto_embed: bool = True
+    """Embed chunks the watcher indexed, once vectors exist for the model in use."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}

@@ -1,9 +1,11 @@
 """The only place that wires actors together and hands out their mailboxes.
 
-Start order: instance lock → socket bound (clients queue in the backlog) → SQLite migrated → actors
-started under the supervisor (BM25 reconciles with SQLite) → accept loop → READY. Shutdown on
-SIGTERM/SIGINT or the `shutdown` method: stop accepting, let in-flight requests finish within the
-grace period, stop actors (BM25 writes its snapshot), close the store, remove the socket.
+Start order: instance lock → socket bound, or inherited from systemd (clients queue in the backlog) →
+SQLite migrated → actors started under the supervisor (BM25 reconciles with SQLite; the watcher starts
+its watches and rescans every collection for changes made while the daemon was down) → accept loop →
+READY (and sd_notify READY=1). Shutdown on SIGTERM/SIGINT or the `shutdown` method: stop accepting,
+let in-flight requests finish within the grace period, stop the watcher first and then the other actors
+(BM25 and vectors write their snapshots), close the store, remove the socket unless systemd owns it.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from functools import partial
 import outcome
 import trio
 
-from qmdd import __version__, listener
+from qmdd import __version__, listener, systemd
 from qmdd.actors.base import Mailbox
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.indexer import IndexerActor
 from qmdd.actors.vectors import VectorsActor
+from qmdd.actors.watcher import WatcherActor
 from qmdd.api import Api, make_services
 from qmdd.chunking import ChunkerConfig
 from qmdd.config import Config
@@ -104,13 +107,10 @@ async def _preload_mcp(api: Api) -> None:
 async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     paths = config.paths
     ensure_private_dir(paths.data_dir)
-    with listener.instance_lock(paths):
-        sock = listener.bind_socket(paths)
+    with listener.instance_lock(paths), listener.daemon_socket(paths) as sock:
         try:
             await _serve(config, sock, task_status)
         finally:
-            listener.remove_socket(paths)
-            sock.close()
             paths.pid_file.unlink(missing_ok=True)
     log.info("qmdd stopped")
 
@@ -128,8 +128,8 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope.cancel)
             supervisor = Supervisor(nursery)
-            mailboxes = {name: Mailbox(name) for name in ("bm25", "vectors", "embedder", "indexer")}
-            bm25, vectors, embedder, indexer = mailboxes.values()
+            mailboxes = {name: Mailbox(name) for name in ("bm25", "vectors", "embedder", "indexer", "watcher")}
+            bm25, vectors, embedder, indexer, watcher = mailboxes.values()
             registry = ModelRegistry(paths)
             runtime = await trio.to_thread.run_sync(embedding_runtime, config, registry)
             await supervisor.start_actor(bm25, lambda: Bm25Actor(
@@ -147,6 +147,11 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             await supervisor.start_actor(indexer, lambda: IndexerActor(
                 paths.database, bm25, prepare, max_file_bytes=config.max_file_bytes,
                 batch_files=config.index_batch_files, vectors=vectors))
+            # Collections with newly indexed chunks, from the watcher to the background embedder.
+            indexed_send, indexed_receive = trio.open_memory_channel[int](1)
+            await supervisor.start_actor(watcher, lambda: WatcherActor(
+                paths.database, indexer, enabled=config.watch, debounce_ms=config.watch_debounce_ms,
+                poll_s=config.watch_poll_s, indexed=indexed_send))
             rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()})
             services = make_services(config, reader, mailboxes, supervisor, rpc.statistics, shutdown, registry)
             api = Api(services)
@@ -159,8 +164,14 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                     paths.pid_file.write_text(f"{os.getpid()}\n")
                     log.info("qmdd %s ready on %s (pid %d)", __version__, paths.socket, os.getpid())
                     task_status.started()
+                    health = partial(systemd.service_status, supervisor, reader)
+                    systemd.notify("READY=1", f"STATUS={health()}")
+                    nursery.start_soon(systemd.keep_manager_informed, health)
                     nursery.start_soon(_preload_mcp, api)
+                    if config.auto_embed:
+                        nursery.start_soon(api.semantic.keep_embedded, indexed_receive)
                     await shutdown.wait()
+                    systemd.notify("STOPPING=1", "STATUS=stopping")
                     accepting.cancel_scope.cancel()
                 await server.aclose()
                 log.info("stopping: no new connections; %d request(s) in flight", rpc.stats.in_flight)
@@ -170,7 +181,7 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             # The indexer first: a scan still running sends its last batches to BM25, which must
             # still be there to take them (and then to write its snapshot).
             with trio.move_on_after(config.shutdown_grace_s):
-                for mailbox in (indexer, embedder, vectors, bm25):
+                for mailbox in (watcher, indexer, embedder, vectors, bm25):
                     mailbox.send_channel.close()
                     await supervisor.children[mailbox.name].ended.wait()
                 await supervisor.wait_ended()

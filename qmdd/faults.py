@@ -1,6 +1,26 @@
-"""Fault injection for tests and soak runs: QMDD_FAULTS="point=count,..." makes `check(point)` raise
-the first `count` times it is reached in this process. Unset (always, in normal use) it costs a dict
-lookup."""
+"""Fault injection for tests and soak runs.
+
+QMDD_FAULTS="point=count,..." makes `check(point)` raise InjectedFault the first `count` times it is
+reached in this process (a missing count means 1). Unset (always, in normal use), `enabled` is false
+and the callers skip even building the point's name.
+
+Points:
+
+- ``actor.<actor>.<Message>``: in the Actor template's dispatch, just before the handler of
+  ``<Message>`` (a class name from qmdd.protocol) runs in actor ``<actor>`` (``bm25``, ``vectors``,
+  ``embedder``, ``indexer``, and any actor added later). It fails like a bug in that handler: the
+  caller gets BACKEND_UNAVAILABLE, the actor crashes and the supervisor restarts it (or, past the
+  restart budget, gives up on it and the daemon reports itself degraded). E.g.
+  ``actor.bm25.Bm25Query`` (a search), ``actor.indexer.ScanCollections`` (an update),
+  ``actor.vectors.SaveSnapshot`` (the end of an update), ``actor.embedder.ModelStatus`` (status,
+  model list). Messages an actor serves outside the template are not covered: the embedder's
+  EmbedTexts and the vectors actor's VectorQuery.
+- ``embedder.query_batch`` / ``embedder.bulk_batch``: an embedder worker fails while holding a batch.
+
+QMDD_FAULT_PAUSES="point=seconds,..." makes `pause(point)` wait that long the first time (to hold
+work in flight while a test kills the daemon). Points: ``vectors.load`` (the vector index's
+background load), ``mcp.tool`` (an MCP tool call).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +41,15 @@ def _parse_pairs(spec: str) -> list[tuple[str, str]]:
 
 
 _armed = {point: int(count or 1) for point, count in _parse_pairs(os.environ.get("QMDD_FAULTS", ""))}
+enabled = bool(_armed)
+"""Whether any fault is armed: read it as `faults.enabled` (arm() may set it later)."""
+
+
+def arm(point: str, count: int = 1) -> None:
+    """Arm `point` for `count` more failures (for in-process tests; a daemon reads QMDD_FAULTS)."""
+    global enabled
+    _armed[point] = _armed.get(point, 0) + count
+    enabled = True
 
 
 def check(point: str) -> None:

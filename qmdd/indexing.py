@@ -8,7 +8,9 @@ the next scan picks up where this one stopped because unfinished files still dif
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +19,8 @@ from pathlib import Path, PurePosixPath
 from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract_title
 from qmdd.safefiles import FileTooLarge, NotRegularFile, read_regular_file
 from qmdd.store import documents as docs
-from qmdd.store.documents import ChunkText, CollectionRow, ParsedFile
-from qmdd.walk import FileStat, WalkConfig, walk_collection
+from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
+from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, walk_collection
 
 MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[ChunkText], list[int]], None]
@@ -92,56 +94,129 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
     """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation)."""
     started = time.monotonic()
     summary = ScanSummary(collection.name)
-    root = Path(collection.root)
-    walk = walk_collection(root, config)
+    walk = walk_collection(Path(collection.root), config)
     summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
     summary.files = len(walk.files)
     states = docs.doc_states(conn, collection.id)
     seen = {f.relpath for f in walk.files}
-    pending_removals = [path for path in states if path not in seen]
-    candidates = [f for f in walk.files
-                  if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]
-    summary.unchanged = summary.files - len(candidates)
+    removals = [path for path in states if path not in seen]
+    writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
+    _index_files(writer, walk.files, states, removals, chunker, config.max_file_bytes, on_progress, checkpoint)
+    docs.replace_problems(conn, collection.id, [(p.path, p.code, p.message) for p in summary.problems])
+    summary.seconds = time.monotonic() - started
+    return summary
 
-    parsed: list[ParsedFile] = []
-    touched: list[tuple[str, int, int]] = []
 
-    def flush() -> None:
-        if not (parsed or touched or pending_removals):
-            return  # a no-change rescan writes nothing (but its problem list, below)
-        added, removed = docs.write_batch(conn, collection.id, parsed, touched, pending_removals)
-        summary.chunks_added += len(added)
-        summary.removed += len(pending_removals)
+def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filter: PathFilter, relpaths: list[str],
+                 *, max_file_bytes: int, batch_files: int, chunker: ChunkerConfig,
+                 on_batch: BatchSink) -> ScanSummary | None:
+    """Bring just these paths up to date: the watcher's way, a stat per changed path instead of a walk.
+
+    Returns None when only a walk can decide (a directory appeared, a symlink, an ignore file
+    changed): the caller rescans the collection, which costs a stat per file.
+    """
+    started = time.monotonic()
+    summary = ScanSummary(collection.name)
+    root = Path(collection.root)
+    present: list[FileStat] = []
+    gone: list[str] = []
+    for relpath in sorted(set(relpaths)):
+        if relpath.rpartition("/")[2] in IGNORE_FILES:
+            return None
+        try:
+            st = os.lstat(root / relpath)
+        except FileNotFoundError:
+            gone.append(relpath)  # a file, or a whole directory deleted or moved away
+            continue
+        except OSError as exc:
+            summary.problems.append(FileProblem(relpath, "unreadable", exc.strerror or str(exc)))
+            gone.append(relpath)
+            continue
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            return None
+        if not path_filter.included(relpath):
+            gone.append(relpath)  # renamed to an unselected name, or newly ignored
+        elif not stat.S_ISREG(st.st_mode):
+            summary.problems.append(FileProblem(relpath, "not_regular", "not a regular file"))
+            gone.append(relpath)
+        elif st.st_size > max_file_bytes:
+            summary.problems.append(FileProblem(relpath, "too_large",
+                                                f"{st.st_size} bytes exceeds the {max_file_bytes}-byte limit"))
+            gone.append(relpath)
+        else:
+            present.append(FileStat(relpath, st.st_size, st.st_mtime_ns))
+    states = docs.doc_states_for(conn, collection.id, [f.relpath for f in present])
+    removals = docs.paths_under(conn, collection.id, gone)
+    summary.files = len(present)
+    writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
+    _index_files(writer, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None)
+    problems = [(p.path, p.code, p.message) for p in summary.problems]
+    docs.update_problems(conn, collection.id, [*(f.relpath for f in present), *gone], problems)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+class _BatchWriter:
+    """Collects parsed, touched and removed files and writes them as one transaction per batch."""
+
+    def __init__(self, conn: sqlite3.Connection, collection: CollectionRow, summary: ScanSummary,
+                 batch_files: int, on_batch: BatchSink) -> None:
+        self.conn = conn
+        self.collection = collection
+        self.summary = summary
+        self.batch_files = batch_files
+        self.on_batch = on_batch
+        self.parsed: list[ParsedFile] = []
+        self.touched: list[tuple[str, int, int]] = []
+        self.removals: list[str] = []
+
+    def full(self) -> bool:
+        return len(self.parsed) + len(self.touched) + len(self.removals) >= self.batch_files
+
+    def flush(self) -> None:
+        if not (self.parsed or self.touched or self.removals):
+            return  # a no-change rescan writes nothing (but its problem list)
+        added, removed = docs.write_batch(self.conn, self.collection.id, self.parsed, self.touched, self.removals)
+        self.summary.chunks_added += len(added)
+        self.summary.removed += len(self.removals)
         if added or removed:
-            on_batch(added, removed)
-        parsed.clear()
-        touched.clear()
-        pending_removals.clear()
+            self.on_batch(added, removed)
+        self.parsed.clear()
+        self.touched.clear()
+        self.removals.clear()
 
+
+def _index_files(writer: _BatchWriter, files: list[FileStat], states: dict[str, DocState], removals: list[str],
+                 chunker: ChunkerConfig, max_bytes: int, on_progress: ProgressSink,
+                 checkpoint: Callable[[], None]) -> None:
+    """Read, hash and chunk the files whose stat differs from SQLite's; write them and the removals."""
+    summary = writer.summary
+    root = Path(writer.collection.root)
+    writer.removals.extend(removals)
+    candidates = [f for f in files
+                  if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]
+    summary.unchanged = len(files) - len(candidates)
     done = 0
     for st in candidates:
         checkpoint()
         old = states.get(st.relpath)
-        result = read_document(root, st, chunker, config.max_file_bytes)
+        result = read_document(root, st, chunker, max_bytes)
         if result is None:
             if old is not None:
-                pending_removals.append(st.relpath)
+                writer.removals.append(st.relpath)
         elif isinstance(result, FileProblem):
             summary.problems.append(result)
             if old is not None:  # never keep serving content we can no longer read
-                pending_removals.append(st.relpath)
+                writer.removals.append(st.relpath)
         elif old is not None and old.hash == result.hash:
-            touched.append((st.relpath, st.size, st.mtime_ns))
+            writer.touched.append((st.relpath, st.size, st.mtime_ns))
             summary.unchanged += 1
         else:
-            parsed.append(result)
+            writer.parsed.append(result)
             summary.indexed += 1
         done += 1
-        if len(parsed) + len(touched) + len(pending_removals) >= batch_files:
-            flush()
-            on_progress({"collection": collection.name, "done": done, "total": len(candidates)})
-    flush()
-    docs.replace_problems(conn, collection.id, [(p.path, p.code, p.message) for p in summary.problems])
-    summary.seconds = time.monotonic() - started
-    on_progress({"collection": collection.name, "done": done, "total": len(candidates)})
-    return summary
+        if writer.full():
+            writer.flush()
+            on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})
+    writer.flush()
+    on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})

@@ -1,10 +1,12 @@
-"""The daemon's Unix socket: single-instance lock, stale-socket detection, permissions, peer check."""
+"""The daemon's Unix socket: single-instance lock, stale-socket detection, permissions, peer check,
+or the socket systemd passed (socket activation)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -13,8 +15,11 @@ from pathlib import Path
 
 import trio
 
+from qmdd import systemd
 from qmdd.paths import Paths, check_socket_path, ensure_private_dir
 from qmdd.protocol import ErrorCode, QmddError
+
+log = logging.getLogger("qmdd.listener")
 
 _PEERCRED = struct.Struct("3i")
 
@@ -98,3 +103,50 @@ def remove_socket(paths: Paths) -> None:
     """Unlink the socket file; safe because the instance lock guarantees nobody else bound it."""
     with contextlib.suppress(FileNotFoundError):
         paths.socket.unlink()
+
+
+def inherited_socket(paths: Paths) -> socket.socket | None:
+    """The listening socket systemd passed (qmdd.socket), or None when the daemon was started any
+    other way. Anything else passed is a unit misconfiguration: CONFIG_ERROR."""
+    hint = ("qmdd.socket needs exactly one ListenStream= with a Unix socket path; "
+            "`qmdctl service install` writes one.",)
+    try:
+        fds = systemd.listen_fds()
+        if not fds:
+            return None
+        if len(fds) != 1:
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"systemd passed {len(fds)} sockets, qmdd serves one",
+                            hints=hint)
+        sock = socket.socket(fileno=fds[0])
+    except OSError as exc:
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"the socket systemd passed is unusable: {exc}",
+                        hints=hint) from exc
+    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM or not listening:
+        sock.close()
+        raise QmddError(ErrorCode.CONFIG_ERROR, "the socket systemd passed is not a listening Unix stream socket",
+                        hints=hint)
+    address = sock.getsockname()
+    if address != os.fspath(paths.socket):
+        # qmdctl finds the daemon at paths.socket: on another address, clients would not reach it.
+        log.warning("systemd passed a socket on %r, but clients look for qmdd on %s", address, paths.socket)
+    return sock
+
+
+@contextlib.contextmanager
+def daemon_socket(paths: Paths) -> Iterator[socket.socket]:
+    """The socket to serve on, for the daemon's lifetime. With socket activation the file belongs to
+    systemd, which goes on listening (and queueing clients) after the daemon exits: it is neither
+    replaced nor removed here. Otherwise the daemon binds its own and removes it on the way out."""
+    inherited = inherited_socket(paths)
+    if inherited is not None:
+        log.info("serving on the socket passed by systemd (socket activation)")
+        with inherited:
+            yield inherited
+        return
+    sock = bind_socket(paths)
+    try:
+        yield sock
+    finally:
+        remove_socket(paths)
+        sock.close()

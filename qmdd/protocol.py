@@ -243,6 +243,10 @@ def validate_params(method: str, params: Any) -> dict[str, Any]:
                             f"{method}: parameter {name!r} has the wrong type ({type(value).__name__})")
         if kind is _STR_LIST and not all(isinstance(v, str) for v in value):  # type: ignore[attr-defined]
             raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: {name!r} must be a list of strings")
+        # No parameter has a use for NUL, and paths with one make the OS calls raise ValueError.
+        strings: list[Any] = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if any("\x00" in s for s in strings):
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: parameter {name!r} contains a NUL character")
         clean[name] = value
     return clean
 
@@ -285,6 +289,28 @@ class ScanCollections:
     def __init__(self, names: list[str] | None = None, progress: Any = None) -> None:
         self.names = names
         self.progress = progress
+
+
+class IndexPaths:
+    """Indexer: bring these paths of one collection up to date (the watcher's changes: relpath → watchfiles
+    change kind); `full` rescans the whole collection instead (start-up, a root back, a huge burst)."""
+
+    __slots__ = ("collection_id", "changes", "full")
+
+    def __init__(self, collection_id: int, changes: dict[str, int], full: bool = False) -> None:
+        self.collection_id = collection_id
+        self.changes = changes
+        self.full = full
+
+
+class SyncWatches:
+    """Watcher: start or stop watches to match the collections in SQLite (after add/remove/rename)."""
+    __slots__ = ()
+
+
+class WatchStatus:
+    """Watcher: per-collection watch state, last change seen and counters."""
+    __slots__ = ()
 
 
 class AddCollection:
@@ -349,6 +375,8 @@ class VerifyIndex:
 
 
 class SaveSnapshot:
+    """BM25/vectors: write the snapshot if it is dirty (or `force`). Indexer: ask both to do so."""
+
     __slots__ = ("force",)
 
     def __init__(self, force: bool = False) -> None:

@@ -157,7 +157,9 @@ class RpcServer:
             except QmddError as exc:
                 self._count(exc.code)
                 await self._send(stream, error(req_id, exc))
-                if not greeted:
+                # Before the hello there is no session; after an oversized frame (which a method reading
+                # the connection itself, like mcp.session, may meet) there is no next frame boundary.
+                if not greeted or isinstance(exc, FrameTooLarge):
                     return
 
     async def _hello(self, stream: trio.SocketStream, message: dict[str, Any]) -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import outcome
 import trio
 
 from qmdd.protocol import (
     EmbedTexts,
     IndexEmbedded,
     ModelStatus,
+    QmddError,
     SaveSnapshot,
     SetFingerprint,
     StoreEmbeddings,
@@ -27,6 +31,8 @@ from qmdd.store.documents import DocRow
 
 if TYPE_CHECKING:
     from qmdd.api import Api
+
+log = logging.getLogger("qmdd.semantic")
 
 EMBED_PAGE = 256  # texts per request to the embedder: its batcher splits them by tokens
 
@@ -65,18 +71,23 @@ class SemanticApi:
 
     async def embed(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         model = await self.s.embedder.call(ModelStatus(load=True))
-        fingerprint: str = model["fingerprint"]
         collection_ids = None
         if params["collections"]:
             collection_ids = [docs.collection_by_name(self.s.reader, n).id for n in params["collections"]]
+        return await self._embed_pending(model, collection_ids, call.emit)
+
+    async def _embed_pending(self, model: dict[str, Any], collection_ids: list[int] | None,
+                             emit: Callable[[str, Any], Awaitable[None]]) -> dict[str, Any]:
+        """Embed every chunk without a vector for `model`, a page at a time, each page committed."""
+        fingerprint: str = model["fingerprint"]
         async with self.embed_lock:
             await self.s.vectors.call(SetFingerprint(fingerprint, model["dims"]))
             total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, fingerprint)
             started = time.monotonic()
             done = texts = 0
             after = 0
-            await call.emit("progress", {"phase": "embed", "done": 0, "total": total - embedded,
-                                         "model": model["embedding"]})
+            await emit("progress", {"phase": "embed", "done": 0, "total": total - embedded,
+                                    "model": model["embedding"]})
             while True:
                 page = await trio.to_thread.run_sync(emb.pending_chunks, self.s.reader, fingerprint, after,
                                                      EMBED_PAGE, collection_ids)
@@ -93,13 +104,39 @@ class SemanticApi:
                 done += len(page)
                 texts += len(hashes)
                 elapsed = time.monotonic() - started
-                await call.emit("progress", {"phase": "embed", "done": done, "total": total - embedded,
-                                             "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
+                await emit("progress", {"phase": "embed", "done": done, "total": total - embedded,
+                                        "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
             await self.s.vectors.call(SaveSnapshot())
         elapsed = time.monotonic() - started
         return {"model": model["embedding"], "fingerprint": fingerprint, "chunks": total,
                 "already_embedded": embedded, "embedded": done, "texts_embedded": texts,
                 "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None}
+
+    async def keep_embedded(self, indexed: trio.MemoryReceiveChannel[int]) -> None:
+        """Runs for the daemon's life: after the watcher indexed new chunks, embed them (at bulk
+        priority, behind every query) — but only once the user has vectors for the model in use, so a
+        keyword-only user never pays for a model."""
+        async for _ in indexed:
+            model = await self.s.embedder.call(ModelStatus())
+            if not model["fingerprint"]:
+                continue
+            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, model["fingerprint"])
+            if embedded == 0 or embedded == total:
+                continue
+            ran = await outcome.acapture(self._embed_quietly)
+            if isinstance(ran, outcome.Error):
+                if not isinstance(ran.error, QmddError):
+                    ran.unwrap()
+                log.warning("embedding the watcher's changes failed: %s", ran.error)
+            else:
+                result = ran.unwrap()
+                log.info("embedded %d new chunk(s) in %.2fs", result["embedded"], result["seconds"])
+
+    async def _embed_quietly(self) -> dict[str, Any]:
+        async def no_progress(kind: str, payload: Any) -> None:
+            return None
+
+        return await self._embed_pending(await self.s.embedder.call(ModelStatus(load=True)), None, no_progress)
 
     async def model_list(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         models = await trio.to_thread.run_sync(self.s.registry.list_models)

@@ -2,13 +2,14 @@
 
 A crashing actor is rebuilt from its factory and resumes on the same inbox. An actor that crashes more
 than `max_restarts` times within `window_s` is given up on: the daemon reports itself degraded, and
-every message still sent to that actor is answered with BACKEND_UNAVAILABLE, so no caller hangs.
+every message still sent to that actor is answered with BACKEND_UNAVAILABLE, so no caller hangs, and
+`degraded_reason` says which actor and why. Crash times are read from trio's clock (tests run the
+policy in virtual time).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class ActorHealth:
     restarts: int = 0
     last_crash: str | None = None
     crash_times: deque[float] = field(default_factory=deque)
+    failed_reason: str | None = None  # set when given up on
     actor: Actor | None = None
     ended: trio.Event = field(default_factory=trio.Event)
 
@@ -73,10 +75,20 @@ class Supervisor:
     def degraded(self) -> bool:
         return any(h.status == "failed" for h in self.children.values())
 
+    @property
+    def degraded_reason(self) -> str | None:
+        """Which actors were given up on and why, in one line; None while every actor is up."""
+        reasons = [f"{h.name}: {h.failed_reason}" for h in self.children.values()
+                   if h.status == "failed" and h.failed_reason]
+        return "; ".join(reasons) or None
+
     def statistics(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, h in self.children.items():
-            stats = h.actor.statistics() if h.actor is not None else {}
+            try:  # the last instance of a failed actor is torn down: its numbers must not fail `status`
+                stats = h.actor.statistics() if h.actor is not None else {}
+            except Exception as exc:
+                stats = {"statistics_error": f"{type(exc).__name__}: {exc}"}
             out[name] = {"status": h.status, "restarts": h.restarts, "queue_depth": h.mailbox.queue_depth(),
                          "last_crash": h.last_crash, **stats}
         return out
@@ -88,7 +100,6 @@ class Supervisor:
             health.ended.set()
 
     async def _restart_loop(self, health: ActorHealth, task_status: trio.TaskStatus[None]) -> None:
-        backoff = self.policy.backoff_initial_s
         reported = False
         while True:
             health.actor = actor = health.factory()
@@ -108,22 +119,27 @@ class Supervisor:
             if not reported:
                 reported = True
                 task_status.started()
-            now = time.monotonic()
+            now = trio.current_time()
             health.crash_times.append(now)
             while health.crash_times and now - health.crash_times[0] > self.policy.window_s:
                 health.crash_times.popleft()
-            if len(health.crash_times) > self.policy.max_restarts:
+            crashes = len(health.crash_times)
+            if crashes > self.policy.max_restarts:
                 health.status = "failed"
+                health.failed_reason = (f"crashed {crashes} times in {self.policy.window_s:.0f}s, given up; "
+                                        f"last crash: {health.last_crash}")
                 log.error("actor %s crashed %d times in %.0fs; giving up (daemon degraded)",
-                          health.name, len(health.crash_times), self.policy.window_s)
+                          health.name, crashes, self.policy.window_s)
                 await self._answer_dead_letters(health)
                 return
             health.status = "restarting"
             health.restarts += 1
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.policy.backoff_max_s)
+            # Doubling with each crash still in the window: after a quiet spell, back to the initial delay.
+            backoff = self.policy.backoff_initial_s * 2 ** min(crashes - 1, 30)
+            await trio.sleep(min(backoff, self.policy.backoff_max_s))
 
     async def _answer_dead_letters(self, health: ActorHealth) -> None:
+        """Until the daemon closes the inbox (at shutdown): answer each message at once, log nothing."""
         async for envelope in health.mailbox.receive_channel:
             send_reply(envelope, outcome.Error(QmddError(
                 ErrorCode.BACKEND_UNAVAILABLE,

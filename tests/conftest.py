@@ -80,7 +80,10 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(model_cache: Path) -> Iterator[Env]:
     home = Path(tempfile.mkdtemp(prefix="qmdd-", dir="/tmp"))
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "AGENT_", "XDG_"))}
-    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_LOG_LEVEL="debug", QMDD_CACHE_DIR=str(model_cache))
+    # The watcher is off unless a test turns it on (tests/test_watch.py): elsewhere a file written by a test
+    # must be indexed by the `update` the test runs, not by a watcher racing it.
+    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_LOG_LEVEL="debug", QMDD_CACHE_DIR=str(model_cache),
+                     QMDD_WATCH="0")
     e = Env(home, variables)
     try:
         yield e

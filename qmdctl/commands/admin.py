@@ -30,6 +30,8 @@ def status(inv: Invocation) -> int:
 def _status_text(out: Output, s: dict[str, Any]) -> None:
     state = out.style(s["state"], "green" if s["state"] == "ok" else "red")
     out.line(f"{out.style('qmdd status', 'bold')}  {state}  pid {s['pid']}, up {s['uptime_s']:.0f}s, v{s['version']}")
+    if s.get("degraded_reason"):
+        out.line(out.style(f"Degraded: {s['degraded_reason']}", "red"))
     out.line(f"Socket:  {s['socket']}\nData:    {s['data_dir']}  (log: {s['log_file']})")
     sizes = s["index_bytes"]
     out.line(f"Index:   {_size(sum(sizes.values()))}  (sqlite {_size(sizes['database'] + sizes['wal'])}, "
@@ -39,6 +41,8 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
         out.line(f"  {out.style(c['name'], 'cyan')} (qmd://{c['name']}/)  {c['documents']} files, "
                  f"{c['chunks']} chunks")
         out.line(f"    {c['root']}  masks: {', '.join(c['masks'])}")
+        if c.get("watch"):
+            out.line(f"    {_watch_text(out, c['watch'], s)}")
     out.line(f"\n{out.style('Actors', 'bold')}")
     for name, a in s["actors"].items():
         extra = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("status", "restarts", "queue_depth",
@@ -54,6 +58,28 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
         out.line(f"\n{out.style('Skipped files', 'yellow')} ({len(s['problems'])} shown)")
         for p in s["problems"][:20]:
             out.line(f"  qmd://{p['collection']}/{p['path']}: {p['code']}: {p['message']}")
+
+
+def _watch_text(out: Output, w: dict[str, Any], s: dict[str, Any]) -> str:
+    colour = {"watching": "green", "missing": "red", "polling": "yellow"}.get(w["state"], "dim")
+    text = f"watch: {out.style(w['state'], colour)}"
+    change = w.get("last_change")
+    if change:
+        # Against the daemon's clock (status carries it): the two processes may disagree a little.
+        text += f", last change {_ago(max(0.0, s['time'] - change['at']))} ago: {change['path']} ({change['kind']})"
+    elif w["state"] not in ("off", "unknown"):
+        text += ", no change seen yet"
+    if w.get("last_error"):
+        text += out.style(f"; last error: {w['last_error']}", "red")
+    return text
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 def progress_reporter(out: Output) -> tuple[Callable[[str, Any], None], Callable[[], None]]:
@@ -135,6 +161,9 @@ def cleanup(inv: Invocation) -> int:
 
 def _model_text(out: Output, m: dict[str, Any]) -> None:
     if not m:
+        return
+    if "error" in m:
+        out.line(f"\n{out.style('Models', 'bold')}  unavailable: {m['error']['message']}")
         return
     loaded = ", ".join(f"{role}={v['name']} ({v['load_s']}s)" for role, v in m["loaded"].items()) or "none yet"
     out.line(f"\n{out.style('Models', 'bold')}  {m['device']}/{m['compute_type']}, {m['workers']} worker(s) x "

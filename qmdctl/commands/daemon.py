@@ -29,7 +29,10 @@ def start(inv: Invocation) -> int:
     client = inv.client
     already = client.try_connect()
     if not already:
-        start_daemon(client.paths, client.environ)
+        environ = dict(os.environ if client.environ is None else client.environ)
+        if inv.args.get("no_watch"):
+            environ["QMDD_WATCH"] = "0"
+        start_daemon(client.paths, environ)
         client.try_connect()
     info = {"running": True, "started": not already, "pid": client.server.get("pid"),
             "socket": str(client.paths.socket)}

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import outcome
 import trio
 
+from qmdd import faults
 from qmdd.protocol import ErrorCode, QmddError, SaveSnapshot, VerifyIndex
 from qmdd.store.db import connect
 
@@ -130,7 +131,8 @@ class Actor:
                 ErrorCode.INTERNAL, f"{self.name} cannot handle {type(envelope.message).__name__}")))
             return
         started = time.monotonic()
-        result = await outcome.acapture(handler, envelope.message)
+        injected = self._injected_fault(envelope) if faults.enabled else None
+        result = injected or await outcome.acapture(handler, envelope.message)
         self.stats.busy_s += time.monotonic() - started
         self.stats.handled += 1
         if isinstance(result, outcome.Error):
@@ -146,6 +148,14 @@ class Actor:
                     ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor failed: {exc}")))
                 result.unwrap()
         send_reply(envelope, result)
+
+    def _injected_fault(self, envelope: Envelope) -> outcome.Error | None:
+        """The fault point `actor.<name>.<Message>` (see qmdd.faults): fails as the handler would."""
+        try:
+            faults.check(f"actor.{self.name}.{type(envelope.message).__name__}")
+        except faults.InjectedFault as exc:
+            return outcome.Error(exc)
+        return None
 
 
 class DatabaseActor(Actor):

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,13 @@ import trio
 
 from qmdd.actors.base import DatabaseActor, Handler, Mailbox
 from qmdd.chunking import ChunkerConfig
-from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection
+from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection, update_paths
 from qmdd.protocol import (
     AddCollection,
     ApplyChunks,
     Cleanup,
     ErrorCode,
+    IndexPaths,
     QmddError,
     RemoveCollection,
     RenameCollection,
@@ -36,7 +38,7 @@ from qmdd.protocol import (
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow
 from qmdd.store.embeddings import purge_embeddings, store_vectors
-from qmdd.walk import DEFAULT_MASKS, WalkConfig
+from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
 
@@ -68,16 +70,22 @@ class IndexerActor(DatabaseActor):
         self._chunker = chunker or ChunkerConfig()
         self._writer = trio.CapacityLimiter(1)
         self.scans = 0
+        self.path_updates = 0
         self.files_indexed = 0
         self.current: str | None = None
+        # Per collection: the settings a PathFilter was built for, and the filter (its ignore files
+        # are read lazily and cached, so it is kept between the watcher's batches).
+        self._filters: dict[int, tuple[WalkConfig, PathFilter]] = {}
 
     def handlers(self) -> dict[type, Handler]:
         return {ScanCollections: self._scan, AddCollection: self._add, RemoveCollection: self._remove,
                 RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup,
-                StoreEmbeddings: self._store_embeddings}
+                StoreEmbeddings: self._store_embeddings, IndexPaths: self._index_paths,
+                SaveSnapshot: self._checkpoint}
 
     def extra_statistics(self) -> dict[str, Any]:
-        return {"scans": self.scans, "files_indexed": self.files_indexed, "scanning": self.current}
+        return {"scans": self.scans, "path_updates": self.path_updates, "files_indexed": self.files_indexed,
+                "scanning": self.current}
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
@@ -91,18 +99,8 @@ class IndexerActor(DatabaseActor):
                     raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
             collections = [c for c in collections if c.name in message.names]
         progress = message.progress
-        bm25, vectors = self._bm25, self._vectors
         summaries: list[ScanSummary] = []
-
-        prepare = self._prepare
-
-        def on_batch(added: list[ChunkText], removed: list[int]) -> None:
-            # Awaited, for back-pressure: queued batches of term-frequency dicts would otherwise
-            # pile up in BM25's inbox (hundreds of MB on a large tree). BM25 only adds arrays here.
-            added_ids = [c.chunk_id for c in added]
-            trio.from_thread.run(bm25.call, ApplyChunks(added_ids, removed, prepare(added)))
-            if vectors is not None:
-                trio.from_thread.run(vectors.call, ApplyChunks(added_ids, removed))
+        on_batch = self._batch_sink()
 
         def on_progress(event: dict[str, object]) -> None:
             if progress is not None:
@@ -111,6 +109,7 @@ class IndexerActor(DatabaseActor):
         failures: list[dict[str, object]] = []
         for collection in collections:
             self.current = collection.name
+            self._filters.pop(collection.id, None)  # its ignore files may have changed
             try:
                 config = walk_config(collection.masks, collection.excludes, self._max_file_bytes)
                 summary = await self._write(self._scan_one, collection, config, on_batch, on_progress)
@@ -129,6 +128,61 @@ class IndexerActor(DatabaseActor):
                      summary.files, summary.indexed, summary.removed, len(summary.problems), summary.seconds)
         await self._save_snapshots()
         return [s.to_wire() for s in summaries] + failures
+
+    def _batch_sink(self) -> BatchSink:
+        """Announces a committed batch to BM25 and vectors; called from the scan's worker thread."""
+        bm25, vectors, prepare = self._bm25, self._vectors, self._prepare
+
+        def on_batch(added: list[ChunkText], removed: list[int]) -> None:
+            # Awaited, for back-pressure: queued batches of term-frequency dicts would otherwise
+            # pile up in BM25's inbox (hundreds of MB on a large tree). BM25 only adds arrays here.
+            added_ids = [c.chunk_id for c in added]
+            trio.from_thread.run(bm25.call, ApplyChunks(added_ids, removed, prepare(added)))
+            if vectors is not None:
+                trio.from_thread.run(vectors.call, ApplyChunks(added_ids, removed))
+
+        return on_batch
+
+    async def _index_paths(self, message: IndexPaths) -> dict[str, object] | None:
+        """The watcher's changes. Searchable on return; the snapshots are saved later, on the watcher's
+        `SaveSnapshot` after a quiet spell (SQLite is the truth, so a crash before then loses nothing)."""
+        collection = docs.collection_by_id(self.conn, message.collection_id)
+        if collection is None:
+            return None  # removed while its changes were on the way
+        config = walk_config(collection.masks, collection.excludes, self._max_file_bytes)
+        summary = None
+        self.current = collection.name
+        try:
+            if not message.full:
+                path_filter = await trio.to_thread.run_sync(self._path_filter, collection, config)
+                summary = await self._write(partial(
+                    update_paths, self.conn, collection, path_filter, list(message.changes),
+                    max_file_bytes=self._max_file_bytes, batch_files=self._batch_files, chunker=self._chunker,
+                    on_batch=self._batch_sink()))
+            if summary is None:
+                self._filters.pop(collection.id, None)  # ignore files may have changed
+                summary = await self._write(self._scan_one, collection, config, self._batch_sink(), lambda _: None)
+                self.scans += 1
+            else:
+                self.path_updates += 1
+        finally:
+            self.current = None
+        self.files_indexed += summary.indexed
+        return summary.to_wire()
+
+    def _path_filter(self, collection: CollectionRow, config: WalkConfig) -> PathFilter:
+        cached = self._filters.get(collection.id)
+        if cached is None or cached[0] != config:
+            try:
+                cached = (config, PathFilter(Path(collection.root), config))
+            except OSError as exc:
+                raise filesystem_error(exc, f"root of collection {collection.name!r} ({collection.root})") from None
+            self._filters[collection.id] = cached
+        return cached[1]
+
+    async def _checkpoint(self, message: SaveSnapshot) -> bool:
+        await self._save_snapshots()
+        return True
 
     async def _save_snapshots(self) -> None:
         await self._bm25.call(SaveSnapshot())

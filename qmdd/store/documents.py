@@ -96,6 +96,11 @@ def collection_by_name(conn: sqlite3.Connection, name: str) -> CollectionRow:
     return _collection(row)
 
 
+def collection_by_id(conn: sqlite3.Connection, collection_id: int) -> CollectionRow | None:
+    row = conn.execute(f"SELECT {_COLLECTION_COLS} FROM collections WHERE id = ?", (collection_id,)).fetchone()
+    return None if row is None else _collection(row)
+
+
 def add_collection(conn: sqlite3.Connection, name: str, root: str, masks: Sequence[str],
                    excludes: Sequence[str]) -> CollectionRow:
     with transaction(conn):
@@ -141,6 +146,36 @@ def doc_states(conn: sqlite3.Connection, collection_id: int) -> dict[str, DocSta
                         (collection_id,))
     make = DocState._make
     return {r[0]: make(r[1:]) for r in rows}
+
+
+# A path or anything below it, as a range over the (collection_id, path) index: "/" + 1 is "0".
+_AT_OR_BELOW = "(path = ? OR (path >= ? AND path < ?))"
+
+
+def _at_or_below(path: str) -> tuple[str, str, str]:
+    return path, path + "/", path + "0"
+
+
+def doc_states_for(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str]) -> dict[str, DocState]:
+    """`doc_states` for a few paths (the watcher's), without reading the whole collection."""
+    make = DocState._make
+    states = {}
+    for path in paths:
+        row = conn.execute("SELECT path, id, size, mtime_ns, hash FROM documents WHERE collection_id = ? AND path = ?",
+                           (collection_id, path)).fetchone()
+        if row is not None:
+            states[row[0]] = make(row[1:])
+    return states
+
+
+def paths_under(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str]) -> list[str]:
+    """The indexed documents at these paths or below them (a deleted path may have been a directory)."""
+    found: list[str] = []
+    for path in paths:
+        found.extend(r[0] for r in conn.execute(
+            f"SELECT path FROM documents WHERE collection_id = ? AND {_AT_OR_BELOW}",
+            (collection_id, *_at_or_below(path))))
+    return found
 
 
 def write_batch(conn: sqlite3.Connection, collection_id: int, parsed: Sequence[ParsedFile],
@@ -196,6 +231,19 @@ def replace_problems(conn: sqlite3.Connection, collection_id: int,
     with transaction(conn):
         touch_collection(conn, collection_id)
         conn.execute("DELETE FROM problems WHERE collection_id = ?", (collection_id,))
+        conn.executemany("INSERT OR REPLACE INTO problems (collection_id, path, code, message, seen_at)"
+                         " VALUES (?, ?, ?, ?, ?)", [(collection_id, p, c, m, now) for p, c, m in problems])
+
+
+def update_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str],
+                    problems: Iterable[tuple[str, str, str]]) -> None:
+    """Replace the recorded problems of just these paths (and below them: a deleted directory)."""
+    now = time.time()
+    with transaction(conn):
+        touch_collection(conn, collection_id)
+        for path in paths:
+            conn.execute(f"DELETE FROM problems WHERE collection_id = ? AND {_AT_OR_BELOW}",
+                         (collection_id, *_at_or_below(path)))
         conn.executemany("INSERT OR REPLACE INTO problems (collection_id, path, code, message, seen_at)"
                          " VALUES (?, ?, ?, ?, ?)", [(collection_id, p, c, m, now) for p, c, m in problems])
 

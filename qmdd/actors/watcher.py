@@ -1,0 +1,320 @@
+"""Watcher actor: inotify (through watchfiles' Rust notifier) over every collection root.
+
+Per collection, one task follows the notifier and gathers changed paths, and another hands them to the
+indexer: whatever arrives while the indexer is busy goes with the next call, so a `git checkout` of
+thousands of files becomes a few `IndexPaths` messages, not thousands. A root that vanishes (unmounted
+disk, deleted folder) is reported as `missing`, looked for every `poll_s`, and rescanned when it comes
+back; a root the notifier cannot watch (inotify limits) is rescanned every `15 * poll_s` instead. On
+start every watched collection is rescanned once (mtime+size: a stat per file) to catch what changed
+while the daemon was down. After a quiet spell the indexer is asked to save the derived snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import outcome
+import trio
+from watchfiles import Change
+from watchfiles._rust_notify import RustNotify
+
+from qmdd.actors.base import DatabaseActor, Envelope, Handler, Mailbox
+from qmdd.protocol import ErrorCode, IndexPaths, QmddError, SaveSnapshot, SyncWatches, WatchStatus
+from qmdd.store import documents as docs
+from qmdd.walk import VENDOR_DIRS
+
+log = logging.getLogger("qmdd.watcher")
+
+STEP_MS = 50
+"""A change is handed on after this much quiet (or `debounce_ms` after the first change, at most)."""
+ROOT_CHECK_MS = 500
+"""The notifier returns at least this often, to check the root is still there (and to stop promptly)."""
+BURST_PATHS = 256
+"""A batch this large is probably a checkout or a copy in progress: wait for it to settle first."""
+BURST_SETTLE_S = 0.3
+BURST_MAX_WAIT_S = 5.0
+FULL_SCAN_PATHS = 2000
+"""Above this many changed paths a rescan (a stat per file) is cheaper than path-by-path updates."""
+CHECKPOINT_S = 5.0
+"""Snapshots are saved this long after the last change (SQLite has it all already)."""
+_KINDS = {Change.added.value: "added", Change.modified.value: "modified", Change.deleted.value: "deleted"}
+
+RootKey = tuple[int, int]
+
+
+def root_key(root: str) -> RootKey | None:
+    """(device, inode) of the root directory, or None when it is gone: a root replaced by another
+    directory of the same name must be watched afresh."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if os.path.isdir(root) else None
+
+
+def relative_changes(root: str, raw: set[tuple[int, str]]) -> dict[str, int]:
+    """The notifier's absolute paths as relpaths (last kind wins), without the walk's vendor dirs
+    (.git churns through thousands of files during a checkout, and is never indexed)."""
+    prefix = root.rstrip("/") + "/"
+    changes: dict[str, int] = {}
+    for kind, path in sorted(raw, key=lambda c: c[1]):
+        if not path.startswith(prefix):
+            continue
+        relpath = path[len(prefix):]
+        if not VENDOR_DIRS.isdisjoint(relpath.split("/")):
+            continue
+        changes[relpath] = kind
+    return changes
+
+
+@dataclass
+class CollectionWatch:
+    collection_id: int
+    name: str
+    root: str
+    state: str = "starting"  # starting | watching | missing | polling | stopped
+    since: float = field(default_factory=time.time)
+    last_change: dict[str, Any] | None = None
+    last_error: str | None = None
+    events: int = 0
+    batches: int = 0
+    rescans: int = 0
+    pending: dict[str, int] = field(default_factory=dict)
+    pending_full: bool = False
+    last_event_at: float = 0.0
+    unsaved: bool = False
+    wake: trio.Event = field(default_factory=trio.Event)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.time()
+
+    def request(self, changes: dict[str, int] | None) -> None:
+        """Queue changed paths (None: a full rescan) for the dispatcher."""
+        if changes is None:
+            self.pending_full = True
+        else:
+            self.pending.update(changes)
+            self.last_event_at = time.monotonic()
+        self.wake.set()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"state": self.state, "since": self.since, "root": self.root, "last_change": self.last_change,
+                "last_error": self.last_error, "events": self.events, "batches": self.batches,
+                "rescans": self.rescans, "pending": len(self.pending) + int(self.pending_full)}
+
+
+class WatcherActor(DatabaseActor):
+    name = "watcher"
+
+    def __init__(self, database: Path, indexer: Mailbox, *, enabled: bool, debounce_ms: int, poll_s: float,
+                 indexed: trio.MemorySendChannel[int] | None = None) -> None:
+        super().__init__(database)
+        self._indexer = indexer
+        self._enabled = enabled
+        self._debounce_ms = max(debounce_ms, STEP_MS)
+        self._poll_s = poll_s
+        # Told the id of each collection that got new chunks (the daemon embeds them, if vectors are in use).
+        self._indexed = indexed
+        self._watches: dict[int, CollectionWatch] = {}
+        self._nursery: trio.Nursery | None = None
+        # Each followed root holds a thread for as long as it is watched: not from trio's default
+        # pool, which the rest of the daemon shares.
+        self._threads = trio.CapacityLimiter(math.inf)
+        self._started = False
+
+    def handlers(self) -> dict[type, Handler]:
+        return {SyncWatches: self._sync, WatchStatus: self._status}
+
+    def extra_statistics(self) -> dict[str, Any]:
+        states = [w.state for w in self._watches.values()]
+        return {"enabled": self._enabled, "watching": states.count("watching"), "missing": states.count("missing"),
+                "events": sum(w.events for w in self._watches.values()),
+                "batches": sum(w.batches for w in self._watches.values())}
+
+    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await super().run(inbox, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+    async def setup(self) -> None:
+        await super().setup()
+        # A restarted watcher (after a crash) rescans too: changes may have been missed meanwhile.
+        await self._sync(SyncWatches(), rescan=True)
+
+    async def _sync(self, message: SyncWatches, rescan: bool = False) -> dict[str, Any]:
+        if not self._enabled or self._nursery is None:
+            return {"enabled": False}
+        wanted = {c.id: c for c in docs.list_collections(self.conn)}
+        for collection_id, watch in list(self._watches.items()):
+            row = wanted.get(collection_id)
+            if row is None or row.root != watch.root:
+                watch.cancel_scope.cancel()
+                del self._watches[collection_id]
+            else:
+                watch.name = row.name  # a rename keeps the watch
+        for collection_id, row in wanted.items():
+            if collection_id not in self._watches:
+                watch = CollectionWatch(collection_id, row.name, row.root)
+                if rescan:
+                    watch.request(None)
+                self._watches[collection_id] = watch
+                self._nursery.start_soon(self._run_watch, watch)
+        return {"enabled": True, "collections": len(self._watches)}
+
+    async def _status(self, message: WatchStatus) -> dict[str, Any]:
+        return {"enabled": self._enabled, "collections": {w.name: w.to_wire() for w in self._watches.values()}}
+
+    async def _run_watch(self, watch: CollectionWatch) -> None:
+        with watch.cancel_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dispatch_changes, watch)
+                await self._follow_root(watch)
+        watch.set_state("stopped")
+
+    # --- following a root ---------------------------------------------------------------------
+
+    async def _follow_root(self, watch: CollectionWatch) -> None:
+        while True:
+            key = root_key(watch.root)
+            if key is None:
+                if watch.state != "missing":
+                    log.warning("collection %s: root %s is missing; waiting for it to come back",
+                                watch.name, watch.root)
+                    watch.set_state("missing")
+                await trio.sleep(self._poll_s)
+                continue
+            if watch.state == "missing":
+                log.info("collection %s: root %s is back; rescanning", watch.name, watch.root)
+                watch.request(None)
+            opened = await outcome.acapture(self._open_notifier, watch.root)
+            if isinstance(opened, outcome.Error):
+                if not isinstance(opened.error, OSError):
+                    opened.unwrap()
+                await self._poll_instead(watch, opened.error)
+                continue
+            with opened.unwrap() as notifier:
+                watch.set_state("watching")
+                await self._follow(watch, notifier, key)
+
+    async def _open_notifier(self, root: str) -> RustNotify:
+        # Adding inotify watches walks the whole tree: in a thread, like every blocking call here.
+        return await trio.to_thread.run_sync(RustNotify, [root], False, False, 0, True, True, limiter=self._threads)
+
+    async def _follow(self, watch: CollectionWatch, notifier: RustNotify, key: RootKey) -> None:
+        """Until the root vanishes or is replaced. Cancellation sets the stop event at once, so the
+        notifier's thread returns within one step instead of at its timeout."""
+        stop = threading.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_when_cancelled, stop)
+            while True:
+                raw = await trio.to_thread.run_sync(notifier.watch, self._debounce_ms, STEP_MS, ROOT_CHECK_MS, stop,
+                                                    limiter=self._threads)
+                if isinstance(raw, set):
+                    self._note(watch, raw)
+                elif raw == "stop":
+                    break
+                if await trio.to_thread.run_sync(root_key, watch.root) != key:
+                    log.warning("collection %s: root %s vanished or was replaced", watch.name, watch.root)
+                    watch.set_state("missing")
+                    break
+            nursery.cancel_scope.cancel()
+
+    async def _poll_instead(self, watch: CollectionWatch, error: BaseException) -> None:
+        """No notifier (e.g. the inotify watch limit): rescan every so often until one can be had."""
+        if watch.state != "polling":
+            log.warning("collection %s: cannot watch %s (%s); rescanning every %.0fs instead",
+                        watch.name, watch.root, error, 15 * self._poll_s)
+            watch.last_error = str(error)
+            watch.set_state("polling")
+        await trio.sleep(15 * self._poll_s)
+        watch.request(None)
+
+    def _note(self, watch: CollectionWatch, raw: set[tuple[int, str]]) -> None:
+        changes = relative_changes(watch.root, raw)
+        if not changes:
+            return
+        watch.events += len(changes)
+        relpath, kind = next(reversed(changes.items()))
+        watch.last_change = {"path": relpath, "kind": _KINDS.get(kind, str(kind)), "at": time.time()}
+        watch.request(changes)
+
+    # --- handing changes to the indexer -------------------------------------------------------
+
+    async def _dispatch_changes(self, watch: CollectionWatch) -> None:
+        while True:
+            with trio.move_on_after(CHECKPOINT_S if watch.unsaved else math.inf):
+                await watch.wake.wait()
+            if not watch.wake.is_set():
+                await self._save_snapshots(watch)
+                continue
+            await self._settle(watch)
+            watch.wake = trio.Event()
+            full = watch.pending_full or len(watch.pending) > FULL_SCAN_PATHS
+            changes, watch.pending, watch.pending_full = watch.pending, {}, False
+            await self._index(watch, changes, full)
+
+    async def _settle(self, watch: CollectionWatch) -> None:
+        """Let a burst (checkout, copy, unpack) finish, so it goes to the indexer as one batch."""
+        deadline = time.monotonic() + BURST_MAX_WAIT_S
+        while len(watch.pending) >= BURST_PATHS and time.monotonic() < deadline:
+            quiet_for = time.monotonic() - watch.last_event_at
+            if quiet_for >= BURST_SETTLE_S:
+                return
+            await trio.sleep(BURST_SETTLE_S - quiet_for)
+
+    async def _index(self, watch: CollectionWatch, changes: dict[str, int], full: bool) -> None:
+        result = await outcome.acapture(self._indexer.call, IndexPaths(watch.collection_id, changes, full))
+        if isinstance(result, outcome.Error):
+            error = result.error
+            if not isinstance(error, QmddError):
+                result.unwrap()
+                return
+            # The root went away mid-update: following it notices and rescans when it is back.
+            watch.last_error = f"{error.code}: {error.message}"
+            if error.code not in (ErrorCode.PATH_NOT_FOUND, ErrorCode.BACKEND_UNAVAILABLE):
+                log.warning("collection %s: indexing changes failed: %s", watch.name, watch.last_error)
+            if error.code == ErrorCode.BACKEND_UNAVAILABLE:
+                watch.request(None)  # the indexer restarted: look again, after the backoff
+                await trio.sleep(self._poll_s)
+            return
+        summary = result.unwrap()
+        if summary is None:
+            return
+        watch.batches += 1
+        watch.rescans += int(full)
+        watch.last_error = None
+        if summary["indexed"] or summary["removed"]:
+            watch.unsaved = True
+            log.info("collection %s: %s %d, removed %d in %.3fs", watch.name,
+                     "rescanned, indexed" if full else "indexed", summary["indexed"], summary["removed"],
+                     summary["seconds"])
+        if summary["chunks_added"] and self._indexed is not None:
+            # A wake-up, not a queue: one already waiting covers this batch too.
+            with contextlib.suppress(trio.WouldBlock):
+                self._indexed.send_nowait(watch.collection_id)
+
+    async def _save_snapshots(self, watch: CollectionWatch) -> None:
+        watch.unsaved = False
+        saved = await outcome.acapture(self._indexer.call, SaveSnapshot())
+        if isinstance(saved, outcome.Error) and not isinstance(saved.error, QmddError):
+            saved.unwrap()
+
+
+async def _set_when_cancelled(stop: threading.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        stop.set()

