@@ -151,7 +151,8 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             indexed_send, indexed_receive = trio.open_memory_channel[int](1)
             await supervisor.start_actor(watcher, lambda: WatcherActor(
                 paths.database, indexer, enabled=config.watch, debounce_ms=config.watch_debounce_ms,
-                poll_s=config.watch_poll_s, indexed=indexed_send))
+                poll_s=config.watch_poll_s, indexed=indexed_send,
+                own_dirs=(paths.data_dir, paths.runtime_dir, paths.cache_dir)))
             rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()})
             services = make_services(config, reader, mailboxes, supervisor, rpc.statistics, shutdown, registry)
             api = Api(services)

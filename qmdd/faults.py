@@ -16,6 +16,8 @@ Points:
   model list). Messages an actor serves outside the template are not covered: the embedder's
   EmbedTexts and the vectors actor's VectorQuery.
 - ``embedder.query_batch`` / ``embedder.bulk_batch``: an embedder worker fails while holding a batch.
+- ``watcher.notifier``: opening a root's inotify watches fails as at the kernel's watch limit (an
+  OSError, ENOSPC): the watcher falls back to periodic rescans.
 
 QMDD_FAULT_PAUSES="point=seconds,..." makes `pause(point)` wait that long the first time (to hold
 work in flight while a test kills the daemon). Points: ``vectors.load`` (the vector index's
@@ -24,6 +26,7 @@ background load), ``mcp.tool`` (an MCP tool call).
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -56,6 +59,13 @@ def check(point: str) -> None:
     if _armed.get(point, 0) > 0:
         _armed[point] -= 1
         raise InjectedFault(f"injected fault at {point}")
+
+
+def check_os_error(point: str) -> None:
+    """`check`, failing as the kernel does when a resource runs out: callers must survive an OSError."""
+    if _armed.get(point, 0) > 0:
+        _armed[point] -= 1
+        raise OSError(errno.ENOSPC, f"injected fault at {point}: no space left (watch limit)")
 
 
 _pauses = {point: float(seconds) for point, seconds in _parse_pairs(os.environ.get("QMDD_FAULT_PAUSES", ""))}

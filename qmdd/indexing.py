@@ -151,7 +151,11 @@ def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filte
     writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
     _index_files(writer, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None)
     problems = [(p.path, p.code, p.message) for p in summary.problems]
-    docs.update_problems(conn, collection.id, [*(f.relpath for f in present), *gone], problems)
+    checked = [*(f.relpath for f in present), *gone]
+    # Nothing to write for a change to a file that is not indexed (an editor's temp file): no
+    # write, no WAL change, no event for a watcher of a tree that holds the index itself.
+    if problems or summary.indexed or summary.removed or docs.has_problems(conn, collection.id, checked):
+        docs.update_problems(conn, collection.id, checked, problems)
     summary.seconds = time.monotonic() - started
     return summary
 

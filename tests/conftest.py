@@ -3,6 +3,7 @@ and helpers to run the real `qmdctl` CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,6 +63,10 @@ class Env:
             return
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
+            # A daemon auto-started by a Client in this process is our child: reap it, or it stays a
+            # zombie that kill(pid, 0) still finds.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:

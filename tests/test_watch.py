@@ -276,10 +276,46 @@ def test_new_chunks_are_embedded_once_vectors_are_in_use(watching: Env, client: 
     assert found[0]["file"] == "qmd://notes/pets.md"
 
 
+def test_without_inotify_watches_the_collection_is_rescanned_periodically(watching: Env, client: Client,
+                                                                           notes: Path) -> None:
+    watching.vars.update(QMDD_FAULTS="watcher.notifier=1000", QMDD_WATCH_POLL_S="0.1")
+    add_collection(watching, notes)
+    state = wait_for(lambda: (w := watch_state(client))["state"] == "polling" and w, "the fallback to polling")
+    assert "watch limit" in state["last_error"]
+    (notes / "polled.md").write_text("# Polled\n\nThe numbat, found by a rescan.\n")
+    wait_for(lambda: hits(client, "numbat") == ["qmd://notes/polled.md"], "a periodic rescan to find the change")
+
+
+def test_a_crashed_watcher_restarts_and_rescans(watching: Env, client: Client, notes: Path) -> None:
+    watching.vars["QMDD_FAULTS"] = "actor.watcher.SyncWatches=1"
+    add_collection(watching, notes)  # its SyncWatches crashes the watcher; the collection is added anyway
+    watcher = wait_for(lambda: (a := client.call("status")["actors"]["watcher"])["status"] == "running" and a,
+                       "the watcher to be restarted")
+    assert watcher["restarts"] == 1
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the restarted watcher to watch the collection")
+    (notes / "after-crash.md").write_text("# After\n\nThe dugong.\n")
+    wait_for(lambda: hits(client, "dugong") == ["qmd://notes/after-crash.md"], "changes to be followed again")
+
+
 def test_relative_changes_drop_vendor_dirs_and_foreign_paths() -> None:
     raw = {(1, "/r/a.md"), (2, "/r/sub/b.md"), (1, "/r/.git/index"), (1, "/r/node_modules/x/y.md"),
            (3, "/elsewhere/c.md"), (3, "/r")}
     assert relative_changes("/r", raw) == {"a.md": 1, "sub/b.md": 2}
+    assert relative_changes("/r", raw | {(2, "/r/index/qmdd.db-wal")}, skip=("/r/index",)) == {"a.md": 1,
+                                                                                            "sub/b.md": 2}
+
+
+def test_an_index_inside_a_watched_tree_does_not_feed_itself(watching: Env, client: Client) -> None:
+    root = watching.home  # QMDD_HOME: the daemon's database, log and socket live under this root
+    (root / "note.md").write_text("# Note\n\nThe kinkajou.\n")
+    add_collection(watching, root, "home")
+    wait_for(lambda: watch_state(client, "home")["state"] == "watching", "the watch to start")
+    (root / "note.md").write_text("# Note\n\nThe kinkajou, edited.\n")
+    wait_for(lambda: hits(client, "edited"), "the edit")
+    time.sleep(1.0)
+    quiet = watch_state(client, "home")["batches"]
+    time.sleep(1.5)  # the daemon's own writes (WAL, log, snapshots) must not come back as changes
+    assert watch_state(client, "home")["batches"] == quiet
 
 
 def test_qmdd_no_watch_flag_is_accepted() -> None:

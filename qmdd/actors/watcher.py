@@ -26,6 +26,7 @@ import trio
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify
 
+from qmdd import faults
 from qmdd.actors.base import DatabaseActor, Envelope, Handler, Mailbox
 from qmdd.protocol import ErrorCode, IndexPaths, QmddError, SaveSnapshot, SyncWatches, WatchStatus
 from qmdd.store import documents as docs
@@ -60,13 +61,15 @@ def root_key(root: str) -> RootKey | None:
     return (st.st_dev, st.st_ino) if os.path.isdir(root) else None
 
 
-def relative_changes(root: str, raw: set[tuple[int, str]]) -> dict[str, int]:
+def relative_changes(root: str, raw: set[tuple[int, str]], skip: tuple[str, ...] = ()) -> dict[str, int]:
     """The notifier's absolute paths as relpaths (last kind wins), without the walk's vendor dirs
-    (.git churns through thousands of files during a checkout, and is never indexed)."""
+    (.git churns through thousands of files during a checkout, and is never indexed) and without
+    the `skip` directories (the daemon's own: its index may live inside a watched tree)."""
     prefix = root.rstrip("/") + "/"
+    skipped = tuple(d.rstrip("/") + "/" for d in skip)
     changes: dict[str, int] = {}
     for kind, path in sorted(raw, key=lambda c: c[1]):
-        if not path.startswith(prefix):
+        if not path.startswith(prefix) or path.startswith(skipped):
             continue
         relpath = path[len(prefix):]
         if not VENDOR_DIRS.isdisjoint(relpath.split("/")):
@@ -118,7 +121,7 @@ class WatcherActor(DatabaseActor):
     name = "watcher"
 
     def __init__(self, database: Path, indexer: Mailbox, *, enabled: bool, debounce_ms: int, poll_s: float,
-                 indexed: trio.MemorySendChannel[int] | None = None) -> None:
+                 indexed: trio.MemorySendChannel[int] | None = None, own_dirs: tuple[Path, ...] = ()) -> None:
         super().__init__(database)
         self._indexer = indexer
         self._enabled = enabled
@@ -126,6 +129,7 @@ class WatcherActor(DatabaseActor):
         self._poll_s = poll_s
         # Told the id of each collection that got new chunks (the daemon embeds them, if vectors are in use).
         self._indexed = indexed
+        self._own_dirs = tuple(os.path.realpath(d) for d in own_dirs)
         self._watches: dict[int, CollectionWatch] = {}
         self._nursery: trio.Nursery | None = None
         # Each followed root holds a thread for as long as it is watched: not from trio's default
@@ -211,7 +215,7 @@ class WatcherActor(DatabaseActor):
 
     async def _open_notifier(self, root: str) -> RustNotify:
         # Adding inotify watches walks the whole tree: in a thread, like every blocking call here.
-        return await trio.to_thread.run_sync(RustNotify, [root], False, False, 0, True, True, limiter=self._threads)
+        return await trio.to_thread.run_sync(_new_notifier, root, limiter=self._threads)
 
     async def _follow(self, watch: CollectionWatch, notifier: RustNotify, key: RootKey) -> None:
         """Until the root vanishes or is replaced. Cancellation sets the stop event at once, so the
@@ -243,7 +247,7 @@ class WatcherActor(DatabaseActor):
         watch.request(None)
 
     def _note(self, watch: CollectionWatch, raw: set[tuple[int, str]]) -> None:
-        changes = relative_changes(watch.root, raw)
+        changes = relative_changes(watch.root, raw, self._own_dirs)
         if not changes:
             return
         watch.events += len(changes)
@@ -311,6 +315,12 @@ class WatcherActor(DatabaseActor):
         saved = await outcome.acapture(self._indexer.call, SaveSnapshot())
         if isinstance(saved, outcome.Error) and not isinstance(saved.error, QmddError):
             saved.unwrap()
+
+
+def _new_notifier(root: str) -> RustNotify:
+    if faults.enabled:
+        faults.check_os_error("watcher.notifier")
+    return RustNotify([root], False, False, 0, True, True)
 
 
 async def _set_when_cancelled(stop: threading.Event) -> None:

@@ -235,6 +235,11 @@ def replace_problems(conn: sqlite3.Connection, collection_id: int,
                          " VALUES (?, ?, ?, ?, ?)", [(collection_id, p, c, m, now) for p, c, m in problems])
 
 
+def has_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str]) -> bool:
+    return any(conn.execute(f"SELECT 1 FROM problems WHERE collection_id = ? AND {_AT_OR_BELOW} LIMIT 1",
+                            (collection_id, *_at_or_below(path))).fetchone() for path in paths)
+
+
 def update_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str],
                     problems: Iterable[tuple[str, str, str]]) -> None:
     """Replace the recorded problems of just these paths (and below them: a deleted directory)."""
