@@ -170,7 +170,8 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                     nursery.start_soon(systemd.keep_manager_informed, health)
                     nursery.start_soon(_preload_mcp, api)
                     if config.auto_embed:
-                        nursery.start_soon(api.semantic.keep_embedded, indexed_receive)
+                        # Beside the connections: like a client's request, it is stopped before the actors.
+                        connections.start_soon(api.semantic.keep_embedded, indexed_receive)
                     await shutdown.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
                     accepting.cancel_scope.cancel()

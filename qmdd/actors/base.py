@@ -87,13 +87,21 @@ Handler = Callable[[Any], Awaitable[Any]]
 
 class Actor:
     """Subclasses set `name`, map message types to handlers in `handlers()`, and may override
-    `setup`/`teardown` (resources) and `extra_statistics`."""
+    `setup`/`teardown` (resources) and `extra_statistics`. Background tasks of an actor (workers,
+    watches, queries answered beside the inbox) go in `self.nursery`, from `setup` on: they live as long
+    as this instance, and a crash in one is a crash of the actor."""
 
     name: ClassVar[str] = "actor"
 
     def __init__(self) -> None:
         self.stats = ActorStats()
         self._handlers: dict[type, Handler] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "run() opens the nursery before setup()"
+        return self._nursery
 
     def handlers(self) -> dict[type, Handler]:
         raise NotImplementedError
@@ -115,14 +123,17 @@ class Actor:
     async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._handlers = self.handlers()
-        try:
-            await self.setup()
-            task_status.started()
-            async for envelope in inbox:
-                await self._dispatch(envelope)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self.teardown()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self.setup()
+                task_status.started()
+                async for envelope in inbox:
+                    await self._dispatch(envelope)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.teardown()
+            nursery.cancel_scope.cancel()
 
     async def _dispatch(self, envelope: Envelope) -> None:
         handler = self._handlers.get(type(envelope.message))

@@ -107,17 +107,13 @@ class EmbedderActor(Actor):
     def handlers(self) -> dict[type, Handler]:
         return {RerankPairs: self._rerank, ModelStatus: self._status, UseModel: self._use}
 
-    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for _ in range(self._workers):
-                nursery.start_soon(self._worker)
-            if self._idle_unload_s > 0:
-                nursery.start_soon(self._unload_when_idle)
-            if self._preload:
-                nursery.start_soon(self._load_quietly)
-            await super().run(inbox, task_status=task_status)
-            nursery.cancel_scope.cancel()
+    async def setup(self) -> None:
+        for _ in range(self._workers):
+            self.nursery.start_soon(self._worker)
+        if self._idle_unload_s > 0:
+            self.nursery.start_soon(self._unload_when_idle)
+        if self._preload:
+            self.nursery.start_soon(self._load_quietly)
 
     async def teardown(self) -> None:
         # Hand what this instance held back to the inbox, for the next one (or fail it for good).

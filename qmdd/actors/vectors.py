@@ -49,7 +49,6 @@ class VectorsActor(DerivedIndexActor):
         self._database_id = database_id
         self.fingerprint = fingerprint
         self.index = VectorIndex(dims) if dims else None
-        self._nursery: trio.Nursery | None = None
         # Set once the snapshot is loaded and reconciled. Until then the daemon already serves
         # everything else: rebuilding 100k vectors from SQLite takes ~15 s, and keyword search must
         # not wait for it.
@@ -61,16 +60,9 @@ class VectorsActor(DerivedIndexActor):
         return {ApplyChunks: self._apply, IndexEmbedded: self._index_embedded,
                 SaveSnapshot: self._save, VerifyIndex: self._verify, SetFingerprint: self._set_fingerprint}
 
-    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await super().run(inbox, task_status=task_status)
-            nursery.cancel_scope.cancel()
-
     async def _dispatch(self, envelope: Envelope) -> None:
-        if isinstance(envelope.message, VectorQuery) and self._nursery is not None:
-            self._nursery.start_soon(self._answer, envelope)
+        if isinstance(envelope.message, VectorQuery):
+            self.nursery.start_soon(self._answer, envelope)
             return
         await self._ready.wait()  # changes queue up behind the initial load
         await super()._dispatch(envelope)
@@ -88,10 +80,10 @@ class VectorsActor(DerivedIndexActor):
 
     async def setup(self) -> None:
         await super().setup()
-        if self.fingerprint is None or self._nursery is None:
+        if self.fingerprint is None:
             self._ready.set()
             return
-        self._nursery.start_soon(self._load_in_background)
+        self.nursery.start_soon(self._load_in_background)
 
     async def _load_in_background(self) -> None:
         await faults.pause("vectors.load")

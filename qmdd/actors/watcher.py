@@ -27,7 +27,7 @@ from watchfiles import Change
 from watchfiles._rust_notify import RustNotify
 
 from qmdd import faults
-from qmdd.actors.base import DatabaseActor, Envelope, Handler, Mailbox
+from qmdd.actors.base import DatabaseActor, Handler, Mailbox
 from qmdd.protocol import ErrorCode, IndexPaths, QmddError, SaveSnapshot, SyncWatches, WatchStatus
 from qmdd.store import documents as docs
 from qmdd.walk import VENDOR_DIRS
@@ -131,7 +131,6 @@ class WatcherActor(DatabaseActor):
         self._indexed = indexed
         self._own_dirs = tuple(os.path.realpath(d) for d in own_dirs)
         self._watches: dict[int, CollectionWatch] = {}
-        self._nursery: trio.Nursery | None = None
         # Each followed root holds a thread for as long as it is watched: not from trio's default
         # pool, which the rest of the daemon shares.
         self._threads = trio.CapacityLimiter(math.inf)
@@ -146,20 +145,13 @@ class WatcherActor(DatabaseActor):
                 "events": sum(w.events for w in self._watches.values()),
                 "batches": sum(w.batches for w in self._watches.values())}
 
-    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await super().run(inbox, task_status=task_status)
-            nursery.cancel_scope.cancel()
-
     async def setup(self) -> None:
         await super().setup()
         # A restarted watcher (after a crash) rescans too: changes may have been missed meanwhile.
         await self._sync(SyncWatches(), rescan=True)
 
     async def _sync(self, message: SyncWatches, rescan: bool = False) -> dict[str, Any]:
-        if not self._enabled or self._nursery is None:
+        if not self._enabled:
             return {"enabled": False}
         wanted = {c.id: c for c in docs.list_collections(self.conn)}
         for collection_id, watch in list(self._watches.items()):
@@ -175,7 +167,7 @@ class WatcherActor(DatabaseActor):
                 if rescan:
                     watch.request(None)
                 self._watches[collection_id] = watch
-                self._nursery.start_soon(self._run_watch, watch)
+                self.nursery.start_soon(self._run_watch, watch)
         return {"enabled": True, "collections": len(self._watches)}
 
     async def _status(self, message: WatchStatus) -> dict[str, Any]:
