@@ -45,9 +45,9 @@ class McpHost:
     async def server(self) -> Any:
         async with self._building:
             if self._server is None:
-                from qmdd import mcp_tools  # the SDK import: ~1 s, once per daemon
-
-                self._server = await trio.to_thread.run_sync(mcp_tools.build_server, self.api)
+                # The SDK import (~1 s, once per daemon) runs in the thread too: on the event loop it
+                # would hold every request for that long.
+                self._server = await trio.to_thread.run_sync(_build_server, self.api)
             return self._server
 
     def instructions(self) -> str:
@@ -121,3 +121,9 @@ class McpHost:
 
     def statistics(self) -> dict[str, Any]:
         return {"sessions": self.sessions, "open_sessions": self.open_sessions, "loaded": self._server is not None}
+
+
+def _build_server(api: Api) -> Any:
+    from qmdd import mcp_tools
+
+    return mcp_tools.build_server(api)

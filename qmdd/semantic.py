@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qmdd.semantic")
 
-EMBED_PAGE = 256  # texts per request to the embedder: its batcher splits them by tokens
+# Chunks per page: a page is embedded, then committed. ~1 s of CPU here, so a daemon that is stopped or
+# killed often still makes progress; the embedder's batcher splits a page by tokens.
+EMBED_PAGE = 128
 
 
 class SemanticApi:

@@ -227,7 +227,17 @@ class DerivedIndexActor(DatabaseActor):
     def _reconcile(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def _remove_stale_temps(self) -> None:
+        """A kill -9 during a snapshot write leaves its temp file (as big as the snapshot) behind; the
+        instance lock makes sure no other daemon is writing one now."""
+        name = self._snapshot.name
+        for pattern in (f".{name}.*.tmp", f".{name}.tmp", f"{name}.tmp*"):
+            for leftover in self._snapshot.parent.glob(pattern):
+                log.info("removing %s, left by an interrupted snapshot write", leftover)
+                leftover.unlink(missing_ok=True)
+
     def _load_snapshot(self) -> None:
+        self._remove_stale_temps()
         if not self._snapshot.exists():
             return
         try:

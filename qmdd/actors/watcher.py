@@ -36,8 +36,8 @@ log = logging.getLogger("qmdd.watcher")
 
 STEP_MS = 50
 """A change is handed on after this much quiet (or `debounce_ms` after the first change, at most)."""
-ROOT_CHECK_MS = 500
-"""The notifier returns at least this often, to check the root is still there (and to stop promptly)."""
+ROOT_CHECK_MS = 2000
+"""The notifier returns at least this often, to check the root is still there (a stop sets its event instead)."""
 BURST_PATHS = 256
 """A batch this large is probably a checkout or a copy in progress: wait for it to settle first."""
 BURST_SETTLE_S = 0.3

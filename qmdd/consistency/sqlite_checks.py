@@ -1,0 +1,167 @@
+"""SQLite against itself (integrity, keys, chunk and embedding rows) and against the files the
+indexer's own walk selects."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+
+from qmdd.actors.indexer import walk_config
+from qmdd.chunking import ChunkerConfig, embedding_text
+from qmdd.config import Config
+from qmdd.consistency.report import Facts, Report
+from qmdd.indexing import FileProblem, read_document
+from qmdd.protocol import QmddError
+from qmdd.safefiles import read_regular_file
+from qmdd.store import documents as docs
+from qmdd.store import embeddings as emb
+from qmdd.walk import FileStat, walk_collection
+
+
+def check_sqlite(conn: sqlite3.Connection, report: Report) -> Facts:
+    facts = Facts()
+    integrity = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    for line in integrity if integrity != ["ok"] else []:
+        report.add(True, "sqlite_integrity", "PRAGMA integrity_check failed", line)
+    for row in conn.execute("PRAGMA foreign_key_check"):
+        report.add(True, "sqlite_foreign_key", "rows point at rows that do not exist", row)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+    facts.database_id = row[0] if row else None
+    for row in conn.execute("SELECT k.id FROM chunks k LEFT JOIN documents d ON d.id = k.doc_id WHERE d.id IS NULL"):
+        report.add(True, "orphan_chunk", "chunks whose document is gone", f"chunk {row[0]}")
+    for row in conn.execute("SELECT collection_id, path FROM documents GROUP BY 1, 2 HAVING count(*) > 1"):
+        report.add(True, "duplicate_document", "a path is indexed more than once in one collection", row)
+    for row in conn.execute("SELECT doc_id, seq FROM chunks GROUP BY 1, 2 HAVING count(*) > 1"):
+        report.add(True, "duplicate_chunk_seq", "a document has two chunks with the same seq", row)
+    for row in conn.execute("SELECT doc_id FROM chunks GROUP BY doc_id"
+                            " HAVING min(seq) != 0 OR max(seq) != count(*) - 1"):
+        report.add(True, "chunk_seq_gap", "a document's chunk seqs are not 0..n-1 (a partial document)",
+                   f"doc {row[0]}")
+    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+    facts.max_chunk_id = int(sequence[0]) if sequence else 0
+    rows = conn.execute("SELECT k.id, k.doc_id, d.collection_id, d.title, k.heading, k.text, k.hash, k.start_line,"
+                        " k.end_line, d.lines FROM chunks k JOIN documents d ON d.id = k.doc_id")
+    for chunk_id, doc_id, collection_id, title, heading, text, stored, start, end, lines in rows:
+        facts.owners[chunk_id] = (doc_id, collection_id)
+        facts.chunks_per_doc[doc_id] += 1
+        facts.max_chunk_id = max(facts.max_chunk_id, chunk_id)
+        path = tuple(heading.split("\x1f")) if heading else ()
+        if hashlib.sha256(embedding_text(title, path, text).encode()).hexdigest() != stored:
+            report.add(True, "chunk_hash", "a chunk's hash is not the hash of its embedding text", f"chunk {chunk_id}")
+        if not 1 <= start <= end <= max(lines, 1):
+            report.add(True, "chunk_lines", "a chunk's line range lies outside its document",
+                       f"chunk {chunk_id}: {start}-{end} of {lines}")
+    report.counts.update(documents=conn.execute("SELECT count(*) FROM documents").fetchone()[0],
+                         chunks=len(facts.owners))
+    _check_embedding_rows(conn, report, facts)
+    return facts
+
+
+def _check_embedding_rows(conn: sqlite3.Connection, report: Report, facts: Facts) -> None:
+    for row in conn.execute("SELECT hash, fingerprint FROM embeddings GROUP BY 1, 2 HAVING count(*) > 1"):
+        report.add(True, "duplicate_embedding", "two vectors for one (text hash, model)", row)
+    for fingerprint, length, count in conn.execute(
+            "SELECT fingerprint, length(vector), count(*) FROM embeddings GROUP BY 1, 2"):
+        facts.vector_bytes.setdefault(fingerprint, set()).add(length)
+        report.counts["embeddings"] += count
+    for fingerprint, lengths in facts.vector_bytes.items():
+        if len(lengths) > 1 or min(lengths) == 0 or min(lengths) % 2:
+            report.add(True, "embedding_length", "vectors of one model differ in length (a partial row?)",
+                       f"{fingerprint}: {sorted(lengths)} bytes")
+    # A cursor streams the rows: a large index never holds all its vectors in memory at once.
+    for text_hash, fingerprint, blob in conn.execute("SELECT hash, fingerprint, vector FROM embeddings"):
+        if len(blob) % 2 or not np.isfinite(np.frombuffer(blob, dtype=emb.VECTOR_DTYPE)).all():
+            report.add(True, "embedding_not_finite", "a stored vector is truncated or not finite",
+                       f"{text_hash[:12]} {fingerprint}")
+    report.counts["orphan_embeddings"] = conn.execute(
+        "SELECT count(*) FROM embeddings e WHERE NOT EXISTS (SELECT 1 FROM chunks k WHERE k.hash = e.hash)"
+    ).fetchone()[0]
+
+
+def check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts: Facts, strict: bool,
+                rechunk: int | None, rng: random.Random) -> None:
+    """Documents against the files the indexer's own walk selects; `strict`: they must match exactly."""
+    up_to_date: list[tuple[Path, FileStat, docs.DocState]] = []
+    chunker = ChunkerConfig()
+    for collection in docs.list_collections(conn):
+        root = Path(collection.root)
+        try:
+            walk = walk_collection(root, walk_config(collection.masks, collection.excludes, config.max_file_bytes))
+        except (OSError, QmddError) as exc:
+            report.add(True, "root_unreadable", "a collection's root cannot be walked", f"{collection.name}: {exc}")
+            continue
+        files = {f.relpath: f for f in walk.files}
+        states = docs.doc_states(conn, collection.id)
+        recorded = dict(conn.execute("SELECT path, code FROM problems WHERE collection_id = ?", (collection.id,)))
+        report.counts["files_selected"] += len(files)
+        where = f"{collection.name}:"
+        for path, state in states.items():
+            st = files.get(path)
+            if st is None:
+                report.add(strict, "document_not_in_tree", "indexed documents whose file is gone or no longer "
+                           "selected (the next update removes them)", where + path)
+                continue
+            try:
+                data = read_regular_file(root / path, config.max_file_bytes)
+            except OSError as exc:
+                report.add(strict, "document_unreadable", "indexed files that cannot be read now",
+                           f"{where}{path}: {exc}")
+                continue
+            same_stat = (st.size, st.mtime_ns) == (state.size, state.mtime_ns)
+            if hashlib.sha256(data).hexdigest() != state.hash:
+                if same_stat:
+                    report.add(True, "content_differs_under_same_stat", "a document's file changed but kept its "
+                               "size and mtime: an update would skip it forever", where + path)
+                elif isinstance(read_document(root, st, chunker, config.max_file_bytes), FileProblem):
+                    report.add(strict, "document_now_unindexable", "documents whose file can no longer be indexed "
+                               "(the next update removes them)", where + path)
+                else:
+                    report.add(strict, "document_outdated", "documents older than their file (the next update "
+                               "re-indexes them)", where + path)
+                continue
+            report.counts["documents_current"] += 1
+            if not same_stat:
+                report.add(strict, "document_stat_outdated", "documents whose file was touched but not changed "
+                           "(the next update refreshes their stat)", where + path)
+            text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+            if bool(text.strip()) != (facts.chunks_per_doc[state.id] > 0):
+                report.add(True, "document_without_chunks", "a document with text has no chunks, or a blank one "
+                           "has some", where + path)
+            up_to_date.append((root, st, state))
+            if path in recorded:
+                report.add(strict, "problem_for_indexed_file", "a file is both indexed and listed as a problem",
+                           where + path)
+        for path in files.keys() - states.keys():
+            result = read_document(root, files[path], chunker, config.max_file_bytes)
+            if isinstance(result, FileProblem):
+                report.counts["files_unindexable"] += 1
+                if recorded.get(path) != result.code:
+                    report.add(strict, "problem_not_recorded", "files skipped as unindexable without a matching "
+                               "problem row", f"{where}{path} ({result.code})")
+            elif result is not None:
+                report.add(strict, "file_not_indexed", "selected files with no document (the next update "
+                           "indexes them)", where + path)
+    sample = up_to_date if rechunk is None or rechunk >= len(up_to_date) else rng.sample(up_to_date, rechunk)
+    for root, st, state in sample:
+        _compare_chunks(conn, report, root, st, state, chunker, config.max_file_bytes)
+    report.counts["documents_rechunked"] = len(sample)
+
+
+def _compare_chunks(conn: sqlite3.Connection, report: Report, root: Path, st: FileStat, state: docs.DocState,
+                    chunker: ChunkerConfig, max_bytes: int) -> None:
+    """Re-read and re-chunk an up-to-date document as the indexer would; its stored chunks must be the same."""
+    parsed = read_document(root, st, chunker, max_bytes)
+    if parsed is None or isinstance(parsed, FileProblem):
+        return  # changed since the pass above read it
+    expected = [(c.seq, c.start_line, c.end_line, "\x1f".join(c.heading_path), c.text, h)
+                for c, h in zip(parsed.chunks, parsed.chunk_hashes, strict=True)]
+    stored = conn.execute("SELECT seq, start_line, end_line, heading, text, hash FROM chunks WHERE doc_id = ?"
+                          " ORDER BY seq", (state.id,)).fetchall()
+    title, lines = conn.execute("SELECT title, lines FROM documents WHERE id = ?", (state.id,)).fetchone()
+    if parsed.hash == state.hash and (stored != expected or (title, lines) != (parsed.title, parsed.lines)):
+        report.add(True, "chunks_differ_from_file", "an up-to-date document's chunks are not what indexing its "
+                   "file gives (a partial or mixed version)", f"{root}/{st.relpath}")
