@@ -134,7 +134,6 @@ class WatcherActor(DatabaseActor):
         # Each followed root holds a thread for as long as it is watched: not from trio's default
         # pool, which the rest of the daemon shares.
         self._threads = trio.CapacityLimiter(math.inf)
-        self._started = False
 
     def handlers(self) -> dict[type, Handler]:
         return {SyncWatches: self._sync, WatchStatus: self._status}
@@ -142,6 +141,7 @@ class WatcherActor(DatabaseActor):
     def extra_statistics(self) -> dict[str, Any]:
         states = [w.state for w in self._watches.values()]
         return {"enabled": self._enabled, "watching": states.count("watching"), "missing": states.count("missing"),
+                "polling": states.count("polling"),
                 "events": sum(w.events for w in self._watches.values()),
                 "batches": sum(w.batches for w in self._watches.values())}
 
