@@ -160,7 +160,13 @@ def test_a_checkout_of_thousands_of_files_is_one_batch_not_thousands(watching: E
     wait_for(lambda: len(indexed(client, "repo")) == files + 1, "every checked-out file to be indexed", 60)
     assert hits(client, "tapir2999")[0] == f"qmd://repo/docs/part{2999 % 7}/file2999.md"
 
-    after = client.call("status")["actors"]["indexer"]
+    def settled() -> dict[str, Any] | None:
+        # The files are visible as soon as the last batch commits; the job that wrote them ends just after.
+        status = client.call("status")
+        indexer, watch = status["actors"]["indexer"], status["collections"][0]["watch"]
+        return None if indexer["scanning"] or watch["pending"] else indexer
+
+    after = wait_for(settled, "the indexer and the watcher to be idle")
     jobs = (after["scans"] + after["path_updates"]) - (before["scans"] + before["path_updates"])
     assert 1 <= jobs <= 10, f"{files} files took {jobs} indexer jobs"
     assert watch_state(client, "repo")["batches"] <= 10
