@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import sample_queries as common_sample_queries
 from bench.soak_report import METHOD_SHARES, Failure, MethodStats, Report, peak_rss_mib
 from qmdctl.client import Client, call_collecting
 from qmdd.paths import resolve_paths
@@ -42,21 +43,7 @@ def extract_pages(archive: Path, count: int, skip: int, dest: Path, seed: int) -
 
 
 def sample_queries(root: Path, paths: list[str], n: int, seed: int) -> list[str]:
-    """1-4 word queries taken from page titles and descriptions, as people search tldr."""
-    rng = random.Random(seed)
-    words: list[list[str]] = []
-    for rel in paths[:2000]:
-        lines = (root / rel).read_text(encoding="utf-8", errors="replace").splitlines()
-        tokens = re.findall(r"[A-Za-z][A-Za-z0-9-]+", " ".join(line.lstrip("#> ").strip() for line in lines[:4]))
-        if tokens:
-            words.append(tokens)
-    queries = []
-    for _ in range(n):
-        tokens = rng.choice(words)
-        k = rng.randint(1, min(4, len(tokens)))
-        start = rng.randint(0, len(tokens) - k)
-        queries.append(" ".join(tokens[start:start + k]))
-    return queries
+    return common_sample_queries((root / rel for rel in paths[:2000]), n, seed)
 
 
 def markdown_on_disk(root: Path) -> set[str]:

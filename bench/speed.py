@@ -11,7 +11,6 @@ markdown archives together.
 from __future__ import annotations
 
 import argparse
-import random
 import re
 import shutil
 import statistics
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import bench_daemon
+from common import sample_queries as common_sample_queries
 
 from qmdd.search.bm25index import BM25Index, IndexedChunk
 from qmdd.search.tokenize import Tokenizer
@@ -60,22 +60,7 @@ def ms(values: list[float]) -> str:
 
 
 def sample_queries(root: Path, n: int, seed: int = 7) -> list[str]:
-    """1-4 word queries taken from page titles and descriptions, as people search tldr."""
-    rng = random.Random(seed)
-    words: list[list[str]] = []
-    for page in sorted(root.rglob("*.md")):
-        lines = page.read_text(encoding="utf-8", errors="replace").splitlines()
-        text = " ".join(line.lstrip("#> ").strip() for line in lines[:4])
-        tokens = re.findall(r"[A-Za-z][A-Za-z0-9-]+", text)
-        if tokens:
-            words.append(tokens)
-    queries = []
-    for _ in range(n):
-        tokens = rng.choice(words)
-        k = rng.randint(1, min(4, len(tokens)))
-        start = rng.randint(0, len(tokens) - k)
-        queries.append(" ".join(tokens[start:start + k]))
-    return queries
+    return common_sample_queries(sorted(root.rglob("*.md")), n, seed)
 
 
 def rss_kib(pid: int) -> tuple[int, int]:

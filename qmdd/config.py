@@ -24,6 +24,8 @@ class Config:
     index_batch_files: int = 512
     """Files per SQLite transaction while indexing: bounds the work lost to a kill -9."""
     shutdown_grace_s: float = 5.0
+    frame_stall_s: float = 30.0
+    """A request frame that has begun must be complete within this long, or the connection is closed."""
     device: str = "auto"
     """auto (CUDA when CTranslate2 sees a GPU, else CPU), cpu or cuda."""
     embed_batch_tokens: int = 2048

@@ -153,7 +153,7 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                 paths.database, indexer, enabled=config.watch, debounce_ms=config.watch_debounce_ms,
                 poll_s=config.watch_poll_s, indexed=indexed_send,
                 own_dirs=(paths.data_dir, paths.runtime_dir, paths.cache_dir)))
-            rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()})
+            rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()}, config.frame_stall_s)
             services = make_services(config, reader, mailboxes, supervisor, rpc.statistics, shutdown, registry)
             api = Api(services)
             rpc.methods = api.methods()

@@ -48,6 +48,14 @@ class FrameTooLarge(QmddError):
         super().__init__(ErrorCode.FRAME_TOO_LARGE, f"frame of {size} bytes exceeds {max_bytes}")
 
 
+class FrameStalled(QmddError):
+    """A frame began but did not complete in time; the stream cannot be resynchronised."""
+
+    def __init__(self, received: int, seconds: float) -> None:
+        super().__init__(ErrorCode.PROTOCOL_ERROR,
+                         f"a frame stalled: {received} byte(s) of it came, then not the rest within {seconds:g}s")
+
+
 def parse_header(header: bytes, max_bytes: int) -> int:
     (size,) = _HEADER.unpack(header)
     if size > max_bytes:
@@ -93,6 +101,14 @@ class FrameReader:
                 return False
             self._buf += data
         return True
+
+    async def frame_started(self) -> bool:
+        """Wait for the first byte of the next frame; False on a clean EOF between frames."""
+        return await self._fill(1)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
 
     async def read_body(self) -> bytes | None:
         if not await self._fill(_HEADER.size):

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from qmdd import framing
-from qmdd.framing import FrameReader, FrameTooLarge
+from qmdd.framing import FrameReader, FrameStalled, FrameTooLarge
 from qmdd.listener import peer_uid
 from qmdd.protocol import (
     HELLO,
@@ -91,10 +91,23 @@ def _client_gone(exc: BaseException) -> bool:
     return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
+async def read_frame(reader: FrameReader, stall_s: float) -> bytes | None:
+    """The next frame's body, or None at a clean EOF. Waiting for a frame to begin has no limit (idle
+    clients, MCP sessions); once begun, it must be complete within `stall_s`: a peer stalled mid-frame
+    must not hold its connection, and up to a frame's worth of buffer, for ever."""
+    if not await reader.frame_started():
+        return None
+    with trio.move_on_after(stall_s):
+        return await reader.read_body()
+    raise FrameStalled(reader.buffered, stall_s)
+
+
 class RpcServer:
-    def __init__(self, methods: dict[str, MethodHandler], server_info: dict[str, Any]) -> None:
+    def __init__(self, methods: dict[str, MethodHandler], server_info: dict[str, Any],
+                 frame_stall_s: float = 30.0) -> None:
         self.methods = methods
         self.server_info = server_info
+        self.frame_stall_s = frame_stall_s
         self.stats = RpcStats()
         self.idle = trio.Event()
         self.idle.set()
@@ -134,8 +147,8 @@ class RpcServer:
         greeted = False
         while True:
             try:
-                body = await reader.read_body()
-            except FrameTooLarge as exc:
+                body = await read_frame(reader, self.frame_stall_s)
+            except (FrameTooLarge, FrameStalled) as exc:
                 self._count(exc.code)
                 await self._send(stream, error(None, exc))
                 return
@@ -159,7 +172,7 @@ class RpcServer:
                 await self._send(stream, error(req_id, exc))
                 # Before the hello there is no session; after an oversized frame (which a method reading
                 # the connection itself, like mcp.session, may meet) there is no next frame boundary.
-                if not greeted or isinstance(exc, FrameTooLarge):
+                if not greeted or isinstance(exc, (FrameTooLarge, FrameStalled)):
                     return
 
     async def _hello(self, stream: trio.SocketStream, message: dict[str, Any]) -> None:
@@ -189,7 +202,7 @@ class RpcServer:
             await self._send(stream, frame)
 
         async def receive() -> dict[str, Any] | None:
-            body = await reader.read_body()
+            body = await read_frame(reader, self.frame_stall_s)
             return None if body is None else framing.decode_body(body)
 
         self.stats.requests += 1

@@ -37,6 +37,25 @@ def assert_serving(env: Env) -> None:
         assert c.call("ping")["pong"] is True
 
 
+def test_a_frame_stalled_midway_is_answered_and_closed_while_idle_connections_stay(env: Env) -> None:
+    env.vars["QMDD_FRAME_STALL_S"] = "0.5"
+    assert_serving(env)  # starts the daemon with that setting
+    idle = raw_connect(env)
+    stalled = raw_connect(env)
+    body = framing.encode(request(7, "ping", {}))
+    stalled.sendall(body[:6])  # the header and two bytes, then nothing
+    reply = framing.recv_frame(stalled)  # within the socket's 10 s timeout
+    assert reply["type"] == "err" and reply["error"]["code"] == "PROTOCOL_ERROR"
+    assert "stalled" in reply["error"]["message"]
+    assert stalled.recv(1) == b""  # and closed
+    stalled.close()
+    time.sleep(0.6)  # an idle connection (between frames) is never timed out
+    framing.send_frame(idle, request(8, "ping", {}))
+    assert framing.recv_frame(idle)["result"]["pong"] is True
+    idle.close()
+    assert_serving(env)
+
+
 def test_malformed_frames_get_typed_errors_and_daemon_keeps_serving(env: Env) -> None:
     env.run("daemon", "start")
     # Garbage msgpack inside a valid frame: a typed error, and the connection stays usable.
