@@ -4,9 +4,10 @@ Per collection, one task follows the notifier and gathers changed paths, and ano
 indexer: whatever arrives while the indexer is busy goes with the next call, so a `git checkout` of
 thousands of files becomes a few `IndexPaths` messages, not thousands. A root that vanishes (unmounted
 disk, deleted folder) is reported as `missing`, looked for every `poll_s`, and rescanned when it comes
-back; a root the notifier cannot watch (inotify limits) is rescanned every `15 * poll_s` instead. On
-start every watched collection is rescanned once (mtime+size: a stat per file) to catch what changed
-while the daemon was down. After a quiet spell the indexer is asked to save the derived snapshots.
+back; a root the notifier cannot watch (inotify limits) is rescanned every `15 * poll_s` instead. Each
+time a notifier is in place (daemon start, watcher restart, a collection added, a root back) the
+collection is rescanned once (mtime+size: a stat per file), so nothing that changed before it was
+watching is missed. After a quiet spell the indexer is asked to save the derived snapshots.
 """
 
 from __future__ import annotations
@@ -147,10 +148,9 @@ class WatcherActor(DatabaseActor):
 
     async def setup(self) -> None:
         await super().setup()
-        # A restarted watcher (after a crash) rescans too: changes may have been missed meanwhile.
-        await self._sync(SyncWatches(), rescan=True)
+        await self._sync(SyncWatches())
 
-    async def _sync(self, message: SyncWatches, rescan: bool = False) -> dict[str, Any]:
+    async def _sync(self, message: SyncWatches) -> dict[str, Any]:
         if not self._enabled:
             return {"enabled": False}
         wanted = {c.id: c for c in docs.list_collections(self.conn)}
@@ -164,8 +164,6 @@ class WatcherActor(DatabaseActor):
         for collection_id, row in wanted.items():
             if collection_id not in self._watches:
                 watch = CollectionWatch(collection_id, row.name, row.root)
-                if rescan:
-                    watch.request(None)
                 self._watches[collection_id] = watch
                 self.nursery.start_soon(self._run_watch, watch)
         return {"enabled": True, "collections": len(self._watches)}
@@ -194,7 +192,6 @@ class WatcherActor(DatabaseActor):
                 continue
             if watch.state == "missing":
                 log.info("collection %s: root %s is back; rescanning", watch.name, watch.root)
-                watch.request(None)
             opened = await outcome.acapture(self._open_notifier, watch.root)
             if isinstance(opened, outcome.Error):
                 if not isinstance(opened.error, OSError):
@@ -203,6 +200,9 @@ class WatcherActor(DatabaseActor):
                 continue
             with opened.unwrap() as notifier:
                 watch.set_state("watching")
+                # Whatever changed before the notifier was in place (the daemon was down, the root was
+                # away, the collection is being added) is found by a rescan: a stat per file.
+                watch.request(None)
                 await self._follow(watch, notifier, key)
 
     async def _open_notifier(self, root: str) -> RustNotify:
