@@ -90,6 +90,7 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
 
             status = await client.call_tool("status", {})
             assert status.structured_content["collections"][0]["documents"] == 3
+            assert status.structured_content["collections"][0]["watch"] == "off"  # the suite runs unwatched
 
             templates = (await client.list_resource_templates()).resource_templates
             assert [t.uri_template for t in templates] == ["qmd://{collection}/{+path}"]
