@@ -20,7 +20,7 @@ from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract
 from qmdd.safefiles import FileTooLarge, NotRegularFile, read_regular_file
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
-from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, walk_collection
+from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file, walk_collection
 
 MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[ChunkText], list[int]], None]
@@ -136,15 +136,13 @@ def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filte
             return None
         if not path_filter.included(relpath):
             gone.append(relpath)  # renamed to an unselected name, or newly ignored
-        elif not stat.S_ISREG(st.st_mode):
-            summary.problems.append(FileProblem(relpath, "not_regular", "not a regular file"))
-            gone.append(relpath)
-        elif st.st_size > max_file_bytes:
-            summary.problems.append(FileProblem(relpath, "too_large",
-                                                f"{st.st_size} bytes exceeds the {max_file_bytes}-byte limit"))
-            gone.append(relpath)
+            continue
+        admitted = admit_file(relpath, st, max_file_bytes)
+        if isinstance(admitted, FileStat):
+            present.append(admitted)
         else:
-            present.append(FileStat(relpath, st.st_size, st.st_mtime_ns))
+            summary.problems.append(FileProblem(admitted.relpath, admitted.code, admitted.message))
+            gone.append(relpath)
     states = docs.doc_states_for(conn, collection.id, [f.relpath for f in present])
     removals = docs.paths_under(conn, collection.id, gone)
     summary.files = len(present)

@@ -302,13 +302,11 @@ class _Walk:
                 self.problem(prefix + name, "unreadable", str(exc))
 
     def admit(self, rel: str, st: os.stat_result) -> None:
-        max_bytes = self.rules.config.max_file_bytes
-        if not stat.S_ISREG(st.st_mode):
-            self.problem(rel, "not_regular", "not a regular file")
-        elif st.st_size > max_bytes:
-            self.problem(rel, "too_large", f"{st.st_size} bytes exceeds the {max_bytes}-byte limit")
+        admitted = admit_file(rel, st, self.rules.config.max_file_bytes)
+        if isinstance(admitted, WalkProblem):
+            self.problems.append(admitted)
         else:
-            self.files.append(FileStat(rel, st.st_size, st.st_mtime_ns))
+            self.files.append(admitted)
 
     def follow_link(self, entry: os.DirEntry[str], path: str, rel: str, chain: Chain) -> None:
         name, rules = entry.name, self.rules
@@ -332,6 +330,15 @@ class _Walk:
             self.deferred.append((target, rel, chain, (st.st_dev, st.st_ino)))
         else:
             self.admit(rel, st)
+
+
+def admit_file(rel: str, st: os.stat_result, max_bytes: int) -> FileStat | WalkProblem:
+    """A selected path's verdict from its stat: indexable, or why not (the walk's and the watcher's)."""
+    if not stat.S_ISREG(st.st_mode):
+        return WalkProblem(rel, "not_regular", "not a regular file")
+    if st.st_size > max_bytes:
+        return WalkProblem(rel, "too_large", f"{st.st_size} bytes exceeds the {max_bytes}-byte limit")
+    return FileStat(rel, st.st_size, st.st_mtime_ns)
 
 
 class PathFilter:
