@@ -25,6 +25,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def wait_for_exit(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """True once `pid` has exited; False if it still runs after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def start(inv: Invocation) -> int:
     client = inv.client
     already = client.try_connect()
@@ -49,10 +59,7 @@ def stop(inv: Invocation) -> int:
         return 0
     pid = int(client.call("shutdown")["pid"])
     client.close()
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if _alive(pid):
+    if not wait_for_exit(pid):
         raise QmddError(ErrorCode.TIMEOUT, f"qmdd (pid {pid}) did not stop within {STOP_TIMEOUT_S:.0f}s",
                         hints=(f"kill {pid}",))
     inv.output.value({"running": False, "stopped": True, "pid": pid},

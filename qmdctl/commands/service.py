@@ -13,10 +13,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 from qmdctl.agent import DryRun
+from qmdctl.commands.daemon import STOP_TIMEOUT_S, wait_for_exit
 from qmdctl.units import (
     DEFAULT_WATCHDOG_S,
     SERVICE,
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from qmdctl.main import Invocation
 
 SYSTEMCTL_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 _FAILED_HINTS = ("`systemctl --user status qmdd.service qmdd.socket` and `journalctl --user -u qmdd` say why.",)
 
 
@@ -177,11 +176,9 @@ def stop_daemon(pid: int) -> None:
     """SIGTERM (the daemon's graceful shutdown) and wait for it to exit."""
     try:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.05)
     except ProcessLookupError:
+        return
+    if wait_for_exit(pid):
         return
     raise QmddError(ErrorCode.TIMEOUT, f"qmdd (pid {pid}) did not stop within {STOP_TIMEOUT_S:.0f}s",
                     hints=(f"kill {pid}, then run `qmdctl service install` again.",))
