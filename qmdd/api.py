@@ -16,7 +16,7 @@ import outcome
 import trio
 
 from qmdd import __version__
-from qmdd.actors.base import Mailbox
+from qmdd.actors.base import Mailbox, typed_outcome
 from qmdd.config import Config
 from qmdd.mcp_host import McpHost
 from qmdd.models.registry import ModelRegistry
@@ -337,25 +337,22 @@ class Api:
 
     async def _model_status(self) -> dict[str, Any]:
         # An embedder that is down must not take `status` (the place to see that it is down) with it.
-        answer = await outcome.acapture(self.semantic.status)
+        answer = await typed_outcome(self.semantic.status)
         if isinstance(answer, outcome.Error) and isinstance(answer.error, QmddError):
             return {"error": answer.error.to_wire()}
-        return answer.unwrap()
+        result: dict[str, Any] = answer.unwrap()
+        return result
 
     async def _sync_watches(self) -> None:
         """After a collection change: the change is committed, so a watcher that is down (the status
         says so) must not turn it into an error."""
-        synced = await outcome.acapture(self.s.watcher.call, SyncWatches())
+        synced = await typed_outcome(self.s.watcher.call, SyncWatches())
         if isinstance(synced, outcome.Error):
-            if not isinstance(synced.error, QmddError):
-                synced.unwrap()
             log.warning("watches not updated: %s", synced.error)
 
     async def _collections_with_watch(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
         collections = await self.collection_list(params, call)
-        watch = await outcome.acapture(self.s.watcher.call, WatchStatus())
-        if isinstance(watch, outcome.Error) and not isinstance(watch.error, QmddError):
-            watch.unwrap()
+        watch = await typed_outcome(self.s.watcher.call, WatchStatus())
         # A watcher that is down must not take `status` (the place to see that it is down) with it.
         watched = watch.unwrap() if isinstance(watch, outcome.Value) else {"enabled": None, "collections": {}}
         for collection in collections:

@@ -12,11 +12,11 @@ import numpy as np
 import outcome
 import trio
 
+from qmdd.actors.base import typed_outcome
 from qmdd.protocol import (
     EmbedTexts,
     IndexEmbedded,
     ModelStatus,
-    QmddError,
     SaveSnapshot,
     SetFingerprint,
     StoreEmbeddings,
@@ -120,10 +120,8 @@ class SemanticApi:
         keyword-only user never pays for a model. A failure (no model, an embedder given up on) is
         logged and waits for the next change: it must never take the daemon down."""
         async for _ in indexed:
-            ran = await outcome.acapture(self._embed_new_chunks)
+            ran = await typed_outcome(self._embed_new_chunks)
             if isinstance(ran, outcome.Error):
-                if not isinstance(ran.error, QmddError):
-                    ran.unwrap()
                 log.warning("embedding the watcher's changes failed: %s", ran.error)
                 continue
             result = ran.unwrap()

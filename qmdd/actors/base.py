@@ -36,6 +36,15 @@ class Envelope:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
+async def typed_outcome(fn: Callable[..., Awaitable[Any]], *args: Any) -> outcome.Outcome[Any]:
+    """The outcome of `fn(*args)` when it returns or raises a QmddError: a typed answer the caller can act
+    on (log it, fall back, report it). Anything else, a bug or trio.Cancelled, propagates."""
+    result = await outcome.acapture(fn, *args)
+    if isinstance(result, outcome.Error) and not isinstance(result.error, QmddError):
+        result.unwrap()
+    return result
+
+
 def send_reply(envelope: Envelope, result: outcome.Outcome[Any]) -> None:
     if envelope.reply is None:
         return

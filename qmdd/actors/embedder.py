@@ -21,7 +21,7 @@ import outcome
 import trio
 
 from qmdd import faults
-from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply
+from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply, typed_outcome
 from qmdd.models.registry import ModelChoice, ModelRegistry
 from qmdd.models.runtime import LoadedModel
 from qmdd.protocol import EmbedTexts, ErrorCode, ModelStatus, QmddError, RerankPairs, UseModel
@@ -170,10 +170,8 @@ class EmbedderActor(Actor):
 
     async def _load_quietly(self) -> None:
         """Warm up in the background, so the first vsearch after a start does not pay the load."""
-        loaded = await outcome.acapture(self.model, "embedding")
+        loaded = await typed_outcome(self.model, "embedding")
         if isinstance(loaded, outcome.Error):
-            if not isinstance(loaded.error, QmddError):
-                loaded.unwrap()
             log.warning("embedding model not preloaded: %s", loaded.error)
 
     async def _enqueue(self, envelope: Envelope) -> None:

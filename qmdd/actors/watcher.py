@@ -28,7 +28,7 @@ from watchfiles import Change
 from watchfiles._rust_notify import RustNotify
 
 from qmdd import faults
-from qmdd.actors.base import DatabaseActor, Handler, Mailbox
+from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
 from qmdd.protocol import ErrorCode, IndexPaths, QmddError, SaveSnapshot, SyncWatches, WatchStatus
 from qmdd.store import documents as docs
 from qmdd.walk import VENDOR_DIRS
@@ -272,12 +272,10 @@ class WatcherActor(DatabaseActor):
             await trio.sleep(BURST_SETTLE_S - quiet_for)
 
     async def _index(self, watch: CollectionWatch, changes: dict[str, int], full: bool) -> None:
-        result = await outcome.acapture(self._indexer.call, IndexPaths(watch.collection_id, changes, full))
+        result = await typed_outcome(self._indexer.call, IndexPaths(watch.collection_id, changes, full))
         if isinstance(result, outcome.Error):
             error = result.error
-            if not isinstance(error, QmddError):
-                result.unwrap()
-                return
+            assert isinstance(error, QmddError)
             # The root went away mid-update: following it notices and rescans when it is back.
             watch.last_error = f"{error.code}: {error.message}"
             if error.code not in (ErrorCode.PATH_NOT_FOUND, ErrorCode.BACKEND_UNAVAILABLE):
@@ -304,9 +302,7 @@ class WatcherActor(DatabaseActor):
 
     async def _save_snapshots(self, watch: CollectionWatch) -> None:
         watch.unsaved = False
-        saved = await outcome.acapture(self._indexer.call, SaveSnapshot())
-        if isinstance(saved, outcome.Error) and not isinstance(saved.error, QmddError):
-            saved.unwrap()
+        await typed_outcome(self._indexer.call, SaveSnapshot())  # failing, it is tried after the next change
 
 
 def _new_notifier(root: str) -> RustNotify:
