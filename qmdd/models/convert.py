@@ -102,6 +102,11 @@ class _Weights:
         return name in self._tensors
 
 
+def tensor_lookup(tensors: Mapping[str, np.ndarray], src: Path) -> _Weights:
+    """The tensors of a checkpoint (or ones built in memory) as `build_spec` reads them."""
+    return _Weights(tensors, src)
+
+
 def _linear(spec: Any, w: _Weights, prefix: str) -> None:
     spec.weight = w(f"{prefix}.weight")
     spec.bias = w(f"{prefix}.bias")
@@ -207,7 +212,7 @@ def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
                        extra_manifest: Mapping[str, Any]) -> dict[str, Any]:
     """Convert `src` into `dest` atomically (a temp dir renamed into place); returns the manifest."""
     config = read_checkpoint_config(src)
-    w = _Weights(load_tensors(src), src)
+    w = tensor_lookup(load_tensors(src), src)
     spec = build_spec(config, w, read_vocabulary(src))
     head = classification_head(w)
     dest.parent.mkdir(parents=True, exist_ok=True)
