@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
@@ -9,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from qmdd import framing
+from qmdd import framing, ownfiles
 from qmdd.paths import Paths, check_socket_path, ensure_private_dir, resolve_paths, socket_path
 from qmdd.protocol import ERROR, HELLO, ITEM, RESULT, ErrorCode, QmddError, hello, request
 
@@ -20,11 +21,47 @@ if TYPE_CHECKING:
     ItemSink = Callable[[str, Any], None]
 
 CONNECT_TIMEOUT_S = 2.0
-START_TIMEOUT_S = float(os.environ.get("QMDD_START_TIMEOUT", "30"))
-REPLY_TIMEOUT_S = float(os.environ.get("QMDD_TIMEOUT", "300"))
-"""Longest silence between two frames of a reply (progress items count); 0 waits forever."""
+START_TIMEOUT_S = 30.0
+"""Default of QMDD_START_TIMEOUT: how long a started daemon, or one not yet greeting, is waited for."""
+REPLY_TIMEOUT_S = 300.0
+"""Default of QMDD_TIMEOUT: the longest silence between two frames of a reply (progress items
+count); 0 waits forever."""
 MAX_TRACE_ID = 128
 """The daemon replaces a longer trace id by its own."""
+
+
+def env_seconds(name: str, default: float, *, zero_ok: bool = False) -> float:
+    """A duration from the environment, read when needed: a bad one is a CONFIG_ERROR, not a traceback."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 or (zero_ok and value == 0)) or value == float("inf"):
+        wanted = "0 (wait forever) or a number of seconds" if zero_ok else "a number of seconds above 0"
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"{name} must be {wanted}, not {text[:40]!r}",
+                        hints=(f"Unset {name} for the default ({default:g}s), or set e.g. {name}={default:g}.",))
+    return value
+
+
+def start_timeout() -> float:
+    return env_seconds("QMDD_START_TIMEOUT", START_TIMEOUT_S)
+
+
+# What an auto-started daemon keeps of the caller's environment: where its files are, its locale, and
+# what tunes the model's runtime. Nothing else (PYTHON* variables, the agent's identity token, a shell's
+# secrets, a service manager's NOTIFY_SOCKET or LISTEN_FDS) reaches a process that outlives the caller.
+_DAEMON_ENV_NAMES = frozenset({"HOME", "USER", "LOGNAME", "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                               "LD_LIBRARY_PATH"})
+_DAEMON_ENV_PREFIXES = ("QMDD_", "XDG_", "LC_", "CUDA_", "OMP_", "OPENBLAS_", "MKL_", "CT2_", "NVIDIA_")
+
+
+def daemon_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    source = os.environ if environ is None else environ
+    return {name: value for name, value in source.items()
+            if name in _DAEMON_ENV_NAMES or name.startswith(_DAEMON_ENV_PREFIXES)}
 
 
 def new_trace_id() -> str:
@@ -35,8 +72,8 @@ def new_trace_id() -> str:
 
 class Client:
     def __init__(self, paths: Paths | None = None, *, trace_id: str | None = None,
-                 environ: dict[str, str] | None = None, reply_timeout: float = REPLY_TIMEOUT_S) -> None:
-        self.reply_timeout = reply_timeout
+                 environ: dict[str, str] | None = None, reply_timeout: float | None = None) -> None:
+        self._reply_timeout = reply_timeout
         self.environ = environ
         """Environment for an auto-started daemon (default: ours); it decides the daemon's paths."""
         self._paths = paths
@@ -48,6 +85,14 @@ class Client:
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
         self.server: dict[str, Any] = {}
+        self.greeting_timeout: float | None = None
+        """How long a connected daemon's hello is waited for (default: QMDD_START_TIMEOUT)."""
+
+    @property
+    def reply_timeout(self) -> float:
+        if self._reply_timeout is None:
+            self._reply_timeout = env_seconds("QMDD_TIMEOUT", REPLY_TIMEOUT_S, zero_ok=True)
+        return self._reply_timeout
 
     @property
     def paths(self) -> Paths:
@@ -68,15 +113,38 @@ class Client:
             self._sock = None
 
     def try_connect(self) -> bool:
-        """Connect and greet; False when no daemon answers on the socket."""
-        check_socket_path(self.socket_path)
+        """Connect and greet; False when no daemon answers. The socket computed from our environment
+        first; failing that, the one the daemon using our index recorded (an MCP client, say, may lack
+        the XDG_RUNTIME_DIR its daemon was started with). Raises PERMISSION_DENIED, having sent
+        nothing, when another user owns the socket, its dir or the server."""
+        _ = self.reply_timeout, start_timeout()  # a bad QMDD_TIMEOUT fails here, before a daemon is started
+        if self._greet(self.socket_path):
+            return True
+        recorded = ownfiles.read_record(str(self.paths.address_file))
+        if (recorded is None or not os.path.isabs(recorded) or recorded == self.socket_path
+                or not self._greet(recorded)):
+            return False
+        # Only the daemon holding our index's lock is ours to use: a stale record may name a socket
+        # where a daemon of another index now listens.
+        if ownfiles.lock_holder(str(self.paths.index_lock))[1] != self.server.get("pid"):
+            self.close()
+            self.server = {}
+            return False
+        self.socket_path = recorded
+        return True
+
+    def _greet(self, path: str) -> bool:
+        check_socket_path(path)
+        if not ownfiles.check_socket(path):
+            return False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_S)
         try:
-            sock.connect(self.socket_path)
+            sock.connect(path)
+            ownfiles.check_server(sock, path)  # before a byte is sent
             # Connected: a daemon owns the socket. It answers the hello once its actors are up,
             # which after a crash can take a BM25 rebuild: wait for that, not for a connect.
-            sock.settimeout(START_TIMEOUT_S)
+            sock.settimeout(self.greeting_timeout or start_timeout())
             framing.send_frame(sock, hello("client", client="qmdctl"))
             reply = framing.recv_frame(sock)
         except (FileNotFoundError, ConnectionRefusedError, ConnectionError, TimeoutError):
@@ -84,7 +152,7 @@ class Client:
             return False
         except PermissionError:
             sock.close()
-            raise QmddError(ErrorCode.PERMISSION_DENIED, f"not allowed to use {self.socket_path}",
+            raise QmddError(ErrorCode.PERMISSION_DENIED, f"not allowed to use {path}",
                             hints=("The daemon runs as another user; set QMDD_HOME to a directory of yours.",)
                             ) from None
         except BaseException:
@@ -163,14 +231,33 @@ def _log_tail(paths: Paths, lines: int = 8) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S) -> int:
-    """Start `qmdd` detached (own session, output to its log) and wait until it answers."""
+def _open_log(paths: Paths) -> int:
+    """The daemon's log, for appending, never through a link planted in its place."""
+    try:
+        return os.open(paths.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise QmddError(ErrorCode.PERMISSION_DENIED, f"{paths.log_file} is a symlink: qmdd writes through none",
+                        hints=(f"Remove it: rm {paths.log_file}",)) from None
+
+
+def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s: float | None = None) -> int:
+    """Start `qmdd` detached (own session, output to its log) and wait until it answers.
+
+    It runs isolated from the caller: from /, with -P (else `-m` puts the caller's working directory,
+    and any trio.py or mcp.py there, first on sys.path), -E, and only the environment it needs."""
     import subprocess
 
+    timeout_s = start_timeout() if timeout_s is None else timeout_s
     ensure_private_dir(paths.data_dir)
-    with open(paths.log_file, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "qmdd"], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True, close_fds=True, env=environ)
+    log = _open_log(paths)
+    try:
+        proc = subprocess.Popen([sys.executable, "-E", "-P", "-m", "qmdd"], cwd="/", stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                                env=daemon_environment(environ))
+    finally:
+        os.close(log)
     deadline = time.monotonic() + timeout_s
     delay = 0.005
     probe = Client(paths)
@@ -179,12 +266,25 @@ def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s:
             if probe.try_connect():
                 return proc.pid
             code = proc.poll()
-            if code is not None and code != ErrorCode.DAEMON_RUNNING.spec.exit_code:
+            # DAEMON_RUNNING: another client started one first. Wait for it while it is starting on our
+            # socket; one holding our index on another socket would have answered through its record,
+            # so that is a failure, at once, with the daemon's own words.
+            if code is not None and (code != ErrorCode.DAEMON_RUNNING.spec.exit_code
+                                     or not ownfiles.lock_holder(str(paths.lock_file))[0]):
                 raise QmddError(ErrorCode.DAEMON_START_FAILED,
-                                f"qmdd exited with status {code}; log {paths.log_file}:\n{_log_tail(paths)}")
+                                f"qmdd exited with status {code}; log {paths.log_file}:\n{_log_tail(paths)}",
+                                hints=_start_hints(code))
             time.sleep(delay)
             delay = min(delay * 1.5, 0.1)
     finally:
         probe.close()
     raise QmddError(ErrorCode.DAEMON_START_FAILED,
                     f"qmdd did not answer within {timeout_s:.0f}s; log {paths.log_file}:\n{_log_tail(paths)}")
+
+
+def _start_hints(code: int) -> tuple[str, ...] | None:
+    if code != ErrorCode.DAEMON_RUNNING.spec.exit_code:
+        return None  # DAEMON_START_FAILED's own: read the log
+    return ("A qmdd started with other settings (XDG_RUNTIME_DIR, QMDD_HOME) uses this index and does not "
+            "answer here: run qmdctl with the settings it was started with, or stop it (`qmdctl daemon stop` "
+            "there) and retry.",)

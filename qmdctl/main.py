@@ -10,7 +10,7 @@ import sys
 from qmdctl import fastargs
 from qmdctl.agent import DryRun, DryRunClient, env_flag, print_plan, wants_spec
 from qmdctl.client import Client, new_trace_id
-from qmdctl.render import Output, report_error
+from qmdctl.render import Output, report_error, terminal_safe
 from qmdctl.spec import FORMATS, Command, find_command
 from qmdd import __version__
 from qmdd.protocol import ErrorCode, QmddError
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args = fastargs.parse(command, rest)
         except fastargs.UsageError as exc:
-            sys.stderr.write(f"usage error: qmdctl {' '.join(command.path)}: {exc}\n"
+            # The message echoes the argument it could not parse, which may carry escape sequences.
+            sys.stderr.write(f"usage error: qmdctl {' '.join(command.path)}: {terminal_safe(str(exc))}\n"
                              f"  hint: see `qmdctl {' '.join(command.path)} --help`\n")
             return 2
         return run_command(command, args)

@@ -1,12 +1,21 @@
 """Output for people (text) and programs (json, ndjson, csv, md, files), and typed errors.
 
 Stdlib only on the hot path; rich is imported lazily, and only for text on a terminal.
+
+Nothing from a file name, title, snippet, body, context or error message reaches a terminal raw: every
+write goes through `Output._emit`, which shows a character that would make a terminal act instead of print
+(see `terminal_safe`) as a visible escape such as `\\x1b`. Text and md are read by people, so they are always
+escaped, redirected or not; stderr (errors, hints, warnings) too. csv and files are read by programs: exact
+when redirected, escaped only when stdout is a terminal (as `ls` does). JSON and NDJSON are exact values
+always; characters JSON leaves raw that a terminal would act on are written as `\\u` escapes of the same
+value.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
@@ -18,6 +27,32 @@ if TYPE_CHECKING:
 
 NDJSON_VERSION = 1
 
+# What a terminal acts on instead of printing: C0 controls but newline and tab (ESC opens the sequences that
+# clear the screen, set the window title, write the clipboard or plant links; CR overwrites the line), DEL,
+# C1 controls (U+009B is a one-character CSI to some terminals), the bidi overrides and isolates that
+# reorder what is shown, and lone surrogates (a file name that is not UTF-8), which cannot even be encoded.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# Of those, what json.dumps(ensure_ascii=False) leaves raw (it escapes the C0 controls itself).
+_UNSAFE_IN_JSON = re.compile(r"[\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_HUMAN_FORMATS = ("text", "md")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character a terminal would act on shown as a visible escape (`\\x1b`, `\\u202e`)."""
+    return _UNSAFE.sub(_visible_escape, text)
+
+
+def _visible_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """JSON of `value`, readable UTF-8, with no character a terminal acts on: those are `\\u` escapes, which
+    decode to the same value."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
 
 class Output:
     """Where and how a command writes its results (a plain class: dataclasses cost import time)."""
@@ -27,6 +62,8 @@ class Output:
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self._seq = 0
+        self._stdout_is_terminal: bool | None = None
+        self._style_marker: str | None = None
         self.meta: dict[str, Any] = {}
         """The payload of the NDJSON `metadata` record, which always comes first; commands may add to it
         until the first record is written."""
@@ -36,20 +73,38 @@ class Output:
         return self.out.isatty() and os.environ.get("NO_COLOR") is None
 
     def write(self, text: str) -> None:
-        self.out.write(text)
+        self._emit(self.out, text)
 
     def line(self, text: str = "") -> None:
-        self.out.write(text + "\n")
+        self._emit(self.out, text + "\n")
+
+    def err_line(self, text: str) -> None:
+        """A line for people on stderr (errors, hints), escaped as text is."""
+        self._emit(self.err, text + "\n")
+
+    def _emit(self, stream: TextIO, text: str) -> None:
+        """The one place text is written: escaped unless it is csv or files for a program (see the module
+        docstring), then with `style`'s markers turned into its colour codes."""
+        if stream is self.err or self.fmt in _HUMAN_FORMATS or self._out_is_terminal():
+            text = terminal_safe(text)
+            if self._style_marker is not None:
+                text = text.replace(self._style_marker, "\x1b[")
+        stream.write(text)
+
+    def _out_is_terminal(self) -> bool:
+        if self._stdout_is_terminal is None:
+            self._stdout_is_terminal = self.out.isatty()
+        return self._stdout_is_terminal
 
     def warn(self, text: str, payload: dict[str, Any] | None = None) -> None:
         """A warning beside the results: on stderr, or in NDJSON's metadata `warnings` while it is unsent."""
         if self.fmt == "ndjson" and self._seq == 0:
             self.meta.setdefault("warnings", []).append(payload or {"message": text})
         else:
-            self.err.write(text + "\n")
+            self.err_line(text)
 
     def json(self, value: Any) -> None:
-        self.out.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+        self.out.write(json_text(value, indent=2) + "\n")
 
     def start(self) -> None:
         """NDJSON: write the metadata record now if nothing was written yet (e.g. a command with no results)."""
@@ -67,7 +122,7 @@ class Output:
 
     def _write_record(self, kind: str, payload: Any) -> None:
         """{"type", "seq", "payload"}; written and flushed at once (streaming)."""
-        self.out.write(json.dumps({"type": kind, "seq": self._seq, "payload": payload}, ensure_ascii=False) + "\n")
+        self.out.write(json_text({"type": kind, "seq": self._seq, "payload": payload}) + "\n")
         self.out.flush()
         self._seq += 1
 
@@ -79,7 +134,7 @@ class Output:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
-        self.out.write(buf.getvalue())
+        self.write(buf.getvalue())
 
     def table(self, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         """A generic list of records in the chosen format (used by list-like commands)."""
@@ -114,12 +169,17 @@ class Output:
             text(value)
 
     def style(self, text: str, style: str) -> str:
-        """ANSI colour on a terminal only (no rich import for a few colours)."""
+        """ANSI colour on a terminal only (no rich import for a few colours).
+
+        The codes are written by `_emit`, after it has escaped every ESC in the line: here they are a marker
+        made of a random token, which text from a file or the daemon cannot know, so cannot forge."""
         if not self.tty:
             return text
+        if self._style_marker is None:
+            self._style_marker = f"\ue000{os.urandom(8).hex()}\ue001"
         codes = {"bold": "1", "dim": "2", "green": "32", "yellow": "33", "red": "31", "cyan": "36",
                  "magenta": "35"}
-        return f"\x1b[{codes[style]}m{text}\x1b[0m"
+        return f"{self._style_marker}{codes[style]}m{text}{self._style_marker}0m"
 
 
 def _cell(value: Any) -> Any:
@@ -148,10 +208,10 @@ def report_error(output: Output, err: QmddError, command: str, trace_id: str) ->
     elif output.fmt == "ndjson":
         output.record("error", problem_details(err, command, trace_id))
     else:
-        output.err.write(f"error: {err.code}: {err.message}\n")
+        output.err_line(f"error: {err.code}: {err.message}")
         for candidate in err.details.get("candidates", ()):
-            output.err.write(f"  candidate: {candidate}\n")
+            output.err_line(f"  candidate: {candidate}")
         for hint in err.hints:
-            output.err.write(f"  hint: {hint}\n")
-        output.err.write(f"  trace id: {trace_id} (qmdctl {command}, exit {err.code.spec.exit_code})\n")
+            output.err_line(f"  hint: {hint}")
+        output.err_line(f"  trace id: {trace_id} (qmdctl {command}, exit {err.code.spec.exit_code})")
     return err.code.spec.exit_code

@@ -122,6 +122,8 @@ def render(python: str, environ: dict[str, str], options: UnitOptions) -> dict[s
         "Type=notify\n"
         "NotifyAccess=main\n"
         f"ExecStart={_executable(_checked(python, 'Python executable'))} -m qmdd\n"
+        "# Not the home (the default): `-m` puts the working directory first on sys.path.\n"
+        "WorkingDirectory=/\n"
         f"{environment}"
         "Restart=on-failure\n"
         "RestartSec=2\n"

@@ -9,7 +9,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import outcome
@@ -17,6 +16,7 @@ import trio
 
 from qmdd import __version__
 from qmdd.actors.base import Mailbox, typed_outcome
+from qmdd.actors.indexer import filesystem_error, incomplete_add_error, selected_files
 from qmdd.config import Config
 from qmdd.mcp_host import McpHost
 from qmdd.models.registry import ModelRegistry
@@ -32,11 +32,12 @@ from qmdd.protocol import (
     SetContext,
     SyncWatches,
     WatchStatus,
+    unwrap_error,
 )
 from qmdd.rpc import Call, MethodHandler
-from qmdd.safefiles import read_regular_file, resolve_inside
-from qmdd.search.pipeline import ContextIndex, keyword_search, search_request
-from qmdd.search.targets import docid_prefix, glob_to_regex, is_glob, resolve_target, split_line_suffix
+from qmdd.safefiles import ConfinedRoot, EscapesRoot
+from qmdd.search.pipeline import ContextIndex, cpu_limiter, keyword_search, search_request
+from qmdd.search.targets import Glob, docid_prefix, is_glob, resolve_target, split_line_suffix
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.semantic import SemanticApi
 from qmdd.store import documents as docs
@@ -76,14 +77,19 @@ def make_services(config: Config, reader: sqlite3.Connection, mailboxes: dict[st
 
 
 def read_text(doc: DocRow, max_bytes: int) -> str:
-    """Read a document from disk, never outside its collection root, never blocking on a FIFO."""
+    """Read a document from disk, never outside its collection root (whatever is swapped in meanwhile),
+    never from a root that is not the one added, never blocking on a FIFO."""
     try:
-        path = resolve_inside(Path(doc.root), doc.path)
-    except ValueError as exc:
-        raise QmddError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
+        root = ConfinedRoot(doc.root, doc.root_key)
+    except OSError as exc:
+        raise filesystem_error(exc, f"root of collection {doc.collection!r} ({doc.root})") from None
     try:
-        data = read_regular_file(path, max_bytes)
-    except FileNotFoundError:
+        with root:
+            data = root.read(doc.path, max_bytes)
+    except EscapesRoot as exc:
+        raise QmddError(ErrorCode.PERMISSION_DENIED, f"{doc.uri}: {exc}",
+                        hints=("A symlink leading outside the collection is never followed.",)) from None
+    except (FileNotFoundError, NotADirectoryError):
         raise QmddError(ErrorCode.NOT_FOUND, f"{doc.uri} was deleted since it was indexed",
                         hints=("Run `qmdctl update`.",)) from None
     except OSError as exc:
@@ -134,7 +140,16 @@ class Api:
                                                         params["excludes"] or []))
         await self._sync_watches()  # watching before the scan: no change slips between
         if params["update"]:
-            added["update"] = await self._scan([added["name"]], call)
+            scanned = await outcome.acapture(self._scan, [added["name"]], call)
+            failure = unwrap_error(scanned.error) if isinstance(scanned, outcome.Error) else None
+            if failure is not None and failure.code is ErrorCode.STORAGE_ERROR:
+                # Each committed batch stays (an update resumes from there): say so, with the numbers.
+                collection = docs.collection_by_name(self.s.reader, added["name"])
+                total = await trio.to_thread.run_sync(selected_files, collection, self.s.config.max_file_bytes,
+                                                      limiter=self.s.files)
+                indexed = docs.counts(self.s.reader).get(collection.id, (0, 0))[0]
+                raise incomplete_add_error(added["name"], indexed, total, failure) from None
+            added["update"] = scanned.unwrap()
         return added
 
     async def collection_list(self, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
@@ -206,16 +221,19 @@ class Api:
                                 details={"candidates": [d.uri for d in found]})
             return found[0]
         resolved = resolve_target(target, docs.list_collections(conn), cwd)
-        if resolved.collection is not None:
-            found = docs.find_docs(conn, "d.collection_id = ? AND d.path = ?",
-                                   [resolved.collection.id, resolved.path], limit=1)
+        collection = resolved.collection
+        if collection is not None:
+            found = docs.find_docs(conn, "d.collection_id = ? AND d.path = ?", [collection.id, resolved.path], limit=1)
             if found:
                 return found[0]
-        # Last resort, as qmd does: a unique path suffix anywhere (e.g. just the file name).
-        suffix = (resolved.path if resolved.collection else target).strip("/")
+            if resolved.exact:
+                raise QmddError(ErrorCode.NOT_FOUND, f"no document {target.strip()!r} is indexed",
+                                hints=(f"`qmdctl ls qmd://{collection.name}/` lists what the collection holds.",))
+        # Last resort, as qmd does: a unique path suffix (e.g. just the file name), never outside the
+        # collection the target named.
+        suffix = (resolved.path if collection else target).strip("/")
         if suffix:
-            found = docs.find_docs(conn, "(d.path = ? OR d.path LIKE ? ESCAPE '\\')",
-                                   [suffix, "%/" + suffix.replace("%", "\\%").replace("_", "\\_")], limit=6)
+            found = docs.docs_with_path_suffix(conn, suffix, collection.id if collection else None, limit=6)
             if len(found) == 1:
                 return found[0]
             if found:
@@ -238,17 +256,17 @@ class Api:
 
     async def multi_get(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         conn = self.s.reader
-        everything: list[DocRow] | None = None  # loaded only if a glob needs it
+
+        def selected(glob: Glob) -> list[DocRow]:
+            return [d for d in docs.docs_named_from(conn, glob.literal_prefix) if glob.selects(d.collection, d.path)]
+
         wanted: list[DocRow] = []
         seen: set[int] = set()
         for pattern in params["patterns"]:
             for part in ([pattern] if is_glob(pattern) else [p for p in pattern.split(",") if p.strip()]):
                 if is_glob(part):
-                    regex = glob_to_regex(part.strip())
-                    if everything is None:
-                        everything = docs.find_docs(conn, "1", [], limit=10_000_000)
-                    matches = [d for d in everything if regex.match(d.uri) or regex.match(d.path)
-                               or regex.match(f"{d.collection}/{d.path}")]
+                    # Matching every document is CPU work: in a thread, or other clients would wait.
+                    matches = await trio.to_thread.run_sync(selected, Glob(part.strip()), limiter=cpu_limiter())
                 else:
                     matches = [self._find_document(part.strip(), params["cwd"])]
                 for d in matches:
@@ -365,6 +383,12 @@ class Api:
         sizes = {name: (p.stat().st_size if p.exists() else 0) for name, p in (
             ("database", paths.database), ("wal", paths.database.with_name(paths.database.name + "-wal")),
             ("bm25_snapshot", paths.bm25_snapshot), ("vector_snapshot", paths.vector_snapshot))}
+        model = await self._model_status()
+        collections = await self._collections_with_watch(params, call)
+        vectors = model.pop("collections", {})
+        for collection in collections:
+            if collection["name"] in vectors:
+                collection["vectors"] = vectors[collection["name"]]
         return {
             "version": __version__, "pid": os.getpid(), "time": time.time(),
             "uptime_s": round(time.time() - self.s.started_at, 1),
@@ -372,9 +396,10 @@ class Api:
             "degraded_reason": self.s.supervisor.degraded_reason,
             "socket": str(paths.socket), "data_dir": str(paths.data_dir), "log_file": str(paths.log_file),
             "config_file": str(paths.config_file),
-            "index_bytes": sizes, "collections": await self._collections_with_watch(params, call),
+            "index_bytes": sizes, "collections": collections,
             "actors": self.s.supervisor.statistics(), "rpc": self.s.rpc_statistics(),
-            "problems": docs.list_problems(self.s.reader), "model": await self._model_status(),
+            "problems": docs.list_problems(self.s.reader), "model": model,
+            "auto_embed": self.semantic.background.status(),
         }
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from qmdd.paths import Paths, resolve_paths
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol import MAX_FRAME_BYTES, ErrorCode, QmddError
 
 
 @dataclass(frozen=True)
@@ -46,24 +47,110 @@ class Config:
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
 
+# Largest file the size guard may admit: a `get` reply carries the whole file in one frame.
+MAX_FILE_BYTES_LIMIT = MAX_FRAME_BYTES - 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Allowed values of a number setting, both ends included. Every bound is finite, so NaN (which
+    compares false to everything) and infinities fall outside."""
+
+    low: float
+    high: float
+    note: str = ""
+
+    def allows(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"a number from {_plain(self.low)} to {_plain(self.high)}{self.note}"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if number == int(number) else f"{number:g}"
+
+
+_RANGES: dict[str, _Range] = {
+    "max_file_bytes": _Range(1, MAX_FILE_BYTES_LIMIT, " (bytes)"),
+    "k1": _Range(0.0, 10.0),
+    "b": _Range(0.0, 1.0),
+    "index_batch_files": _Range(1, 100_000),
+    "shutdown_grace_s": _Range(0.0, 3600.0, " (seconds)"),
+    # Above zero: with 0 or less every request frame would count as stalled the moment it began.
+    "frame_stall_s": _Range(0.1, 3600.0, " (seconds)"),
+    "embed_batch_tokens": _Range(1, 1_000_000),
+    "embed_threads": _Range(0, 1024, " (0: all cores)"),
+    "model_idle_unload_s": _Range(0.0, 7 * 86400.0, " (seconds; 0 keeps models loaded)"),
+    "watch_debounce_ms": _Range(0, 60_000, " (milliseconds)"),
+    "watch_poll_s": _Range(0.1, 3600.0, " (seconds)"),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "log_level": ("debug", "info", "warning", "error"),
+    "device": ("auto", "cpu", "cuda"),
+}
+_BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                  "off": False}
+
+
+def allowed_values(name: str) -> str:
+    """The rule for one setting, in words, for error messages and hints."""
+    if name in _RANGES:
+        allowed = _RANGES[name].describe()
+        return allowed.replace("a number", "a whole number") if _TUNABLES[name] in ("int", int) else allowed
+    if name in _CHOICES:
+        return "one of " + ", ".join(_CHOICES[name])
+    if _TUNABLES[name] in ("bool", bool):
+        return "true or false (also 1/0, yes/no, on/off)"
+    return "text"
+
+
+def _parse(kind: Any, value: Any) -> Any:
+    """`value` (a TOML value or an environment/flag string) as `kind`; raises ValueError if it is not one."""
+    if kind in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _BOOLEAN_WORDS:
+            return _BOOLEAN_WORDS[value.strip().lower()]
+        raise ValueError(value)
+    if isinstance(value, bool):  # a bool is an int in Python; `k1 = true` is a mistake, not 1.0
+        raise ValueError(value)
+    if kind in ("int", int):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            return int(value.strip())
+        raise ValueError(value)
+    if kind in ("float", float):
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.strip())
+        raise ValueError(value)
+    if not isinstance(value, str):
+        raise ValueError(value)
+    return value.strip()
+
 
 def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = _TUNABLES[name]
     try:
-        if kind in ("bool", bool):
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                return lowered in ("1", "true", "yes", "on")
-            return bool(value)
-        if kind in ("int", int):
-            return int(value)
-        if kind in ("float", float):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise QmddError(ErrorCode.CONFIG_ERROR, f"{source}: {name} = {value!r} is not a valid {kind}") from None
+        parsed = _parse(_TUNABLES[name], value)
+        rule = _RANGES.get(name)
+        if rule is not None and not (math.isfinite(parsed) and rule.allows(parsed)):
+            raise ValueError(value)
+        if name in _CHOICES:
+            parsed = parsed.lower()
+            if parsed not in _CHOICES[name]:
+                raise ValueError(value)
+    except (TypeError, ValueError, OverflowError):
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"{source}: {name} = {value!r} is not allowed: "
+                        f"{name} must be {allowed_values(name)}",
+                        hints=(f"Give {name} {allowed_values(name)}, or remove the setting to use the "
+                               f"default ({getattr(Config, name)!r}).",),
+                        details={"key": name, "allowed": allowed_values(name)}) from None
+    return parsed
 
 
 def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
@@ -75,7 +162,10 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
             data = tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: {exc}") from None
-        for key, value in data.get("daemon", data).items():
+        settings = data.get("daemon", data)
+        if not isinstance(settings, dict):
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: [daemon] must be a table of settings")
+        for key, value in settings.items():
             if key in _TUNABLES:
                 values[key] = _coerce(key, value, str(paths.config_file))
             elif not isinstance(value, dict):

@@ -24,7 +24,7 @@ import outcome
 import trio
 
 from qmdd import __version__, listener, systemd
-from qmdd.actors.base import Mailbox
+from qmdd.actors.base import Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.indexer import IndexerActor
@@ -35,10 +35,12 @@ from qmdd.chunking import ChunkerConfig
 from qmdd.config import Config
 from qmdd.models.registry import DEFAULT_EMBEDDING, ModelRegistry, load_model
 from qmdd.models.runtime import cpu_threads, pick_device
-from qmdd.paths import ensure_private_dir
+from qmdd.paths import Paths, ensure_private_dir
+from qmdd.protocol import ScanCollections
 from qmdd.rpc import RpcServer
 from qmdd.search.fields import index_chunks
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
+from qmdd.store import walguard
 from qmdd.store.db import connect, open_database, transaction
 from qmdd.supervisor import Supervisor
 
@@ -84,6 +86,34 @@ def database_id(conn: sqlite3.Connection) -> str:
     return str(row[0])
 
 
+def open_index(paths: Paths) -> tuple[str, str | None]:
+    """Open and migrate SQLite: (its database id, why changes were lost with the WAL, or None). After
+    such a loss the collections it forgot are registered again, and the snapshots, which may hold
+    what SQLite lost, are dropped to be rebuilt from it."""
+    shm_left = walguard.shm_without_wal(paths.database)  # before SQLite makes a new WAL
+    conn = open_database(paths.database)
+    try:
+        db_id = database_id(conn)
+        wal_lost = walguard.confirm_loss(conn, paths.database, shm_left)
+        if wal_lost:
+            paths.bm25_snapshot.unlink(missing_ok=True)
+            paths.vector_snapshot.unlink(missing_ok=True)
+            walguard.restore_collections(conn, paths.database, wal_lost)
+        walguard.save_collections(conn, paths.database, changed=False)
+    finally:
+        conn.close()
+    return db_id, wal_lost
+
+
+async def _rescan_everything(indexer: Mailbox) -> None:
+    """After a lost WAL: the files are still on disk, and a scan re-indexes whatever SQLite lost."""
+    scanned = await typed_outcome(indexer.call, ScanCollections())
+    if isinstance(scanned, outcome.Error):
+        log.warning("rescan after the lost WAL failed: %s (run `qmdctl cleanup` to retry)", scanned.error)
+    else:
+        log.info("rescan after the lost WAL done")
+
+
 async def _watch_signals(shutdown: trio.Event, cancel: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
@@ -111,18 +141,15 @@ async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = tri
         try:
             await _serve(config, sock, task_status)
         finally:
-            paths.pid_file.unlink(missing_ok=True)
+            listener.remove_pid_file(paths)
     log.info("qmdd stopped")
 
 
 async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStatus[None]) -> None:
     paths = config.paths
-    setup_conn = await trio.to_thread.run_sync(open_database, paths.database)
-    try:
-        db_id = database_id(setup_conn)
-    finally:
-        setup_conn.close()
+    db_id, wal_lost = await trio.to_thread.run_sync(open_index, paths)
     reader = connect(paths.database)
+    await trio.to_thread.run_sync(walguard.record_start, paths.database)
     shutdown = trio.Event()
     try:
         async with trio.open_nursery() as nursery:
@@ -162,13 +189,16 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                 async with trio.open_nursery() as accepting:
                     await accepting.start(partial(trio.serve_listeners, rpc.handle_connection, [server],
                                                   handler_nursery=connections))
-                    paths.pid_file.write_text(f"{os.getpid()}\n")
-                    log.info("qmdd %s ready on %s (pid %d)", __version__, paths.socket, os.getpid())
+                    listener.write_pid_file(paths)
+                    log.info("qmdd %s ready on %s (pid %d, up to %d connections)", __version__, paths.socket,
+                             os.getpid(), rpc.max_connections)
                     task_status.started()
                     health = partial(systemd.service_status, supervisor, reader)
                     systemd.notify("READY=1", f"STATUS={health()}")
                     nursery.start_soon(systemd.keep_manager_informed, health)
                     nursery.start_soon(_preload_mcp, api)
+                    if wal_lost:
+                        connections.start_soon(_rescan_everything, indexer)
                     if config.auto_embed:
                         # Beside the connections: like a client's request, it is stopped before the actors.
                         connections.start_soon(api.semantic.keep_embedded, indexed_receive)
@@ -190,3 +220,4 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             nursery.cancel_scope.cancel()
     finally:
         reader.close()
+    await trio.to_thread.run_sync(walguard.record_clean_stop, paths.database)

@@ -8,16 +8,15 @@ the next scan picks up where this one stopped because unfinished files still dif
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract_title
-from qmdd.safefiles import FileTooLarge, NotRegularFile, read_regular_file
+from qmdd.safefiles import ConfinedRoot, EscapesRoot, FileTooLarge, NotRegularFile
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
 from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file, walk_collection
@@ -56,13 +55,20 @@ class ScanSummary:
                 "seconds": round(self.seconds, 3)}
 
 
-def read_document(root: Path, st: FileStat, chunker: ChunkerConfig,
+def open_root(collection: CollectionRow) -> ConfinedRoot:
+    """The collection's root, refused (RootChanged) if it is not the directory pinned at `collection add`."""
+    return ConfinedRoot(collection.root, collection.root_key)
+
+
+def read_document(root: ConfinedRoot, st: FileStat, chunker: ChunkerConfig,
                   max_bytes: int) -> ParsedFile | FileProblem | None:
     """Read, hash and chunk one file. None when it vanished since the walk."""
     try:
-        data = read_regular_file(root / st.relpath, max_bytes)
-    except FileNotFoundError:
+        data = root.read(st.relpath, max_bytes)
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except EscapesRoot as exc:  # a symlink swapped in since the walk
+        return FileProblem(st.relpath, "outside_root", str(exc))
     except FileTooLarge as exc:
         return FileProblem(st.relpath, "too_large", str(exc))
     except NotRegularFile as exc:
@@ -94,14 +100,18 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
     """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation)."""
     started = time.monotonic()
     summary = ScanSummary(collection.name)
-    walk = walk_collection(Path(collection.root), config)
-    summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
-    summary.files = len(walk.files)
-    states = docs.doc_states(conn, collection.id)
-    seen = {f.relpath for f in walk.files}
-    removals = [path for path in states if path not in seen]
-    writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
-    _index_files(writer, walk.files, states, removals, chunker, config.max_file_bytes, on_progress, checkpoint)
+    with open_root(collection) as root:
+        if collection.root_key is None:
+            docs.pin_root(conn, collection.id, root.key)
+        walk = walk_collection(root, config)
+        summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
+        summary.files = len(walk.files)
+        states = docs.doc_states(conn, collection.id)
+        seen = {f.relpath for f in walk.files}
+        removals = [path for path in states if path not in seen]
+        writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
+        _index_files(writer, root, walk.files, states, removals, chunker, config.max_file_bytes, on_progress,
+                     checkpoint)
     docs.replace_problems(conn, collection.id, [(p.path, p.code, p.message) for p in summary.problems])
     summary.seconds = time.monotonic() - started
     return summary
@@ -115,19 +125,28 @@ def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filte
     Returns None when only a walk can decide (a directory appeared, a symlink, an ignore file
     changed): the caller rescans the collection, which costs a stat per file.
     """
+    with open_root(collection) as root:
+        return _update_paths(conn, root, collection, path_filter, relpaths, max_file_bytes=max_file_bytes,
+                             batch_files=batch_files, chunker=chunker, on_batch=on_batch)
+
+
+def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: CollectionRow, path_filter: PathFilter,
+                  relpaths: list[str], *, max_file_bytes: int, batch_files: int, chunker: ChunkerConfig,
+                  on_batch: BatchSink) -> ScanSummary | None:
     started = time.monotonic()
     summary = ScanSummary(collection.name)
-    root = Path(collection.root)
     present: list[FileStat] = []
     gone: list[str] = []
     for relpath in sorted(set(relpaths)):
         if relpath.rpartition("/")[2] in IGNORE_FILES:
             return None
         try:
-            st = os.lstat(root / relpath)
-        except FileNotFoundError:
+            st = root.lstat(relpath)
+        except (FileNotFoundError, NotADirectoryError):
             gone.append(relpath)  # a file, or a whole directory deleted or moved away
             continue
+        except EscapesRoot:
+            return None  # a directory on the way became a symlink: the walk decides (and reports) it
         except OSError as exc:
             summary.problems.append(FileProblem(relpath, "unreadable", exc.strerror or str(exc)))
             gone.append(relpath)
@@ -147,7 +166,7 @@ def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filte
     removals = docs.paths_under(conn, collection.id, gone)
     summary.files = len(present)
     writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
-    _index_files(writer, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None)
+    _index_files(writer, root, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None)
     problems = [(p.path, p.code, p.message) for p in summary.problems]
     checked = [*(f.relpath for f in present), *gone]
     # Nothing to write for a change to a file that is not indexed (an editor's temp file): no
@@ -188,12 +207,11 @@ class _BatchWriter:
         self.removals.clear()
 
 
-def _index_files(writer: _BatchWriter, files: list[FileStat], states: dict[str, DocState], removals: list[str],
-                 chunker: ChunkerConfig, max_bytes: int, on_progress: ProgressSink,
+def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat], states: dict[str, DocState],
+                 removals: list[str], chunker: ChunkerConfig, max_bytes: int, on_progress: ProgressSink,
                  checkpoint: Callable[[], None]) -> None:
     """Read, hash and chunk the files whose stat differs from SQLite's; write them and the removals."""
     summary = writer.summary
-    root = Path(writer.collection.root)
     writer.removals.extend(removals)
     candidates = [f for f in files
                   if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]

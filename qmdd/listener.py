@@ -9,24 +9,20 @@ import fcntl
 import logging
 import os
 import socket
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
-from qmdd import systemd
+from qmdd import ownfiles, systemd
 from qmdd.paths import Paths, check_socket_path, ensure_private_dir
 from qmdd.protocol import ErrorCode, QmddError
 
 log = logging.getLogger("qmdd.listener")
 
-_PEERCRED = struct.Struct("3i")
-
 
 def peer_uid(sock: socket.socket) -> int:
-    _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return uid
+    return ownfiles.peer_credentials(sock)[1]
 
 
 def socket_is_live(path: Path, timeout: float = 1.0) -> bool:
@@ -43,7 +39,9 @@ def socket_is_live(path: Path, timeout: float = 1.0) -> bool:
 
 
 def _flock(path: Path, what: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd, replaced = ownfiles.open_lock_file(os.fspath(path))
+    if replaced:
+        log.warning("replaced %s: a symlink or a file not ours was in its place (its target is untouched)", path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -51,8 +49,10 @@ def _flock(path: Path, what: str) -> int:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
             raise
         raise QmddError(ErrorCode.DAEMON_RUNNING, f"another qmdd holds {path} ({what})") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        ownfiles.write_pid(fd)
+    except OSError as exc:  # a full disk: the lock is what matters, `daemon stop` falls back on the socket
+        log.warning("could not write the pid into %s: %s", path, exc)
     return fd
 
 
@@ -64,7 +64,7 @@ def instance_lock(paths: Paths) -> Iterator[None]:
     ensure_private_dir(paths.data_dir)
     fds = [_flock(paths.lock_file, f"serving {paths.socket}")]
     try:
-        fds.append(_flock(paths.data_dir / "qmdd.lock", f"using the index in {paths.data_dir}"))
+        fds.append(_flock(paths.index_lock, f"using the index in {paths.data_dir}"))
         yield
     finally:
         for fd in fds:
@@ -75,7 +75,9 @@ def bind_socket(paths: Paths) -> socket.socket:
     """Bind and listen on the daemon socket, replacing a stale one left by a dead daemon."""
     path = paths.socket
     check_socket_path(path)
-    if path.exists() or path.is_symlink():
+    if path.is_symlink():  # never ours: probing through it could only reach someone else's socket
+        path.unlink()
+    elif path.exists():
         if socket_is_live(path):
             raise QmddError(ErrorCode.DAEMON_RUNNING, f"a daemon is already answering on {path}")
         path.unlink()
@@ -133,20 +135,47 @@ def inherited_socket(paths: Paths) -> socket.socket | None:
     return sock
 
 
+def write_pid_file(paths: Paths) -> None:
+    """The pid file, for scripts (the instance locks hold the pid too). Serving does not need it: on a
+    full disk the daemon logs a warning and goes on, leaving no stale pid file behind."""
+    try:
+        ownfiles.replace_file(os.fspath(paths.pid_file), f"{os.getpid()}\n")
+    except OSError as exc:
+        log.warning("could not write %s: %s", paths.pid_file, exc)
+        paths.pid_file.unlink(missing_ok=True)
+
+
+def remove_pid_file(paths: Paths) -> None:
+    paths.pid_file.unlink(missing_ok=True)
+
+
+def _record_address(paths: Paths, address: str) -> None:
+    try:
+        ownfiles.replace_file(os.fspath(paths.address_file), f"{address}\n")
+    except OSError as exc:  # a full disk: clients that compute the same socket path still find us
+        log.warning("could not record the socket address in %s: %s", paths.address_file, exc)
+
+
 @contextlib.contextmanager
 def daemon_socket(paths: Paths) -> Iterator[socket.socket]:
-    """The socket to serve on, for the daemon's lifetime. With socket activation the file belongs to
-    systemd, which goes on listening (and queueing clients) after the daemon exits: it is neither
-    replaced nor removed here. Otherwise the daemon binds its own and removes it on the way out."""
+    """The socket to serve on, for the daemon's lifetime, its address recorded in the data dir. With
+    socket activation the file belongs to systemd, which goes on listening (and queueing clients)
+    after the daemon exits: it is neither replaced nor removed here, and its record stays true.
+    Otherwise the daemon binds its own and removes it, and the record, on the way out."""
     inherited = inherited_socket(paths)
     if inherited is not None:
         log.info("serving on the socket passed by systemd (socket activation)")
+        address = inherited.getsockname()
+        if isinstance(address, str) and address.startswith("/"):
+            _record_address(paths, address)
         with inherited:
             yield inherited
         return
     sock = bind_socket(paths)
     try:
+        _record_address(paths, os.fspath(paths.socket))
         yield sock
     finally:
+        paths.address_file.unlink(missing_ok=True)
         remove_socket(paths)
         sock.close()

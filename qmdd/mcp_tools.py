@@ -185,15 +185,17 @@ def build_server(api: Api) -> MCPServer:
                                          for kind, doc in items if kind == "result"])
 
     @server.tool(name="status", annotations=READ_ONLY, description=(
-        "The index: collections with document and chunk counts and whether they are watched (kept fresh "
-        "automatically), vectors embedded, models, daemon health."))
+        "The index: collections with document and chunk counts, whether they are watched (kept fresh "
+        "automatically) and how many chunks have vectors (`vectors`; `auto_embed`: new chunks are embedded "
+        "in the background), what the background embedder is doing, models, daemon health."))
     async def status() -> dict[str, Any]:
         answer, _ = await invoke(methods, "status", {})
         return {"state": answer["state"], "degraded_reason": answer.get("degraded_reason"),
                 "version": answer["version"],
                 "collections": [{**{k: c[k] for k in ("name", "root", "documents", "chunks", "uri", "updated_at")},
-                                 "watch": c.get("watch", {}).get("state")}
+                                 "watch": c.get("watch", {}).get("state"), "vectors": c.get("vectors")}
                                 for c in answer["collections"]],
+                "auto_embed": answer["auto_embed"],
                 "model": {k: answer["model"].get(k) for k in ("embedding", "reranker", "device", "chunks",
                                                               "embedded")},
                 "problems": len(answer["problems"])}

@@ -41,6 +41,17 @@ class Paths:
         return self.runtime_dir / "qmdd.pid"
 
     @property
+    def index_lock(self) -> Path:
+        """Held by the daemon using this index, whatever socket it serves; holds that daemon's pid."""
+        return self.data_dir / "qmdd.lock"
+
+    @property
+    def address_file(self) -> Path:
+        """Where the daemon using this index listens: a client whose environment gives another socket
+        path (an MCP client without XDG_RUNTIME_DIR, say) finds it there."""
+        return self.data_dir / "qmdd.address"
+
+    @property
     def database(self) -> Path:
         return self.data_dir / "index.sqlite"
 

@@ -482,3 +482,18 @@ class VectorQuery:
         self.limit = limit
         self.collection_ids = collection_ids
         self.allowed = allowed
+
+
+class ChooseForEmbedding:
+    """Indexer: record that the user chose to embed these collections (the background embedder keeps
+    them embedded)."""
+
+    __slots__ = ("collection_ids",)
+
+    def __init__(self, collection_ids: list[int]) -> None:
+        self.collection_ids = collection_ids
+
+
+class VectorCoverage:
+    """Vectors: collection id -> how many of its chunks the index holds a vector for, now."""
+    __slots__ = ()

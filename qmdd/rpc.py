@@ -3,6 +3,11 @@
 This is one of the three places that catch exceptions: anything a request raises becomes a typed
 error frame for that request and the connection carries on; only a broken frame stream (an oversized
 or truncated frame: we cannot find the next frame boundary) closes the connection.
+
+Open connections are capped below the descriptor limit (`connection_cap`), so that idle clients can
+never take the descriptors the daemon needs for its own files (SQLite, snapshots, models, the MCP
+SDK's modules). A connection over the cap closes the least recently active idle one (waiting for
+its next request) with a typed error; when none is idle, the new one is refused with that error.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextvars
 import hashlib
 import logging
 import os
+import resource
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -72,6 +78,39 @@ class RpcStats:
     in_flight: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     rejected_peers: int = 0
+    evicted_connections: int = 0
+    refused_connections: int = 0
+
+
+RESERVED_DESCRIPTORS = 128
+"""Descriptors kept from connections for the daemon's own use, at the least: ~25 at idle (SQLite
+connections and their WAL, locks, log, epoll, inotify), plus a scan's open directories, a snapshot
+write, model files, document reads and the MCP SDK import."""
+MIN_CONNECTIONS = 16
+
+
+def connection_cap(descriptor_limit: int | None = None) -> int:
+    """How many connections may be open at once: the soft RLIMIT_NOFILE less a reserve (a quarter of
+    the limit, at least RESERVED_DESCRIPTORS)."""
+    if descriptor_limit is None:
+        descriptor_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if descriptor_limit == resource.RLIM_INFINITY:
+        descriptor_limit = 1 << 20
+    return max(MIN_CONNECTIONS, descriptor_limit - max(RESERVED_DESCRIPTORS, descriptor_limit // 4))
+
+
+@dataclass(eq=False)
+class _Connection:
+    stream: trio.SocketStream
+    idle: trio.CancelScope | None = None
+    """Set while the connection waits for its next request to begin: cancelled to evict it."""
+
+
+class _Evicted(QmddError):
+    def __init__(self, cap: int) -> None:
+        super().__init__(ErrorCode.BACKEND_UNAVAILABLE,
+                         f"connection closed: the daemon is at its limit of {cap} connections, and this one "
+                         "was the longest idle", hints=("Reconnect; close connections you do not use.",))
 
 
 def redact_identity(token: Any) -> str | None:
@@ -97,6 +136,10 @@ async def read_frame(reader: FrameReader, stall_s: float) -> bytes | None:
     must not hold its connection, and up to a frame's worth of buffer, for ever."""
     if not await reader.frame_started():
         return None
+    return await read_started_frame(reader, stall_s)
+
+
+async def read_started_frame(reader: FrameReader, stall_s: float) -> bytes | None:
     with trio.move_on_after(stall_s):
         return await reader.read_body()
     raise FrameStalled(reader.buffered, stall_s)
@@ -104,31 +147,68 @@ async def read_frame(reader: FrameReader, stall_s: float) -> bytes | None:
 
 class RpcServer:
     def __init__(self, methods: dict[str, MethodHandler], server_info: dict[str, Any],
-                 frame_stall_s: float = 30.0) -> None:
+                 frame_stall_s: float = 30.0, max_connections: int | None = None) -> None:
         self.methods = methods
         self.server_info = server_info
         self.frame_stall_s = frame_stall_s
+        self.max_connections = connection_cap() if max_connections is None else max_connections
         self.stats = RpcStats()
+        # Least recently active first: a connection moves to the end each time it goes idle.
+        self._open: dict[_Connection, None] = {}
         self.idle = trio.Event()
         self.idle.set()
 
     def statistics(self) -> dict[str, Any]:
         s = self.stats
         return {"connections": s.connections, "open_connections": s.open_connections, "requests": s.requests,
-                "in_flight": s.in_flight, "errors": dict(s.errors), "rejected_peers": s.rejected_peers}
+                "in_flight": s.in_flight, "errors": dict(s.errors), "rejected_peers": s.rejected_peers,
+                "max_connections": self.max_connections, "evicted_connections": s.evicted_connections,
+                "refused_connections": s.refused_connections}
 
     async def handle_connection(self, stream: trio.SocketStream) -> None:
         self.stats.connections += 1
         self.stats.open_connections += 1
+        connection = _Connection(stream)
         try:
             async with stream:
-                await self._serve(stream)
+                if len(self._open) >= self.max_connections and not self._evict_longest_idle():
+                    self.stats.refused_connections += 1
+                    with trio.move_on_after(1.0):
+                        await self._send(stream, error(None, QmddError(
+                            ErrorCode.BACKEND_UNAVAILABLE,
+                            f"too many connections: all {self.max_connections} are busy with requests",
+                            hints=("Retry when a request has finished.",))))
+                    return
+                self._open[connection] = None
+                await self._serve(connection)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.debug("client went away")
         except Exception:  # last resort: one bad connection must not take the daemon down
             log.exception("connection handler failed")
         finally:
+            self._open.pop(connection, None)
             self.stats.open_connections -= 1
+
+    def _evict_longest_idle(self) -> bool:
+        for connection in self._open:
+            if connection.idle is not None and not connection.idle.cancel_called:
+                connection.idle.cancel()
+                self.stats.evicted_connections += 1
+                return True
+        return False
+
+    async def _next_frame(self, connection: _Connection, reader: FrameReader) -> bytes | None:
+        """The client's next frame (None at a clean EOF). Waiting for it to begin, the connection is
+        idle, and the one to close first when the daemon runs out of connections."""
+        self._open.pop(connection, None)
+        self._open[connection] = None
+        with trio.CancelScope() as connection.idle:
+            started = await reader.frame_started()
+        evicted = connection.idle.cancelled_caught
+        connection.idle = None
+        if evicted:
+            raise _Evicted(self.max_connections)
+        return await read_started_frame(reader, self.frame_stall_s) if started else None
 
     async def _send(self, stream: trio.SocketStream, frame: dict[str, Any]) -> None:
         try:
@@ -137,7 +217,8 @@ class RpcServer:
             data = framing.encode(error(frame.get("id"), exc))
         await stream.send_all(data)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, connection: _Connection) -> None:
+        stream = connection.stream
         if peer_uid(stream.socket) != os.getuid():  # type: ignore[arg-type]
             self.stats.rejected_peers += 1
             await self._send(stream, error(None, QmddError(
@@ -147,10 +228,11 @@ class RpcServer:
         greeted = False
         while True:
             try:
-                body = await read_frame(reader, self.frame_stall_s)
-            except (FrameTooLarge, FrameStalled) as exc:
+                body = await self._next_frame(connection, reader)
+            except (FrameTooLarge, FrameStalled, _Evicted) as exc:
                 self._count(exc.code)
-                await self._send(stream, error(None, exc))
+                with trio.move_on_after(1.0):  # a client that reads nothing must not hold its descriptor
+                    await self._send(stream, error(None, exc))
                 return
             except QmddError as exc:  # truncated frame: nothing more can be read reliably
                 self._count(exc.code)

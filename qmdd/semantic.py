@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import outcome
 import trio
 
-from qmdd.actors.base import typed_outcome
+from qmdd import faults
+from qmdd.auto_embed import BackgroundEmbedder
 from qmdd.protocol import (
+    ChooseForEmbedding,
     EmbedTexts,
+    ErrorCode,
     IndexEmbedded,
     ModelStatus,
     SaveSnapshot,
     SetFingerprint,
     StoreEmbeddings,
     UseModel,
+    VectorCoverage,
 )
 from qmdd.rpc import Call
 from qmdd.search.hybrid import Engines, hybrid_search, vector_search
@@ -28,6 +32,7 @@ from qmdd.search.pipeline import SearchRequest, search_request
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
 from qmdd.store.documents import DocRow
+from qmdd.store.embeddings import PendingChunk
 
 if TYPE_CHECKING:
     from qmdd.api import Api
@@ -37,6 +42,53 @@ log = logging.getLogger("qmdd.semantic")
 # Chunks per page: a page is embedded, then committed. ~1 s of CPU here, so a daemon that is stopped or
 # killed often still makes progress; the embedder's batcher splits a page by tokens.
 EMBED_PAGE = 128
+# A long request says how it is doing at least this often, waiting included: a client's silence
+# timeout (QMDD_TIMEOUT) must never fire on a run that is alive.
+HEARTBEAT_S = 2.0
+
+
+class ProgressPump:
+    """Streams the latest progress of a long job: each change at once, and the latest again after every
+    HEARTBEAT_S of silence (a wait, a slow page). The only task that emits on the call."""
+
+    def __init__(self, emit: Callable[[str, Any], Awaitable[None]], interval: float) -> None:
+        self._emit = emit
+        self._interval = interval
+        self._latest: dict[str, Any] | None = None
+        self._changed = trio.Event()
+        self._unsent = False
+
+    def update(self, payload: dict[str, Any]) -> None:
+        self._latest = payload
+        self._unsent = True
+        self._changed.set()
+
+    def waiting(self, payload: dict[str, Any]) -> None:
+        """What the job waits for: said only if the wait outlasts a heartbeat, so quick runs stay quiet."""
+        self._latest = payload
+        self._unsent = False
+
+    async def pump(self) -> None:
+        while True:
+            with trio.move_on_after(self._interval):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            await self.flush(always=True)
+
+    async def flush(self, *, always: bool = False) -> None:
+        if self._latest is not None and (always or self._unsent):
+            self._unsent = False
+            await self._emit("progress", self._latest)
+
+
+@asynccontextmanager
+async def progress_pump(emit: Callable[[str, Any], Awaitable[None]]) -> AsyncIterator[ProgressPump]:
+    progress = ProgressPump(emit, HEARTBEAT_S)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(progress.pump)
+        yield progress
+        nursery.cancel_scope.cancel()
+    await progress.flush()  # the last count, before the result
 
 
 class SemanticApi:
@@ -45,7 +97,11 @@ class SemanticApi:
         self.s = api.s
         self.engines = Engines(self.s.reader, self.s.bm25, self.s.embedder, self.s.vectors, self.s.tokenizer,
                                self.s.registry.selected_is_latin_only)
-        self.embed_lock = trio.Lock()  # one embed run at a time; a second caller waits, then finds it done
+        # One writer of vectors at a time. A manual embed holds it for its whole run (a second one waits,
+        # then finds the work done), the background embedder for one page: the lock is fair, so a manual
+        # embed waits for one background page at most.
+        self.embed_lock = trio.Lock()
+        self.background = BackgroundEmbedder(self, enabled=self.s.config.auto_embed and self.s.config.watch)
 
     def methods(self) -> dict[str, Any]:
         return {"embed": self.embed, "vsearch": self.vsearch, "query": self.query, "model.list": self.model_list,
@@ -63,83 +119,89 @@ class SemanticApi:
     async def vsearch(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         request = search_request(params)
         answer, rows = await vector_search(self.engines, request)
+        await self._warn_unembedded(answer, params["collections"], "vector search finds nothing in it")
         return await self._finish(answer, rows, request, call)
 
     async def query(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         request = search_request(params)
         answer, rows = await hybrid_search(self.engines, request, rerank=params["rerank"],
                                            candidates=max(1, min(params["candidates"], 1000)))
+        await self._warn_unembedded(answer, params["collections"], "its results come from keywords alone")
         return await self._finish(answer, rows, request, call)
 
+    async def _warn_unembedded(self, answer: dict[str, Any], names: Sequence[str] | None, consequence: str) -> None:
+        """A collection searched by name without a single vector answers by keywords or not at all: say so,
+        and how to fix it. (An unfiltered search spans collections left unembedded on purpose: `status`
+        shows each collection's coverage.)"""
+        if not names or any(w["code"] == ErrorCode.INDEX_NOT_READY.value for w in answer.get("warnings", ())):
+            return
+        indexed: dict[int, int] = await self.s.vectors.call(VectorCoverage())
+        for name in dict.fromkeys(names):
+            collection = docs.collection_by_name(self.s.reader, name)
+            if indexed.get(collection.id, 0) == 0 and emb.has_chunks(self.s.reader, collection.id):
+                answer.setdefault("warnings", []).append({
+                    "code": ErrorCode.INDEX_NOT_READY.value,
+                    "message": f"collection {name!r} has no vectors for the model in use, so {consequence}",
+                    "hints": [f"Run `qmdctl embed -c {name}` to embed it (new changes are then embedded "
+                              "in the background)."]})
+
     async def embed(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        model = await self.s.embedder.call(ModelStatus(load=True))
-        collection_ids = None
-        if params["collections"]:
-            collection_ids = [docs.collection_by_name(self.s.reader, n).id for n in params["collections"]]
-        return await self._embed_pending(model, collection_ids, call.emit)
+        names = params["collections"]
+        chosen = ([docs.collection_by_name(self.s.reader, n) for n in names] if names
+                  else docs.list_collections(self.s.reader))
+        async with progress_pump(call.emit) as progress:
+            progress.waiting({"phase": "embed", "done": 0, "total": None, "waiting": "loading the model"})
+            model = await self.s.embedder.call(ModelStatus(load=True))
+            # The user's choice, kept: the background embedder keeps these collections embedded from now on.
+            await self.s.indexer.call(ChooseForEmbedding([c.id for c in chosen]))
+            return await self._embed_pending(model, [c.id for c in chosen] if names else None, progress)
 
     async def _embed_pending(self, model: dict[str, Any], collection_ids: list[int] | None,
-                             emit: Callable[[str, Any], Awaitable[None]]) -> dict[str, Any]:
-        """Embed every chunk without a vector for `model`, a page at a time, each page committed."""
+                             progress: ProgressPump) -> dict[str, Any]:
+        """Embed every chunk without a vector for `model` (of these collections, or of all), a page at a
+        time, each page committed."""
         fingerprint: str = model["fingerprint"]
+        progress.waiting({"phase": "embed", "done": 0, "total": None, "model": model["embedding"],
+                          "waiting": "the embed run or background page in progress"})
         async with self.embed_lock:
             await self.s.vectors.call(SetFingerprint(fingerprint, model["dims"]))
-            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, fingerprint)
+            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, fingerprint,
+                                                            collection_ids)
             started = time.monotonic()
             done = texts = 0
             after = 0
-            await emit("progress", {"phase": "embed", "done": 0, "total": total - embedded,
-                                    "model": model["embedding"]})
+            progress.update({"phase": "embed", "done": 0, "total": total - embedded, "model": model["embedding"]})
             while True:
                 page = await trio.to_thread.run_sync(emb.pending_chunks, self.s.reader, fingerprint, after,
                                                      EMBED_PAGE, collection_ids)
                 if not page:
                     break
                 after = page[-1].chunk_id
-                unique: dict[str, str] = {}
-                for chunk in page:  # identical texts (copies, boilerplate) are embedded once
-                    unique.setdefault(chunk.hash, chunk.text)
-                hashes = list(unique)
-                vectors = await self.s.embedder.call(EmbedTexts(list(unique.values()), "bulk"))
-                await self.s.indexer.call(StoreEmbeddings(fingerprint, hashes, vectors.astype(np.float16)))
-                await self.s.vectors.call(IndexEmbedded(fingerprint, hashes, vectors))
+                texts += await self.embed_page(fingerprint, page)
                 done += len(page)
-                texts += len(hashes)
                 elapsed = time.monotonic() - started
-                await emit("progress", {"phase": "embed", "done": done, "total": total - embedded,
-                                        "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
+                progress.update({"phase": "embed", "done": done, "total": total - embedded,
+                                 "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
             await self.s.vectors.call(SaveSnapshot())
         elapsed = time.monotonic() - started
         return {"model": model["embedding"], "fingerprint": fingerprint, "chunks": total,
                 "already_embedded": embedded, "embedded": done, "texts_embedded": texts,
                 "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None}
 
+    async def embed_page(self, fingerprint: str, page: Sequence[PendingChunk]) -> int:
+        """Embed, store and index one page of chunks (at bulk priority); returns the texts embedded."""
+        await faults.pause("embed.page")
+        unique: dict[str, str] = {}
+        for chunk in page:  # identical texts (copies, boilerplate) are embedded once
+            unique.setdefault(chunk.hash, chunk.text)
+        hashes = list(unique)
+        vectors = await self.s.embedder.call(EmbedTexts(list(unique.values()), "bulk"))
+        await self.s.indexer.call(StoreEmbeddings(fingerprint, hashes, vectors.astype(np.float16)))
+        await self.s.vectors.call(IndexEmbedded(fingerprint, hashes, vectors))
+        return len(hashes)
+
     async def keep_embedded(self, indexed: trio.MemoryReceiveChannel[int]) -> None:
-        """Runs while the daemon serves: after the watcher indexed new chunks, embed them (at bulk
-        priority, behind every query) — but only once the user has vectors for the model in use, so a
-        keyword-only user never pays for a model. A failure (no model, an embedder given up on) is
-        logged and waits for the next change: it must never take the daemon down."""
-        async for _ in indexed:
-            ran = await typed_outcome(self._embed_new_chunks)
-            if isinstance(ran, outcome.Error):
-                log.warning("embedding the watcher's changes failed: %s", ran.error)
-                continue
-            result = ran.unwrap()
-            if result is not None:
-                log.info("embedded %d new chunk(s) in %.2fs", result["embedded"], result["seconds"])
-
-    async def _embed_new_chunks(self) -> dict[str, Any] | None:
-        model = await self.s.embedder.call(ModelStatus())
-        if not model["fingerprint"]:
-            return None
-        total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, model["fingerprint"])
-        if embedded == 0 or embedded == total:
-            return None
-
-        async def no_progress(kind: str, payload: Any) -> None:
-            return None
-
-        return await self._embed_pending(await self.s.embedder.call(ModelStatus(load=True)), None, no_progress)
+        await self.background.run(indexed)
 
     async def model_list(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
         models = await trio.to_thread.run_sync(self.s.registry.list_models)
@@ -171,9 +233,17 @@ class SemanticApi:
         return result
 
     async def status(self) -> dict[str, Any]:
+        """The models, and under `collections` each collection's vector coverage by name."""
         model: dict[str, Any] = await self.s.embedder.call(ModelStatus())
-        if model["fingerprint"]:
-            total, embedded = await trio.to_thread.run_sync(emb.count_chunks, self.s.reader, model["fingerprint"])
-            model["chunks"] = total
-            model["embedded"] = embedded
+        fingerprint = model["fingerprint"]
+        covered, chosen = await trio.to_thread.run_sync(self._coverage, fingerprint)
+        model["collections"] = {c.name: {"chunks": covered.get(c.id, (0, 0))[0],
+                                         "embedded": covered.get(c.id, (0, 0))[1], "auto_embed": c.id in chosen}
+                                for c in docs.list_collections(self.s.reader)}
+        if fingerprint:
+            model["chunks"] = sum(chunks for chunks, _ in covered.values())
+            model["embedded"] = sum(embedded for _, embedded in covered.values())
         return model
+
+    def _coverage(self, fingerprint: str | None) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+        return emb.coverage(self.s.reader, fingerprint), emb.chosen_collections(self.s.reader)

@@ -33,7 +33,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from qmdd.ignorefiles import DIR_MARK, Chain, Patterns, chain_ignored, compile_patterns, expand_braces, verdict
-from qmdd.safefiles import inside
+from qmdd.safefiles import ConfinedRoot, EscapesRoot
 
 DEFAULT_MASKS: tuple[str, ...] = ("**/*.md",)
 
@@ -157,14 +157,13 @@ def _rules_for(config: WalkConfig) -> _Rules:
 
 
 def _read_ignore_spec(
-    dir_abs: str, names: tuple[str, ...], problems: list[WalkProblem] | None, prefix: str
+    read: Callable[[str], bytes], names: tuple[str, ...], problems: list[WalkProblem] | None, prefix: str
 ) -> Patterns:
     # One spec per directory: .gitignore lines first so .qmdignore lines override them.
     lines: list[str] = []
     for name in names:
         try:
-            with open(os.path.join(dir_abs, name), encoding="utf-8", errors="replace") as fh:
-                lines.extend(fh.read().splitlines())
+            lines.extend(read(name).decode("utf-8", errors="replace").splitlines())
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
@@ -173,10 +172,12 @@ def _read_ignore_spec(
     return compile_patterns(lines)
 
 
-def _base_chain(root_abs: str, rules: _Rules, problems: list[WalkProblem] | None) -> Chain:
+def _base_chain(root: ConfinedRoot, rules: _Rules, problems: list[WalkProblem] | None) -> Chain:
     if not rules.config.honor_gitignore:
         return ()
-    spec = _read_ignore_spec(os.path.join(root_abs, ".git", "info"), ("exclude",), problems, ".git/info/")
+    limit = rules.config.max_file_bytes
+    spec = _read_ignore_spec(lambda name: root.read(".git/info/" + name, limit), ("exclude",), problems,
+                             ".git/info/")
     return _with((), "", spec)
 
 
@@ -184,37 +185,32 @@ def _with(chain: Chain, prefix: str, spec: Patterns) -> Chain:
     return (*chain, (prefix, spec)) if spec else chain
 
 
-def _real_root(root: Path) -> tuple[str, os.stat_result]:
-    real = os.path.realpath(root)
-    st = os.stat(real)  # FileNotFoundError for a missing root
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(f"collection root is not a directory: {root}")
-    return real, st
+_DirJob = tuple[str, Chain]  # (relpath, chain)
 
 
-_DirJob = tuple[str, str, Chain, tuple[int, int]]  # (path to list, relpath, chain, (st_dev, st_ino))
-
-
-def walk_collection(root: Path, config: WalkConfig = WalkConfig()) -> WalkResult:
-    """List the selected regular files under `root` with their size and mtime.
+def walk_collection(root: Path | ConfinedRoot, config: WalkConfig = WalkConfig()) -> WalkResult:
+    """List the selected regular files under `root` (a path is resolved first) with size and mtime.
 
     Raises FileNotFoundError / NotADirectoryError for a bad root; every other failure is a
-    `WalkProblem`. Symlinks are followed only to targets inside the resolved root; real
-    directories are walked first, symlinked ones afterwards, so a link aliasing a directory
-    already walked (or an ancestor: a cycle) is reported as `symlink_loop`, never walked twice.
+    `WalkProblem`. Directories are opened through the root (`ConfinedRoot`): symlinks lead only
+    inside it, even one swapped in mid-walk. Real directories are walked first, symlinked ones
+    afterwards, so a link aliasing a directory already walked (or an ancestor: a cycle) is
+    reported as `symlink_loop`, never walked twice.
     """
-    root_abs, root_st = _real_root(root)
-    return _Walk(root_abs, _rules_for(config), (root_st.st_dev, root_st.st_ino)).run()
+    if isinstance(root, ConfinedRoot):
+        return _Walk(root, _rules_for(config)).run()
+    with ConfinedRoot(os.path.realpath(root)) as confined:
+        return _Walk(confined, _rules_for(config)).run()
 
 
 class _Walk:
-    def __init__(self, root_abs: str, rules: _Rules, root_key: tuple[int, int]) -> None:
-        self.root_abs = root_abs
+    def __init__(self, root: ConfinedRoot, rules: _Rules) -> None:
+        self.root = root
         self.rules = rules
         self.files: list[FileStat] = []
         self.problems: list[WalkProblem] = []
         self.visited: dict[tuple[int, int], str] = {}
-        self.stack: list[_DirJob] = [(root_abs, "", _base_chain(root_abs, rules, self.problems), root_key)]
+        self.stack: list[_DirJob] = [("", _base_chain(root, rules, self.problems))]
         self.deferred: deque[_DirJob] = deque()
         self.dirs_scanned = 0
 
@@ -223,45 +219,48 @@ class _Walk:
 
     def run(self) -> WalkResult:
         while self.stack or self.deferred:
-            dir_abs, dir_rel, chain, key = self.stack.pop() if self.stack else self.deferred.popleft()
-            seen = self.visited.get(key)
-            if seen is not None:
-                cycle = seen == "" or dir_rel.startswith(seen + "/")
-                what = "links back to ancestor" if cycle else "duplicates directory already walked as"
-                self.problem(dir_rel, "symlink_loop", f"{what} {seen or '.'!r}; skipped")
-                continue
-            self.visited[key] = dir_rel
-            self.scan(dir_abs, dir_rel, chain)
+            dir_rel, chain = self.stack.pop() if self.stack else self.deferred.popleft()
+            self.scan(dir_rel, chain)
         self.files.sort(key=attrgetter("relpath"))
         self.problems.sort(key=lambda p: (p.relpath, p.code))
         return WalkResult(self.files, self.problems, self.dirs_scanned)
 
-    def scan(self, dir_abs: str, dir_rel: str, chain: Chain) -> None:
+    def scan(self, dir_rel: str, chain: Chain) -> None:
         # Listing through a directory fd makes each DirEntry.stat() an fstatat() of one name
-        # rather than a full path lookup (~15% off a no-change rescan). O_NOFOLLOW: dir_abs is
-        # a real directory or a resolved link target, so a symlink here is a swap mid-walk.
+        # rather than a full path lookup (~15% off a no-change rescan).
         fd = -1
         try:
-            fd = os.open(dir_abs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = self.root.open_dir(dir_rel)
+            st = os.fstat(fd)
+            # The directory opened decides, not its path: a link swapped in mid-walk cannot get
+            # one directory listed twice.
+            seen = self.visited.setdefault((st.st_dev, st.st_ino), dir_rel)
+            if seen != dir_rel:
+                cycle = seen == "" or dir_rel.startswith(seen + "/")
+                what = "links back to ancestor" if cycle else "duplicates directory already walked as"
+                self.problem(dir_rel, "symlink_loop", f"{what} {seen or '.'!r}; skipped")
+                return
             with os.scandir(fd) as it:
                 entries = list(it)
-        except OSError as exc:
-            if fd >= 0:
-                os.close(fd)
-            if not isinstance(exc, FileNotFoundError):  # vanished mid-walk: nothing to report
-                self.problem(dir_rel or ".", "unreadable", f"cannot list directory: {exc}")
-            return
-        try:
             self.dirs_scanned += 1
-            self.scan_entries(entries, dir_abs, dir_rel, chain)
+            self.scan_entries(entries, fd, dir_rel, chain)  # raises no OSError: each entry reports its own
+        except EscapesRoot as exc:  # a directory on the way became a link out, mid-walk
+            self.problem(dir_rel, "outside_root", str(exc))
+        except FileNotFoundError:
+            pass  # vanished mid-walk: nothing to report
+        except OSError as exc:
+            self.problem(dir_rel or ".", "unreadable", f"cannot list directory: {exc}")
         finally:
-            os.close(fd)  # only now: the entries stat() relative to it
+            if fd >= 0:
+                os.close(fd)  # only now: the entries stat() relative to it
 
-    def scan_entries(self, entries: list[os.DirEntry[str]], dir_abs: str, dir_rel: str, chain: Chain) -> None:
+    def scan_entries(self, entries: list[os.DirEntry[str]], dir_fd: int, dir_rel: str, chain: Chain) -> None:
         rules, files, max_bytes = self.rules, self.files, self.rules.config.max_file_bytes
         prefix = dir_rel + "/" if dir_rel else ""
         # Two failed opens per directory are cheaper than scanning the entry names for them.
-        chain = _with(chain, prefix, _read_ignore_spec(dir_abs, rules.ignore_names, self.problems, prefix))
+        spec = _read_ignore_spec(lambda name: self.root.read_in(dir_fd, dir_rel, name, max_bytes),
+                                 rules.ignore_names, self.problems, prefix)
+        chain = _with(chain, prefix, spec)
         # Common case (suffix masks, no pattern to consult): skip the per-file method call.
         fast = rules.suffixes is not None and not chain and not rules.excludes
         suffixes, hidden_ok = rules.suffixes or (), rules.hidden_ok
@@ -290,10 +289,9 @@ class _Walk:
                     if _bad_name(name):
                         self.problem(rel, "bad_name", "name is not valid UTF-8")
                         continue
-                    st = entry.stat(follow_symlinks=False)
-                    self.stack.append((os.path.join(dir_abs, name), rel, chain, (st.st_dev, st.st_ino)))
+                    self.stack.append((rel, chain))
                 elif entry.is_symlink():
-                    self.follow_link(entry, os.path.join(dir_abs, name), prefix + name, chain)
+                    self.follow_link(entry, prefix + name, chain)
                 elif rules.file_wanted(name, prefix + name, chain):
                     self.problem(prefix + name, "not_regular", "not a regular file")
             except FileNotFoundError:
@@ -308,10 +306,16 @@ class _Walk:
         else:
             self.files.append(admitted)
 
-    def follow_link(self, entry: os.DirEntry[str], path: str, rel: str, chain: Chain) -> None:
+    def follow_link(self, entry: os.DirEntry[str], rel: str, chain: Chain) -> None:
         name, rules = entry.name, self.rules
         try:
-            st = entry.stat()
+            st = self.root.stat(rel)  # followed inside the root only, as every read later is
+        except EscapesRoot as exc:
+            # Only worth reporting when it would have been selected; the target's type (a stat,
+            # never a read) says whether the directory or the file rules judge it.
+            if self.link_selected(entry, rel, chain):
+                self.problem(rel, "outside_root", str(exc))
+            return
         except OSError as exc:
             # Broken link: only worth reporting when it would have been indexed.
             if rules.file_wanted(name, rel, chain):
@@ -321,15 +325,19 @@ class _Walk:
         # Path-based rules judge the link by its own name, as for any other entry.
         if not (rules.dir_wanted(name, rel, chain) if is_dir else rules.file_wanted(name, rel, chain)):
             return
-        target = os.path.realpath(path)
-        if not inside(target, self.root_abs):
-            self.problem(rel, "outside_root", f"symlink target {target!r} is outside the root")
-        elif _bad_name(name):
+        if _bad_name(name):
             self.problem(rel, "bad_name", "name is not valid UTF-8")
         elif is_dir:
-            self.deferred.append((target, rel, chain, (st.st_dev, st.st_ino)))
+            self.deferred.append((rel, chain))  # opened through the link again, inside the root
         else:
             self.admit(rel, st)
+
+    def link_selected(self, entry: os.DirEntry[str], rel: str, chain: Chain) -> bool:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        return (self.rules.dir_wanted if is_dir else self.rules.file_wanted)(entry.name, rel, chain)
 
 
 def admit_file(rel: str, st: os.stat_result, max_bytes: int) -> FileStat | WalkProblem:
@@ -351,19 +359,25 @@ class PathFilter:
     """
 
     def __init__(self, root: Path, config: WalkConfig = WalkConfig()) -> None:
-        self._root = _real_root(root)[0]
+        self._root = os.path.realpath(root)
         self._rules = _rules_for(config)
         self._specs: dict[str, Patterns] = {}
-        self._base = _base_chain(self._root, self._rules, None)
+        self._base = self._read_base()  # FileNotFoundError / NotADirectoryError for a bad root
+
+    def _read_base(self) -> Chain:
+        with ConfinedRoot(self._root) as root:
+            return _base_chain(root, self._rules, None)
 
     def invalidate(self) -> None:
         self._specs.clear()
-        self._base = _base_chain(self._root, self._rules, None)
+        self._base = self._read_base()
 
     def _dir_spec(self, prefix: str) -> Patterns:
         if prefix not in self._specs:
-            dir_abs = os.path.join(self._root, prefix)
-            self._specs[prefix] = _read_ignore_spec(dir_abs, self._rules.ignore_names, None, prefix)
+            limit = self._rules.config.max_file_bytes
+            with ConfinedRoot(self._root) as root:
+                self._specs[prefix] = _read_ignore_spec(lambda name: root.read(prefix + name, limit),
+                                                        self._rules.ignore_names, None, prefix)
         return self._specs[prefix]
 
     def included(self, relpath: str) -> bool:

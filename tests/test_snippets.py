@@ -17,9 +17,9 @@ CHUNK = "## Install\n\nFirst line about nothing.\n\n- Extract the Archives quick
 
 def test_best_line_is_the_one_with_most_terms_even_through_stemming_and_case() -> None:
     lines = CHUNK.split("\n")
-    assert snippets("extracting archive").best_line(lines) == 4
-    assert snippets("tar").best_line(lines) == 6
-    assert snippets("zebra").best_line(lines) == -1
+    assert snippets("extracting archive").best_hit(lines)[0] == 4
+    assert snippets("tar").best_hit(lines)[0] == 6
+    assert snippets("zebra").best_hit(lines)[0] == -1
 
 
 def test_snippet_header_and_line_numbers_are_file_relative() -> None:

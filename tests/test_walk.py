@@ -11,7 +11,7 @@ from pathspec import GitIgnoreSpec
 
 from qmdd import ignorefiles
 from qmdd import walk as walk_mod
-from qmdd.safefiles import resolve_inside
+from qmdd.safefiles import ConfinedRoot, EscapesRoot
 from qmdd.walk import (
     DEFAULT_MASKS,
     VENDOR_DIRS,
@@ -198,9 +198,11 @@ def test_ignored_directory_is_not_listed(tmp_path: Path, monkeypatch: pytest.Mon
     listed: list[str] = []
     real_open = os.open
 
-    def spy(path: str, flags: int, *args: int) -> int:
-        listed.append(os.path.relpath(path, tmp_path))
-        return real_open(path, flags, *args)
+    def spy(path: str, flags: int, *args: int, dir_fd: int | None = None) -> int:
+        fd = real_open(path, flags, *args, dir_fd=dir_fd)
+        if flags & os.O_DIRECTORY and dir_fd is not None:  # a directory below the root, listed or passed
+            listed.append(path)
+        return fd
 
     monkeypatch.setattr(walk_mod.os, "open", spy)
     assert paths(walk_collection(tmp_path)) == ["a.md"]
@@ -314,10 +316,10 @@ def test_unreadable_dir_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     make(tmp_path, "a.md", "locked/b.md", "open/c.md")
     real_open = os.open
 
-    def fake_open(path: str, flags: int, *args: int) -> int:
+    def fake_open(path: str, flags: int, *args: int, dir_fd: int | None = None) -> int:
         if os.path.basename(path) == "locked":
             raise PermissionError(13, "Permission denied", path)
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, dir_fd=dir_fd)
 
     monkeypatch.setattr(walk_mod.os, "open", fake_open)
     res = walk_collection(tmp_path)
@@ -392,24 +394,27 @@ def test_matches_masks_rules() -> None:
     assert matches_masks("node_modules.md", cfg)  # vendor names only prune directories
 
 
-# --- resolve_inside ----------------------------------------------------------------------
+# --- confined reads ----------------------------------------------------------------------
 
 
-def test_resolve_inside(tmp_path: Path) -> None:
+def test_confined_root_reads_inside_and_refuses_the_way_out(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
-    make(root, "a/b.md")
+    make(root, "a/b.md", content="inside\n")
     make(outside, "secret.md")
     (root / "in-link.md").symlink_to("a/b.md")
+    (root / "abs-link.md").symlink_to(root / "a" / "b.md")
+    (root / "up-and-in.md").symlink_to("../root/a/b.md")
     (root / "escape.md").symlink_to(outside / "secret.md")
     (root / "escape-dir").symlink_to(outside)
-    real_b = (root / "a" / "b.md").resolve()
-    assert resolve_inside(root, "a/b.md") == real_b
-    assert resolve_inside(root, "in-link.md") == real_b
-    assert resolve_inside(root, "a/missing.md") == root.resolve() / "a" / "missing.md"
-    bad_paths = ["../outside/secret.md", "a/../../x", "..", "/etc/passwd", "a\0b", ""]
-    for bad in [*bad_paths, "escape.md", "escape-dir/secret.md"]:
-        with pytest.raises(ValueError):
-            resolve_inside(root, bad)
+    with ConfinedRoot(str(root)) as confined:
+        for good in ("a/b.md", "in-link.md", "abs-link.md", "up-and-in.md"):
+            assert confined.read(good, 100) == b"inside\n"
+        with pytest.raises(FileNotFoundError):
+            confined.read("a/missing.md", 100)
+        bad_paths = ["../outside/secret.md", "a/../../x", "..", "/etc/passwd", "a\0b", "a//b.md", "./a/b.md"]
+        for bad in [*bad_paths, "escape.md", "escape-dir/secret.md"]:
+            with pytest.raises(EscapesRoot):
+                confined.read(bad, 100)
 
 
 def test_problem_is_hashable_value() -> None:

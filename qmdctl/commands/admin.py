@@ -41,6 +41,8 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
         out.line(f"  {out.style(c['name'], 'cyan')} (qmd://{c['name']}/)  {c['documents']} files, "
                  f"{c['chunks']} chunks")
         out.line(f"    {c['root']}  masks: {', '.join(c['masks'])}")
+        if c.get("vectors"):
+            out.line(f"    {_vectors_text(c['name'], c['vectors'])}")
         if c.get("watch"):
             out.line(f"    {_watch_text(out, c['watch'], s)}")
     out.line(f"\n{out.style('Actors', 'bold')}")
@@ -54,6 +56,8 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
     out.line(f"\nRPC: {rpc['requests']} requests, {rpc['open_connections']} open connections, "
              f"errors {rpc['errors'] or 0}")
     _model_text(out, s.get("model") or {})
+    if s.get("auto_embed"):
+        out.line(f"  background embedder: {_auto_embed_text(s['auto_embed'], s['time'])}")
     if s["problems"]:
         out.line(f"\n{out.style('Skipped files', 'yellow')} ({len(s['problems'])} shown)")
         for p in s["problems"][:20]:
@@ -61,7 +65,7 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
 
 
 def _watch_text(out: Output, w: dict[str, Any], s: dict[str, Any]) -> str:
-    colour = {"watching": "green", "missing": "red", "polling": "yellow"}.get(w["state"], "dim")
+    colour = {"watching": "green", "missing": "red", "refused": "red", "polling": "yellow"}.get(w["state"], "dim")
     text = f"watch: {out.style(w['state'], colour)}"
     change = w.get("last_change")
     if change:
@@ -71,6 +75,32 @@ def _watch_text(out: Output, w: dict[str, Any], s: dict[str, Any]) -> str:
         text += ", no change seen yet"
     if w.get("last_error"):
         text += out.style(f"; last error: {w['last_error']}", "red")
+    return text
+
+
+def _vectors_text(name: str, v: dict[str, Any]) -> str:
+    text = f"vectors: {v['embedded']}/{v['chunks']} chunks embedded"
+    if v["auto_embed"]:
+        return text + ", kept embedded"
+    return text + (f" (`qmdctl embed -c {name}` embeds it and keeps it embedded)" if v["chunks"] else "")
+
+
+def _auto_embed_text(a: dict[str, Any], now: float) -> str:
+    if a["state"] in ("embedding", "paused"):
+        text = (f"{'embedding' if a['state'] == 'embedding' else 'paused on'} collection {a['collection']}, "
+                f"{a['done']} of {a['total']} chunks")
+        if a["state"] == "paused":
+            text += " (a manual `qmdctl embed` goes first)"
+    elif a["state"] == "off":
+        text = "off (auto_embed or the watcher is turned off)"
+    else:
+        text = "idle"
+    last = a.get("last_run")
+    if last:
+        text += (f"; last: {last['collection']}, {last['embedded']} chunk(s) in {last['seconds']:.1f}s, "
+                 f"{_ago(max(0.0, now - last['finished_at']))} ago")
+    if a.get("last_error"):
+        text += f"; last error: {a['last_error']}"
     return text
 
 
@@ -88,10 +118,12 @@ def progress_reporter(out: Output) -> tuple[Callable[[str, Any], None], Callable
         return (lambda kind, payload: out.record(kind, payload)), (lambda: None)
     if out.fmt != "text" or not sys.stderr.isatty():
         return (lambda kind, payload: None), (lambda: None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # On stderr, the terminal checked above: rich's default console is stdout, which may be redirected.
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)
+                   console=Console(stderr=True), transient=True)
     bar.start()
     tasks: dict[str, Any] = {}
 

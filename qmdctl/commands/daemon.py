@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from typing import TYPE_CHECKING
 
-from qmdctl.client import Client, start_daemon
+from qmdctl.client import CONNECT_TIMEOUT_S, Client, start_daemon
+from qmdd import ownfiles
 from qmdd.protocol import ErrorCode, QmddError
 
 if TYPE_CHECKING:
@@ -45,23 +47,38 @@ def start(inv: Invocation) -> int:
         start_daemon(client.paths, environ)
         client.try_connect()
     info = {"running": True, "started": not already, "pid": client.server.get("pid"),
-            "socket": str(client.paths.socket)}
+            "socket": client.socket_path}
     inv.output.value(info, lambda i: inv.output.line(
         f"qmdd {'started' if i['started'] else 'already running'} (pid {i['pid']}) on {i['socket']}"))
     return 0
 
 
 def stop(inv: Invocation) -> int:
+    """Ask the daemon to shut down, or SIGTERM one that holds the index but does not answer, and wait
+    for it to exit; a live one is never said gone. Only a pid the daemon's own lock file names (ours,
+    no link, flock held, a process of ours) is ever signalled."""
     client = inv.client
-    if not client.try_connect():
+    index_lock = str(client.paths.index_lock)
+    held, pid = ownfiles.lock_holder(index_lock)
+    if held:  # it exists: a healthy one greets in milliseconds, a stuck one is not waited for long
+        client.greeting_timeout = CONNECT_TIMEOUT_S
+    if client.try_connect():
+        # The server runs as us (checked before the hello): its pid is good to wait for, not to signal.
+        pid = int(client.call("shutdown")["pid"])
+        client.close()
+    elif not held:
         inv.output.value({"running": False, "stopped": False},
                          lambda _: inv.output.line("qmdd is not running"))
         return 0
-    pid = int(client.call("shutdown")["pid"])
-    client.close()
-    if not wait_for_exit(pid):
-        raise QmddError(ErrorCode.TIMEOUT, f"qmdd (pid {pid}) did not stop within {STOP_TIMEOUT_S:.0f}s",
-                        hints=(f"kill {pid}",))
+    elif pid is None:
+        raise QmddError(ErrorCode.TIMEOUT, f"a qmdd holds {index_lock} but does not answer, and its pid is unknown",
+                        hints=(f"Find it with `fuser -v {index_lock}`, then kill it (SIGTERM, then SIGKILL).",))
+    else:
+        os.kill(pid, signal.SIGTERM)  # it does not answer: its graceful shutdown by signal
+    if not wait_for_exit(pid, STOP_TIMEOUT_S):
+        raise QmddError(ErrorCode.TIMEOUT, f"qmdd (pid {pid}) is still running {STOP_TIMEOUT_S:.0f}s after "
+                        "being asked to stop", hints=(f"It may be stuck: see its log {client.paths.log_file}.",
+                                                      f"Force it: kill -KILL {pid}"))
     inv.output.value({"running": False, "stopped": True, "pid": pid},
                      lambda _: inv.output.line(f"qmdd stopped (pid {pid})"))
     return 0
@@ -71,7 +88,7 @@ def status(inv: Invocation) -> int:
     client: Client = inv.client
     running = client.try_connect()
     info = {"running": running, "pid": client.server.get("pid") if running else None,
-            "socket": str(client.paths.socket), "log_file": str(client.paths.log_file),
+            "socket": client.socket_path, "log_file": str(client.paths.log_file),
             "data_dir": str(client.paths.data_dir)}
     inv.output.value(info, lambda i: inv.output.line(
         (f"qmdd running (pid {i['pid']})" if i["running"] else "qmdd not running")

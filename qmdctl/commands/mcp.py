@@ -15,6 +15,7 @@ import sys
 import threading
 
 from qmdctl.client import Client
+from qmdctl.render import terminal_safe
 from qmdd import framing
 from qmdd.protocol import ERROR, ITEM, RESULT, ErrorCode, QmddError, request
 
@@ -170,7 +171,7 @@ class Bridge:
             self.pending.clear()
         for req_id, method in failed.items():
             self.write(json.dumps(_unavailable(req_id, method, why)))
-        sys.stderr.write(f"qmdctl mcp: {why}\n")
+        sys.stderr.write(f"qmdctl mcp: {terminal_safe(why)}\n")  # an error may echo a client's input
 
 
 def serve(inv: Invocation) -> int:

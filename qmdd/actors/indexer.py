@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
+import unicodedata
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
+import outcome
 import trio
 
-from qmdd.actors.base import DatabaseActor, Handler, Mailbox
+from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
 from qmdd.chunking import ChunkerConfig
 from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection, update_paths
 from qmdd.protocol import (
     AddCollection,
     ApplyChunks,
+    ChooseForEmbedding,
     Cleanup,
     ErrorCode,
     IndexPaths,
@@ -35,21 +36,37 @@ from qmdd.protocol import (
     StoreEmbeddings,
     VerifyIndex,
 )
+from qmdd.safefiles import ConfinedRoot, RootChanged, RootKey
 from qmdd.store import documents as docs
+from qmdd.store import walguard
 from qmdd.store.documents import ChunkText, CollectionRow
-from qmdd.store.embeddings import purge_embeddings, store_vectors
-from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
+from qmdd.store.embeddings import choose_collections, purge_embeddings, store_vectors
+from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig, walk_collection
 
 log = logging.getLogger("qmdd.indexer")
 
-_NAME = re.compile(r"^[^/\\\x00-\x1f#.][^/\\\x00-\x1f]{0,99}$")
+NAME_MAX_CHARS = 100
+NAME_RULE = (f"a collection name is 1-{NAME_MAX_CHARS} letters, digits, '_', '.' or '-', and starts with a letter, "
+             "a digit or '_'")
+# Letters and digits of any script, with the combining marks some scripts need. Left out: controls and
+# format characters (bidi overrides that reorder what a terminal shows), spaces, and every symbol a
+# shell, a URI or a `FILE:LINE` target gives a meaning to ('$', '(', '/', ':', '#', ...).
+_NAME_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd", "Mn", "Mc"})
+_NAME_PUNCTUATION = frozenset("_.-")
 
 
 def check_collection_name(name: str) -> str:
+    """A new collection name (add, rename), or INVALID_INPUT with the rule. Names already in SQLite
+    are never checked again: a collection with an older, looser name keeps working and can be renamed."""
     name = name.strip()
-    if not _NAME.match(name):
-        raise QmddError(ErrorCode.INVALID_INPUT,
-                        f"invalid collection name {name!r}: 1-100 characters, no '/', not starting with '.' or '#'")
+    valid = (0 < len(name) <= NAME_MAX_CHARS
+             and (name[0] == "_" or unicodedata.category(name[0]) in _NAME_CATEGORIES - {"Mn", "Mc"})
+             and all(c in _NAME_PUNCTUATION or unicodedata.category(c) in _NAME_CATEGORIES for c in name))
+    if not valid:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"invalid collection name {name!r}",
+                        hints=(f"Choose another name: {NAME_RULE}.",
+                               "`qmdctl collection add` names a collection after its folder unless --name is given."),
+                        details={"rule": NAME_RULE})
     return name
 
 
@@ -81,7 +98,7 @@ class IndexerActor(DatabaseActor):
         return {ScanCollections: self._scan, AddCollection: self._add, RemoveCollection: self._remove,
                 RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup,
                 StoreEmbeddings: self._store_embeddings, IndexPaths: self._index_paths,
-                SaveSnapshot: self._checkpoint}
+                SaveSnapshot: self._checkpoint, ChooseForEmbedding: self._choose_for_embedding}
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"scans": self.scans, "path_updates": self.path_updates, "files_indexed": self.files_indexed,
@@ -155,10 +172,7 @@ class IndexerActor(DatabaseActor):
         try:
             if not message.full:
                 path_filter = await trio.to_thread.run_sync(self._path_filter, collection, config)
-                summary = await self._write(partial(
-                    update_paths, self.conn, collection, path_filter, list(message.changes),
-                    max_file_bytes=self._max_file_bytes, batch_files=self._batch_files, chunker=self._chunker,
-                    on_batch=self._batch_sink()))
+                summary = await self._write(self._update_one, collection, path_filter, list(message.changes))
             if summary is None:
                 self._filters.pop(collection.id, None)  # ignore files may have changed
                 summary = await self._write(self._scan_one, collection, config, self._batch_sink(), lambda _: None)
@@ -169,6 +183,14 @@ class IndexerActor(DatabaseActor):
             self.current = None
         self.files_indexed += summary.indexed
         return summary.to_wire()
+
+    def _update_one(self, collection: CollectionRow, path_filter: PathFilter,
+                    relpaths: list[str]) -> ScanSummary | None:
+        try:
+            return update_paths(self.conn, collection, path_filter, relpaths, max_file_bytes=self._max_file_bytes,
+                                batch_files=self._batch_files, chunker=self._chunker, on_batch=self._batch_sink())
+        except OSError as exc:  # the root vanished or was replaced since the watcher saw the change
+            raise filesystem_error(exc, f"root of collection {collection.name!r} ({collection.root})") from None
 
     def _path_filter(self, collection: CollectionRow, config: WalkConfig) -> PathFilter:
         cached = self._filters.get(collection.id)
@@ -201,14 +223,16 @@ class IndexerActor(DatabaseActor):
     async def _add(self, message: AddCollection) -> dict[str, object]:
         name = check_collection_name(message.name)
         existing = [(c.name, c.root) for c in docs.list_collections(self.conn)]
-        root = await trio.to_thread.run_sync(check_new_root, message.path, existing)
+        root, root_key = await trio.to_thread.run_sync(check_new_root, message.path, existing)
         masks = message.masks or list(DEFAULT_MASKS)
         walk_config(masks, message.excludes, self._max_file_bytes)
-        row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes)
+        row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes, root_key)
+        await self._save_collections()
         return {"name": row.name, "root": row.root, "masks": list(row.masks), "excludes": list(row.excludes)}
 
     async def _remove(self, message: RemoveCollection) -> dict[str, object]:
         removed = await self._write(docs.remove_collection, self.conn, message.name)
+        await self._save_collections()
         if removed:
             await self._bm25.call(ApplyChunks([], removed))
             if self._vectors is not None:
@@ -219,6 +243,7 @@ class IndexerActor(DatabaseActor):
     async def _rename(self, message: RenameCollection) -> dict[str, object]:
         row = await self._write(docs.rename_collection, self.conn, message.old,
                                 check_collection_name(message.new))
+        await self._save_collections()
         return {"name": row.name, "root": row.root}
 
     async def _context(self, message: SetContext) -> bool:
@@ -229,13 +254,25 @@ class IndexerActor(DatabaseActor):
             removed: bool = await self._write(docs.remove_context, self.conn, collection_id, message.prefix)
             if not removed:
                 raise QmddError(ErrorCode.NOT_FOUND, f"no context set for {message.prefix or '/'}")
+            await self._save_collections()
             return removed
         await self._write(docs.set_context, self.conn, collection_id, message.prefix, message.text)
+        await self._save_collections()
         return True
+
+    async def _save_collections(self) -> None:
+        """What a lost WAL would take with it, kept beside the database (see qmdd.store.walguard). The
+        change itself is committed: a full disk here only costs the record, and is logged."""
+        saved = await typed_outcome(self._write, walguard.save_collections, self.conn, self._database)
+        if isinstance(saved, outcome.Error):
+            log.warning("collections not recorded beside the index: %s", saved.error)
 
     async def _store_embeddings(self, message: StoreEmbeddings) -> int:
         await self._write(store_vectors, self.conn, message.fingerprint, message.hashes, message.vectors)
         return len(message.hashes)
+
+    async def _choose_for_embedding(self, message: ChooseForEmbedding) -> None:
+        await self._write(choose_collections, self.conn, message.collection_ids)
 
     async def _cleanup(self, message: Cleanup) -> dict[str, object]:
         def vacuum() -> tuple[int, int, int]:
@@ -251,6 +288,11 @@ class IndexerActor(DatabaseActor):
         await self._bm25.call(SaveSnapshot(force=True))
         answer: dict[str, object] = {"database_bytes_before": before, "database_bytes_after": after,
                                      "bm25_repaired": repaired, "embeddings_purged": purged}
+        if walguard.has_notice(self.conn):
+            # A lost WAL: rescan everything once more, and only then stop reporting it.
+            await self._scan(ScanCollections())
+            await self._write(docs.clear_index_notice, self.conn, walguard.NOTICE_KEY)
+            log.info("rescanned every collection after the lost WAL; notice cleared")
         if self._vectors is not None:
             answer["vectors_repaired"] = await self._vectors.call(VerifyIndex())
             await self._vectors.call(SaveSnapshot(force=True))
@@ -271,8 +313,34 @@ def walk_config(masks: Sequence[str], excludes: Sequence[str], max_file_bytes: i
         raise QmddError(ErrorCode.INVALID_INPUT, f"bad --mask or --exclude pattern: {exc}") from None
 
 
+def selected_files(collection: CollectionRow, max_file_bytes: int) -> int | None:
+    """How many files a scan of `collection` selects (None when its root cannot be walked now)."""
+    try:
+        return len(walk_collection(Path(collection.root),
+                                   walk_config(collection.masks, collection.excludes, max_file_bytes)).files)
+    except OSError:
+        return None
+
+
+def incomplete_add_error(name: str, indexed: int, total: int | None, cause: QmddError) -> QmddError:
+    """The answer to an add whose first scan failed on storage (a full disk): the collection stays
+    registered with what was committed, and an update, which skips what is indexed, completes it."""
+    done = f"{indexed:,} of {total:,}" if total is not None else f"{indexed:,}"
+    return QmddError(
+        ErrorCode.STORAGE_ERROR,
+        f"collection {name!r} is registered, but its first scan stopped with {done} files indexed: {cause.message}",
+        hints=(f"Free space where the index lives, then run `qmdctl update -c {name}` to index the rest.",
+               f"What is indexed is searchable meanwhile; `qmdctl collection remove {name}` drops it instead."),
+        details={"collection": name, "registered": True, "indexed": indexed, "total": total})
+
+
 def filesystem_error(exc: OSError, what: str) -> QmddError:
     """Map an OSError met while touching a collection's files onto a typed error."""
+    if isinstance(exc, RootChanged):
+        return QmddError(ErrorCode.PERMISSION_DENIED, f"{what}: {exc}",
+                         hints=("A symlink or another folder took the root's place since the collection was added.",
+                                "If the folder there now is the one to index, re-add the collection: "
+                                "`qmdctl collection remove NAME`, then `qmdctl collection add PATH --name NAME`."))
     if isinstance(exc, PermissionError):
         return QmddError(ErrorCode.PERMISSION_DENIED, f"{what}: permission denied",
                          hints=("Give the daemon's user read access, or remove the collection.",))
@@ -282,8 +350,9 @@ def filesystem_error(exc: OSError, what: str) -> QmddError:
     return QmddError(ErrorCode.FILE_UNREADABLE, f"{what}: {exc.strerror or exc}")
 
 
-def check_new_root(path: str, existing: list[tuple[str, str]]) -> Path:
-    """Validate a new collection root against the filesystem and the other collections' roots."""
+def check_new_root(path: str, existing: list[tuple[str, str]]) -> tuple[Path, RootKey]:
+    """Validate a new collection root against the filesystem and the other collections' roots;
+    the resolved root and the identity to pin."""
     root = Path(path).expanduser()
     if not root.is_absolute():
         raise QmddError(ErrorCode.INVALID_INPUT, f"collection path must be absolute: {path}")
@@ -291,10 +360,12 @@ def check_new_root(path: str, existing: list[tuple[str, str]]) -> Path:
         if not root.is_dir():
             raise QmddError(ErrorCode.PATH_NOT_FOUND, f"not a directory: {root}")
         root = root.resolve(strict=True)
+        with ConfinedRoot(str(root)) as opened:
+            root_key = opened.key
     except OSError as exc:
         raise filesystem_error(exc, str(root)) from None
     for name, other in existing:
         other_root = Path(other)
         if root == other_root or root.is_relative_to(other_root) or other_root.is_relative_to(root):
             raise QmddError(ErrorCode.COLLECTION_OVERLAP, f"{root} overlaps collection {name!r} at {other}")
-    return root
+    return root, root_key

@@ -26,6 +26,7 @@ from qmdd.protocol import (
     QmddError,
     SaveSnapshot,
     SetFingerprint,
+    VectorCoverage,
     VectorQuery,
     VerifyIndex,
 )
@@ -64,6 +65,9 @@ class VectorsActor(DerivedIndexActor):
         if isinstance(envelope.message, VectorQuery):
             self.nursery.start_soon(self._answer, envelope)
             return
+        if isinstance(envelope.message, VectorCoverage):  # a glance at the index as it is: no waiting
+            send_reply(envelope, outcome.Value(self.coverage()))
+            return
         await self._ready.wait()  # changes queue up behind the initial load
         await super()._dispatch(envelope)
 
@@ -95,6 +99,12 @@ class VectorsActor(DerivedIndexActor):
         return {"queries": self.queries, "ready": self._ready.is_set(), "loaded_from": self.loaded_from,
                 "dirty": self._dirty,
                 "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0})}
+
+    def coverage(self) -> dict[int, int]:
+        """collection id -> chunks with a vector in the index."""
+        if self.index is None:
+            return {}
+        return {cid: len(members) for cid, members in self.index.collections.items()}
 
     def _open_snapshot(self) -> tuple[VectorIndex, dict[str, Any]]:
         return VectorIndex.load(self._snapshot)

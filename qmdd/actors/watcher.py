@@ -4,10 +4,12 @@ Per collection, one task follows the notifier and gathers changed paths, and ano
 indexer: whatever arrives while the indexer is busy goes with the next call, so a `git checkout` of
 thousands of files becomes a few `IndexPaths` messages, not thousands. A root that vanishes (unmounted
 disk, deleted folder) is reported as `missing`, looked for every `poll_s`, and rescanned when it comes
-back; a root the notifier cannot watch (inotify limits) is rescanned every `15 * poll_s` instead. Each
-time a notifier is in place (daemon start, watcher restart, a collection added, a root back) the
-collection is rescanned once (mtime+size: a stat per file), so nothing that changed before it was
-watching is missed. After a quiet spell the indexer is asked to save the derived snapshots.
+back; a root that a symlink or another directory took the place of is `refused`, never followed (its
+identity is pinned at `collection add`); a root the notifier cannot watch (inotify limits) is rescanned
+every `15 * poll_s` instead. Each time a notifier is in place (daemon start, watcher restart, a
+collection added, a root back) the collection is rescanned once (mtime+size: a stat per file), so
+nothing that changed before it was watching is missed. After a quiet spell the indexer is asked to
+save the derived snapshots.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import math
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,13 +56,14 @@ RootKey = tuple[int, int]
 
 
 def root_key(root: str) -> RootKey | None:
-    """(device, inode) of the root directory, or None when it is gone: a root replaced by another
-    directory of the same name must be watched afresh."""
+    """(device, inode) of what is at the root's path, or None when nothing (or a plain file) is: a root
+    replaced by another directory must be watched afresh, if at all. A symlink there is not followed:
+    its own identity is never the pinned directory's."""
     try:
-        st = os.stat(root)
+        st = os.lstat(root)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino) if os.path.isdir(root) else None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) else None
 
 
 def relative_changes(root: str, raw: set[tuple[int, str]], skip: tuple[str, ...] = ()) -> dict[str, int]:
@@ -84,7 +88,8 @@ class CollectionWatch:
     collection_id: int
     name: str
     root: str
-    state: str = "starting"  # starting | watching | missing | polling | stopped
+    pin: RootKey | None = None  # the root's identity recorded at `collection add` (None: not yet)
+    state: str = "starting"  # starting | watching | missing | refused | polling | stopped
     since: float = field(default_factory=time.time)
     last_change: dict[str, Any] | None = None
     last_error: str | None = None
@@ -163,7 +168,7 @@ class WatcherActor(DatabaseActor):
                 watch.name = row.name  # a rename keeps the watch
         for collection_id, row in wanted.items():
             if collection_id not in self._watches:
-                watch = CollectionWatch(collection_id, row.name, row.root)
+                watch = CollectionWatch(collection_id, row.name, row.root, row.root_key)
                 self._watches[collection_id] = watch
                 self.nursery.start_soon(self._run_watch, watch)
         return {"enabled": True, "collections": len(self._watches)}
@@ -190,7 +195,16 @@ class WatcherActor(DatabaseActor):
                     watch.set_state("missing")
                 await trio.sleep(self._poll_s)
                 continue
-            if watch.state == "missing":
+            refusal = self._refusal(watch, key)
+            if refusal is not None:
+                if watch.state != "refused":
+                    log.warning("collection %s: root %s refused (%s); not watched until it is back or the "
+                                "collection is added again", watch.name, watch.root, refusal)
+                    watch.last_error = f"root refused: {refusal}; re-add the collection if the new folder is meant"
+                    watch.set_state("refused")
+                await trio.sleep(self._poll_s)
+                continue
+            if watch.state in ("missing", "refused"):
                 log.info("collection %s: root %s is back; rescanning", watch.name, watch.root)
             opened = await outcome.acapture(self._open_notifier, watch.root)
             if isinstance(opened, outcome.Error):
@@ -204,6 +218,16 @@ class WatcherActor(DatabaseActor):
                 # away, the collection is being added) is found by a rescan: a stat per file.
                 watch.request(None)
                 await self._follow(watch, notifier, key)
+
+    def _refusal(self, watch: CollectionWatch, key: RootKey) -> str | None:
+        """Why what stands at the root's path is not the collection's root (None: it is). Following it
+        would index, and serve, whatever a symlink or a directory put in its place leads to."""
+        if watch.pin is None:  # a collection from before pinning: its first scan pins it
+            row = docs.collection_by_id(self.conn, watch.collection_id)
+            watch.pin = row.root_key if row is not None else None
+        if watch.pin is None:
+            return "a symlink took its place" if os.path.islink(watch.root) else None
+        return None if key == watch.pin else "a symlink or another directory took its place"
 
     async def _open_notifier(self, root: str) -> RustNotify:
         # Adding inotify watches walks the whole tree: in a thread, like every blocking call here.

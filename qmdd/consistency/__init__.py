@@ -36,6 +36,7 @@ from qmdd.consistency.report import (
 from qmdd.consistency.snapshots import check_bm25, check_vectors
 from qmdd.consistency.sqlite_checks import check_sqlite, check_tree
 from qmdd.paths import Paths
+from qmdd.store import walguard
 from qmdd.store.db import connect
 
 __all__ = ["EXAMPLES", "EXIT_CONSISTENT", "EXIT_INCONSISTENT", "EXIT_NOT_CHECKED", "Finding", "Mode", "NotCheckable",
@@ -55,7 +56,12 @@ def check_index(env: dict[str, str] | None = None, *, mode: Mode = "strict", sna
     current = mode == "strict" if snapshots_current is None else snapshots_current
     report = Report(str(paths.data_dir), mode, current)
     rng = random.Random(seed)
+    shm_left = walguard.shm_without_wal(paths.database)  # before a connection touches the WAL
     with _index_lock(paths), contextlib.closing(connect(paths.database, readonly=True)) as conn:
+        lost = walguard.confirm_loss(conn, paths.database, shm_left)
+        if lost:
+            report.add(True, "wal_lost", "the last run's write-ahead log is gone: committed changes are lost "
+                       "(the next daemon start registers lost collections again and rescans)", lost)
         facts = check_sqlite(conn, report)
         check_tree(conn, report, config, facts, mode == "strict", rechunk, rng)
         check_bm25(report, config, facts, current)

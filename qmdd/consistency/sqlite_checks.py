@@ -3,10 +3,10 @@ indexer's own walk selects."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 
@@ -14,9 +14,9 @@ from qmdd.actors.indexer import walk_config
 from qmdd.chunking import ChunkerConfig, embedding_text
 from qmdd.config import Config
 from qmdd.consistency.report import Facts, Report
-from qmdd.indexing import FileProblem, read_document
+from qmdd.indexing import FileProblem, open_root, read_document
 from qmdd.protocol import QmddError
-from qmdd.safefiles import read_regular_file
+from qmdd.safefiles import ConfinedRoot
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
 from qmdd.walk import FileStat, walk_collection
@@ -85,11 +85,17 @@ def _check_embedding_rows(conn: sqlite3.Connection, report: Report, facts: Facts
 def check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts: Facts, strict: bool,
                 rechunk: int | None, rng: random.Random) -> None:
     """Documents against the files the indexer's own walk selects; `strict`: they must match exactly."""
-    up_to_date: list[tuple[Path, FileStat, docs.DocState]] = []
+    with contextlib.ExitStack() as roots:  # each root stays open until its sampled documents are re-read
+        _check_tree(conn, report, config, facts, strict, rechunk, rng, roots)
+
+
+def _check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts: Facts, strict: bool,
+                rechunk: int | None, rng: random.Random, roots: contextlib.ExitStack) -> None:
+    up_to_date: list[tuple[ConfinedRoot, FileStat, docs.DocState]] = []
     chunker = ChunkerConfig()
     for collection in docs.list_collections(conn):
-        root = Path(collection.root)
         try:
+            root = roots.enter_context(open_root(collection))  # as the indexer reads: pinned, confined
             walk = walk_collection(root, walk_config(collection.masks, collection.excludes, config.max_file_bytes))
         except (OSError, QmddError) as exc:
             report.add(True, "root_unreadable", "a collection's root cannot be walked", f"{collection.name}: {exc}")
@@ -106,7 +112,7 @@ def check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts: 
                            "selected (the next update removes them)", where + path)
                 continue
             try:
-                data = read_regular_file(root / path, config.max_file_bytes)
+                data = root.read(path, config.max_file_bytes)
             except OSError as exc:
                 report.add(strict, "document_unreadable", "indexed files that cannot be read now",
                            f"{where}{path}: {exc}")
@@ -151,7 +157,7 @@ def check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts: 
     report.counts["documents_rechunked"] = len(sample)
 
 
-def _compare_chunks(conn: sqlite3.Connection, report: Report, root: Path, st: FileStat, state: docs.DocState,
+def _compare_chunks(conn: sqlite3.Connection, report: Report, root: ConfinedRoot, st: FileStat, state: docs.DocState,
                     chunker: ChunkerConfig, max_bytes: int) -> None:
     """Re-read and re-chunk an up-to-date document as the indexer would; its stored chunks must be the same."""
     parsed = read_document(root, st, chunker, max_bytes)
@@ -164,4 +170,4 @@ def _compare_chunks(conn: sqlite3.Connection, report: Report, root: Path, st: Fi
     title, lines = conn.execute("SELECT title, lines FROM documents WHERE id = ?", (state.id,)).fetchone()
     if parsed.hash == state.hash and (stored != expected or (title, lines) != (parsed.title, parsed.lines)):
         report.add(True, "chunks_differ_from_file", "an up-to-date document's chunks are not what indexing its "
-                   "file gives (a partial or mixed version)", f"{root}/{st.relpath}")
+                   "file gives (a partial or mixed version)", f"{root.path}/{st.relpath}")

@@ -95,8 +95,8 @@ async def vector_search(engines: Engines, request: SearchRequest) -> tuple[dict[
     [ranked] = await _vector_lists(engines, [request.query], request.limit, collection_ids, allowed)
     ranked = [c for c in ranked if max(c.score, 0.0) >= request.min_score][:request.limit]
     terms = engines.tokenizer.query_terms(request.query)
-    results, rows = build_results(engines.conn, engines.tokenizer, terms,
-                                  _to_hits(ranked, [max(c.score, 0.0) for c in ranked]), request)
+    results, rows = await build_results(engines.conn, engines.tokenizer, terms,
+                                        _to_hits(ranked, [max(c.score, 0.0) for c in ranked]), request)
     if request.explain:
         for result, cand in zip(results, ranked, strict=False):
             result["explain"] = {"cosine": round(cand.score, 4), "vector_rank": cand.rank}
@@ -177,7 +177,7 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     kept = [key for key in order if scores[key] >= request.min_score][:request.limit]
     hits = [ChunkHit(key, chosen[key].chunk_id, chosen[key].score, min(scores[key], 1.0), None) for key in kept]
     terms = sorted({t for sub in subqueries for t in engines.tokenizer.query_terms(sub.text)})
-    results, rows = build_results(engines.conn, engines.tokenizer, terms, hits, request)
+    results, rows = await build_results(engines.conn, engines.tokenizer, terms, hits, request)
     if request.explain:
         _explain(results, [r.id for r in rows], head, lists, names, by_source, blended)
     answer: dict[str, Any] = {"terms": terms, "results": results,

@@ -1,7 +1,8 @@
 """Keyword search orchestration: filters → BM25 actor → documents, contexts, snippets.
 
 Talks to the BM25 actor by message only; SQLite reads here are a handful of rows by primary key,
-cheap enough to run on the event loop.
+cheap enough to run on the event loop. Snippets are not: a chunk may be one multi-megabyte line,
+so they are built in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from pyroaring import BitMap
 
 from qmdd.actors.base import Mailbox
@@ -19,7 +21,22 @@ from qmdd.search.bm25index import ChunkHit
 from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store import documents as docs
-from qmdd.store.documents import CollectionRow, DocRow
+from qmdd.store.documents import ChunkText, CollectionRow, DocRow
+
+# CPU work of one request (snippets, multi-get's glob matching) runs in worker threads, this many at
+# once: the event loop keeps answering, and the actors' own threads keep a core.
+CPU_THREADS = 2
+_CPU_LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("request_cpu_limiter")
+
+
+def cpu_limiter() -> trio.CapacityLimiter:
+    """The limiter of requests' CPU work, one per trio run (so one per daemon)."""
+    try:
+        return _CPU_LIMITER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(CPU_THREADS)
+        _CPU_LIMITER.set(limiter)
+        return limiter
 
 
 @dataclass(frozen=True)
@@ -88,18 +105,24 @@ async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tok
     terms, hits = await bm25.call(Bm25Query(request.query, request.limit, collection_ids=collection_ids,
                                             allowed=allowed, explain=request.explain))
     hits = [h for h in hits if h.norm >= request.min_score]
-    results, rows = build_results(conn, tokenizer, terms, hits, request)
+    results, rows = await build_results(conn, tokenizer, terms, hits, request)
     return {"terms": terms, "results": results}, rows
 
 
-def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit],
-                  request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
+async def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str],
+                        hits: Sequence[ChunkHit], request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
     if not hits:
         return [], []
     chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, [h.chunk_id for h in hits])}
     rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
     contexts = ContextIndex(docs.list_contexts(conn))
+    return await trio.to_thread.run_sync(_with_snippets, tokenizer, terms, hits, chunks, rows, contexts, request,
+                                         limiter=cpu_limiter())
 
+
+def _with_snippets(tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit], chunks: dict[int, ChunkText],
+                   rows: dict[int, DocRow], contexts: ContextIndex,
+                   request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
     snippets = Snippets(terms, tokenizer.index_terms)
     results = []
     result_docs = []

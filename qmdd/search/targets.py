@@ -1,15 +1,24 @@
 """How a user names a document or folder: qmd://collection/path, collection/path, a filesystem path,
-`#docid`, with an optional `:from[:count]` line suffix. Pure functions over the collection list."""
+`#docid`, with an optional `:from[:count]` line suffix; and multi-get's globs. Pure functions over the
+collection list."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qmdd.protocol import ErrorCode, QmddError
 from qmdd.store.documents import CollectionRow
+
+# Longer than any path the OS can open (PATH_MAX): a longer target can only be a mistake or an
+# attack, and must not reach SQLite as a pattern.
+MAX_TARGET_CHARS = 4096
+MAX_GLOB_CHARS = 1024
+MAX_GLOB_ALTERNATIVES = 64  # spellings a glob's {a,b} groups expand to, all of them together
+MAX_GLOB_STATES = 10_000  # state sets whose transitions a glob remembers
 
 _LINE_SUFFIX = re.compile(r":(\d+)(?::(\d+))?$")
 _DOCID = re.compile(r"^#?([0-9a-fA-F]{6,64})$")
@@ -21,10 +30,19 @@ class Target:
     """None: no collection matched (a bare name or a global target)."""
     path: str
     """Relative path inside the collection ('' for its root), or the raw text when collection is None."""
+    exact: bool = False
+    """Named as qmd://collection/path: that document or none, never one found by its path's suffix."""
+
+
+def _check_size(target: str) -> None:
+    if len(target) > MAX_TARGET_CHARS:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"the target is {len(target)} characters long; "
+                        f"at most {MAX_TARGET_CHARS} are accepted")
 
 
 def split_line_suffix(target: str) -> tuple[str, int | None, int | None]:
     """`notes/a.md:10:5` → ('notes/a.md', 10, 5). Anchored at the end, so `qmd://` is never split."""
+    _check_size(target)
     m = _LINE_SUFFIX.search(target)
     if not m or m.start() == 0:
         return target, None, None
@@ -49,14 +67,16 @@ def _clean(path: str) -> str:
 
 def resolve_target(target: str, collections: Sequence[CollectionRow], cwd: str | None) -> Target:
     """Map a user-supplied target onto (collection, relative path) without touching the index."""
+    _check_size(target)
     by_name = {c.name: c for c in collections}
     text = target.strip()
     if text.startswith(("qmd://", "//")):
-        rest = text.split("//", 1)[1]
+        # qmd:///c/p and qmd:////c/p are qmd://c/p with slashes to spare.
+        rest = text.split("//", 1)[1].lstrip("/")
         name, _, path = rest.partition("/")
         if name not in by_name:
             raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
-        return Target(by_name[name], _clean(path))
+        return Target(by_name[name], _clean(path), exact=True)
     first, _, rest = text.partition("/")
     if first in by_name and not text.startswith("/"):
         return Target(by_name[first], _clean(rest))
@@ -77,46 +97,127 @@ def resolve_target(target: str, collections: Sequence[CollectionRow], cwd: str |
     return Target(best, _clean(os.path.relpath(fs, best.root)) if fs != best.root else "")
 
 
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Glob with `**` (any depth), `*` and `?` (not crossing '/'), `[...]` and `{a,b}` alternatives."""
-    out, i = [], 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                out.append(re.escape(ch))
-            else:
-                body = pattern[i + 1:end].replace("\\", "\\\\")
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = end
-        elif ch == "{":
-            end = pattern.find("}", i + 1)
-            if end < 0:
-                out.append(re.escape(ch))
-            else:
-                out.append("(?:" + "|".join(re.escape(a) for a in pattern[i + 1:end].split(",")) + ")")
-                i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    try:
-        return re.compile("".join(out) + r"\Z")
-    except re.error as exc:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"bad glob {pattern!r}: {exc}") from None
-
-
 def is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[{")
+
+
+# A glob is one or more chains of elements (one per spelling of its {a,b} groups); each element is
+# a bit position, and a set of states is an int. Every character then costs a few big-int
+# operations, whatever the pattern: no backtracking, so time is linear in the text.
+_ONE, _STAR, _GLOBSTAR, _DIRS = "one", "*", "**", "**/"
+_Element = tuple[str, Callable[[str], bool] | None]
+
+
+def _not_slash(ch: str) -> bool:
+    return ch != "/"
+
+
+def _in_class(one_of: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda ch: one_of.fullmatch(ch) is not None
+
+
+def _glob_tokens(pattern: str) -> list[list[list[_Element]]]:
+    """The pattern as a sequence of choices, each a list of alternative element runs: `**/` (any
+    depth, or none), `**` (anything), `*` and `?` (not crossing '/'), `[...]`, `{a,b}` alternatives."""
+    tokens: list[list[list[_Element]]] = []
+    i = 0
+    while i < len(pattern):
+        ch, step = pattern[i], 1
+        element: _Element = (_ONE, ch.__eq__)
+        if pattern.startswith("**/", i):
+            element, step = (_DIRS, None), 3
+        elif pattern.startswith("**", i):
+            element, step = (_GLOBSTAR, None), 2
+        elif ch == "*":
+            element = (_STAR, None)
+        elif ch == "?":
+            element = (_ONE, _not_slash)
+        elif ch == "[" and (end := pattern.find("]", i + 1)) > 0:
+            body = pattern[i + 1:end].replace("\\", "\\\\")
+            try:
+                one_of = re.compile("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            except re.error as exc:
+                raise QmddError(ErrorCode.INVALID_INPUT, f"bad glob {pattern!r}: {exc}") from None
+            element, step = (_ONE, _in_class(one_of)), end + 1 - i
+        elif ch == "{" and (end := pattern.find("}", i + 1)) > 0:
+            tokens.append([[(_ONE, c.__eq__) for c in alternative] for alternative in pattern[i + 1:end].split(",")])
+            i = end + 1
+            continue
+        tokens.append([[element]])
+        i += step
+    return tokens
+
+
+class Glob:
+    """A multi-get glob, matched against a document's qmd:// URI, its collection/path and its path."""
+
+    def __init__(self, pattern: str) -> None:
+        if len(pattern) > MAX_GLOB_CHARS:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"the glob is {len(pattern)} characters long; "
+                            f"at most {MAX_GLOB_CHARS} are accepted")
+        tokens = _glob_tokens(pattern)
+        spellings = 1
+        for choice in tokens:
+            spellings *= len(choice)
+            if spellings > MAX_GLOB_ALTERNATIVES:
+                raise QmddError(ErrorCode.INVALID_INPUT, f"the glob {pattern[:80]!r} spells more than "
+                                f"{MAX_GLOB_ALTERNATIVES} alternatives", hints=("Use fewer {a,b} groups.",))
+        # What every match starts with, for the index to narrow the candidates before any matching.
+        self.literal_prefix = re.split(r"[*?[{]", pattern, maxsplit=1)[0]
+        self._start = self._accept = self._skip = self._dirs = self._globstar = self._star = 0
+        self._tests: list[tuple[int, Callable[[str], bool]]] = []
+        position = 0
+        for chain in itertools.product(*tokens):
+            self._start |= 1 << position
+            for kind, test in itertools.chain.from_iterable(chain):
+                bit = 1 << position
+                if kind == _ONE:
+                    assert test is not None
+                    self._tests.append((bit, test))
+                else:
+                    self._skip |= bit
+                    self._dirs |= bit if kind == _DIRS else 0
+                    self._globstar |= bit if kind == _GLOBSTAR else 0
+                    self._star |= bit if kind == _STAR else 0
+                position += 1
+            # Nothing advances or skips out of an accept bit, so no run reaches the next chain.
+            self._accept |= 1 << position
+            position += 1
+        self._start = self._close(self._start)
+        self._by_char: dict[str, tuple[int, int]] = {}
+        # Transitions already computed, state set -> character -> next set: most paths share them.
+        self._seen: dict[int, dict[str, int]] = {}
+
+    def _close(self, states: int) -> int:
+        """Add the states reachable by skipping stars: a carry runs through each run of skippable
+        positions, one addition for all of them."""
+        return states | ((self._skip + (states & self._skip)) ^ self._skip)
+
+    def _next(self, states: int, ch: str) -> int:
+        masks = self._by_char.get(ch)
+        if masks is None:
+            advance = sum(bit for bit, test in self._tests if test(ch)) | (self._dirs if ch == "/" else 0)
+            masks = self._by_char[ch] = (advance, self._globstar | (self._star if ch != "/" else 0))
+        advance, stay = masks
+        # A `**/` stays on any character but can end only after a '/', so its staying is not closed.
+        return self._close(((states & advance) << 1) | (states & stay)) | (states & self._dirs)
+
+    def selects(self, collection: str, path: str) -> bool:
+        """One pass over the URI, starting afresh where collection/path and the path begin."""
+        if len(self._seen) > MAX_GLOB_STATES:  # a pattern built to have many: start over, memory bounded
+            self._seen.clear()
+        uri = f"qmd://{collection}/{path}"
+        states = 0
+        for begin, end in itertools.pairwise((0, 6, 7 + len(collection), len(uri))):
+            states |= self._start
+            for ch in uri[begin:end]:
+                row = self._seen.get(states)
+                if row is None:
+                    row = self._seen[states] = {}
+                following = row.get(ch)
+                if following is None:
+                    following = row[ch] = self._next(states, ch)
+                states = following
+                if not states:
+                    break
+        return bool(states & self._accept)

@@ -77,6 +77,26 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX chunks_hash ON chunks(hash);
     """,
+    # The collections the user chose to embed (`embed -c X`, or all by a bare `embed`): the background
+    # embedder keeps only these embedded. Upgrading, a collection (nearly) all embedded was chosen; one
+    # the old background job (which embedded every collection) had only begun was not.
+    """
+    CREATE TABLE embed_choices (
+        collection_id INTEGER PRIMARY KEY REFERENCES collections(id) ON DELETE CASCADE,
+        chosen_at REAL NOT NULL
+    );
+    INSERT INTO embed_choices (collection_id, chosen_at)
+        SELECT d.collection_id, (julianday('now') - 2440587.5) * 86400.0
+        FROM chunks k JOIN documents d ON d.id = k.doc_id GROUP BY d.collection_id
+        HAVING 10 * sum(EXISTS (SELECT 1 FROM embeddings e WHERE e.hash = k.hash)) >= 9 * count(*);
+    """,
+    # Which directory a collection's root is (st_dev, st_ino), pinned at `collection add`: a root
+    # replaced by a symlink or another directory is refused, not followed. Rows from before are
+    # pinned by their next scan.
+    """
+    ALTER TABLE collections ADD COLUMN root_dev INTEGER;
+    ALTER TABLE collections ADD COLUMN root_ino INTEGER;
+    """,
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from qmdd.chunking import Chunk
 from qmdd.protocol import ErrorCode, QmddError
+from qmdd.safefiles import RootKey
 from qmdd.store.db import transaction
 
 
@@ -26,6 +27,13 @@ class CollectionRow:
     excludes: tuple[str, ...]
     created_at: float
     updated_at: float | None
+    root_dev: int | None = None
+    root_ino: int | None = None
+
+    @property
+    def root_key(self) -> RootKey | None:
+        """The root directory's pinned identity; None for a row from before pinning, until its next scan."""
+        return None if self.root_dev is None or self.root_ino is None else (self.root_dev, self.root_ino)
 
 
 class DocState(NamedTuple):
@@ -63,6 +71,12 @@ class DocRow:
     hash: str
     title: str
     lines: int
+    root_dev: int | None = None
+    root_ino: int | None = None
+
+    @property
+    def root_key(self) -> RootKey | None:
+        return None if self.root_dev is None or self.root_ino is None else (self.root_dev, self.root_ino)
 
     @property
     def docid(self) -> str:
@@ -73,13 +87,14 @@ class DocRow:
         return f"qmd://{self.collection}/{self.path}"
 
 
-_COLLECTION_COLS = "id, name, root, masks, excludes, created_at, updated_at"
-_DOC_COLS = ("d.id, d.collection_id, c.name, c.root, d.path, d.size, d.mtime_ns, d.hash, d.title, d.lines")
+_COLLECTION_COLS = "id, name, root, masks, excludes, created_at, updated_at, root_dev, root_ino"
+_DOC_COLS = ("d.id, d.collection_id, c.name, c.root, d.path, d.size, d.mtime_ns, d.hash, d.title, d.lines,"
+             " c.root_dev, c.root_ino")
 
 
 def _collection(row: Sequence[Any]) -> CollectionRow:
     return CollectionRow(row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
-                         row[5], row[6])
+                         row[5], row[6], row[7], row[8])
 
 
 # --- collections ---------------------------------------------------------------------------------
@@ -102,13 +117,22 @@ def collection_by_id(conn: sqlite3.Connection, collection_id: int) -> Collection
 
 
 def add_collection(conn: sqlite3.Connection, name: str, root: str, masks: Sequence[str],
-                   excludes: Sequence[str]) -> CollectionRow:
+                   excludes: Sequence[str], root_key: RootKey | None = None) -> CollectionRow:
+    dev, ino = root_key or (None, None)
     with transaction(conn):
         if conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
             raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {name!r} already exists")
-        conn.execute("INSERT INTO collections (name, root, masks, excludes, created_at) VALUES (?, ?, ?, ?, ?)",
-                     (name, root, json.dumps(list(masks)), json.dumps(list(excludes)), time.time()))
+        conn.execute("INSERT INTO collections (name, root, masks, excludes, created_at, root_dev, root_ino)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (name, root, json.dumps(list(masks)), json.dumps(list(excludes)), time.time(), dev, ino))
     return collection_by_name(conn, name)
+
+
+def pin_root(conn: sqlite3.Connection, collection_id: int, root_key: RootKey) -> None:
+    """Record the identity of a root not pinned yet (a row from before pinning); a pin is never moved."""
+    with transaction(conn):
+        conn.execute("UPDATE collections SET root_dev = ?, root_ino = ? WHERE id = ? AND root_dev IS NULL",
+                     (*root_key, collection_id))
 
 
 def collection_chunk_ids(conn: sqlite3.Connection, collection_id: int) -> list[int]:
@@ -254,9 +278,23 @@ def update_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequenc
 
 
 def list_problems(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
+    """The index's own notices (collection and path empty) first, then the files scans had to skip."""
+    notices = conn.execute("SELECT substr(key, 8), value FROM meta WHERE key LIKE 'notice:%' ORDER BY key")
     rows = conn.execute("SELECT c.name, p.path, p.code, p.message FROM problems p JOIN collections c"
                         " ON c.id = p.collection_id ORDER BY p.seen_at DESC LIMIT ?", (limit,))
-    return [{"collection": r[0], "path": r[1], "code": r[2], "message": r[3]} for r in rows]
+    return ([{"collection": "", "path": "", "code": code, "message": message} for code, message in notices]
+            + [{"collection": r[0], "path": r[1], "code": r[2], "message": r[3]} for r in rows])
+
+
+def set_index_notice(conn: sqlite3.Connection, code: str, message: str) -> None:
+    """A problem of the whole index (shown first by `status`), kept until `clear_index_notice`."""
+    with transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"notice:{code}", message))
+
+
+def clear_index_notice(conn: sqlite3.Connection, code: str) -> bool:
+    with transaction(conn):
+        return conn.execute("DELETE FROM meta WHERE key = ?", (f"notice:{code}",)).rowcount > 0
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -315,6 +353,25 @@ def find_docs(conn: sqlite3.Connection, where: str, args: Sequence[Any], limit: 
     rows = conn.execute(f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
                         f" WHERE {where} ORDER BY c.name, d.path LIMIT ?", [*args, limit])
     return [DocRow(*r) for r in rows]
+
+
+def docs_with_path_suffix(conn: sqlite3.Connection, suffix: str, collection_id: int | None,
+                          limit: int) -> list[DocRow]:
+    """Documents whose path is `suffix` or ends with '/' + suffix, in one collection or any. Compared
+    as text, never as a LIKE pattern: time linear in the suffix, whatever characters it holds."""
+    where = "(d.path = ? OR substr(d.path, -?) = ?)"
+    args: list[Any] = [suffix, len(suffix) + 1, "/" + suffix]
+    if collection_id is not None:
+        where += " AND d.collection_id = ?"
+        args.append(collection_id)
+    return find_docs(conn, where, args, limit)
+
+
+def docs_named_from(conn: sqlite3.Connection, prefix: str) -> list[DocRow]:
+    """Documents whose path, collection/path or qmd:// URI starts with `prefix` (all for '')."""
+    return find_docs(conn, "? = '' OR substr(d.path, 1, ?) = ? OR substr(c.name || '/' || d.path, 1, ?) = ?"
+                     " OR substr('qmd://' || c.name || '/' || d.path, 1, ?) = ?",
+                     [prefix, *[len(prefix), prefix] * 3], limit=10_000_000)
 
 
 def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] | None,
