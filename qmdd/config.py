@@ -42,7 +42,7 @@ class Config:
     watch_poll_s: float = 2.0
     """How often a missing root is looked for, and a root without inotify watches rescanned (x15)."""
     auto_embed: bool = True
-    """Embed chunks the watcher indexed, once vectors exist for the model in use."""
+    """Keep embedded, newest first, the collections the user chose with `qmdctl embed` (all, without `-c`)."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}

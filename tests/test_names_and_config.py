@@ -106,3 +106,12 @@ def test_a_collection_with_a_name_from_before_the_rule_still_loads_and_can_be_re
         assert hits[0]["file"] == "qmd://old:name/alpha.md"
         assert client.call("collection.rename", {"old": "old:name", "new": "notes"})["name"] == "notes"
         assert [c["name"] for c in client.call("collection.list")] == ["notes"]
+
+
+def test_a_folder_whose_name_breaks_the_rule_still_gets_a_default_name(env: Env, tmp_path: Path) -> None:
+    folder = tmp_path / ".My Notes: 2026\u202e"
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nhello\n")
+    added = env.json("collection", "add", str(folder))
+    assert added["name"] == "My-Notes-2026"
+    assert env.json("search", "hello")[0]["file"] == "qmd://My-Notes-2026/a.md"

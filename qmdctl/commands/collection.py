@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -12,10 +13,17 @@ if TYPE_CHECKING:
     from qmdctl.main import Invocation
 
 
+def default_name(path: str) -> str:
+    """A collection name from a folder's name, within the daemon's name rule: each run of characters the
+    rule refuses ("My Notes", "a:b") becomes one '-', and a leading '-' or '.' goes ("~/.notes" → "notes")."""
+    name = re.sub(r"[^\w.-]+", "-", os.path.basename(path.rstrip("/"))).lstrip("-.")[:100].rstrip("-")
+    return name or "root"
+
+
 def add(inv: Invocation) -> int:
     args = inv.args
     path = os.path.realpath(os.path.expanduser(args["path"] or "."))
-    name = args["name"] or os.path.basename(path.rstrip("/")) or "root"
+    name = args["name"] or default_name(path)
     on_item, close = progress_reporter(inv.output)
     try:
         added = inv.client.call("collection.add", {

@@ -7,7 +7,6 @@ and the commands are printed for the user to run where one does.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import signal
@@ -156,20 +155,11 @@ def _remove_unit(directory: str, name: str) -> str | None:
 
 def running_daemon(paths: Paths) -> int | None:
     """The pid of a running daemon, from its instance lock: connecting instead would start the
-    daemon of an active qmdd.socket just to ask."""
-    try:
-        fd = os.open(paths.lock_file, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip()  # the daemon writes its pid there
-            return int(pid) if pid.isdigit() else None
-        return None
-    finally:
-        os.close(fd)
+    daemon of an active qmdd.socket just to ask. Only a lock file of ours (no planted link) naming a
+    process that runs as us counts: that pid is signalled."""
+    from qmdd.ownfiles import lock_holder
+
+    return lock_holder(str(paths.lock_file))[1]
 
 
 def stop_daemon(pid: int) -> None:

@@ -35,6 +35,7 @@ from qmdd.consistency.report import (
 )
 from qmdd.consistency.snapshots import check_bm25, check_vectors
 from qmdd.consistency.sqlite_checks import check_sqlite, check_tree
+from qmdd.ownfiles import open_lock_file
 from qmdd.paths import Paths
 from qmdd.store import walguard
 from qmdd.store.db import connect
@@ -76,7 +77,7 @@ def check_index(env: dict[str, str] | None = None, *, mode: Mode = "strict", sna
 def _index_lock(paths: Paths) -> Iterator[None]:
     """Take the data dir's instance lock (as qmdd.listener does), so no daemon changes the index
     while it is checked; one that starts meanwhile exits with DAEMON_RUNNING."""
-    fd = os.open(paths.data_dir / "qmdd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd, _replaced = open_lock_file(str(paths.index_lock))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
