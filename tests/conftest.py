@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -112,3 +113,66 @@ def notes(tmp_path: Path) -> Path:
     (root / "chinese.md").write_text("# 笔记\n\n我们使用全文搜索引擎来查找文档。\n")
     (root / "ignored.txt").write_text("not markdown: alpha\n")
     return root
+
+
+class OwnDaemon:
+    """A qmdd process of the test's own (optionally with a descriptor limit); its log is kept."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_file = env.paths.log_file
+
+    def start(self, descriptor_limit: int | None = None, log_file: Path | None = None) -> None:
+        def limit_descriptors() -> None:
+            if descriptor_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
+
+        paths = self.env.paths
+        paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log_file = log_file or paths.log_file
+        with open(self.log_file, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "qmdd"], env=self.env.vars, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log, preexec_fn=limit_descriptors)
+        deadline = time.monotonic() + 60
+        while self.env.daemon_pid() != self.proc.pid:  # the pid file is written once it serves
+            code = self.proc.poll()
+            assert code is None, f"qmdd exited with {code}:\n{self.log()[-3000:]}"
+            assert time.monotonic() < deadline, "qmdd did not start within 60 s"
+            time.sleep(0.01)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def client(self) -> Client:
+        return Client(self.env.paths, environ=self.env.vars).connect(autostart=False)
+
+    def descriptors(self) -> int:
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def wait_loaded(self) -> None:
+        """Until the vector index has loaded and reconciled (in the background, after the daemon answers)."""
+        with self.client() as client:
+            deadline = time.monotonic() + 60
+            while not client.call("status")["actors"]["vectors"]["ready"]:
+                assert time.monotonic() < deadline, "the vector index did not load within 60 s"
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            assert self.proc.wait(timeout=60) == 0, self.log()[-3000:]
+            self.proc = None
+
+    def restart_and_stop(self) -> None:
+        """A restart reconciles the derived indexes with SQLite; the graceful stop then saves them."""
+        self.start()
+        self.wait_loaded()
+        self.stop()

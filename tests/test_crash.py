@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tarfile
@@ -28,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from qmdctl.client import Client
 from qmdd.consistency import (
     EXIT_CONSISTENT,
     EXIT_INCONSISTENT,
@@ -40,7 +38,7 @@ from qmdd.consistency import (
 )
 from qmdd.protocol import ErrorCode, QmddError
 from qmdd.store.db import connect
-from tests.conftest import Env
+from tests.conftest import Env, OwnDaemon
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "md" / "cpp-docs.tar.gz"
 KILLS = 20
@@ -147,59 +145,9 @@ class Tree:
         return changed
 
 
-class Daemon:
-    """A qmdd process of the test's own."""
-
-    def __init__(self, env: Env) -> None:
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        paths = self.env.paths
-        paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(paths.log_file, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "qmdd"], env=self.env.vars, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while self.env.daemon_pid() != self.proc.pid:  # the pid file is written once it serves
-            code = self.proc.poll()
-            assert code is None, f"qmdd exited with {code}:\n{paths.log_file.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "qmdd did not start within 60 s"
-            time.sleep(0.01)
-
-    def client(self) -> Client:
-        return Client(self.env.paths, environ=self.env.vars).connect(autostart=False)
-
-    def wait_loaded(self) -> None:
-        """Until the vector index has loaded and reconciled (in the background, after the daemon answers)."""
-        with self.client() as client:
-            deadline = time.monotonic() + 60
-            while not client.call("status")["actors"]["vectors"]["ready"]:
-                assert time.monotonic() < deadline, "the vector index did not load within 60 s"
-                time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=60) == 0, self.env.paths.log_file.read_text()[-3000:]
-        self.proc = None
-
-    def restart_and_stop(self) -> None:
-        """A restart reconciles the derived indexes with SQLite; the graceful stop then saves them."""
-        self.start()
-        self.wait_loaded()
-        self.stop()
-
-
 @pytest.fixture
-def daemon(env: Env) -> Iterator[Daemon]:
-    started = Daemon(env)
+def daemon(env: Env) -> Iterator[OwnDaemon]:
+    started = OwnDaemon(env)
     try:
         yield started
     finally:
@@ -210,7 +158,7 @@ def daemon(env: Env) -> Iterator[Daemon]:
 class Request(threading.Thread):
     """One call in flight on its own connection, counting the progress items it streams."""
 
-    def __init__(self, daemon: Daemon, method: str) -> None:
+    def __init__(self, daemon: OwnDaemon, method: str) -> None:
         super().__init__(daemon=True)
         self.method = method
         self.client = daemon.client()
@@ -288,7 +236,7 @@ SECONDS_PER_FILE = 0.0015  # an update indexes ~700-1500 files/s on 2 cores righ
 
 
 @needs_archive
-def test_kill_9_at_20_moments_during_update_loses_and_duplicates_nothing(env: Env, daemon: Daemon,
+def test_kill_9_at_20_moments_during_update_loses_and_duplicates_nothing(env: Env, daemon: OwnDaemon,
                                                                           tmp_path: Path) -> None:
     rng = random.Random(20261122)
     files = extract_markdown("cpp-docs/docs/", 3000)
@@ -336,7 +284,7 @@ CHUNKS_PER_S = 60  # int8 MiniLM on 2 CPU cores embeds ~70-200 of these chunks a
 
 @needs_archive
 @needs_model
-def test_kill_9_at_20_moments_during_embed_keeps_one_vector_per_chunk(env: Env, daemon: Daemon,
+def test_kill_9_at_20_moments_during_embed_keeps_one_vector_per_chunk(env: Env, daemon: OwnDaemon,
                                                                        tmp_path: Path) -> None:
     rng = random.Random(4242)
     files = extract_markdown("cpp-docs/docs/error-messages/", 160)
@@ -379,7 +327,7 @@ def run_checker(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-def test_checker_finds_what_a_crash_must_never_leave(env: Env, daemon: Daemon, notes: Path) -> None:
+def test_checker_finds_what_a_crash_must_never_leave(env: Env, daemon: OwnDaemon, notes: Path) -> None:
     """The checker is only worth its silence if it speaks up: tamper with a stopped daemon's index
     in the ways a broken crash path would, and expect each to be named."""
     daemon.start()
@@ -427,7 +375,8 @@ def test_checker_finds_what_a_crash_must_never_leave(env: Env, daemon: Daemon, n
     assert "INCONSISTENT" in damaged.stdout and "[bm25_snapshot_corrupt]" in damaged.stdout
 
 
-def test_a_temp_file_left_by_a_crash_during_a_snapshot_write_is_removed(env: Env, daemon: Daemon, notes: Path) -> None:
+def test_a_temp_file_left_by_a_crash_during_a_snapshot_write_is_removed(env: Env, daemon: OwnDaemon,
+                                                                        notes: Path) -> None:
     daemon.start()
     env.run("collection", "add", str(notes), "--name", "notes")
     daemon.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import socket
 import sqlite3
 import subprocess
@@ -18,62 +17,12 @@ from typing import Any
 
 import pytest
 
-from qmdctl.client import Client
 from qmdd import framing
 from qmdd.consistency import check_index
 from qmdd.protocol import ErrorCode, hello
-from tests.conftest import Env
+from tests.conftest import Env, OwnDaemon
 
 DESCRIPTOR_LIMIT = 256
-
-
-class OwnDaemon:
-    """A qmdd process started by the test, with its own resource limits; its log is kept."""
-
-    def __init__(self, env: Env) -> None:
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_file = env.paths.log_file
-
-    def start(self, descriptor_limit: int | None = None, log_file: Path | None = None) -> None:
-        def limit_descriptors() -> None:
-            if descriptor_limit is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
-
-        paths = self.env.paths
-        paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.log_file = log_file or paths.log_file
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "qmdd"], env=self.env.vars, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log, preexec_fn=limit_descriptors)
-        deadline = time.monotonic() + 60
-        while self.env.daemon_pid() != self.proc.pid:  # the pid file is written once it serves
-            code = self.proc.poll()
-            assert code is None, f"qmdd exited with {code}:\n{self.log()[-3000:]}"
-            assert time.monotonic() < deadline, "qmdd did not start within 60 s"
-            time.sleep(0.01)
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
-
-    def client(self) -> Client:
-        return Client(self.env.paths, environ=self.env.vars).connect(autostart=False)
-
-    def descriptors(self) -> int:
-        assert self.proc is not None
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            assert self.proc.wait(timeout=60) == 0, self.log()[-3000:]
-            self.proc = None
 
 
 @pytest.fixture
