@@ -150,9 +150,10 @@ def runs_as_us(pid: int) -> bool:
         return False
 
 
-def replace_file(path: str, text: str) -> None:
+def replace_file(path: str, text: str, *, durable: bool = False) -> None:
     """Write `path` whole through a new file renamed over it: a symlink planted at `path` is replaced,
-    never followed, and a reader sees the old content or the new, never a part. On failure (a full
+    never followed, and a reader sees the old content or the new, never a part. `durable`: the new file
+    reaches the disk before the rename, so a crash too leaves one or the other. On failure (a full
     disk) the new file is removed and the error raised."""
     import tempfile
 
@@ -161,6 +162,9 @@ def replace_file(path: str, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(new, path)
     except BaseException:
         os.unlink(new)

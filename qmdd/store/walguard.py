@@ -25,6 +25,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from qmdd.ownfiles import replace_file
 from qmdd.store import documents as docs
 from qmdd.store.db import transaction
 
@@ -36,11 +37,11 @@ _GENERATION_KEY = "collections_generation"
 
 
 def _run_file(database: Path) -> Path:
-    return database.with_name(database.name + "-run.json")
+    return _sibling(database, "-run.json")
 
 
 def _collections_file(database: Path) -> Path:
-    return database.with_name(database.name + "-collections.json")
+    return _sibling(database, "-collections.json")
 
 
 def _sibling(database: Path, suffix: str) -> Path:
@@ -51,18 +52,11 @@ def _write_json(path: Path, value: Any) -> None:
     """Replace `path` atomically and durably: a crash leaves the old version or the new one. On a full
     or failing disk the sidecar is removed instead (stale, it could raise a false alarm): the daemon
     keeps running, only a lost WAL would then go unnoticed."""
-    temp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(value, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        replace_file(os.fspath(path), json.dumps(value), durable=True)
     except OSError as exc:
         log.warning("cannot write %s (%s): a lost write-ahead log would go unnoticed until it is written",
                     path.name, exc.strerror or exc)
-        temp.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
 
 
