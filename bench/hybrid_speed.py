@@ -36,7 +36,7 @@ from speed import CACHE, extract, pct, rss_kib, sample_queries, tldr_english
 
 import qmdctl.client as qmdctl_client
 from qmdctl.client import Client, call_collecting
-from qmdd.protocol import QmddError
+from qmdd.protocol.errors import QmddError
 
 METHODS = ("search", "vsearch", "query")
 

@@ -18,7 +18,7 @@ from bench.common import sample_queries as common_sample_queries
 from bench.soak_report import METHOD_SHARES, Failure, MethodStats, Report, peak_rss_mib
 from qmdctl.client import Client, call_collecting
 from qmdd.paths import resolve_paths
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 PAGE = re.compile(r"^tldr/pages[^/]*/[^/]+/[^/]+\.md$")
 REPLY_TIMEOUT_S = 120.0

@@ -11,7 +11,7 @@ import json
 import os
 
 from qmdctl.client import Client
-from qmdd.protocol import validate_params
+from qmdd.protocol.wire import validate_params
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:

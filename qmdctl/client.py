@@ -10,9 +10,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from qmdd import framing, ownfiles
+from qmdd import ownfiles
 from qmdd.paths import Paths, check_socket_path, ensure_private_dir, resolve_paths, socket_path
-from qmdd.protocol import ERROR, HELLO, ITEM, RESULT, ErrorCode, QmddError, hello, request
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import ERROR, HELLO, ITEM, RESULT, hello, request
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from qmdctl.spec import FORMATS, Command, Opt
-from qmdd.protocol import ERRORS, ErrorCode
+from qmdd.protocol.errors import ERRORS, ErrorCode
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SPEC_VERSION = 1

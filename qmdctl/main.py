@@ -13,7 +13,7 @@ from qmdctl.client import Client, new_trace_id
 from qmdctl.render import Output, report_error, terminal_safe
 from qmdctl.spec import FORMATS, Command, find_command
 from qmdd import __version__
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-from qmdd.protocol import QmddError
+from qmdd.protocol.errors import QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import re
 import shlex
 
 from qmdd.paths import socket_path
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 SERVICE = "qmdd.service"
 SOCKET = "qmdd.socket"

@@ -8,11 +8,12 @@ import sys
 
 import trio
 
-from qmdd import __version__, systemd
+from qmdd import __version__
 from qmdd.config import load_config
 from qmdd.daemon import run_daemon
-from qmdd.protocol import ErrorCode, unwrap_error
-from qmdd.rpc import trace_id_var
+from qmdd.protocol.errors import ErrorCode, unwrap_error
+from qmdd.transports import systemd
+from qmdd.transports.rpc import trace_id_var
 
 
 class _TraceFilter(logging.Filter):

@@ -16,25 +16,23 @@ import trio
 
 from qmdd import __version__
 from qmdd.actors.base import Mailbox, typed_outcome
-from qmdd.actors.indexer import filesystem_error, incomplete_add_error, selected_files
-from qmdd.config import Config
-from qmdd.mcp_host import McpHost
-from qmdd.models.registry import ModelRegistry
-from qmdd.protocol import (
+from qmdd.actors.indexer import filesystem_error, incomplete_add_error
+from qmdd.actors.messages import (
     AddCollection,
     Cleanup,
-    ErrorCode,
     ModelStatus,
-    QmddError,
     RemoveCollection,
     RenameCollection,
     ScanCollections,
     SetContext,
     SyncWatches,
     WatchStatus,
-    unwrap_error,
 )
-from qmdd.rpc import Call, MethodHandler
+from qmdd.actors.supervisor import Supervisor
+from qmdd.config import Config
+from qmdd.indexing import selected_files
+from qmdd.models.registry import ModelRegistry
+from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.safefiles import ConfinedRoot, EscapesRoot
 from qmdd.search.pipeline import ContextIndex, cpu_limiter, keyword_search, search_request
 from qmdd.search.targets import Glob, docid_prefix, is_glob, resolve_target, split_line_suffix
@@ -42,7 +40,8 @@ from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.semantic import SemanticApi
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
-from qmdd.supervisor import Supervisor
+from qmdd.transports.mcp_host import McpHost
+from qmdd.transports.rpc import Call, MethodHandler
 
 log = logging.getLogger("qmdd.api")
 

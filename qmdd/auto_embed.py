@@ -20,7 +20,7 @@ import outcome
 import trio
 
 from qmdd.actors.base import typed_outcome
-from qmdd.protocol import ModelStatus, SaveSnapshot
+from qmdd.actors.messages import ModelStatus, SaveSnapshot
 from qmdd.store import embeddings as emb
 from qmdd.store.embeddings import PendingChunk
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from qmdd.paths import Paths, resolve_paths
-from qmdd.protocol import MAX_FRAME_BYTES, ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import MAX_FRAME_BYTES
 
 
 @dataclass(frozen=True)

@@ -17,65 +17,33 @@ import socket
 import sqlite3
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import outcome
 import trio
 
-from qmdd import __version__, listener, systemd
+from qmdd import __version__
 from qmdd.actors.base import Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.indexer import IndexerActor
+from qmdd.actors.messages import ScanCollections
+from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
 from qmdd.api import Api, make_services
-from qmdd.chunking import ChunkerConfig
 from qmdd.config import Config
-from qmdd.models.registry import DEFAULT_EMBEDDING, ModelRegistry, load_model
-from qmdd.models.runtime import cpu_threads, pick_device
+from qmdd.models.placement import embedding_runtime
+from qmdd.models.registry import ModelRegistry, load_model
 from qmdd.paths import Paths, ensure_private_dir
-from qmdd.protocol import ScanCollections
-from qmdd.rpc import RpcServer
 from qmdd.search.fields import index_chunks
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import walguard
 from qmdd.store.db import connect, open_database, transaction
-from qmdd.supervisor import Supervisor
+from qmdd.transports import listener, systemd
+from qmdd.transports.rpc import RpcServer
 
 log = logging.getLogger("qmdd.daemon")
-
-
-@dataclass(frozen=True)
-class EmbeddingRuntime:
-    device: str
-    compute_type: str
-    threads: int
-    workers: int
-    chunking: str
-
-    def fingerprint(self, registry: ModelRegistry) -> str | None:
-        """The fingerprint of the vectors to serve now (the selection may change at run time), or
-        None when the selected model is unknown: then there is nothing to serve until it is fixed."""
-        choice = outcome.capture(registry.choice, registry.selection()["embedding"] or DEFAULT_EMBEDDING)
-        if isinstance(choice, outcome.Error):
-            log.warning("embedding model unavailable: %s", choice.error)
-            return None
-        return choice.unwrap().fingerprint(self.compute_type, self.chunking)
-
-
-def embedding_runtime(config: Config, registry: ModelRegistry) -> EmbeddingRuntime:
-    """Where and how models run, and the fingerprint of the vectors to serve. Loads no model: a
-    missing one must not keep the daemon (and keyword search) from starting."""
-    device, compute_type = pick_device(config.device)
-    threads = config.embed_threads or cpu_threads()
-    # Two CTranslate2 workers on a CPU: one can answer a query while the other runs a bulk batch
-    # (throughput equals one worker with all threads, measured on 2 cores). A GPU takes one stream.
-    workers = 1 if device == "cuda" or threads < 2 else 2
-    chunker = ChunkerConfig()
-    chunking = f"chunks{chunker.target_tokens}-{chunker.max_tokens}-{chunker.overlap_tokens}"
-    return EmbeddingRuntime(device, compute_type, max(1, threads // workers), workers, chunking)
 
 
 def database_id(conn: sqlite3.Connection) -> str:

@@ -7,7 +7,7 @@ and the callers skip even building the point's name.
 Points:
 
 - ``actor.<actor>.<Message>``: in the Actor template's dispatch, just before the handler of
-  ``<Message>`` (a class name from qmdd.protocol) runs in actor ``<actor>`` (``bm25``, ``vectors``,
+  ``<Message>`` (a class name from qmdd.actors.messages) runs in actor ``<actor>`` (``bm25``, ``vectors``,
   ``embedder``, ``indexer``, and any actor added later). It fails like a bug in that handler: the
   caller gets BACKEND_UNAVAILABLE, the actor crashes and the supervisor restarts it (or, past the
   restart budget, gives up on it and the daemon reports itself degraded). E.g.

@@ -11,11 +11,12 @@ import hashlib
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract_title
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, EscapesRoot, FileTooLarge, NotRegularFile
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
@@ -240,3 +241,20 @@ def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat]
             on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})
     writer.flush()
     on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})
+
+
+def walk_config(masks: Sequence[str], excludes: Sequence[str], max_file_bytes: int) -> WalkConfig:
+    """The walker's configuration, with bad globs turned into a typed error instead of a crash."""
+    try:
+        return WalkConfig(masks=tuple(masks), excludes=tuple(excludes), max_file_bytes=max_file_bytes)
+    except ValueError as exc:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"bad --mask or --exclude pattern: {exc}") from None
+
+
+def selected_files(collection: CollectionRow, max_file_bytes: int) -> int | None:
+    """How many files a scan of `collection` selects (None when its root cannot be walked now)."""
+    try:
+        return len(walk_collection(Path(collection.root),
+                                   walk_config(collection.masks, collection.excludes, max_file_bytes)).files)
+    except OSError:
+        return None

@@ -18,7 +18,7 @@ import socket
 import stat
 import struct
 
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 _PEERCRED = struct.Struct("3i")
 _RECORD_MAX_BYTES = 4096

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 TYPE_CHECKING = False
 

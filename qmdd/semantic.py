@@ -13,11 +13,9 @@ import numpy as np
 import trio
 
 from qmdd import faults
-from qmdd.auto_embed import BackgroundEmbedder
-from qmdd.protocol import (
+from qmdd.actors.messages import (
     ChooseForEmbedding,
     EmbedTexts,
-    ErrorCode,
     IndexEmbedded,
     ModelStatus,
     SaveSnapshot,
@@ -26,13 +24,16 @@ from qmdd.protocol import (
     UseModel,
     VectorCoverage,
 )
-from qmdd.rpc import Call
+from qmdd.auto_embed import BackgroundEmbedder
+from qmdd.chunking import embedding_text
+from qmdd.protocol.errors import ErrorCode
 from qmdd.search.hybrid import Engines, hybrid_search, vector_search
 from qmdd.search.pipeline import SearchRequest, search_request
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
 from qmdd.store.documents import DocRow
 from qmdd.store.embeddings import PendingChunk
+from qmdd.transports.rpc import Call
 
 if TYPE_CHECKING:
     from qmdd.api import Api
@@ -193,7 +194,7 @@ class SemanticApi:
         await faults.pause("embed.page")
         unique: dict[str, str] = {}
         for chunk in page:  # identical texts (copies, boilerplate) are embedded once
-            unique.setdefault(chunk.hash, chunk.text)
+            unique.setdefault(chunk.hash, embedding_text(chunk.title, chunk.heading_path, chunk.text))
         hashes = list(unique)
         vectors = await self.s.embedder.call(EmbedTexts(list(unique.values()), "bulk"))
         await self.s.indexer.call(StoreEmbeddings(fingerprint, hashes, vectors.astype(np.float16)))

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from qmdctl import fastargs
 from qmdctl.app import build_app
 from qmdctl.spec import COMMANDS, Command, find_command
-from qmdd.protocol import ERRORS, ErrorCode
+from qmdd.protocol.errors import ERRORS, ErrorCode
 from tests.conftest import Env
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anel"

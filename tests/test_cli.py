@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from qmdd.protocol import ErrorCode
+from qmdd.protocol.errors import ErrorCode
 from tests.conftest import Env
 
 

@@ -21,9 +21,10 @@ from qmdctl import client as qmdctl_client
 from qmdctl.commands import daemon as daemon_command
 from qmdctl.main import main as qmdctl_main
 from qmdctl.units import SERVICE, UnitOptions, render
-from qmdd import framing
 from qmdd.paths import ensure_private_dir
-from qmdd.protocol import ErrorCode, hello
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ErrorCode
+from qmdd.protocol.wire import hello
 from tests.conftest import Env
 
 NOBODY = 65534

@@ -36,7 +36,7 @@ from qmdd.consistency import (
     Report,
     check_index,
 )
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import connect
 from tests.conftest import Env, OwnDaemon
 

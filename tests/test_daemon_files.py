@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qmdd.protocol import ErrorCode
+from qmdd.protocol.errors import ErrorCode
 from tests.conftest import Env
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from qmdd import framing
 from qmdd.consistency import check_index
-from qmdd.protocol import ErrorCode, hello
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ErrorCode
+from qmdd.protocol.wire import hello
 from tests.conftest import Env, OwnDaemon
 
 DESCRIPTOR_LIMIT = 256

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qmdd.models.runtime import PROBE_IDS, host_array, pick_device, write_probe_model
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 no_gpu = pytest.mark.skipif(ctranslate2.get_cuda_device_count() > 0, reason="checks the CPU-only branches")
 

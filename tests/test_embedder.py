@@ -14,9 +14,9 @@ import trio
 
 from qmdd.actors.base import Mailbox
 from qmdd.actors.embedder import EmbedderActor
+from qmdd.actors.messages import EmbedTexts, ModelStatus
 from qmdd.models.registry import ModelRegistry
 from qmdd.paths import resolve_paths
-from qmdd.protocol import EmbedTexts, ModelStatus
 
 
 class FakeModel:

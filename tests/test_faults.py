@@ -21,8 +21,8 @@ import trio.testing
 
 from qmdd import faults
 from qmdd.actors.base import Mailbox
-from qmdd.protocol import ErrorCode, QmddError
-from qmdd.supervisor import RestartPolicy, Supervisor
+from qmdd.actors.supervisor import RestartPolicy, Supervisor
+from qmdd.protocol.errors import ErrorCode, QmddError
 from tests.conftest import Env
 from tests.test_supervisor import Echo, EchoActor
 

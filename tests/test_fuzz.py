@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmdd import framing
-from qmdd.protocol import MAX_FRAME_BYTES, METHODS, hello, request
+from qmdd.protocol import framing
+from qmdd.protocol.wire import MAX_FRAME_BYTES, METHODS, hello, request
 from tests.conftest import Env
 
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,

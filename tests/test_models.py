@@ -31,7 +31,7 @@ from qmdd.models.registry import (
 )
 from qmdd.models.runtime import LoadedModel
 from qmdd.paths import resolve_paths
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from tests.bertref import (
     cosine,
     load_reference_weights,

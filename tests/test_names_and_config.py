@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qmdd.config import load_config
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import connect, transaction
 from tests.conftest import Env
 

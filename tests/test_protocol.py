@@ -10,8 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from qmdd import framing
-from qmdd.protocol import ERRORS, MAX_FRAME_BYTES, ErrorCode, QmddError, unwrap_error, validate_params
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ERRORS, ErrorCode, QmddError, unwrap_error
+from qmdd.protocol.wire import MAX_FRAME_BYTES, validate_params
 
 
 def test_every_error_code_has_a_distinct_exit_code_and_hints() -> None:

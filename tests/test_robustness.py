@@ -16,8 +16,9 @@ import msgpack
 import pytest
 
 from qmdctl.client import Client
-from qmdd import framing
-from qmdd.protocol import MAX_FRAME_BYTES, PROTOCOL_VERSION, ErrorCode, QmddError, hello, request
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import MAX_FRAME_BYTES, PROTOCOL_VERSION, hello, request
 from qmdd.store.db import connect
 from tests.conftest import Env
 
@@ -303,8 +304,8 @@ def test_update_reports_a_missing_root_and_updates_the_others(env: Env, notes: P
 def test_other_users_are_refused_by_peer_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     import trio
 
-    from qmdd import rpc
-    from qmdd.listener import peer_uid
+    from qmdd.transports import rpc
+    from qmdd.transports.listener import peer_uid
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     assert peer_uid(a) == os.getuid()  # SO_PEERCRED read correctly from a real socket

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qmdctl.client import Client
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.snippets import MAX_SNIPPET_CHARS, Snippets
 from qmdd.search.targets import MAX_GLOB_CHARS, MAX_TARGET_CHARS, Glob
 from qmdd.search.tokenize import Tokenizer

@@ -9,8 +9,8 @@ import pytest
 import trio
 
 from qmdd.actors.base import Actor, Handler, Mailbox
-from qmdd.protocol import ErrorCode, QmddError
-from qmdd.supervisor import RestartPolicy, Supervisor
+from qmdd.actors.supervisor import RestartPolicy, Supervisor
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 
 @dataclass(frozen=True)

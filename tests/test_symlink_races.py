@@ -22,7 +22,7 @@ from qmdctl.client import Client
 from qmdd.api import read_text
 from qmdd.chunking import ChunkerConfig
 from qmdd.indexing import scan_collection
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store import db
 from qmdd.store import documents as docs
 from qmdd.walk import WalkConfig, walk_collection

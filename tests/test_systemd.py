@@ -23,8 +23,8 @@ from jsonschema import Draft202012Validator
 
 from qmdctl.spec import find_command
 from qmdctl.units import DEFAULT_WATCHDOG_S, SERVICE, SOCKET, UnitOptions, render
-from qmdd import systemd
-from qmdd.protocol import ErrorCode
+from qmdd.protocol.errors import ErrorCode
+from qmdd.transports import systemd
 from tests.conftest import Env
 
 REPO = Path(__file__).parent.parent

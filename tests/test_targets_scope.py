@@ -15,7 +15,7 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 from qmdctl.client import Client
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.targets import resolve_target
 from qmdd.store.documents import CollectionRow
 from tests.conftest import Env

@@ -174,7 +174,7 @@ def update(inv: Invocation) -> int:
 
 def failed_exit_code(summaries: list[dict[str, Any]]) -> int:
     """The exit code of the first collection that could not be scanned (0 when all were)."""
-    from qmdd.protocol import QmddError
+    from qmdd.protocol.errors import QmddError
 
     for s in summaries:
         if "error" in s:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from qmdctl.client import CONNECT_TIMEOUT_S, Client, start_daemon
 from qmdd import ownfiles
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
     from qmdctl.main import Invocation

@@ -16,8 +16,9 @@ import threading
 
 from qmdctl.client import Client
 from qmdctl.render import terminal_safe
-from qmdd import framing
-from qmdd.protocol import ERROR, ITEM, RESULT, ErrorCode, QmddError, request
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import ERROR, ITEM, RESULT, request
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from qmdctl.units import (
     unit_dir,
 )
 from qmdd.paths import Paths, resolve_paths
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
     from qmdctl.main import Invocation

@@ -21,7 +21,8 @@ import outcome
 import trio
 
 from qmdd import faults
-from qmdd.protocol import ErrorCode, QmddError, SaveSnapshot, VerifyIndex
+from qmdd.actors.messages import SaveSnapshot, VerifyIndex
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import connect
 
 log = logging.getLogger("qmdd.actors")
@@ -34,6 +35,7 @@ class Envelope:
     message: Any
     reply: trio.MemorySendChannel[outcome.Outcome[Any]] | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
+    attempts: int = 0  # how many instances of the actor crashed while holding this message
 
 
 async def typed_outcome(fn: Callable[..., Awaitable[Any]], *args: Any) -> outcome.Outcome[Any]:

@@ -17,7 +17,7 @@ import trio
 from pyroaring import BitMap
 
 from qmdd.actors.base import DerivedIndexActor, Handler
-from qmdd.protocol import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
+from qmdd.actors.messages import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
 from qmdd.search.bm25index import BM25Index, ChunkHit, SnapshotError
 from qmdd.search.fields import index_chunks
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig

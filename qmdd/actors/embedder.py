@@ -22,9 +22,10 @@ import trio
 
 from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply, typed_outcome
+from qmdd.actors.messages import EmbedTexts, ModelStatus, RerankPairs, UseModel
 from qmdd.models.registry import ModelChoice, ModelRegistry
 from qmdd.models.runtime import LoadedModel
-from qmdd.protocol import EmbedTexts, ErrorCode, ModelStatus, QmddError, RerankPairs, UseModel
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 log = logging.getLogger("qmdd.embedder")
 
@@ -119,9 +120,8 @@ class EmbedderActor(Actor):
         # Hand what this instance held back to the inbox, for the next one (or fail it for good).
         for job in list(self._jobs):
             self._jobs.discard(job)
-            message = job.envelope.message
-            message.attempts += 1
-            if message.attempts >= MAX_ATTEMPTS:
+            job.envelope.attempts += 1
+            if job.envelope.attempts >= MAX_ATTEMPTS:
                 send_reply(job.envelope, outcome.Error(QmddError(
                     ErrorCode.EMBEDDING_FAILED, "the embedder failed on this request twice")))
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,12 @@ import outcome
 import trio
 
 from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
-from qmdd.chunking import ChunkerConfig
-from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection, update_paths
-from qmdd.protocol import (
+from qmdd.actors.messages import (
     AddCollection,
     ApplyChunks,
     ChooseForEmbedding,
     Cleanup,
-    ErrorCode,
     IndexPaths,
-    QmddError,
     RemoveCollection,
     RenameCollection,
     SaveSnapshot,
@@ -36,12 +32,15 @@ from qmdd.protocol import (
     StoreEmbeddings,
     VerifyIndex,
 )
+from qmdd.chunking import ChunkerConfig
+from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection, update_paths, walk_config
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, RootChanged, RootKey
 from qmdd.store import documents as docs
 from qmdd.store import walguard
 from qmdd.store.documents import ChunkText, CollectionRow
 from qmdd.store.embeddings import choose_collections, purge_embeddings, store_vectors
-from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig, walk_collection
+from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
 
@@ -303,23 +302,6 @@ def _offer(channel: trio.MemorySendChannel[dict[str, object]], event: dict[str, 
     # Progress is advisory: a slow or vanished listener must never stall indexing.
     with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
         channel.send_nowait(event)
-
-
-def walk_config(masks: Sequence[str], excludes: Sequence[str], max_file_bytes: int) -> WalkConfig:
-    """The walker's configuration, with bad globs turned into a typed error instead of a crash."""
-    try:
-        return WalkConfig(masks=tuple(masks), excludes=tuple(excludes), max_file_bytes=max_file_bytes)
-    except ValueError as exc:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"bad --mask or --exclude pattern: {exc}") from None
-
-
-def selected_files(collection: CollectionRow, max_file_bytes: int) -> int | None:
-    """How many files a scan of `collection` selects (None when its root cannot be walked now)."""
-    try:
-        return len(walk_collection(Path(collection.root),
-                                   walk_config(collection.masks, collection.excludes, max_file_bytes)).files)
-    except OSError:
-        return None
 
 
 def incomplete_add_error(name: str, indexed: int, total: int | None, cause: QmddError) -> QmddError:

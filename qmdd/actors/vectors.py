@@ -19,17 +19,16 @@ from pyroaring import BitMap
 
 from qmdd import faults
 from qmdd.actors.base import DerivedIndexActor, Envelope, Handler, send_reply
-from qmdd.protocol import (
+from qmdd.actors.messages import (
     ApplyChunks,
-    ErrorCode,
     IndexEmbedded,
-    QmddError,
     SaveSnapshot,
     SetFingerprint,
     VectorCoverage,
     VectorQuery,
     VerifyIndex,
 )
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.vectorindex import VectorHit, VectorIndex, VectorSnapshotError
 from qmdd.store import embeddings as emb
 from qmdd.store.embeddings import IndexedVector

@@ -32,7 +32,8 @@ from watchfiles._rust_notify import RustNotify
 
 from qmdd import faults
 from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
-from qmdd.protocol import ErrorCode, IndexPaths, QmddError, SaveSnapshot, SyncWatches, WatchStatus
+from qmdd.actors.messages import IndexPaths, SaveSnapshot, SyncWatches, WatchStatus
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store import documents as docs
 from qmdd.walk import VENDOR_DIRS
 

@@ -75,7 +75,7 @@ def check_index(env: dict[str, str] | None = None, *, mode: Mode = "strict", sna
 
 @contextlib.contextmanager
 def _index_lock(paths: Paths) -> Iterator[None]:
-    """Take the data dir's instance lock (as qmdd.listener does), so no daemon changes the index
+    """Take the data dir's instance lock (as qmdd.transports.listener does), so no daemon changes the index
     while it is checked; one that starts meanwhile exits with DAEMON_RUNNING."""
     fd, _replaced = open_lock_file(str(paths.index_lock))
     try:

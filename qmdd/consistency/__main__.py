@@ -8,7 +8,7 @@ import sys
 
 from qmdd.consistency import EXIT_CONSISTENT, EXIT_INCONSISTENT, EXIT_NOT_CHECKED, NotCheckable, check_index
 from qmdd.consistency import __doc__ as package_doc
-from qmdd.protocol import QmddError
+from qmdd.protocol.errors import QmddError
 
 
 def main(argv: list[str] | None = None) -> int:

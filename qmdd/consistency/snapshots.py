@@ -11,7 +11,7 @@ from pyroaring import BitMap
 
 from qmdd.config import Config
 from qmdd.consistency.report import Facts, Report
-from qmdd.protocol import QmddError
+from qmdd.protocol.errors import QmddError
 from qmdd.search.bm25index import BM25Index, SnapshotError
 from qmdd.search.bm25store import read_snapshot
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
@@ -62,7 +62,7 @@ def _compare_ids(report: Report, name: str, have: BitMap, truth: BitMap, facts: 
 
 def _daemon_fingerprint(config: Config) -> str | None:
     """The embedding fingerprint the daemon would serve, exactly as it computes it at start."""
-    from qmdd.daemon import embedding_runtime
+    from qmdd.models.placement import embedding_runtime
     from qmdd.models.registry import ModelRegistry
 
     registry = ModelRegistry(config.paths)

@@ -10,12 +10,11 @@ import sqlite3
 
 import numpy as np
 
-from qmdd.actors.indexer import walk_config
 from qmdd.chunking import ChunkerConfig, embedding_text
 from qmdd.config import Config
 from qmdd.consistency.report import Facts, Report
-from qmdd.indexing import FileProblem, open_root, read_document
-from qmdd.protocol import QmddError
+from qmdd.indexing import FileProblem, open_root, read_document, walk_config
+from qmdd.protocol.errors import QmddError
 from qmdd.safefiles import ConfinedRoot
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb

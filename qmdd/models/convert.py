@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "swish")
 SUPPORTED_TYPES = ("bert",)

@@ -23,7 +23,7 @@ import numpy as np
 from qmdd.models.convert import MANIFEST, convert_checkpoint, has_classifier, read_checkpoint_config, sha256_file
 from qmdd.models.runtime import LoadedModel
 from qmdd.paths import Paths
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 STORED_AS = "float16"
 ROLES = ("embedding", "reranker")

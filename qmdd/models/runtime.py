@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from qmdd.models.convert import HEAD_FILE, MANIFEST, build_spec, sha256_file, tensor_lookup
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 log = logging.getLogger("qmdd.models")
 

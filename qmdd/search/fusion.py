@@ -23,7 +23,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, TypeVar
 
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 MAX_SUBQUERIES = 10
 """Each sub-query costs a BM25 search or an embedding; a cap keeps one request from hogging the daemon."""

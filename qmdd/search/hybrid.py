@@ -16,8 +16,9 @@ import outcome
 import trio
 
 from qmdd.actors.base import Mailbox
+from qmdd.actors.messages import Bm25Query, EmbedTexts, RerankPairs, VectorQuery
 from qmdd.chunking import embedding_text
-from qmdd.protocol import Bm25Query, EmbedTexts, ErrorCode, QmddError, RerankPairs, VectorQuery
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.fusion import (
     Blended,

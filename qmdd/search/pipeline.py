@@ -16,7 +16,8 @@ import trio
 from pyroaring import BitMap
 
 from qmdd.actors.base import Mailbox
-from qmdd.protocol import Bm25Query, ErrorCode, QmddError
+from qmdd.actors.messages import Bm25Query
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.documents import CollectionRow
 
 # Longer than any path the OS can open (PATH_MAX): a longer target can only be a mistake or an

@@ -10,10 +10,9 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from qmdd.chunking import Chunk
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import RootKey
 from qmdd.store.db import transaction
 
@@ -45,6 +44,21 @@ class DocState(NamedTuple):
     hash: str
 
 
+class StoredChunk(Protocol):
+    """What the store keeps of a chunk (the chunker's `Chunk` fits; the store does not import it)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def start_line(self) -> int: ...
+    @property
+    def end_line(self) -> int: ...
+    @property
+    def heading_path(self) -> tuple[str, ...]: ...
+    @property
+    def text(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ParsedFile:
     """A file read and chunked by the indexer, ready to be written in one transaction."""
@@ -55,7 +69,7 @@ class ParsedFile:
     hash: str
     title: str
     lines: int
-    chunks: Sequence[Chunk]
+    chunks: Sequence[StoredChunk]
     chunk_hashes: Sequence[str]
 
 

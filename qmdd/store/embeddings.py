@@ -12,16 +12,19 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qmdd.chunking import embedding_text
 from qmdd.store.db import transaction
 
 VECTOR_DTYPE = np.float16
 
 
 class PendingChunk(NamedTuple):
+    """A chunk without a vector, with what the model's input is made of (`chunking.embedding_text`)."""
+
     chunk_id: int
-    hash: str
-    text: str  # the model's input (title and heading path, then the chunk)
+    hash: str  # the hash of that input
+    title: str
+    heading_path: tuple[str, ...]
+    text: str
 
 
 class IndexedVector(NamedTuple):
@@ -48,8 +51,7 @@ def _collection_filter(collection_ids: Sequence[int] | None) -> str:
 
 
 def _pending(rows: Iterable[tuple[int, str, str, str, str]]) -> list[PendingChunk]:
-    return [PendingChunk(r[0], r[1], embedding_text(r[2], tuple(r[3].split("\x1f")) if r[3] else (), r[4]))
-            for r in rows]
+    return [PendingChunk(r[0], r[1], r[2], tuple(r[3].split("\x1f")) if r[3] else (), r[4]) for r in rows]
 
 
 def pending_chunks(conn: sqlite3.Connection, fingerprint: str, after_id: int, limit: int,

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import trio
 
-from qmdd import ownfiles, systemd
+from qmdd import ownfiles
 from qmdd.paths import Paths, check_socket_path, ensure_private_dir
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.transports import systemd
 
 log = logging.getLogger("qmdd.listener")
 

@@ -12,10 +12,12 @@ import struct
 
 import msgpack
 
-from qmdd.protocol import MAX_FRAME_BYTES, ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import MAX_FRAME_BYTES
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Protocol
 
     class ReceiveStream(Protocol):
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 _HEADER = struct.Struct(">I")
 
 
-def encode(message: dict[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> bytes:
+def encode(message: Mapping[str, Any], max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     body = msgpack.packb(message, use_bin_type=True)
     if len(body) > max_bytes:
         raise QmddError(ErrorCode.FRAME_TOO_LARGE, f"frame of {len(body)} bytes exceeds {max_bytes}")
@@ -65,7 +67,7 @@ def parse_header(header: bytes, max_bytes: int) -> int:
 
 # --- blocking side (qmdctl) ----------------------------------------------------------------------
 
-def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
+def send_frame(sock: socket.socket, message: Mapping[str, Any]) -> None:
     sock.sendall(encode(message))
 
 

@@ -8,6 +8,7 @@ recovery hints, so an agent can act on it; the session itself never breaks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -16,8 +17,9 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
-from qmdd.protocol import ErrorCode, QmddError, validate_params
-from qmdd.rpc import Call, MethodHandler
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import validate_params
+from qmdd.transports.rpc import Call, MethodHandler
 
 if TYPE_CHECKING:
     from qmdd.api import Api
@@ -80,7 +82,7 @@ class _Collector:
     def __init__(self) -> None:
         self.items: list[tuple[str, Any]] = []
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: Mapping[str, Any]) -> None:
         self.items.append((frame["kind"], frame["payload"]))
 
 

@@ -19,7 +19,7 @@ import trio
 from qmdd.store.documents import list_collections
 
 if TYPE_CHECKING:
-    from qmdd.supervisor import Supervisor
+    from qmdd.actors.supervisor import Supervisor
 
 log = logging.getLogger("qmdd.systemd")
 

@@ -18,28 +18,17 @@ import logging
 import os
 import resource
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from qmdd import framing
-from qmdd.framing import FrameReader, FrameStalled, FrameTooLarge
-from qmdd.listener import peer_uid
-from qmdd.protocol import (
-    HELLO,
-    PROTOCOL_VERSION,
-    REQUEST,
-    ErrorCode,
-    QmddError,
-    error,
-    hello,
-    item,
-    result,
-    unwrap_error,
-    validate_params,
-)
+from qmdd.protocol import framing
+from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
+from qmdd.protocol.framing import FrameReader, FrameStalled, FrameTooLarge
+from qmdd.protocol.wire import HELLO, PROTOCOL_VERSION, REQUEST, error, hello, item, result, validate_params
+from qmdd.transports.listener import peer_uid
 
 log = logging.getLogger("qmdd.rpc")
 trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
@@ -51,7 +40,7 @@ class Call:
 
     req_id: int
     trace_id: str
-    _send: Callable[[dict[str, Any]], Awaitable[None]]
+    _send: Callable[[Mapping[str, Any]], Awaitable[None]]
     _receive: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
     _seq: int = 0
 
@@ -210,7 +199,7 @@ class RpcServer:
             raise _Evicted(self.max_connections)
         return await read_started_frame(reader, self.frame_stall_s) if started else None
 
-    async def _send(self, stream: trio.SocketStream, frame: dict[str, Any]) -> None:
+    async def _send(self, stream: trio.SocketStream, frame: Mapping[str, Any]) -> None:
         try:
             data = framing.encode(frame)
         except QmddError as exc:
@@ -280,7 +269,7 @@ class RpcServer:
         if handler is None:
             raise QmddError(ErrorCode.UNKNOWN_METHOD, f"method {method!r} is not served by this daemon")
 
-        async def send(frame: dict[str, Any]) -> None:
+        async def send(frame: Mapping[str, Any]) -> None:
             await self._send(stream, frame)
 
         async def receive() -> dict[str, Any] | None:

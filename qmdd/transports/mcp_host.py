@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from qmdd.rpc import Call
 from qmdd.store import documents as docs
+from qmdd.transports.rpc import Call
 
 if TYPE_CHECKING:
     from qmdd.api import Api
@@ -124,6 +124,6 @@ class McpHost:
 
 
 def _build_server(api: Api) -> Any:
-    from qmdd import mcp_tools
+    from qmdd.transports import mcp_tools
 
     return mcp_tools.build_server(api)

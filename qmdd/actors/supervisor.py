@@ -20,7 +20,7 @@ import outcome
 import trio
 
 from qmdd.actors.base import Actor, Mailbox, send_reply
-from qmdd.protocol import ErrorCode, QmddError
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 log = logging.getLogger("qmdd.supervisor")
 

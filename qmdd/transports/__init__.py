@@ -1,0 +1,1 @@
+"""The doors of the daemon: the socket RPC (framing, listener, systemd activation) and the MCP host."""
