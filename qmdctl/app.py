@@ -1,4 +1,5 @@
-"""The typer app, generated from `qmdctl.spec` so both front ends accept exactly the same syntax."""
+"""The typer app for every command that is not hot, and for every --help: generated from `qmdctl.spec`,
+so it accepts exactly the syntax `qmdctl.fastargs` does and hands `run_command` the same arguments."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import typer
 
-from qmdctl.main import run_command
+from qmdctl.invocation import run_command
 from qmdctl.spec import COMMANDS, GROUP_HELP, Command, Opt
 
 _TYPES: dict[str, Any] = {"str": str | None, "int": int | None, "float": float | None, "flag": bool,
@@ -30,10 +31,6 @@ def _callback(command: Command) -> Any:
     opts = command.all_opts()
 
     def callback(**kwargs: Any) -> None:
-        for opt in command.opts:
-            # argparse hands '+' positionals of kind str over as a list too; the runners expect that.
-            if not opt.flags and opt.nargs == "+" and isinstance(kwargs.get(opt.name), tuple):
-                kwargs[opt.name] = list(kwargs[opt.name])
         raise typer.Exit(run_command(command, kwargs))
 
     params = [_parameter(o) for o in opts]

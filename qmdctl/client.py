@@ -14,7 +14,7 @@ from qmdd import ownfiles
 from qmdd.paths import Paths, check_socket_path, ensure_private_dir, resolve_paths, socket_path
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.protocol.wire import ERROR, HELLO, ITEM, RESULT, hello, request
+from qmdd.protocol.wire import ERROR, HELLO, ITEM, RESULT, hello, request, server_frame
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Client:
             # which after a crash can take a BM25 rebuild: wait for that, not for a connect.
             sock.settimeout(self.greeting_timeout or start_timeout())
             framing.send_frame(sock, hello("client", client="qmdctl"))
-            reply = framing.recv_frame(sock)
+            reply = server_frame(framing.recv_frame(sock))
         except (FileNotFoundError, ConnectionRefusedError, ConnectionError, TimeoutError):
             sock.close()
             return False
@@ -168,7 +168,7 @@ class Client:
             raise QmddError(ErrorCode.PROTOCOL_ERROR, f"unexpected greeting from the daemon: {reply!r:.200}")
         sock.settimeout(self.reply_timeout or None)
         self._sock = sock
-        self.server = reply
+        self.server = dict(reply)
         return True
 
     def connect(self, autostart: bool = True) -> Client:
@@ -191,8 +191,12 @@ class Client:
         try:
             framing.send_frame(self._sock, request(req_id, method, params or {}, self.trace_id, self.identity))
             while True:
-                frame = framing.recv_frame(self._sock)
-                kind = frame.get("type")
+                try:
+                    frame = server_frame(framing.recv_frame(self._sock))
+                except QmddError:
+                    self.close()  # a frame of unknown shape: nothing after it on this connection can be trusted
+                    raise
+                kind = frame["type"]
                 if kind == ITEM:
                     if on_item is not None:
                         on_item(str(frame.get("kind")), frame.get("payload"))

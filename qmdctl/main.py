@@ -3,107 +3,13 @@ else (and every --help) goes through the typer app. Both are built from `qmdctl.
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 
 from qmdctl import fastargs
-from qmdctl.agent import DryRun, DryRunClient, env_flag, print_plan, wants_spec
-from qmdctl.client import Client, new_trace_id
-from qmdctl.render import Output, report_error, terminal_safe
-from qmdctl.spec import FORMATS, Command, find_command
-from qmdd import __version__
-from qmdd.protocol.errors import ErrorCode, QmddError
-
-TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
-if TYPE_CHECKING:
-    from typing import Any
-
-_SHORTHANDS = ("json", "ndjson", "csv", "md", "files")
-
-
-class Invocation:
-    """What a command runner gets: its parsed arguments, the output, and a lazily connected client
-    (under --dry-run, one that raises `DryRun` with the first request instead of sending it)."""
-
-    def __init__(self, command: Command, args: dict[str, Any], output: Output, *, trace_id: str | None = None,
-                 dry_run: bool = False) -> None:
-        self.command = command
-        self.args = args
-        self.output = output
-        self.trace_id = trace_id or new_trace_id()
-        self.dry_run = dry_run
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = (DryRunClient if self.dry_run else Client)(trace_id=self.trace_id)
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
-def output_format(args: dict[str, Any]) -> str:
-    for name in _SHORTHANDS:
-        if args.get(name):
-            return name
-    fmt = args.get("format") or os.environ.get("AGENT_OUTPUT_FORMAT") or "text"
-    if fmt not in FORMATS:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return str(fmt)
-
-
-def given_args(command: Command, args: dict[str, Any]) -> dict[str, Any]:
-    """The command's own arguments that differ from their defaults (for NDJSON metadata)."""
-    given = {}
-    for opt in command.opts:
-        value = args.get(opt.name)
-        if value is not None and value is not False and not (opt.default is not None and value == opt.default):
-            given[opt.name] = value
-    return given
-
-
-def run_command(command: Command, args: dict[str, Any]) -> int:
-    """Shared by both front ends: pick the output, import the runner, map errors to exit codes;
-    or print the command's spec (--emit-spec), or what it would send (--dry-run)."""
-    output = Output("text")
-    invocation = Invocation(command, args, output, dry_run=bool(args.get("dry_run")) or env_flag("AGENT_DRY_RUN"))
-    output.meta = {"command": command.name, "trace_id": invocation.trace_id, "qmdctl_version": __version__,
-                   "args": given_args(command, args)}
-    try:
-        output.fmt = output_format(args)
-        if args.get("emit_spec") or env_flag("AGENT_EMIT_SPEC"):
-            return print_spec(command)
-        if invocation.dry_run and command.effect:
-            raise DryRun({"action": command.effect})
-        module, _, function = command.runner.partition(":")
-        runner = getattr(importlib.import_module(f"qmdctl.commands.{module}"), function)
-        status = int(runner(invocation) or 0)
-        output.start()  # NDJSON: the metadata record even when there was nothing else to write
-        return status
-    except DryRun as dry:
-        return print_plan(output, command, dry.plan, invocation.client)
-    except QmddError as err:
-        return report_error(output, err, command.name, invocation.trace_id)
-    except BrokenPipeError:
-        # `qmdctl search … | head`: the reader left; nothing more to say.
-        sys.stderr.close()
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        invocation.close()
-
-
-def print_spec(command: Command) -> int:
-    """--emit-spec: the command's JSON Schema document on stdout (never contacts the daemon)."""
-    from qmdctl.emitspec import command_spec, dumps
-
-    sys.stdout.write(dumps(command_spec(command)))
-    return 0
+from qmdctl.agent import wants_spec
+from qmdctl.invocation import print_spec, run_command
+from qmdctl.render import terminal_safe
+from qmdctl.spec import find_command
 
 
 def main(argv: list[str] | None = None) -> int:

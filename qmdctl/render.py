@@ -54,6 +54,11 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def number_lines(text: str, first_line: int) -> str:
+    """Prefix each line with its 1-based number, as `get --line-numbers` and `search --line-numbers` show."""
+    return "\n".join(f"{first_line + i}: {line}" for i, line in enumerate(text.split("\n")))
+
+
 class Output:
     """Where and how a command writes its results (a plain class: dataclasses cost import time)."""
 

@@ -1,8 +1,10 @@
-"""Every qmdctl command, declared once as data (NamedTuples: cheaper to import than dataclasses).
+"""Every qmdctl command, declared once as data (plain slotted classes: dataclasses and NamedTuple cost
+import time on the hot path).
 
-Two front ends are built from this table: a stdlib argparse parser for the hot commands (a search must
-not pay ~80 ms for importing typer) and the typer app for everything else and for `--help`. The same
-table gives each command's JSON Schema for agents (`--emit-spec`, see `qmdctl.emitspec`). Stdlib only.
+Two front ends are built from this table: `qmdctl.fastargs` for the hot commands (a search must not pay
+~80 ms for importing typer, nor several for argparse) and the typer app (`qmdctl.app`) for everything
+else and for `--help`. The same table gives each command's JSON Schema for agents (`--emit-spec`, see
+`qmdctl.emitspec`). Stdlib only.
 """
 
 from __future__ import annotations

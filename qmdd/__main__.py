@@ -11,9 +11,9 @@ import trio
 from qmdd import __version__
 from qmdd.config import load_config
 from qmdd.daemon import run_daemon
+from qmdd.methods.call import trace_id_var
 from qmdd.protocol.errors import ErrorCode, unwrap_error
 from qmdd.transports import systemd
-from qmdd.transports.rpc import trace_id_var
 
 
 class _TraceFilter(logging.Filter):

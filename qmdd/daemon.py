@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import sqlite3
-import uuid
 from collections.abc import Callable
 from functools import partial
 
@@ -25,33 +24,29 @@ import trio
 from qmdd import __version__
 from qmdd.actors.base import Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
+from qmdd.actors.embed_jobs import EmbedJobsActor
 from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.indexer import IndexerActor
 from qmdd.actors.messages import ScanCollections
 from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
-from qmdd.api import Api, make_services
 from qmdd.config import Config
+from qmdd.methods.services import Mailboxes, make_services
+from qmdd.methods.table import method_table
 from qmdd.models.placement import embedding_runtime
 from qmdd.models.registry import ModelRegistry, load_model
 from qmdd.paths import Paths, ensure_private_dir
 from qmdd.search.fields import index_chunks
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
+from qmdd.store import documents as docs
 from qmdd.store import walguard
-from qmdd.store.db import connect, open_database, transaction
+from qmdd.store.db import connect, database_id, open_database
 from qmdd.transports import listener, systemd
+from qmdd.transports.mcp_host import McpHost
 from qmdd.transports.rpc import RpcServer
 
 log = logging.getLogger("qmdd.daemon")
-
-
-def database_id(conn: sqlite3.Connection) -> str:
-    """A random id born with the database: a BM25 snapshot from another database never loads."""
-    with transaction(conn):
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
-    row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
-    return str(row[0])
 
 
 def open_index(paths: Paths) -> tuple[str, str | None]:
@@ -93,9 +88,9 @@ async def _watch_signals(shutdown: trio.Event, cancel: Callable[[], None]) -> No
             shutdown.set()
 
 
-async def _preload_mcp(api: Api) -> None:
+async def _preload_mcp(mcp: McpHost) -> None:
     """Import the MCP SDK (~1 s) in the background, so an agent's first bridge starts answering at once."""
-    loaded = await outcome.acapture(api.mcp.preload)
+    loaded = await outcome.acapture(mcp.preload)
     if isinstance(loaded, outcome.Error):
         if not isinstance(loaded.error, Exception):
             loaded.unwrap()  # cancellation
@@ -113,6 +108,40 @@ async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = tri
     log.info("qmdd stopped")
 
 
+async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Config, db_id: str,
+                        registry: ModelRegistry) -> None:
+    """Each actor under the supervisor, in dependency order; each gets the mailboxes it sends to."""
+    paths = config.paths
+    runtime = await trio.to_thread.run_sync(embedding_runtime, config, registry)
+    await supervisor.start_actor(actors.bm25, lambda: Bm25Actor(
+        paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
+    await supervisor.start_actor(actors.vectors, lambda: VectorsActor(
+        paths.database, paths.vector_snapshot, db_id, runtime.fingerprint(registry), 0))
+    loader = partial(load_model, registry, device=runtime.device, compute_type=runtime.compute_type,
+                     threads=runtime.threads, workers=runtime.workers)
+    await supervisor.start_actor(actors.embedder, lambda: EmbedderActor(
+        registry, actors.embedder, loader, device=runtime.device, compute_type=runtime.compute_type,
+        threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
+        chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
+        preload=paths.vector_snapshot.exists()))
+    prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
+    await supervisor.start_actor(actors.indexer, lambda: IndexerActor(
+        paths.database, actors.bm25, prepare, max_file_bytes=config.max_file_bytes,
+        batch_files=config.index_batch_files, vectors=actors.vectors))
+    await supervisor.start_actor(actors.embed_jobs, lambda: EmbedJobsActor(
+        paths.database, actors.embedder, actors.indexer, actors.vectors,
+        background=config.auto_embed and config.watch))
+    await supervisor.start_actor(actors.watcher, lambda: WatcherActor(
+        paths.database, actors.indexer, enabled=config.watch, debounce_ms=config.watch_debounce_ms,
+        poll_s=config.watch_poll_s, embed_jobs=actors.embed_jobs,
+        own_dirs=(paths.data_dir, paths.runtime_dir, paths.cache_dir)))
+
+
+# Stopped in this order: the watcher makes no more changes, no embed job starts a page, a scan still running
+# sends its last batches to BM25 (which must still be there to take them, and then to write its snapshot).
+STOP_ORDER = ("watcher", "embed_jobs", "indexer", "embedder", "vectors", "bm25")
+
+
 async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStatus[None]) -> None:
     paths = config.paths
     db_id, wal_lost = await trio.to_thread.run_sync(open_index, paths)
@@ -123,35 +152,14 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope.cancel)
             supervisor = Supervisor(nursery)
-            mailboxes = {name: Mailbox(name) for name in ("bm25", "vectors", "embedder", "indexer", "watcher")}
-            bm25, vectors, embedder, indexer, watcher = mailboxes.values()
+            actors = Mailboxes(**{name: Mailbox(name) for name in STOP_ORDER})
             registry = ModelRegistry(paths)
-            runtime = await trio.to_thread.run_sync(embedding_runtime, config, registry)
-            await supervisor.start_actor(bm25, lambda: Bm25Actor(
-                paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
-            await supervisor.start_actor(vectors, lambda: VectorsActor(
-                paths.database, paths.vector_snapshot, db_id, runtime.fingerprint(registry), 0))
-            loader = partial(load_model, registry, device=runtime.device, compute_type=runtime.compute_type,
-                             threads=runtime.threads, workers=runtime.workers)
-            await supervisor.start_actor(embedder, lambda: EmbedderActor(
-                registry, embedder, loader, device=runtime.device, compute_type=runtime.compute_type,
-                threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
-                chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
-                preload=paths.vector_snapshot.exists()))
-            prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
-            await supervisor.start_actor(indexer, lambda: IndexerActor(
-                paths.database, bm25, prepare, max_file_bytes=config.max_file_bytes,
-                batch_files=config.index_batch_files, vectors=vectors))
-            # Collections with newly indexed chunks, from the watcher to the background embedder.
-            indexed_send, indexed_receive = trio.open_memory_channel[int](1)
-            await supervisor.start_actor(watcher, lambda: WatcherActor(
-                paths.database, indexer, enabled=config.watch, debounce_ms=config.watch_debounce_ms,
-                poll_s=config.watch_poll_s, indexed=indexed_send,
-                own_dirs=(paths.data_dir, paths.runtime_dir, paths.cache_dir)))
-            rpc = RpcServer({}, {"server": f"qmdd/{__version__}", "pid": os.getpid()}, config.frame_stall_s)
-            services = make_services(config, reader, mailboxes, supervisor, rpc.statistics, shutdown, registry)
-            api = Api(services)
-            rpc.methods = api.methods()
+            await _start_actors(supervisor, actors, config, db_id, registry)
+            services = make_services(config, reader, actors, supervisor, registry, shutdown)
+            table = method_table(services)
+            mcp = McpHost(table)
+            rpc = RpcServer({**table, "mcp.session": mcp.session}, f"qmdd/{__version__}", config.frame_stall_s)
+            services.door_statistics = lambda: {**rpc.statistics(), "mcp": mcp.statistics()}
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
@@ -161,15 +169,12 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                     log.info("qmdd %s ready on %s (pid %d, up to %d connections)", __version__, paths.socket,
                              os.getpid(), rpc.max_connections)
                     task_status.started()
-                    health = partial(systemd.service_status, supervisor, reader)
+                    health = partial(service_status, supervisor, reader)
                     systemd.notify("READY=1", f"STATUS={health()}")
                     nursery.start_soon(systemd.keep_manager_informed, health)
-                    nursery.start_soon(_preload_mcp, api)
+                    nursery.start_soon(_preload_mcp, mcp)
                     if wal_lost:
-                        connections.start_soon(_rescan_everything, indexer)
-                    if config.auto_embed:
-                        # Beside the connections: like a client's request, it is stopped before the actors.
-                        connections.start_soon(api.semantic.keep_embedded, indexed_receive)
+                        connections.start_soon(_rescan_everything, actors.indexer)
                     await shutdown.wait()
                     systemd.notify("STOPPING=1", "STATUS=stopping")
                     accepting.cancel_scope.cancel()
@@ -178,14 +183,25 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
                 with trio.move_on_after(config.shutdown_grace_s):
                     await rpc.idle.wait()
                 connections.cancel_scope.cancel()
-            # The indexer first: a scan still running sends its last batches to BM25, which must
-            # still be there to take them (and then to write its snapshot).
             with trio.move_on_after(config.shutdown_grace_s):
-                for mailbox in (watcher, indexer, embedder, vectors, bm25):
-                    mailbox.send_channel.close()
-                    await supervisor.children[mailbox.name].ended.wait()
+                for name in STOP_ORDER:
+                    child = supervisor.children[name]
+                    child.mailbox.send_channel.close()
+                    await child.ended.wait()
                 await supervisor.wait_ended()
             nursery.cancel_scope.cancel()
     finally:
         reader.close()
     await trio.to_thread.run_sync(walguard.record_clean_stop, paths.database)
+
+
+def service_status(supervisor: Supervisor, reader: sqlite3.Connection) -> str:
+    """The one-line STATUS= that `systemctl --user status qmdd` shows."""
+    failed = [name for name, child in supervisor.children.items() if child.status == "failed"]
+    if failed:
+        return f"degraded: actor {', '.join(failed)} failed"
+    try:
+        count = len(docs.list_collections(reader))
+    except sqlite3.Error as exc:
+        return f"serving (collections unreadable: {exc})"
+    return f"serving {count} collection{'' if count == 1 else 's'}"

@@ -1,23 +1,23 @@
 """Fault injection for tests and soak runs.
 
-QMDD_FAULTS="point=count,..." makes `check(point)` raise InjectedFault the first `count` times it is
-reached in this process (a missing count means 1). Unset (always, in normal use), `enabled` is false
-and the callers skip even building the point's name.
+QMDD_FAULTS="point=count,..." makes `check(point)` raise InjectedFault (`check_os_error(point)`, an
+OSError) the first `count` times it is reached in this process (a missing count means 1). Unset (always,
+in normal use), `enabled` is false: the Actor template and the watcher test it before building a
+point's name.
 
 Points:
 
-- ``actor.<actor>.<Message>``: in the Actor template's dispatch, just before the handler of
+- ``actor.<actor>.<Message>``: in the Actor template's `_handle`, just before the handler of
   ``<Message>`` (a class name from qmdd.actors.messages) runs in actor ``<actor>`` (``bm25``, ``vectors``,
-  ``embedder``, ``indexer``, and any actor added later). It fails like a bug in that handler: the
+  ``embedder``, ``embed_jobs``, ``indexer``, ``watcher``). It fails like a bug in that handler: the
   caller gets BACKEND_UNAVAILABLE, the actor crashes and the supervisor restarts it (or, past the
-  restart budget, gives up on it and the daemon reports itself degraded). E.g.
-  ``actor.bm25.Bm25Query`` (a search), ``actor.indexer.ScanCollections`` (an update),
+  restart budget, gives up on it and the daemon reports itself degraded). Concurrent handlers are
+  covered too. E.g. ``actor.bm25.Bm25Query`` (a search), ``actor.indexer.ScanCollections`` (an update),
   ``actor.vectors.SaveSnapshot`` (the end of an update), ``actor.embedder.ModelStatus`` (status,
-  model list). Messages an actor serves outside the template are not covered: the embedder's
-  EmbedTexts and the vectors actor's VectorQuery.
+  model list), ``actor.watcher.SyncWatches``.
 - ``embedder.query_batch`` / ``embedder.bulk_batch``: an embedder worker fails while holding a batch.
-- ``watcher.notifier``: opening a root's inotify watches fails as at the kernel's watch limit (an
-  OSError, ENOSPC): the watcher falls back to periodic rescans.
+- ``watcher.notifier`` (`check_os_error`): opening a root's inotify watches fails as at the kernel's
+  watch limit (ENOSPC): the watcher falls back to periodic rescans.
 
 QMDD_FAULT_PAUSES="point=seconds,..." makes `pause(point)` wait that long the first time (to hold
 work in flight while a test kills the daemon). Points: ``vectors.load`` (the vector index's

@@ -1,8 +1,8 @@
-"""Walk one collection root and list the files to index (DESIGN §5-6).
+"""Walk one collection root and list the files to index.
 
 Pure and synchronous (stdlib + pathspec): the indexer runs it in a worker thread.
 
-Selection rules, applied identically by `walk_collection`, `PathFilter` and `matches_masks`:
+Selection rules, applied identically by `walk_collection` and `PathFilter`:
 
 * Masks use gitignore pattern semantics, relative to the root: a mask without a "/" (other than
   a trailing one) matches the basename at any depth (``*.txt`` == ``**/*.txt``); a mask with a
@@ -354,23 +354,16 @@ class PathFilter:
 
     `included(relpath)` answers what `walk_collection` would decide from the path alone (masks,
     hidden, vendor, excludes, ignore files of the root and every ancestor directory); it does
-    not look at file type, size or symlink targets. Ignore files are read lazily and cached:
-    call `invalidate()` when the watcher sees a change to a name in `IGNORE_FILES`.
+    not look at file type, size or symlink targets. Ignore files are read lazily and cached for the
+    filter's lifetime: when one changes (a name in `IGNORE_FILES`), build a new filter.
     """
 
     def __init__(self, root: Path, config: WalkConfig = WalkConfig()) -> None:
         self._root = os.path.realpath(root)
         self._rules = _rules_for(config)
         self._specs: dict[str, Patterns] = {}
-        self._base = self._read_base()  # FileNotFoundError / NotADirectoryError for a bad root
-
-    def _read_base(self) -> Chain:
-        with ConfinedRoot(self._root) as root:
-            return _base_chain(root, self._rules, None)
-
-    def invalidate(self) -> None:
-        self._specs.clear()
-        self._base = self._read_base()
+        with ConfinedRoot(self._root) as confined:  # FileNotFoundError / NotADirectoryError for a bad root
+            self._base = _base_chain(confined, self._rules, None)
 
     def _dir_spec(self, prefix: str) -> Patterns:
         if prefix not in self._specs:
@@ -381,26 +374,16 @@ class PathFilter:
         return self._specs[prefix]
 
     def included(self, relpath: str) -> bool:
-        return _path_selected(self._rules, relpath, self._base, self._dir_spec)
-
-
-def _path_selected(rules: _Rules, relpath: str, chain: Chain, dir_spec: Callable[[str], Patterns] | None) -> bool:
-    # Only clean relpaths as the walk produces them; anything else is never selected.
-    parts = relpath.split("/")
-    if "\0" in relpath or any(p in ("", ".", "..") for p in parts):
-        return False
-    prefix = ""
-    for depth, name in enumerate(parts):
-        if dir_spec is not None:
-            chain = _with(chain, prefix, dir_spec(prefix))
-        if depth == len(parts) - 1:
-            return rules.file_wanted(name, prefix + name, chain)
-        if not rules.dir_wanted(name, prefix + name, chain):
+        # Only clean relpaths as the walk produces them; anything else is never selected.
+        parts = relpath.split("/")
+        if "\0" in relpath or any(p in ("", ".", "..") for p in parts):
             return False
-        prefix += name + "/"
-    return False
-
-
-def matches_masks(relpath: str, config: WalkConfig) -> bool:
-    """The walk's path-only decision without ignore files: masks, hidden, vendor, excludes."""
-    return _path_selected(_rules_for(config), relpath, (), None)
+        rules, chain, prefix = self._rules, self._base, ""
+        for depth, name in enumerate(parts):
+            chain = _with(chain, prefix, self._dir_spec(prefix))
+            if depth == len(parts) - 1:
+                return rules.file_wanted(name, prefix + name, chain)
+            if not rules.dir_wanted(name, prefix + name, chain):
+                return False
+            prefix += name + "/"
+        return False

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from qmdctl import fastargs
 from qmdctl.app import build_app
 from qmdctl.main import main
-from qmdctl.spec import COMMANDS, find_command
+from qmdctl.spec import COMMANDS, Command, find_command
 
 
 def parse(*argv: str) -> dict[str, object]:
@@ -65,6 +65,30 @@ def test_typer_app_has_every_command_and_alias() -> None:
             for flag in opt.flags:
                 assert flag in result.output, (command.path, flag)
     assert runner.invoke(app, ["collection", "rm", "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ("search", "tar", "extract", "-n", "3", "-c", "a", "--collection=b", "--json", "--min-score", "0.5"),
+    ("query", "x", "--no-rerank", "--candidates", "7"),
+    ("multi-get", "a.md", "b/*.md", "-l", "3"),
+    ("get", "notes/a.md:10:5", "--from", "3"),
+    ("ls",),
+    ("context", "add", "qmd://notes/", "some text"),
+    ("collection", "add", "dir", "--mask", "*.md", "--mask", "*.txt", "--no-update"),
+])
+def test_both_front_ends_hand_the_runner_the_same_arguments(argv: tuple[str, ...],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import qmdctl.app
+
+    handed: list[dict[str, object]] = []
+
+    def run_command(command: Command, args: dict[str, object]) -> int:
+        handed.append(args)
+        return 0
+
+    monkeypatch.setattr(qmdctl.app, "run_command", run_command)
+    assert CliRunner().invoke(build_app(), list(argv)).exit_code == 0
+    assert handed == [parse(*argv)]
 
 
 def test_hot_path_imports_stay_lean() -> None:

@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import trio
 
+from qmdd import faults
 from qmdd.actors.base import Mailbox
 from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.messages import EmbedTexts, ModelStatus
+from qmdd.actors.supervisor import RestartPolicy, Supervisor
 from qmdd.models.registry import ModelRegistry
 from qmdd.paths import resolve_paths
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 
 class FakeModel:
@@ -52,12 +55,17 @@ class FakeModel:
         return out
 
 
+def embedder(tmp_path: Path, mailbox: Mailbox, model: FakeModel, *, batch_tokens: int = 64,
+             workers: int = 1) -> EmbedderActor:
+    return EmbedderActor(ModelRegistry(resolve_paths({"QMDD_HOME": str(tmp_path)})), mailbox, lambda _: model,
+                         device="cpu", compute_type="int8", threads=1, workers=workers, batch_tokens=batch_tokens,
+                         chunking="test", idle_unload_s=0)
+
+
 async def start(nursery: trio.Nursery, tmp_path: Path, model: FakeModel, *, batch_tokens: int = 64,
                 workers: int = 1) -> Mailbox:
     mailbox = Mailbox("embedder")
-    actor = EmbedderActor(ModelRegistry(resolve_paths({"QMDD_HOME": str(tmp_path)})), mailbox, lambda _: model,
-                          device="cpu", compute_type="int8", threads=1, workers=workers, batch_tokens=batch_tokens,
-                          chunking="test", idle_unload_s=0)
+    actor = embedder(tmp_path, mailbox, model, batch_tokens=batch_tokens, workers=workers)
     await nursery.start(actor.run, mailbox.receive_channel)
     return mailbox
 
@@ -133,3 +141,35 @@ def test_while_queries_arrive_one_worker_stays_free_of_bulk_work(tmp_path: Path,
 
     trio.run(main)
     assert model.max_running == (1 if query_recently else 2)
+
+
+@pytest.mark.parametrize("crashes", [1, 2])
+def test_a_crash_mid_batch_is_retried_once_by_the_next_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                crashes: int) -> None:
+    monkeypatch.setattr(faults, "_armed", {})
+    faults.arm("embedder.bulk_batch", crashes)
+    model = FakeModel(delay=0.001)
+
+    async def main() -> tuple[Any, dict[str, Any]]:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                supervisor = Supervisor(nursery, RestartPolicy(backoff_initial_s=0.001))
+                mailbox = Mailbox("embedder")
+                await supervisor.start_actor(mailbox, lambda: embedder(tmp_path, mailbox, model))
+                try:
+                    answer: Any = await mailbox.call(EmbedTexts(texts([3, 1, 2]), "bulk"))
+                except QmddError as exc:
+                    answer = exc.code
+                # The crash that answered last reaches the supervisor after the reply: wait for the
+                # instance after it, which the supervisor starts only once it has counted the restart.
+                await mailbox.call(ModelStatus())
+                stats = supervisor.statistics()["embedder"]
+                nursery.cancel_scope.cancel()
+        return answer, stats
+
+    answer, stats = trio.run(main)
+    assert stats["restarts"] == crashes
+    if crashes == 1:
+        assert answer[:, 0].tolist() == [3, 1, 2]  # answered by the next instance
+    else:
+        assert answer is ErrorCode.EMBEDDING_FAILED

@@ -18,7 +18,6 @@ from qmdd.search.fusion import (
     normalise_scores,
     parse_query,
     script_coverage,
-    sigmoid,
 )
 
 # --- parse_query -------------------------------------------------------------------------------
@@ -256,26 +255,6 @@ def test_blend_ties_break_on_fused_rank() -> None:
 def test_blend_rejects_scores_outside_unit_interval(bad: float) -> None:
     with pytest.raises(ValueError):
         blend_rerank(TWELVE, {"a": bad})
-
-
-# --- sigmoid -------------------------------------------------------------------------------------
-
-
-def test_sigmoid_values() -> None:
-    assert sigmoid(0.0) == 0.5
-    assert sigmoid(2.0) == pytest.approx(1 / (1 + math.exp(-2.0)))
-    assert sigmoid(-2.0) == pytest.approx(1 / (1 + math.exp(2.0)))
-    assert sigmoid(1e6) == 1.0
-    assert sigmoid(-1e6) == 0.0
-    assert sigmoid(math.inf) == 1.0
-    assert sigmoid(-math.inf) == 0.0
-
-
-@given(st.floats(min_value=-1e308, max_value=1e308), st.floats(min_value=0.0, max_value=50.0))
-def test_sigmoid_is_bounded_symmetric_and_monotone(x: float, step: float) -> None:
-    assert 0.0 <= sigmoid(x) <= 1.0
-    assert sigmoid(x) + sigmoid(-x) == pytest.approx(1.0)
-    assert sigmoid(x) <= sigmoid(x + step)
 
 
 def test_scores_weight_each_entry_by_its_share_of_the_list_best() -> None:

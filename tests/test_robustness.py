@@ -305,12 +305,12 @@ def test_other_users_are_refused_by_peer_credentials(monkeypatch: pytest.MonkeyP
     import trio
 
     from qmdd.transports import rpc
-    from qmdd.transports.listener import peer_uid
+    from qmdd.transports.rpc import peer_uid
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     assert peer_uid(a) == os.getuid()  # SO_PEERCRED read correctly from a real socket
     monkeypatch.setattr(rpc, "peer_uid", lambda sock: os.getuid() + 1)
-    server = rpc.RpcServer({}, {})
+    server = rpc.RpcServer({}, "qmdd/test")
 
     async def main() -> None:
         with trio.fail_after(5):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qmdd.search.snippets import Snippets, number_lines
+from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
 
 TOK = Tokenizer()
@@ -41,7 +41,3 @@ def test_cjk_and_long_lines() -> None:
     snip = snippets("搜索").make(text, chunk_start_line=1, doc_lines=3)
     assert snip.line == 2
     assert len(snip.text) < 700
-
-
-def test_number_lines() -> None:
-    assert number_lines("a\nb", 7) == "7: a\n8: b"

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from qmdd.actors.base import Actor, Handler, Mailbox
+from qmdd.actors.base import Actor, Handler, Mailbox, concurrent
 from qmdd.actors.supervisor import RestartPolicy, Supervisor
 from qmdd.protocol.errors import ErrorCode, QmddError
 
@@ -23,6 +24,14 @@ class Fail:
     typed: bool
 
 
+@dataclass(frozen=True)
+class Slow:
+    """Handled beside the inbox: answered when `release` is set, or fails once it is (`fail`)."""
+
+    release: trio.Event
+    fail: bool | None = None  # None: answer; False: a typed error; True: a bug
+
+
 class EchoActor(Actor):
     name = "echo"
     instances = 0
@@ -33,7 +42,7 @@ class EchoActor(Actor):
         self.instance = EchoActor.instances
 
     def handlers(self) -> dict[type, Handler]:
-        return {Echo: self._echo, Fail: self._fail}
+        return {Echo: self._echo, Fail: self._fail, Slow: concurrent(self._slow)}
 
     async def _echo(self, message: Echo) -> tuple[int, Any]:
         return self.instance, message.value
@@ -42,6 +51,12 @@ class EchoActor(Actor):
         if message.typed:
             raise QmddError(ErrorCode.NOT_FOUND, "expected failure")
         raise RuntimeError("bug")
+
+    async def _slow(self, message: Slow) -> int:
+        await message.release.wait()
+        if message.fail is not None:
+            await self._fail(Fail(typed=not message.fail))
+        return self.instance
 
 
 def run(test: Any) -> None:
@@ -108,3 +123,62 @@ def test_cast_nowait_refuses_when_inbox_full() -> None:
         assert mailbox.queue_depth() == 1
 
     trio.run(main)
+
+
+def test_a_concurrent_handler_is_answered_beside_the_inbox_and_a_typed_error_only_replies() -> None:
+    async def test(supervisor: Supervisor, mailbox: Mailbox) -> None:
+        release = trio.Event()
+        answers: list[Any] = []
+
+        async def ask(message: Slow) -> None:
+            try:
+                answers.append(await mailbox.call(message))
+            except QmddError as exc:
+                answers.append(exc.code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, Slow(release))
+            nursery.start_soon(ask, Slow(release, fail=False))
+            await trio.testing.wait_all_tasks_blocked()
+            assert await mailbox.call(Echo("meanwhile")) == (1, "meanwhile")  # the inbox is not held
+            release.set()
+        assert sorted(answers, key=str) == sorted([1, ErrorCode.NOT_FOUND], key=str)
+        stats = supervisor.statistics()["echo"]
+        assert (stats["restarts"], stats["handled"], stats["errors"]) == (0, 3, 1)
+
+    run(test)
+
+
+def test_a_concurrent_handler_that_crashes_answers_and_restarts_the_actor() -> None:
+    async def test(supervisor: Supervisor, mailbox: Mailbox) -> None:
+        release = trio.Event()
+        release.set()
+        with pytest.raises(QmddError) as e:
+            await mailbox.call(Slow(release, fail=True))
+        assert e.value.code is ErrorCode.BACKEND_UNAVAILABLE and "bug" in e.value.message
+        assert await mailbox.call(Echo("after")) == (2, "after")
+        assert supervisor.statistics()["echo"]["restarts"] == 1
+
+    run(test)
+
+
+def test_requests_in_hand_when_the_actor_crashes_are_answered() -> None:
+    async def test(supervisor: Supervisor, mailbox: Mailbox) -> None:
+        waiting = trio.Event()  # never set: these two are still in hand when the crash comes
+        outcomes: list[ErrorCode] = []
+
+        async def ask() -> None:
+            with pytest.raises(QmddError) as e:
+                await mailbox.call(Slow(waiting))
+            outcomes.append(e.value.code)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(QmddError):
+                await mailbox.call(Fail(typed=False))
+        assert outcomes == [ErrorCode.BACKEND_UNAVAILABLE] * 2
+        assert await mailbox.call(Echo("after")) == (2, "after")
+
+    run(test)

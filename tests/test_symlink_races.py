@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from qmdctl.client import Client
-from qmdd.api import read_text
 from qmdd.chunking import ChunkerConfig
 from qmdd.indexing import scan_collection
+from qmdd.methods.documents import read_text
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.store import db
+from qmdd.store import db, lookups
 from qmdd.store import documents as docs
 from qmdd.walk import WalkConfig, walk_collection
 from tests.conftest import Env
@@ -100,8 +100,9 @@ def _scan(conn: sqlite3.Connection, collection: docs.CollectionRow) -> None:
 def test_reads_during_a_symlink_swap_never_return_the_outside_file(race_root: Path, tmp_path: Path) -> None:
     """The daemon's own read (get, multi-get, search --full and MCP all go through read_text)."""
     conn = db.open_database(tmp_path / "index.sqlite")
-    _indexed_root(conn, race_root)
-    doc = docs.find_docs(conn, "d.path = ?", ["race/f.md"])[0]
+    collection = _indexed_root(conn, race_root)
+    doc = lookups.doc_at_path(conn, collection.id, "race/f.md")
+    assert doc is not None
     served = leaked = refused = 0
     with swapping(race_root) as swaps:
         deadline = time.monotonic() + RACE_S

@@ -53,7 +53,8 @@ def test_text_output_and_errors_show_escapes_instead_of_sending_them(hostile: En
     commands = [("search", "wombat"), ("search", "wombat", "--full"), ("query", "wombat"),
                 ("vsearch", "wombat"), ("ls",), ("ls", "notes"), ("status",), ("update",),
                 ("collection", "list"), ("context", "list"), ("get", EVIL_URI), ("multi-get", "notes/*.md"),
-                ("search", "wombat", "--md"), ("get", EVIL_URI, "--md"), ("search", f"wombat{TITLE}", "--dry-run")]
+                ("search", "wombat", "--md"), ("get", EVIL_URI, "--md"), ("search", f"wombat{TITLE}", "--dry-run"),
+                ("search", "wombat", "--line-numbers")]
     for args in commands:
         proc = hostile.run(*args, check=False)
         assert_inert(proc.stdout, f"qmdctl {' '.join(args)!r} (stdout)")
@@ -63,6 +64,8 @@ def test_text_output_and_errors_show_escapes_instead_of_sending_them(hostile: En
     assert "evil\\x1b]0;pwn\\x07\\u202e\\x9b.md" in shown and "\\x1b]52;c;" in shown and "\\x1b[2J" in shown
     assert "context \\x1b]0;pwn\\x07 \\u202e" in shown
     assert "wombat \\x1b]8;;http://x\\x07here" in hostile.run("get", EVIL_URI).stdout
+    # Numbered snippet lines carry the file's own line numbers.
+    assert "\n3: wombat \\x1b]8;;http://x\\x07here" in hostile.run("search", "wombat", "--line-numbers").stdout
 
     # Error messages echo what they could not find or parse.
     for args in [("get", f"qmd://notes/missing{TITLE}.md"), ("search", f"--bogus{CLIPBOARD}"),

@@ -9,15 +9,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from watchfiles import Change
 
 from qmdctl.client import Client, call_collecting
-from qmdd.actors.watcher import relative_changes
+from qmdd.actors.watcher import follow_root, relative_changes, root_key
 from tests.conftest import Env
 
 DEADLINE_S = 15.0  # generous: CI shares 2 cores; the latency itself is measured by bench/watch_latency.py
@@ -344,3 +347,44 @@ def test_an_index_inside_a_watched_tree_does_not_feed_itself(watching: Env, clie
 def test_qmdd_no_watch_flag_is_accepted() -> None:
     out = subprocess.run([sys.executable, "-m", "qmdd", "--help"], capture_output=True, text=True, timeout=30)
     assert "--no-watch" in out.stdout
+
+
+@pytest.mark.parametrize("ending", ["vanished", "stopped"])
+def test_follow_root_reports_changes_until_the_root_vanishes_or_it_is_stopped(tmp_path: Path, ending: str) -> None:
+    """The notifier through watchfiles' public API: in place (a first batch, maybe empty), a change, an end."""
+    root = tmp_path / "root"
+    root.mkdir()
+    key = root_key(str(root))
+    assert key is not None
+    batches: list[set[tuple[Change, str]]] = []
+    stop = threading.Event()
+
+    async def main() -> bool:
+        in_place, changed, ended = trio.Event(), trio.Event(), trio.Event()
+        result: list[bool] = []
+
+        def take(changes: set[tuple[Change, str]]) -> None:  # in trio's thread
+            batches.append(changes)
+            in_place.set()
+            if changes:
+                changed.set()
+
+        async def follow() -> None:
+            result.append(await trio.to_thread.run_sync(follow_root, str(root), key, 50, stop, take))
+            ended.set()
+
+        with trio.fail_after(DEADLINE_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follow)
+                await in_place.wait()
+                (root / "a.md").write_text("x")
+                await changed.wait()
+                if ending == "vanished":
+                    root.rename(tmp_path / "parked")
+                else:
+                    stop.set()
+                await ended.wait()
+        return result[0]
+
+    assert trio.run(main) is (ending == "vanished")
+    assert set(relative_changes(str(root), set().union(*batches))) == {"a.md"}

@@ -9,7 +9,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl 
 if TYPE_CHECKING:
     from typing import Any
 
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
     from qmdctl.render import Output
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from qmdctl.commands.admin import print_summaries, progress_reporter
 
 if TYPE_CHECKING:
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
 
 
 def default_name(path: str) -> str:

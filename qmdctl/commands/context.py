@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
 
 
 def add(inv: Invocation) -> int:

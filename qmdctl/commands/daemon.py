@@ -12,7 +12,7 @@ from qmdd import ownfiles
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
 
 STOP_TIMEOUT_S = 30.0
 

@@ -18,14 +18,14 @@ from qmdctl.client import Client
 from qmdctl.render import terminal_safe
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.protocol.wire import ERROR, ITEM, RESULT, request
+from qmdd.protocol.wire import ERROR, ITEM, RESULT, mcp_line, request, server_frame
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from typing import Any
 
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
 
 SESSION_METHOD = "mcp.session"
 
@@ -77,7 +77,7 @@ class Bridge:
             first = json.loads(self.handshake[0])
             self.swallow = first.get("id")
             for line in self.handshake:
-                framing.send_frame(sock, {"type": "mcp", "line": line.decode()})
+                framing.send_frame(sock, mcp_line(line.decode()))
 
     def lost(self, sock: socket.socket, why: str) -> None:
         with self.lock:
@@ -94,8 +94,8 @@ class Bridge:
         why = "the daemon closed the session"
         try:
             while True:
-                frame = framing.recv_frame(sock)
-                kind = frame.get("type")
+                frame = server_frame(framing.recv_frame(sock))
+                kind = frame["type"]
                 if kind == ITEM and frame.get("kind") == "mcp":
                     self.from_daemon(str(frame.get("payload")))
                 elif kind == ERROR:
@@ -144,7 +144,7 @@ class Bridge:
             sock = self.sock
             assert sock is not None
             try:
-                framing.send_frame(sock, {"type": "mcp", "line": line.decode("utf-8", "replace")})
+                framing.send_frame(sock, mcp_line(line.decode("utf-8", "replace")))
                 return
             except OSError as exc:
                 self.lost(sock, f"lost the connection to the daemon ({exc})")

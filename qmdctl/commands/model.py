@@ -6,7 +6,7 @@ import os
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
 
 
 def list_(inv: Invocation) -> int:

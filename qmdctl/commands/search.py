@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from qmdctl.client import call_collecting
-from qmdd.search.snippets import number_lines
+from qmdctl.render import number_lines
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
     from typing import Any
 
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
     from qmdctl.render import Output
 
 ALL_LIMIT = 100_000

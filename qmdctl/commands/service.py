@@ -29,7 +29,7 @@ from qmdd.paths import Paths, resolve_paths
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
-    from qmdctl.main import Invocation
+    from qmdctl.invocation import Invocation
 
 SYSTEMCTL_TIMEOUT_S = 60.0
 _FAILED_HINTS = ("`systemctl --user status qmdd.service qmdd.socket` and `journalctl --user -u qmdd` say why.",)

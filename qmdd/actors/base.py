@@ -1,4 +1,4 @@
-"""The one template every actor follows: an inbox of envelopes, one message handled at a time.
+"""The one template every actor follows: an inbox of envelopes, each message handled by one rule.
 
 An actor instance lives until it crashes; the supervisor then builds a fresh one from the factory and
 hands it the *same* inbox, so messages queued during a restart are not lost. A caller awaiting a reply
@@ -35,7 +35,7 @@ class Envelope:
     message: Any
     reply: trio.MemorySendChannel[outcome.Outcome[Any]] | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
-    attempts: int = 0  # how many instances of the actor crashed while holding this message
+    attempts: int = 0  # how many instances of the actor ended (crashed) while holding this message
 
 
 async def typed_outcome(fn: Callable[..., Awaitable[Any]], *args: Any) -> outcome.Outcome[Any]:
@@ -53,6 +53,15 @@ def send_reply(envelope: Envelope, result: outcome.Outcome[Any]) -> None:
     # The caller may have been cancelled and closed its end; nobody is left to tell.
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
         envelope.reply.send_nowait(result)
+
+
+def offer_progress(channel: trio.MemorySendChannel[Any] | None, event: dict[str, Any]) -> None:
+    """Progress is advisory: a slow or vanished listener must never stall the work (a full channel
+    drops the event)."""
+    if channel is None:
+        return
+    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        channel.send_nowait(event)
 
 
 class Mailbox:
@@ -89,18 +98,36 @@ class Mailbox:
 class ActorStats:
     handled: int = 0
     errors: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # time the inbox was held by messages handled in turn
     last_error: str | None = None
 
 
-Handler = Callable[[Any], Awaitable[Any]]
+HandlerFn = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Concurrent:
+    """A handler run beside the inbox, in the actor's nursery (see `concurrent`)."""
+
+    fn: HandlerFn
+
+
+def concurrent(fn: HandlerFn) -> Concurrent:
+    """Mark a handler to run beside the inbox instead of in turn: a query that must not wait behind
+    changes, a glance at the state that must not wait for a load, a request whose answer comes when
+    other tasks finish. Replies, typed errors and crashes follow the same rule as for any handler."""
+    return Concurrent(fn)
+
+
+Handler = HandlerFn | Concurrent
 
 
 class Actor:
-    """Subclasses set `name`, map message types to handlers in `handlers()`, and may override
-    `setup`/`teardown` (resources) and `extra_statistics`. Background tasks of an actor (workers,
-    watches, queries answered beside the inbox) go in `self.nursery`, from `setup` on: they live as long
-    as this instance, and a crash in one is a crash of the actor."""
+    """Subclasses set `name`, map message types to handlers in `handlers()` (wrapped in `concurrent` for
+    those that run beside the inbox), and may override `setup`/`teardown` (resources),
+    `wait_until_ready`, `abandon` and `extra_statistics`. Background tasks of an actor (workers,
+    watches) go in `self.nursery`, from `setup` on: they live as long as this instance, and a crash in
+    one is a crash of the actor."""
 
     name: ClassVar[str] = "actor"
 
@@ -122,6 +149,17 @@ class Actor:
 
     async def teardown(self) -> None:
         """Release resources; runs shielded on exit, crash or cancellation."""
+
+    async def wait_until_ready(self) -> None:
+        """Awaited before each message handled in turn (concurrent ones never wait): an actor whose state
+        loads in the background holds the inbox until it is loaded."""
+
+    def abandon(self, envelope: Envelope) -> None:
+        """Called for each request this instance took and ends without answering (it crashed, or the
+        daemon is stopping). The caller is told; an actor whose requests are safe to redo may give it
+        to the next instance instead."""
+        send_reply(envelope, outcome.Error(QmddError(
+            ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor stopped while handling this request")))
 
     def extra_statistics(self) -> dict[str, Any]:
         return {}
@@ -152,24 +190,42 @@ class Actor:
             send_reply(envelope, outcome.Error(QmddError(
                 ErrorCode.INTERNAL, f"{self.name} cannot handle {type(envelope.message).__name__}")))
             return
+        if isinstance(handler, Concurrent):
+            self.nursery.start_soon(self._handle, handler.fn, envelope)
+            return
+        await self.wait_until_ready()
         started = time.monotonic()
-        injected = self._injected_fault(envelope) if faults.enabled else None
-        result = injected or await outcome.acapture(handler, envelope.message)
-        self.stats.busy_s += time.monotonic() - started
-        self.stats.handled += 1
-        if isinstance(result, outcome.Error):
-            exc = result.error
-            if not isinstance(exc, Exception):  # trio.Cancelled and friends: never swallowed
-                result.unwrap()
-            self.stats.errors += 1
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, QmddError):
-                # A bug or a broken resource: answer the caller, then crash so the supervisor
-                # restarts this actor from a clean state.
-                send_reply(envelope, outcome.Error(QmddError(
-                    ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor failed: {exc}")))
-                result.unwrap()
-        send_reply(envelope, result)
+        try:
+            await self._handle(handler, envelope)
+        finally:
+            self.stats.busy_s += time.monotonic() - started
+
+    async def _handle(self, handler: HandlerFn, envelope: Envelope) -> None:
+        """The one rule: reply with the result or the typed error; on anything else (a bug, a broken
+        resource) reply BACKEND_UNAVAILABLE, then crash, so the supervisor restarts this actor from a
+        clean state. Cancelled (a crash elsewhere in this actor, a stop) is never swallowed: the
+        request is abandoned instead."""
+        answered = False
+        try:
+            injected = self._injected_fault(envelope) if faults.enabled else None
+            result = injected or await outcome.acapture(handler, envelope.message)
+            self.stats.handled += 1
+            if isinstance(result, outcome.Error):
+                exc = result.error
+                if not isinstance(exc, Exception):  # trio.Cancelled and friends
+                    result.unwrap()
+                self.stats.errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, QmddError):
+                    answered = True
+                    send_reply(envelope, outcome.Error(QmddError(
+                        ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor failed: {exc}")))
+                    result.unwrap()
+            answered = True
+            send_reply(envelope, result)
+        finally:
+            if not answered:
+                self.abandon(envelope)
 
     def _injected_fault(self, envelope: Envelope) -> outcome.Error | None:
         """The fault point `actor.<name>.<Message>` (see qmdd.faults): fails as the handler would."""
@@ -181,8 +237,8 @@ class Actor:
 
 
 class DatabaseActor(Actor):
-    """An actor owning one SQLite connection from setup to teardown (used by its worker threads,
-    one at a time: the actor handles one message at a time)."""
+    """An actor owning one SQLite connection from setup to teardown, used by one worker thread at a
+    time: handlers in turn take it one after the other; concurrent ones must not touch it unguarded."""
 
     def __init__(self, database: Path) -> None:
         super().__init__()

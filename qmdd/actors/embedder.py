@@ -3,9 +3,9 @@
 Requests from many clients (index jobs and queries) are split into texts, tokenized, and queued;
 worker tasks (one per CTranslate2 worker) take batches bounded by padded tokens. Queries are taken
 before bulk texts, and while queries are arriving one worker is kept free of bulk work, so a running
-`embed` never makes a search wait for a whole bulk batch. Replies are sent when a request's last text
-is done. If this actor crashes, the requests it held are put back into its inbox for the restarted
-instance (once), so a crash mid-batch costs a retry, not an answer.
+`embed` never makes a search wait for a whole bulk batch. A request is handled beside the inbox and
+answered when its last text is done. If this actor crashes, the requests it held are put back into its
+inbox for the restarted instance (once), so a crash mid-batch costs a retry, not an answer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import outcome
 import trio
 
 from qmdd import faults
-from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, send_reply, typed_outcome
+from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, concurrent, send_reply, typed_outcome
 from qmdd.actors.messages import EmbedTexts, ModelStatus, RerankPairs, UseModel
 from qmdd.models.registry import ModelChoice, ModelRegistry
 from qmdd.models.runtime import LoadedModel
@@ -36,14 +36,15 @@ MAX_BATCH_ITEMS = 128
 
 
 class _Job:
-    __slots__ = ("envelope", "vectors", "remaining", "priority", "started")
+    """One EmbedTexts request's texts in the queues; its handler waits for `done`."""
 
-    def __init__(self, envelope: Envelope, count: int, dims: int, priority: str) -> None:
-        self.envelope = envelope
+    __slots__ = ("vectors", "remaining", "error", "done")
+
+    def __init__(self, count: int, dims: int) -> None:
         self.vectors = np.zeros((count, dims), dtype=np.float32)
         self.remaining = count
-        self.priority = priority
-        self.started = time.monotonic()
+        self.error: QmddError | None = None
+        self.done = trio.Event()
 
 
 class _Item:
@@ -102,11 +103,13 @@ class EmbedderActor(Actor):
         self._last_query = -INTERACTIVE_S
         self._last_used = time.monotonic()
         self._cpu = trio.CapacityLimiter(workers)
+        self._tokenizing = trio.CapacityLimiter(1)  # bulk requests are tokenized one at a time
         self._loading = trio.Lock()
         self.batch_stats = BatchStats()
 
     def handlers(self) -> dict[type, Handler]:
-        return {RerankPairs: self._rerank, ModelStatus: self._status, UseModel: self._use}
+        return {EmbedTexts: concurrent(self._embed), RerankPairs: self._rerank, ModelStatus: self._status,
+                UseModel: self._use}
 
     async def setup(self) -> None:
         for _ in range(self._workers):
@@ -117,33 +120,23 @@ class EmbedderActor(Actor):
             self.nursery.start_soon(self._load_quietly)
 
     async def teardown(self) -> None:
-        # Hand what this instance held back to the inbox, for the next one (or fail it for good).
-        for job in list(self._jobs):
-            self._jobs.discard(job)
-            job.envelope.attempts += 1
-            if job.envelope.attempts >= MAX_ATTEMPTS:
-                send_reply(job.envelope, outcome.Error(QmddError(
-                    ErrorCode.EMBEDDING_FAILED, "the embedder failed on this request twice")))
-                continue
-            self.batch_stats.retried += 1
-            try:
-                self._mailbox.send_channel.send_nowait(job.envelope)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                send_reply(job.envelope, outcome.Error(QmddError(
-                    ErrorCode.BACKEND_UNAVAILABLE, "the embedder is stopping or overloaded")))
         self._queries.clear()
         self._bulk.clear()
 
-    async def _dispatch(self, envelope: Envelope) -> None:
-        if not isinstance(envelope.message, EmbedTexts):
-            await super()._dispatch(envelope)
+    def abandon(self, envelope: Envelope) -> None:
+        """Hand a request this instance held back to the inbox, for the next one (or fail it for good)."""
+        envelope.attempts += 1
+        if envelope.attempts >= MAX_ATTEMPTS:
+            send_reply(envelope, outcome.Error(QmddError(
+                ErrorCode.EMBEDDING_FAILED, "the embedder failed on this request twice")))
             return
-        self.batch_stats.requests += 1
-        result = await outcome.acapture(self._enqueue, envelope)
-        if isinstance(result, outcome.Error):
-            if not isinstance(result.error, QmddError):
-                result.unwrap()  # a bug: crash, the supervisor restarts us
-            send_reply(envelope, result)
+        try:
+            self._mailbox.send_channel.send_nowait(envelope)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            send_reply(envelope, outcome.Error(QmddError(
+                ErrorCode.BACKEND_UNAVAILABLE, "the embedder is stopping or overloaded")))
+            return
+        self.batch_stats.retried += 1
 
     # --- models ------------------------------------------------------------------------------------
 
@@ -174,25 +167,32 @@ class EmbedderActor(Actor):
         if isinstance(loaded, outcome.Error):
             log.warning("embedding model not preloaded: %s", loaded.error)
 
-    async def _enqueue(self, envelope: Envelope) -> None:
-        message: EmbedTexts = envelope.message
+    async def _embed(self, message: EmbedTexts) -> np.ndarray:
+        self.batch_stats.requests += 1
         model = await self.model("embedding")
         self._last_used = time.monotonic()
         if not message.texts:
-            send_reply(envelope, outcome.Value(np.zeros((0, model.dims), dtype=np.float32)))
-            return
-        query = message.priority == "query"
-        if query:
-            self._last_query = time.monotonic()
-            ids = model.token_ids(message.texts)
-        else:
-            ids = await trio.to_thread.run_sync(model.token_ids, message.texts)
-        job = _Job(envelope, len(ids), model.dims, message.priority)
-        self._jobs.add(job)
-        # Sorted by length, a bulk request's texts batch with little padding.
-        order = range(len(ids)) if query else sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        (self._queries if query else self._bulk).extend(_Item(job, i, ids[i]) for i in order)
-        self._work.unpark_all()
+            return np.zeros((0, model.dims), dtype=np.float32)
+        job = _Job(len(message.texts), model.dims)
+        self._jobs.add(job)  # from now on the model is neither unloaded nor switched under it unnoticed
+        try:
+            query = message.priority == "query"
+            if query:
+                self._last_query = time.monotonic()
+                ids = model.token_ids(message.texts)
+            else:
+                ids = await trio.to_thread.run_sync(model.token_ids, message.texts, limiter=self._tokenizing)
+            if job in self._jobs:  # not failed by `model use` while it was tokenized
+                # Sorted by length, a bulk request's texts batch with little padding.
+                order = range(len(ids)) if query else sorted(range(len(ids)), key=lambda i: len(ids[i]))
+                (self._queries if query else self._bulk).extend(_Item(job, i, ids[i]) for i in order)
+                self._work.unpark_all()
+            await job.done.wait()
+        finally:
+            self._jobs.discard(job)
+        if job.error is not None:
+            raise job.error
+        return job.vectors
 
     # --- batching ----------------------------------------------------------------------------------
 
@@ -243,7 +243,7 @@ class EmbedderActor(Actor):
                 job.remaining -= 1
                 if job.remaining == 0 and job in self._jobs:
                     self._jobs.discard(job)
-                    send_reply(job.envelope, outcome.Value(job.vectors))
+                    job.done.set()
 
     def _account(self, kind: str, batch: list[_Item], seconds: float) -> None:
         stats = self.batch_stats
@@ -258,7 +258,8 @@ class EmbedderActor(Actor):
         for job in jobs:
             if job in self._jobs:
                 self._jobs.discard(job)
-                send_reply(job.envelope, outcome.Error(QmddError(ErrorCode.EMBEDDING_FAILED, why)))
+                job.error = QmddError(ErrorCode.EMBEDDING_FAILED, why)
+                job.done.set()
 
     async def _unload_when_idle(self) -> None:
         while True:

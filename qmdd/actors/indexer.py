@@ -2,27 +2,28 @@
 
 Scans run in a worker thread; every committed batch is announced to the BM25 actor, and a scan ends
 with a snapshot request to it, which doubles as a barrier: when `update` returns, what it indexed is
-searchable and persisted.
+searchable and persisted. Embedded vectors, likewise, are committed and then handed to the vectors actor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import outcome
 import trio
 
-from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
+from qmdd.actors.base import DatabaseActor, Handler, Mailbox, offer_progress, typed_outcome
 from qmdd.actors.messages import (
     AddCollection,
     ApplyChunks,
     ChooseForEmbedding,
     Cleanup,
+    IndexEmbedded,
     IndexPaths,
     RemoveCollection,
     RenameCollection,
@@ -38,8 +39,10 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, RootChanged, RootKey
 from qmdd.store import documents as docs
 from qmdd.store import walguard
+from qmdd.store.contexts import remove_context, set_context
+from qmdd.store.db import compact
 from qmdd.store.documents import ChunkText, CollectionRow
-from qmdd.store.embeddings import choose_collections, purge_embeddings, store_vectors
+from qmdd.store.embeddings import VECTOR_DTYPE, choose_collections, purge_embeddings, store_vectors
 from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
@@ -120,7 +123,7 @@ class IndexerActor(DatabaseActor):
 
         def on_progress(event: dict[str, object]) -> None:
             if progress is not None:
-                trio.from_thread.run_sync(_offer, progress, event)
+                trio.from_thread.run_sync(offer_progress, progress, event)
 
         failures: list[dict[str, object]] = []
         for collection in collections:
@@ -250,12 +253,12 @@ class IndexerActor(DatabaseActor):
         if message.collection is not None:
             collection_id = docs.collection_by_name(self.conn, message.collection).id
         if message.text is None:
-            removed: bool = await self._write(docs.remove_context, self.conn, collection_id, message.prefix)
+            removed: bool = await self._write(remove_context, self.conn, collection_id, message.prefix)
             if not removed:
                 raise QmddError(ErrorCode.NOT_FOUND, f"no context set for {message.prefix or '/'}")
             await self._save_collections()
             return removed
-        await self._write(docs.set_context, self.conn, collection_id, message.prefix, message.text)
+        await self._write(set_context, self.conn, collection_id, message.prefix, message.text)
         await self._save_collections()
         return True
 
@@ -267,7 +270,11 @@ class IndexerActor(DatabaseActor):
             log.warning("collections not recorded beside the index: %s", saved.error)
 
     async def _store_embeddings(self, message: StoreEmbeddings) -> int:
-        await self._write(store_vectors, self.conn, message.fingerprint, message.hashes, message.vectors)
+        """Commit a page of vectors, then have them indexed: searchable when this returns."""
+        stored = np.asarray(message.vectors, dtype=VECTOR_DTYPE)
+        await self._write(store_vectors, self.conn, message.fingerprint, message.hashes, stored)
+        if self._vectors is not None:
+            await self._vectors.call(IndexEmbedded(message.fingerprint, message.hashes, message.vectors))
         return len(message.hashes)
 
     async def _choose_for_embedding(self, message: ChooseForEmbedding) -> None:
@@ -277,9 +284,8 @@ class IndexerActor(DatabaseActor):
         def vacuum() -> tuple[int, int, int]:
             before = self._database.stat().st_size
             purged = purge_embeddings(self.conn, message.keep_fingerprints)
-            self.conn.execute("DELETE FROM problems WHERE collection_id NOT IN (SELECT id FROM collections)")
-            self.conn.execute("VACUUM")
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            docs.drop_orphan_problems(self.conn)
+            compact(self.conn)
             return before, self._database.stat().st_size, purged
 
         before, after, purged = await self._write(vacuum)
@@ -296,12 +302,6 @@ class IndexerActor(DatabaseActor):
             answer["vectors_repaired"] = await self._vectors.call(VerifyIndex())
             await self._vectors.call(SaveSnapshot(force=True))
         return answer
-
-
-def _offer(channel: trio.MemorySendChannel[dict[str, object]], event: dict[str, object]) -> None:
-    # Progress is advisory: a slow or vanished listener must never stall indexing.
-    with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-        channel.send_nowait(event)
 
 
 def incomplete_add_error(name: str, indexed: int, total: int | None, cause: QmddError) -> QmddError:

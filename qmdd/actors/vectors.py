@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import outcome
 import trio
 from pyroaring import BitMap
 
 from qmdd import faults
-from qmdd.actors.base import DerivedIndexActor, Envelope, Handler, send_reply
+from qmdd.actors.base import DerivedIndexActor, Handler, concurrent
 from qmdd.actors.messages import (
     ApplyChunks,
     IndexEmbedded,
@@ -57,26 +56,13 @@ class VectorsActor(DerivedIndexActor):
         self.queries = 0
 
     def handlers(self) -> dict[type, Handler]:
-        return {ApplyChunks: self._apply, IndexEmbedded: self._index_embedded,
-                SaveSnapshot: self._save, VerifyIndex: self._verify, SetFingerprint: self._set_fingerprint}
+        return {ApplyChunks: self._apply, IndexEmbedded: self._index_embedded, SaveSnapshot: self._save,
+                VerifyIndex: self._verify, SetFingerprint: self._set_fingerprint,
+                # Queries are answered beside index changes; coverage is a glance at the index as it is.
+                VectorQuery: concurrent(self._query), VectorCoverage: concurrent(self._coverage)}
 
-    async def _dispatch(self, envelope: Envelope) -> None:
-        if isinstance(envelope.message, VectorQuery):
-            self.nursery.start_soon(self._answer, envelope)
-            return
-        if isinstance(envelope.message, VectorCoverage):  # a glance at the index as it is: no waiting
-            send_reply(envelope, outcome.Value(self.coverage()))
-            return
+    async def wait_until_ready(self) -> None:
         await self._ready.wait()  # changes queue up behind the initial load
-        await super()._dispatch(envelope)
-
-    async def _answer(self, envelope: Envelope) -> None:
-        result = await outcome.acapture(self._query, envelope.message)
-        if isinstance(result, outcome.Error) and not isinstance(result.error, QmddError):
-            send_reply(envelope, outcome.Error(QmddError(ErrorCode.BACKEND_UNAVAILABLE,
-                                                         f"vector search failed: {result.error}")))
-            result.unwrap()  # a bug: crash, the supervisor restarts us
-        send_reply(envelope, result)
 
     def _expected_meta(self) -> dict[str, Any]:
         return {"database_id": self._database_id, "fingerprint": self.fingerprint}
@@ -99,7 +85,7 @@ class VectorsActor(DerivedIndexActor):
                 "dirty": self._dirty,
                 "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0})}
 
-    def coverage(self) -> dict[int, int]:
+    async def _coverage(self, _: VectorCoverage) -> dict[int, int]:
         """collection id -> chunks with a vector in the index."""
         if self.index is None:
             return {}

@@ -1,4 +1,4 @@
-"""Watcher actor: inotify (through watchfiles' Rust notifier) over every collection root.
+"""Watcher actor: inotify (through watchfiles) over every collection root.
 
 Per collection, one task follows the notifier and gathers changed paths, and another hands them to the
 indexer: whatever arrives while the indexer is busy goes with the next call, so a `git checkout` of
@@ -21,18 +21,21 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import outcome
 import trio
+import watchfiles
 from watchfiles import Change
-from watchfiles._rust_notify import RustNotify
 
 from qmdd import faults
 from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
-from qmdd.actors.messages import IndexPaths, SaveSnapshot, SyncWatches, WatchStatus
+from qmdd.actors.messages import ChunksIndexed, IndexPaths, SaveSnapshot, SyncWatches, WatchStatus
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store import documents as docs
 from qmdd.walk import VENDOR_DIRS
@@ -52,6 +55,8 @@ FULL_SCAN_PATHS = 2000
 CHECKPOINT_S = 5.0
 """Snapshots are saved this long after the last change (SQLite has it all already)."""
 _KINDS = {Change.added.value: "added", Change.modified.value: "modified", Change.deleted.value: "deleted"}
+# watchfiles logs a line per batch at INFO; ours, after indexing it, says more.
+logging.getLogger("watchfiles.main").setLevel(logging.WARNING)
 
 RootKey = tuple[int, int]
 
@@ -67,7 +72,7 @@ def root_key(root: str) -> RootKey | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode) else None
 
 
-def relative_changes(root: str, raw: set[tuple[int, str]], skip: tuple[str, ...] = ()) -> dict[str, int]:
+def relative_changes(root: str, raw: AbstractSet[tuple[int, str]], skip: tuple[str, ...] = ()) -> dict[str, int]:
     """The notifier's absolute paths as relpaths (last kind wins), without the walk's vendor dirs
     (.git churns through thousands of files during a checkout, and is never indexed) and without
     the `skip` directories (the daemon's own: its index may live inside a watched tree)."""
@@ -128,14 +133,14 @@ class WatcherActor(DatabaseActor):
     name = "watcher"
 
     def __init__(self, database: Path, indexer: Mailbox, *, enabled: bool, debounce_ms: int, poll_s: float,
-                 indexed: trio.MemorySendChannel[int] | None = None, own_dirs: tuple[Path, ...] = ()) -> None:
+                 embed_jobs: Mailbox | None = None, own_dirs: tuple[Path, ...] = ()) -> None:
         super().__init__(database)
         self._indexer = indexer
         self._enabled = enabled
         self._debounce_ms = max(debounce_ms, STEP_MS)
         self._poll_s = poll_s
-        # Told the id of each collection that got new chunks (the daemon embeds them, if vectors are in use).
-        self._indexed = indexed
+        # Told the id of each collection that got new chunks (embedded in the background, if chosen).
+        self._embed_jobs = embed_jobs
         self._own_dirs = tuple(os.path.realpath(d) for d in own_dirs)
         self._watches: dict[int, CollectionWatch] = {}
         # Each followed root holds a thread for as long as it is watched: not from trio's default
@@ -207,18 +212,11 @@ class WatcherActor(DatabaseActor):
                 continue
             if watch.state in ("missing", "refused"):
                 log.info("collection %s: root %s is back; rescanning", watch.name, watch.root)
-            opened = await outcome.acapture(self._open_notifier, watch.root)
-            if isinstance(opened, outcome.Error):
-                if not isinstance(opened.error, OSError):
-                    opened.unwrap()
-                await self._poll_instead(watch, opened.error)
-                continue
-            with opened.unwrap() as notifier:
-                watch.set_state("watching")
-                # Whatever changed before the notifier was in place (the daemon was down, the root was
-                # away, the collection is being added) is found by a rescan: a stat per file.
-                watch.request(None)
-                await self._follow(watch, notifier, key)
+            followed = await outcome.acapture(self._follow, watch, key)
+            if isinstance(followed, outcome.Error):
+                if not isinstance(followed.error, OSError):
+                    followed.unwrap()
+                await self._poll_instead(watch, followed.error)
 
     def _refusal(self, watch: CollectionWatch, key: RootKey) -> str | None:
         """Why what stands at the root's path is not the collection's root (None: it is). Following it
@@ -230,28 +228,31 @@ class WatcherActor(DatabaseActor):
             return "a symlink took its place" if os.path.islink(watch.root) else None
         return None if key == watch.pin else "a symlink or another directory took its place"
 
-    async def _open_notifier(self, root: str) -> RustNotify:
-        # Adding inotify watches walks the whole tree: in a thread, like every blocking call here.
-        return await trio.to_thread.run_sync(_new_notifier, root, limiter=self._threads)
-
-    async def _follow(self, watch: CollectionWatch, notifier: RustNotify, key: RootKey) -> None:
-        """Until the root vanishes or is replaced. Cancellation sets the stop event at once, so the
-        notifier's thread returns within one step instead of at its timeout."""
+    async def _follow(self, watch: CollectionWatch, key: RootKey) -> None:
+        """Until the root vanishes or is replaced; an OSError when it cannot be watched. Cancellation sets
+        the stop event at once, so the notifier's thread returns within one step instead of at its timeout."""
         stop = threading.Event()
+        in_place = False
+
+        def take(changes: set[tuple[Change, str]]) -> None:  # in trio's thread, for each batch
+            nonlocal in_place
+            if not in_place:
+                in_place = True
+                watch.set_state("watching")
+                # Whatever changed before the notifier was in place (the daemon was down, the root was
+                # away, the collection is being added) is found by a rescan: a stat per file.
+                watch.request(None)
+            self._note(watch, changes)
+
+        follow = partial(follow_root, watch.root, key, self._debounce_ms, stop, take)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_set_when_cancelled, stop)
-            while True:
-                raw = await trio.to_thread.run_sync(notifier.watch, self._debounce_ms, STEP_MS, ROOT_CHECK_MS, stop,
-                                                    limiter=self._threads)
-                if isinstance(raw, set):
-                    self._note(watch, raw)
-                elif raw == "stop":
-                    break
-                if await trio.to_thread.run_sync(root_key, watch.root) != key:
-                    log.warning("collection %s: root %s vanished or was replaced", watch.name, watch.root)
-                    watch.set_state("missing")
-                    break
+            # Captured here, raised after the nursery: an OSError must reach the caller as itself.
+            followed = await outcome.acapture(partial(trio.to_thread.run_sync, follow, limiter=self._threads))
             nursery.cancel_scope.cancel()
+        if followed.unwrap():
+            log.warning("collection %s: root %s vanished or was replaced", watch.name, watch.root)
+            watch.set_state("missing")
 
     async def _poll_instead(self, watch: CollectionWatch, error: BaseException) -> None:
         """No notifier (e.g. the inotify watch limit): rescan every so often until one can be had."""
@@ -263,7 +264,7 @@ class WatcherActor(DatabaseActor):
         await trio.sleep(15 * self._poll_s)
         watch.request(None)
 
-    def _note(self, watch: CollectionWatch, raw: set[tuple[int, str]]) -> None:
+    def _note(self, watch: CollectionWatch, raw: AbstractSet[tuple[int, str]]) -> None:
         changes = relative_changes(watch.root, raw, self._own_dirs)
         if not changes:
             return
@@ -320,20 +321,34 @@ class WatcherActor(DatabaseActor):
             log.info("collection %s: %s %d, removed %d in %.3fs", watch.name,
                      "rescanned, indexed" if full else "indexed", summary["indexed"], summary["removed"],
                      summary["seconds"])
-        if summary["chunks_added"] and self._indexed is not None:
-            # A wake-up, not a queue: one already waiting covers this batch too.
-            with contextlib.suppress(trio.WouldBlock):
-                self._indexed.send_nowait(watch.collection_id)
+        if summary["chunks_added"] and self._embed_jobs is not None:
+            # A wake-up, not a queue: when the actor is far behind, one already waiting covers this batch.
+            with contextlib.suppress(QmddError):
+                self._embed_jobs.cast_nowait(ChunksIndexed(watch.collection_id))
 
     async def _save_snapshots(self, watch: CollectionWatch) -> None:
         watch.unsaved = False
         await typed_outcome(self._indexer.call, SaveSnapshot())  # failing, it is tried after the next change
 
 
-def _new_notifier(root: str) -> RustNotify:
+def follow_root(root: str, key: RootKey, debounce_ms: int, stop: threading.Event,
+                take: Callable[[set[tuple[Change, str]]], None]) -> bool:
+    """Follow `root` in this (dedicated) thread until `stop` is set (False) or the root vanishes or is
+    replaced (True). `take` runs in trio's thread with each batch of (kind, absolute path) changes, and
+    with an empty one at least every ROOT_CHECK_MS: the first call says the notifier is in place.
+    Raises OSError when the root cannot be watched (e.g. the inotify watch limit)."""
     if faults.enabled:
         faults.check_os_error("watcher.notifier")
-    return RustNotify([root], False, False, 0, True, True)
+    batches = watchfiles.watch(root, watch_filter=None, debounce=debounce_ms, step=STEP_MS, stop_event=stop,
+                               rust_timeout=ROOT_CHECK_MS, yield_on_timeout=True, debug=False,
+                               raise_interrupt=False, force_polling=False, recursive=True,
+                               ignore_permission_denied=True)
+    with contextlib.closing(batches):  # closes the notifier here, not whenever the generator is collected
+        for changes in batches:
+            trio.from_thread.run_sync(take, changes)
+            if root_key(root) != key:
+                return True
+    return False
 
 
 async def _set_when_cancelled(stop: threading.Event) -> None:

@@ -69,7 +69,8 @@ def check_index(env: dict[str, str] | None = None, *, mode: Mode = "strict", sna
         check_vectors(conn, report, config, facts, current, vector_sample, rng)
     for leftover in sorted(paths.data_dir.glob("*.tmp*")):
         report.add(False, "snapshot_temp_file", "a snapshot write interrupted by a crash left its temp file "
-                   "(harmless, but nothing deletes it)", f"{leftover.name}: {leftover.stat().st_size} bytes")
+                   "(harmless: the daemon deletes it when it next starts)",
+                   f"{leftover.name}: {leftover.stat().st_size} bytes")
     return report
 
 

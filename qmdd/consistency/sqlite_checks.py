@@ -16,69 +16,60 @@ from qmdd.consistency.report import Facts, Report
 from qmdd.indexing import FileProblem, open_root, read_document, walk_config
 from qmdd.protocol.errors import QmddError
 from qmdd.safefiles import ConfinedRoot
+from qmdd.store import audit
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
+from qmdd.store.db import stored_database_id
 from qmdd.walk import FileStat, walk_collection
 
 
 def check_sqlite(conn: sqlite3.Connection, report: Report) -> Facts:
     facts = Facts()
-    integrity = [r[0] for r in conn.execute("PRAGMA integrity_check")]
-    for line in integrity if integrity != ["ok"] else []:
+    for line in audit.integrity_errors(conn):
         report.add(True, "sqlite_integrity", "PRAGMA integrity_check failed", line)
-    for row in conn.execute("PRAGMA foreign_key_check"):
+    for row in audit.foreign_key_violations(conn):
         report.add(True, "sqlite_foreign_key", "rows point at rows that do not exist", row)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
-    facts.database_id = row[0] if row else None
-    for row in conn.execute("SELECT k.id FROM chunks k LEFT JOIN documents d ON d.id = k.doc_id WHERE d.id IS NULL"):
-        report.add(True, "orphan_chunk", "chunks whose document is gone", f"chunk {row[0]}")
-    for row in conn.execute("SELECT collection_id, path FROM documents GROUP BY 1, 2 HAVING count(*) > 1"):
-        report.add(True, "duplicate_document", "a path is indexed more than once in one collection", row)
-    for row in conn.execute("SELECT doc_id, seq FROM chunks GROUP BY 1, 2 HAVING count(*) > 1"):
-        report.add(True, "duplicate_chunk_seq", "a document has two chunks with the same seq", row)
-    for row in conn.execute("SELECT doc_id FROM chunks GROUP BY doc_id"
-                            " HAVING min(seq) != 0 OR max(seq) != count(*) - 1"):
+    facts.database_id = stored_database_id(conn)
+    for chunk_id in audit.orphan_chunks(conn):
+        report.add(True, "orphan_chunk", "chunks whose document is gone", f"chunk {chunk_id}")
+    for collection_path in audit.duplicate_documents(conn):
+        report.add(True, "duplicate_document", "a path is indexed more than once in one collection", collection_path)
+    for doc_seq in audit.duplicate_chunk_seqs(conn):
+        report.add(True, "duplicate_chunk_seq", "a document has two chunks with the same seq", doc_seq)
+    for doc_id in audit.docs_with_seq_gaps(conn):
         report.add(True, "chunk_seq_gap", "a document's chunk seqs are not 0..n-1 (a partial document)",
-                   f"doc {row[0]}")
-    sequence = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
-    facts.max_chunk_id = int(sequence[0]) if sequence else 0
-    rows = conn.execute("SELECT k.id, k.doc_id, d.collection_id, d.title, k.heading, k.text, k.hash, k.start_line,"
-                        " k.end_line, d.lines FROM chunks k JOIN documents d ON d.id = k.doc_id")
-    for chunk_id, doc_id, collection_id, title, heading, text, stored, start, end, lines in rows:
-        facts.owners[chunk_id] = (doc_id, collection_id)
-        facts.chunks_per_doc[doc_id] += 1
-        facts.max_chunk_id = max(facts.max_chunk_id, chunk_id)
-        path = tuple(heading.split("\x1f")) if heading else ()
-        if hashlib.sha256(embedding_text(title, path, text).encode()).hexdigest() != stored:
-            report.add(True, "chunk_hash", "a chunk's hash is not the hash of its embedding text", f"chunk {chunk_id}")
-        if not 1 <= start <= end <= max(lines, 1):
+                   f"doc {doc_id}")
+    facts.max_chunk_id = audit.chunk_id_sequence(conn)
+    for c in audit.chunks_with_documents(conn):
+        facts.owners[c.chunk_id] = (c.doc_id, c.collection_id)
+        facts.chunks_per_doc[c.doc_id] += 1
+        facts.max_chunk_id = max(facts.max_chunk_id, c.chunk_id)
+        if hashlib.sha256(embedding_text(c.title, c.heading_path, c.text).encode()).hexdigest() != c.hash:
+            report.add(True, "chunk_hash", "a chunk's hash is not the hash of its embedding text",
+                       f"chunk {c.chunk_id}")
+        if not 1 <= c.start_line <= c.end_line <= max(c.doc_lines, 1):
             report.add(True, "chunk_lines", "a chunk's line range lies outside its document",
-                       f"chunk {chunk_id}: {start}-{end} of {lines}")
-    report.counts.update(documents=conn.execute("SELECT count(*) FROM documents").fetchone()[0],
-                         chunks=len(facts.owners))
+                       f"chunk {c.chunk_id}: {c.start_line}-{c.end_line} of {c.doc_lines}")
+    report.counts.update(documents=audit.document_count(conn), chunks=len(facts.owners))
     _check_embedding_rows(conn, report, facts)
     return facts
 
 
 def _check_embedding_rows(conn: sqlite3.Connection, report: Report, facts: Facts) -> None:
-    for row in conn.execute("SELECT hash, fingerprint FROM embeddings GROUP BY 1, 2 HAVING count(*) > 1"):
-        report.add(True, "duplicate_embedding", "two vectors for one (text hash, model)", row)
-    for fingerprint, length, count in conn.execute(
-            "SELECT fingerprint, length(vector), count(*) FROM embeddings GROUP BY 1, 2"):
+    for duplicate in audit.duplicate_embeddings(conn):
+        report.add(True, "duplicate_embedding", "two vectors for one (text hash, model)", duplicate)
+    for fingerprint, length, count in audit.embedding_lengths(conn):
         facts.vector_bytes.setdefault(fingerprint, set()).add(length)
         report.counts["embeddings"] += count
     for fingerprint, lengths in facts.vector_bytes.items():
         if len(lengths) > 1 or min(lengths) == 0 or min(lengths) % 2:
             report.add(True, "embedding_length", "vectors of one model differ in length (a partial row?)",
                        f"{fingerprint}: {sorted(lengths)} bytes")
-    # A cursor streams the rows: a large index never holds all its vectors in memory at once.
-    for text_hash, fingerprint, blob in conn.execute("SELECT hash, fingerprint, vector FROM embeddings"):
+    for text_hash, fingerprint, blob in audit.embeddings(conn):
         if len(blob) % 2 or not np.isfinite(np.frombuffer(blob, dtype=emb.VECTOR_DTYPE)).all():
             report.add(True, "embedding_not_finite", "a stored vector is truncated or not finite",
                        f"{text_hash[:12]} {fingerprint}")
-    report.counts["orphan_embeddings"] = conn.execute(
-        "SELECT count(*) FROM embeddings e WHERE NOT EXISTS (SELECT 1 FROM chunks k WHERE k.hash = e.hash)"
-    ).fetchone()[0]
+    report.counts["orphan_embeddings"] = audit.orphan_embedding_count(conn)
 
 
 def check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts: Facts, strict: bool,
@@ -101,7 +92,7 @@ def _check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts:
             continue
         files = {f.relpath: f for f in walk.files}
         states = docs.doc_states(conn, collection.id)
-        recorded = dict(conn.execute("SELECT path, code FROM problems WHERE collection_id = ?", (collection.id,)))
+        recorded = audit.problem_codes(conn, collection.id)
         report.counts["files_selected"] += len(files)
         where = f"{collection.name}:"
         for path, state in states.items():
@@ -164,9 +155,8 @@ def _compare_chunks(conn: sqlite3.Connection, report: Report, root: ConfinedRoot
         return  # changed since the pass above read it
     expected = [(c.seq, c.start_line, c.end_line, "\x1f".join(c.heading_path), c.text, h)
                 for c, h in zip(parsed.chunks, parsed.chunk_hashes, strict=True)]
-    stored = conn.execute("SELECT seq, start_line, end_line, heading, text, hash FROM chunks WHERE doc_id = ?"
-                          " ORDER BY seq", (state.id,)).fetchall()
-    title, lines = conn.execute("SELECT title, lines FROM documents WHERE id = ?", (state.id,)).fetchone()
-    if parsed.hash == state.hash and (stored != expected or (title, lines) != (parsed.title, parsed.lines)):
+    stored = audit.stored_chunks(conn, state.id)
+    if parsed.hash == state.hash and (stored != expected
+                                      or audit.title_and_lines(conn, state.id) != (parsed.title, parsed.lines)):
         report.add(True, "chunks_differ_from_file", "an up-to-date document's chunks are not what indexing its "
                    "file gives (a partial or mixed version)", f"{root.path}/{st.relpath}")

@@ -95,7 +95,7 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.PROTOCOL_ERROR: ErrorSpec(400, "Protocol error", 26, (
         "Client and daemon disagree on the wire format; upgrade both to the same qmdd version.",)),
     ErrorCode.FRAME_TOO_LARGE: ErrorSpec(413, "Frame too large", 27, (
-        "Frames are limited to 32 MiB; ask for fewer results or smaller ranges.",)),
+        "Frames are limited to 33554432 bytes; ask for fewer results or smaller ranges.",)),
     ErrorCode.UNKNOWN_METHOD: ErrorSpec(404, "Unknown method", 28, (
         "The daemon is older than the client; restart it with `qmdctl daemon stop`.",)),
     ErrorCode.DAEMON_RUNNING: ErrorSpec(409, "Daemon already running", 29, (

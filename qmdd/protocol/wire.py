@@ -157,6 +157,20 @@ def mcp_line(line: str) -> McpFrame:
     return {"type": "mcp", "line": line}
 
 
+def line_of(frame: Mapping[str, Any]) -> str | None:
+    """The JSON-RPC line a decoded frame carries, or None when it is not an MCP frame: inside a session
+    that is a JSON-RPC error for the bridge, not the end of the session."""
+    line = frame.get("line") if frame.get("type") == MCP else None
+    return line if isinstance(line, str) else None
+
+
+def reply_id(frame: Mapping[str, Any]) -> int | None:
+    """The id an error reply to a decoded frame carries: the frame's own when it is an integer, so a
+    client can tell which of its requests was malformed."""
+    raw = frame.get("id")
+    return raw if _is_int(raw) else None
+
+
 # --- Methods: the parameters of each ------------------------------------------------------------
 # Each method's parameters: name -> (type or tuple of types, default); a default of REQUIRED means
 # the caller must send it.

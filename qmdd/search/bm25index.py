@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 from pyroaring import BitMap
 
+from qmdd.search import ranking
 from qmdd.search.bm25store import Postings, SnapshotError, check_arrays, read_snapshot, write_snapshot
-from qmdd.search.ranking import best_chunks, normalise, per_document, query_weights
 
 __all__ = ["BM25Index", "ChunkHit", "IndexedChunk", "SnapshotError"]
 
@@ -73,18 +73,6 @@ def _ids_of(bm: BitMap) -> Arr:
     return np.frombuffer(bm.to_array(), dtype=np.uint32)
 
 
-@dataclass(frozen=True, slots=True)
-class _DocColumns:
-    ids: Arr  # dense document number -> doc id
-    slot: Arr  # chunk slot -> dense document number
-    knorm: Arr  # dense document number -> k1 * (1 - b + b * doclen / avgdoclen), over live chunks
-    live: int  # documents with at least one live chunk
-
-    @property
-    def n(self) -> int:
-        return int(self.ids.size)
-
-
 class BM25Index:
     """BM25 (Lucene idf) over chunks, OR semantics, aggregated to documents by their best chunk."""
 
@@ -110,7 +98,7 @@ class BM25Index:
         self._live_len = 0
         self._ids_sorted = True
         self._knorm_cache: Arr | None = None
-        self._doc_cache: _DocColumns | None = None
+        self._doc_cache: ranking.DocColumns | None = None
         self._sorted_view: tuple[Arr, Arr] | None = None
         self._allowed_cache: tuple[BitMap, Arr] | None = None
 
@@ -206,10 +194,6 @@ class BM25Index:
             self._compact()
         return len(rm)
 
-    def drop_collection(self, collection_id: int) -> int:
-        members = self._by_coll.get(collection_id)
-        return self.remove(members) if members else 0
-
     # -- queries --------------------------------------------------------------------------------
 
     def chunk_ids(self) -> BitMap:
@@ -224,7 +208,7 @@ class BM25Index:
         """Top `limit` documents for the OR of `terms`, best first (ties: lower doc_id first).
 
         Without `term_weights` every distinct term weighs 1; with them, weights of repeated terms add."""
-        weights = query_weights(terms, term_weights)
+        weights = ranking.query_weights(terms, term_weights)
         n_live = len(self._live)
         if limit <= 0 or not weights or not n_live or (allowed is not None and not allowed):
             return []
@@ -264,7 +248,7 @@ class BM25Index:
             # Document level: the term frequencies of a document's chunks add up; documents are ranked
             # by BM25 over those sums, as if unchunked (measured better than max-of-chunks on all the
             # test collections where they differ, e.g. drcd 0.959 vs 0.952, cranfield 0.380 vs 0.373).
-            touched, dtf_t = per_document(doc.slot[s], f, doc.n)
+            touched, dtf_t = ranking.per_document(doc.slot[s], f, doc.n)
             didf = math.log1p((doc.live - touched.size + 0.5) / (touched.size + 0.5))
             ceiling += didf * k1p * w
             contrib = dtf_t / (dtf_t + doc.knorm[touched]) * (didf * w * k1p)
@@ -277,20 +261,14 @@ class BM25Index:
             cand = cand[self._allowed_mask(cand, allowed)]
             if not cand.size:
                 return []
-        best = best_chunks(cand, doc.slot[cand], acc[cand], self._ids[cand], dacc, doc.ids, limit)
+        best = ranking.best_chunks(cand, doc.slot[cand], acc[cand], self._ids[cand], dacc, doc.ids, limit)
         rows: list[ChunkHit] = []
         for slot in best:
             d = int(doc.slot[slot])
-            parts = None
-            if explain:
-                parts = {}
-                for term, hits in matched:
-                    j = np.searchsorted(hits[:, 0], d)
-                    if j < hits.shape[0] and hits[j, 0] == d:
-                        parts[term] = float(hits[j, 1])
+            parts = ranking.explained(matched, d) if explain else None
             score = float(dacc[d])
-            rows.append(ChunkHit(int(self._docs[slot]), int(self._ids[slot]), score, normalise(score, ceiling),
-                                 parts))
+            norm = ranking.normalise(score, ceiling)
+            rows.append(ChunkHit(int(self._docs[slot]), int(self._ids[slot]), score, norm, parts))
         return rows
 
     def statistics(self) -> dict[str, int | float]:
@@ -361,23 +339,13 @@ class BM25Index:
         if self._knorm_cache is None:
             n_live = len(self._live)
             avgdl = self._live_len / n_live if n_live else 0.0
-            if avgdl > 0.0:
-                ratio = self._lens.astype(np.float32) / np.float32(avgdl)
-                self._knorm_cache = (self.k1 * (1.0 - self.b + self.b * ratio)).astype(np.float32)
-            else:
-                self._knorm_cache = np.full(self._lens.size, self.k1, np.float32)
+            self._knorm_cache = ranking.length_norms(self._lens, avgdl, self.k1, self.b)
         return self._knorm_cache
 
-    def _doc_columns(self) -> _DocColumns:
+    def _doc_columns(self) -> ranking.DocColumns:
         """Dense document numbering and per-document length terms, rebuilt after each mutation."""
         if self._doc_cache is None:
-            ids, slot = np.unique(self._docs, return_inverse=True)
-            alive = self._alive
-            lens = np.bincount(slot[alive], weights=self._lens[alive], minlength=ids.size)
-            live_docs = int(np.count_nonzero(np.bincount(slot[alive], minlength=ids.size)))
-            avg = float(lens.sum()) / live_docs if live_docs else 0.0
-            knorm = self.k1 * (1.0 - self.b + self.b * lens / avg) if avg > 0 else np.full(ids.size, self.k1)
-            self._doc_cache = _DocColumns(ids, slot.astype(np.int64), knorm, live_docs)
+            self._doc_cache = ranking.doc_columns(self._docs, self._alive, self._lens, self.k1, self.b)
         return self._doc_cache
 
     def _slots_of(self, ids: Arr) -> Arr:

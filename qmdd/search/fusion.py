@@ -195,10 +195,3 @@ def blend_rerank(fused: Sequence[Fused[K]], rerank_scores: Mapping[K, float]) ->
     blended.sort(key=lambda entry: (-entry.score, entry.fused_rank))
     return blended
 
-
-def sigmoid(x: float) -> float:
-    """Logistic function without overflow: exp() only ever sees a non-positive argument."""
-    if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)

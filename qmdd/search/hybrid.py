@@ -1,4 +1,4 @@
-"""Vector and hybrid search, orchestrated by messages to the embedder, vector and BM25 actors.
+"""Vector and hybrid search, orchestrated through the `Retrievers` port (embedder, vectors, BM25).
 
 `query`: every sub-query yields a ranked list of documents (BM25 for lex, nearest chunks for vec);
 the lists are fused by weighted RRF with a top-rank bonus; each document keeps the chunk that ranked
@@ -15,8 +15,6 @@ from typing import Any
 import outcome
 import trio
 
-from qmdd.actors.base import Mailbox
-from qmdd.actors.messages import Bm25Query, EmbedTexts, RerankPairs, VectorQuery
 from qmdd.chunking import embedding_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
@@ -32,6 +30,7 @@ from qmdd.search.fusion import (
     script_coverage,
 )
 from qmdd.search.pipeline import SearchRequest, build_results, check_request, resolve_filters
+from qmdd.search.ports import Retrievers
 from qmdd.search.tokenize import Tokenizer
 from qmdd.search.vectorindex import VectorHit
 from qmdd.store import documents as docs
@@ -49,9 +48,7 @@ CHUNKS_PER_DOC = 3  # nearest chunks fetched per wanted document, since several 
 @dataclass
 class Engines:
     conn: sqlite3.Connection
-    bm25: Mailbox
-    embedder: Mailbox
-    vectors: Mailbox
+    retrievers: Retrievers
     tokenizer: Tokenizer
     latin_only: Callable[[], bool] = lambda: False  # does the embedding model in use read only Latin script?
 
@@ -80,9 +77,8 @@ def best_chunk_per_doc(conn: sqlite3.Connection, hits: Sequence[VectorHit]) -> l
 
 async def _vector_lists(engines: Engines, texts: Sequence[str], depth: int, collection_ids: list[int] | None,
                         allowed: Any) -> list[list[Candidate]]:
-    vectors = await engines.embedder.call(EmbedTexts(list(texts), "query"))
-    found: list[list[VectorHit]] = await engines.vectors.call(
-        VectorQuery(vectors, depth * CHUNKS_PER_DOC, collection_ids=collection_ids, allowed=allowed))
+    vectors = await engines.retrievers.embed_queries(texts)
+    found = await engines.retrievers.nearest(vectors, depth * CHUNKS_PER_DOC, collection_ids, allowed)
     return [best_chunk_per_doc(engines.conn, hits) for hits in found]
 
 
@@ -108,7 +104,7 @@ async def _lexical_lists(engines: Engines, texts: Sequence[str], depth: int, col
                          allowed: Any) -> list[list[Candidate]]:
     lists = []
     for text in texts:
-        _, hits = await engines.bm25.call(Bm25Query(text, depth, collection_ids=collection_ids, allowed=allowed))
+        _, hits = await engines.retrievers.keywords(text, depth, collection_ids, allowed)
         lists.append([Candidate(h.doc_id, h.chunk_id, i + 1, h.norm) for i, h in enumerate(hits)])
     return lists
 
@@ -169,8 +165,7 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     if rerank and head:
         query_text = next((s.text for s in subqueries if s.kind == "vec"), subqueries[0].text)
         texts = _chunk_inputs(engines.conn, [chosen[key].chunk_id for key in order])
-        reranked = await engines.embedder.call(RerankPairs(query_text, [texts.get(chosen[k].chunk_id, "")
-                                                                        for k in order]))
+        reranked = await engines.retrievers.rerank(query_text, [texts.get(chosen[k].chunk_id, "") for k in order])
         if reranked is not None:
             blended = blend_rerank(head, dict(zip(order, reranked, strict=True)))
             order = [b.key for b in blended]

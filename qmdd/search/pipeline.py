@@ -1,6 +1,7 @@
-"""Keyword search orchestration: filters → BM25 actor → documents, contexts, snippets.
+"""Keyword search orchestration: filters → BM25 (through the `Retrievers` port) → documents, contexts,
+snippets.
 
-Talks to the BM25 actor by message only; SQLite reads here are a handful of rows by primary key,
+ SQLite reads here are a handful of rows by primary key,
 cheap enough to run on the event loop. Snippets are not: a chunk may be one multi-megabyte line,
 so they are built in a worker thread.
 """
@@ -15,13 +16,13 @@ from typing import Any
 import trio
 from pyroaring import BitMap
 
-from qmdd.actors.base import Mailbox
-from qmdd.actors.messages import Bm25Query
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
+from qmdd.search.ports import Retrievers
 from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store import documents as docs
+from qmdd.store.contexts import list_contexts
 from qmdd.store.documents import ChunkText, CollectionRow, DocRow
 
 # CPU work of one request (snippets, multi-get's glob matching) runs in worker threads, this many at
@@ -98,13 +99,12 @@ def check_request(request: SearchRequest) -> None:
         raise QmddError(ErrorCode.INVALID_INPUT, "limit must be between 1 and 100000")
 
 
-async def keyword_search(conn: sqlite3.Connection, bm25: Mailbox, tokenizer: Tokenizer,
+async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, tokenizer: Tokenizer,
                          request: SearchRequest) -> tuple[dict[str, Any], list[DocRow]]:
     """The reply (terms, results) and, for the caller's own use, each result's document row."""
     check_request(request)
     collection_ids, allowed = resolve_filters(conn, request)
-    terms, hits = await bm25.call(Bm25Query(request.query, request.limit, collection_ids=collection_ids,
-                                            allowed=allowed, explain=request.explain))
+    terms, hits = await retrievers.keywords(request.query, request.limit, collection_ids, allowed, request.explain)
     hits = [h for h in hits if h.norm >= request.min_score]
     results, rows = await build_results(conn, tokenizer, terms, hits, request)
     return {"terms": terms, "results": results}, rows
@@ -116,7 +116,7 @@ async def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: S
         return [], []
     chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, [h.chunk_id for h in hits])}
     rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
-    contexts = ContextIndex(docs.list_contexts(conn))
+    contexts = ContextIndex(list_contexts(conn))
     return await trio.to_thread.run_sync(_with_snippets, tokenizer, terms, hits, chunks, rows, contexts, request,
                                          limiter=cpu_limiter())
 

@@ -1,15 +1,48 @@
-"""Pure ranking helpers of the BM25 index: query weights, per-document sums, top-k selection."""
+"""Pure ranking helpers of the BM25 index: length norms, document columns, query weights, per-document
+sums, top-k selection, explanations."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 Arr = npt.NDArray[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DocColumns:
+    ids: Arr  # dense document number -> doc id
+    slot: Arr  # chunk slot -> dense document number
+    knorm: Arr  # dense document number -> k1 * (1 - b + b * doclen / avgdoclen), over live chunks
+    live: int  # documents with at least one live chunk
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.size)
+
+
+def length_norms(lens: Arr, avgdl: float, k1: float, b: float) -> Arr:
+    """Per-chunk BM25 length term k1 * (1 - b + b * len / avgdl), float32 (k1 alone when avgdl is 0)."""
+    if avgdl <= 0.0:
+        return np.full(lens.size, k1, np.float32)
+    ratio = lens.astype(np.float32) / np.float32(avgdl)
+    return (k1 * (1.0 - b + b * ratio)).astype(np.float32)
+
+
+def doc_columns(docs: Arr, alive: Arr, lens: Arr, k1: float, b: float) -> DocColumns:
+    """Number documents densely from the per-chunk doc ids; a document's length is the sum of its live
+    chunks' lengths, and the average runs over documents with at least one live chunk."""
+    ids, slot = np.unique(docs, return_inverse=True)
+    doc_lens = np.bincount(slot[alive], weights=lens[alive], minlength=ids.size)
+    live_docs = int(np.count_nonzero(np.bincount(slot[alive], minlength=ids.size)))
+    avg = float(doc_lens.sum()) / live_docs if live_docs else 0.0
+    knorm = k1 * (1.0 - b + b * doc_lens / avg) if avg > 0 else np.full(ids.size, k1)
+    return DocColumns(ids, slot.astype(np.int64), knorm, live_docs)
 
 
 def normalise(score: float, ceiling: float) -> float:
@@ -85,3 +118,14 @@ def floor_of_top(scores: Arr, k: int) -> float:
         sample = scores[::16]
         return float(np.partition(sample, sample.size - k)[sample.size - k])
     return float(np.partition(scores, n - k)[n - k])
+
+
+def explained(matched: Sequence[tuple[str, Arr]], doc: int) -> dict[str, float]:
+    """term -> contribution to document `doc`, from each matched term's (document, contribution)
+    rows sorted by document."""
+    parts: dict[str, float] = {}
+    for term, hits in matched:
+        j = np.searchsorted(hits[:, 0], doc)
+        if j < hits.shape[0] and hits[j, 0] == doc:
+            parts[term] = float(hits[j, 1])
+    return parts

@@ -121,7 +121,3 @@ def _line_end(text: str, at: int) -> int:
     end = text.find("\n", at)
     return len(text) if end < 0 else end
 
-
-def number_lines(text: str, first_line: int) -> str:
-    """Prefix each line with its 1-based number, as `get --line-numbers` and `search --line-numbers` show."""
-    return "\n".join(f"{first_line + i}: {line}" for i, line in enumerate(text.split("\n")))

@@ -8,9 +8,11 @@ transaction across a process kill; only an OS crash can lose the last few, never
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 
@@ -120,6 +122,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def database_file(conn: sqlite3.Connection) -> Path:
+    """The file `conn` reads, to open another connection to it."""
+    return Path(conn.execute("PRAGMA database_list").fetchone()[2])
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending migrations; returns the schema version. Refuses a database from the future."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -134,6 +141,23 @@ def migrate(conn: sqlite3.Connection) -> int:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number}")
     return len(MIGRATIONS)
+
+
+IN_BATCH = 900
+"""Values per `IN (...)` list: below 999, the bound-parameter limit of SQLite before 3.32."""
+
+
+def placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+def select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any], before: Sequence[Any] = ()
+              ) -> Iterator[Any]:
+    """The rows of `sql` for all of `values`, however many: one statement per batch of `IN_BATCH`
+    values, with `{in}` in `sql` replaced by that batch's placeholders, bound after `before`."""
+    for start in range(0, len(values), IN_BATCH):
+        part = values[start:start + IN_BATCH]
+        yield from conn.execute(sql.replace("{in}", placeholders(len(part))), (*before, *part))
 
 
 @contextmanager
@@ -168,3 +192,27 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn.close()
         raise QmddError(ErrorCode.STORAGE_ERROR, f"{path} failed its integrity check: {check}")
     return conn
+
+
+def database_id(conn: sqlite3.Connection) -> str:
+    """A random id born with the database: a snapshot made from another database never loads."""
+    with transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
+    return str(stored_database_id(conn))
+
+
+def stored_database_id(conn: sqlite3.Connection) -> str | None:
+    """The database id if one was born yet; never writes (for read-only connections)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def compact(conn: sqlite3.Connection) -> None:
+    """Rewrite the database without its free pages, then copy the WAL into it and truncate the WAL.
+
+    VACUUM needs room for a whole copy of the database: on a full disk it fails, as STORAGE_ERROR."""
+    try:
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        raise QmddError(ErrorCode.STORAGE_ERROR, f"compacting the database failed: {exc}") from exc

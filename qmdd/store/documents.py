@@ -1,4 +1,4 @@
-"""Typed reads and writes of collections, documents, chunks, contexts and problems.
+"""Typed reads and writes of collections, documents, chunks and problems (contexts: `contexts.py`).
 
 Plain functions over a `sqlite3.Connection`: the caller decides which thread and which transaction.
 """
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import RootKey
-from qmdd.store.db import transaction
+from qmdd.store.db import placeholders, select_in, transaction
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,14 @@ def doc_states(conn: sqlite3.Connection, collection_id: int) -> dict[str, DocSta
     return {r[0]: make(r[1:]) for r in rows}
 
 
-# A path or anything below it, as a range over the (collection_id, path) index: "/" + 1 is "0".
-_AT_OR_BELOW = "(path = ? OR (path >= ? AND path < ?))"
+# A path or anything below it. The range from the path to its sibling path + "0" ("/" + 1 is "0")
+# is what SQLite seeks in the (collection_id, path) index (it cannot for `path = ? OR path >= ...`);
+# the test then drops siblings such as "path.md" that sort inside it.
+AT_OR_BELOW = "(path >= ? AND path < ? AND (path = ? OR path >= ?))"
 
 
-def _at_or_below(path: str) -> tuple[str, str, str]:
-    return path, path + "/", path + "0"
+def at_or_below(path: str) -> tuple[str, str, str, str]:
+    return path, path + "0", path, path + "/"
 
 
 def doc_states_for(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str]) -> dict[str, DocState]:
@@ -211,8 +213,8 @@ def paths_under(conn: sqlite3.Connection, collection_id: int, paths: Sequence[st
     found: list[str] = []
     for path in paths:
         found.extend(r[0] for r in conn.execute(
-            f"SELECT path FROM documents WHERE collection_id = ? AND {_AT_OR_BELOW}",
-            (collection_id, *_at_or_below(path))))
+            f"SELECT path FROM documents WHERE collection_id = ? AND {AT_OR_BELOW}",
+            (collection_id, *at_or_below(path))))
     return found
 
 
@@ -274,8 +276,8 @@ def replace_problems(conn: sqlite3.Connection, collection_id: int,
 
 
 def has_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str]) -> bool:
-    return any(conn.execute(f"SELECT 1 FROM problems WHERE collection_id = ? AND {_AT_OR_BELOW} LIMIT 1",
-                            (collection_id, *_at_or_below(path))).fetchone() for path in paths)
+    return any(conn.execute(f"SELECT 1 FROM problems WHERE collection_id = ? AND {AT_OR_BELOW} LIMIT 1",
+                            (collection_id, *at_or_below(path))).fetchone() for path in paths)
 
 
 def update_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str],
@@ -285,10 +287,17 @@ def update_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequenc
     with transaction(conn):
         touch_collection(conn, collection_id)
         for path in paths:
-            conn.execute(f"DELETE FROM problems WHERE collection_id = ? AND {_AT_OR_BELOW}",
-                         (collection_id, *_at_or_below(path)))
+            conn.execute(f"DELETE FROM problems WHERE collection_id = ? AND {AT_OR_BELOW}",
+                         (collection_id, *at_or_below(path)))
         conn.executemany("INSERT OR REPLACE INTO problems (collection_id, path, code, message, seen_at)"
                          " VALUES (?, ?, ?, ?, ?)", [(collection_id, p, c, m, now) for p, c, m in problems])
+
+
+def drop_orphan_problems(conn: sqlite3.Connection) -> None:
+    """Delete the problems of collections that are gone: the foreign key cascades only where
+    foreign keys were enforced when the collection was removed."""
+    with transaction(conn):
+        conn.execute("DELETE FROM problems WHERE collection_id NOT IN (SELECT id FROM collections)")
 
 
 def list_problems(conn: sqlite3.Connection, limit: int = 50) -> list[dict[str, Any]]:
@@ -331,61 +340,28 @@ def _chunk_texts(rows: Iterable[Sequence[Any]]) -> list[ChunkText]:
 
 
 _CHUNK_TEXT_SQL = ("SELECT k.id, k.doc_id, d.collection_id, d.path, d.title, k.heading, k.start_line, k.text"
-                   " FROM chunks k JOIN documents d ON d.id = k.doc_id")
+                   " FROM chunks k JOIN documents d ON d.id = k.doc_id WHERE k.id IN ({in})")
 
 
 def chunk_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[ChunkText]:
-    out: list[ChunkText] = []
-    for start in range(0, len(ids), 900):  # stay below SQLite's bound-parameter limit
-        part = ids[start:start + 900]
-        marks = ",".join("?" * len(part))
-        out.extend(_chunk_texts(conn.execute(f"{_CHUNK_TEXT_SQL} WHERE k.id IN ({marks})", part)))
-    return out
+    return _chunk_texts(select_in(conn, _CHUNK_TEXT_SQL, ids))
 
 
 def chunk_owners(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, int]:
     """chunk id -> document id, for the chunks that still exist."""
-    out: dict[int, int] = {}
-    for start in range(0, len(ids), 900):
-        part = ids[start:start + 900]
-        out.update(conn.execute(f"SELECT id, doc_id FROM chunks WHERE id IN ({','.join('?' * len(part))})", part))
-    return out
+    return dict(select_in(conn, "SELECT id, doc_id FROM chunks WHERE id IN ({in})", ids))
 
 
 def all_chunk_ids(conn: sqlite3.Connection) -> list[int]:
     return [r[0] for r in conn.execute("SELECT id FROM chunks")]
 
 
+DOCS_SQL = f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
+"""Every column of a `DocRow`, in its order, from documents `d` and collections `c`."""
+
+
 def docs_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocRow]:
-    marks = ",".join("?" * len(ids))
-    rows = conn.execute(f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
-                        f" WHERE d.id IN ({marks})", list(ids))
-    return {r[0]: DocRow(*r) for r in rows}
-
-
-def find_docs(conn: sqlite3.Connection, where: str, args: Sequence[Any], limit: int = 1000) -> list[DocRow]:
-    rows = conn.execute(f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
-                        f" WHERE {where} ORDER BY c.name, d.path LIMIT ?", [*args, limit])
-    return [DocRow(*r) for r in rows]
-
-
-def docs_with_path_suffix(conn: sqlite3.Connection, suffix: str, collection_id: int | None,
-                          limit: int) -> list[DocRow]:
-    """Documents whose path is `suffix` or ends with '/' + suffix, in one collection or any. Compared
-    as text, never as a LIKE pattern: time linear in the suffix, whatever characters it holds."""
-    where = "(d.path = ? OR substr(d.path, -?) = ?)"
-    args: list[Any] = [suffix, len(suffix) + 1, "/" + suffix]
-    if collection_id is not None:
-        where += " AND d.collection_id = ?"
-        args.append(collection_id)
-    return find_docs(conn, where, args, limit)
-
-
-def docs_named_from(conn: sqlite3.Connection, prefix: str) -> list[DocRow]:
-    """Documents whose path, collection/path or qmd:// URI starts with `prefix` (all for '')."""
-    return find_docs(conn, "? = '' OR substr(d.path, 1, ?) = ? OR substr(c.name || '/' || d.path, 1, ?) = ?"
-                     " OR substr('qmd://' || c.name || '/' || d.path, 1, ?) = ?",
-                     [prefix, *[len(prefix), prefix] * 3], limit=10_000_000)
+    return {r[0]: DocRow(*r) for r in select_in(conn, f"{DOCS_SQL} WHERE d.id IN ({{in}})", ids)}
 
 
 def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] | None,
@@ -394,7 +370,7 @@ def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] 
     clauses: list[str] = []
     args: list[object] = []
     if collection_ids is not None:
-        clauses.append(f"d.collection_id IN ({','.join('?' * len(collection_ids))})")
+        clauses.append(f"d.collection_id IN ({placeholders(len(collection_ids))})")  # collections: few
         args.extend(collection_ids)
     if prefix:
         clauses.append("substr(d.path, 1, ?) = ?")
@@ -402,28 +378,6 @@ def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] 
     where = " AND ".join(clauses) or "1"
     return [r[0] for r in conn.execute(
         f"SELECT k.id FROM chunks k JOIN documents d ON d.id = k.doc_id WHERE {where}", args)]
-
-
-# --- contexts ------------------------------------------------------------------------------------
-
-def set_context(conn: sqlite3.Connection, collection_id: int | None, prefix: str, text: str) -> None:
-    with transaction(conn):
-        conn.execute("DELETE FROM contexts WHERE collection_id IS ? AND prefix = ?", (collection_id, prefix))
-        conn.execute("INSERT INTO contexts (collection_id, prefix, text) VALUES (?, ?, ?)",
-                     (collection_id, prefix, text))
-
-
-def remove_context(conn: sqlite3.Connection, collection_id: int | None, prefix: str) -> bool:
-    with transaction(conn):
-        cur = conn.execute("DELETE FROM contexts WHERE collection_id IS ? AND prefix = ?", (collection_id, prefix))
-    return cur.rowcount > 0
-
-
-def list_contexts(conn: sqlite3.Connection) -> list[tuple[str | None, int | None, str, str]]:
-    """(collection name or None for global, collection id, prefix, text), global first."""
-    rows = conn.execute("SELECT c.name, x.collection_id, x.prefix, x.text FROM contexts x"
-                        " LEFT JOIN collections c ON c.id = x.collection_id ORDER BY c.name, x.prefix")
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 # --- statistics ----------------------------------------------------------------------------------

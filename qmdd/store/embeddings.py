@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qmdd.store.db import transaction
+from qmdd.store.db import placeholders, select_in, transaction
 
 VECTOR_DTYPE = np.float16
 
@@ -33,10 +33,6 @@ class IndexedVector(NamedTuple):
     vector: bytes
 
 
-def _in_clause(values: Sequence[object]) -> str:
-    return ",".join("?" * len(values))
-
-
 # CROSS JOIN keeps SQLite walking the chunks in id order from the cursor: a page then costs the chunks
 # between two pages. Left to itself it reads every chunk of a collection filter and sorts them, per page:
 # quadratic in the backlog (146 ms a page in a collection of 18k chunks).
@@ -47,7 +43,8 @@ def _pending_query(where: str, order: str) -> str:
 
 
 def _collection_filter(collection_ids: Sequence[int] | None) -> str:
-    return f" AND d.collection_id IN ({_in_clause(collection_ids)})" if collection_ids else ""
+    # Not batched: collections are few, and a page of chunks must come from one statement.
+    return f" AND d.collection_id IN ({placeholders(len(collection_ids))})" if collection_ids else ""
 
 
 def _pending(rows: Iterable[tuple[int, str, str, str, str]]) -> list[PendingChunk]:
@@ -139,37 +136,23 @@ def embedded_chunk_ids(conn: sqlite3.Connection, fingerprint: str) -> list[int]:
         " WHERE e.hash = k.hash AND e.fingerprint = ?)", (fingerprint,))]
 
 
-def chunk_collections(conn: sqlite3.Connection) -> list[tuple[int, int]]:
-    return [(r[0], r[1]) for r in conn.execute("SELECT k.id, d.collection_id FROM chunks k JOIN documents d"
-                                               " ON d.id = k.doc_id")]
-
-
 def vectors_for_chunks(conn: sqlite3.Connection, fingerprint: str, chunk_ids: Sequence[int]) -> list[IndexedVector]:
-    out: list[IndexedVector] = []
-    for start in range(0, len(chunk_ids), 900):
-        part = chunk_ids[start:start + 900]
-        out.extend(IndexedVector(*r) for r in conn.execute(
-            "SELECT k.id, d.collection_id, e.vector FROM chunks k JOIN documents d ON d.id = k.doc_id"
-            f" JOIN embeddings e ON e.hash = k.hash AND e.fingerprint = ? WHERE k.id IN ({_in_clause(part)})",
-            (fingerprint, *part)))
-    return out
+    return [IndexedVector(*r) for r in select_in(
+        conn, "SELECT k.id, d.collection_id, e.vector FROM chunks k JOIN documents d ON d.id = k.doc_id"
+        " JOIN embeddings e ON e.hash = k.hash AND e.fingerprint = ? WHERE k.id IN ({in})", chunk_ids, (fingerprint,))]
 
 
 def chunks_with_hashes(conn: sqlite3.Connection, hashes: Sequence[str]) -> list[tuple[int, int, str]]:
     """(chunk id, collection id, hash) of every chunk carrying one of `hashes`."""
-    out: list[tuple[int, int, str]] = []
-    for start in range(0, len(hashes), 900):
-        part = hashes[start:start + 900]
-        out.extend((r[0], r[1], r[2]) for r in conn.execute(
-            "SELECT k.id, d.collection_id, k.hash FROM chunks k JOIN documents d ON d.id = k.doc_id"
-            f" WHERE k.hash IN ({_in_clause(part)})", part))
-    return out
+    return [(r[0], r[1], r[2]) for r in select_in(
+        conn, "SELECT k.id, d.collection_id, k.hash FROM chunks k JOIN documents d ON d.id = k.doc_id"
+        " WHERE k.hash IN ({in})", hashes)]
 
 
 def purge_embeddings(conn: sqlite3.Connection, keep_fingerprints: Sequence[str]) -> int:
     """Drop vectors of texts no chunk carries any more, and of models other than `keep_fingerprints`
     (none given, e.g. while the model is not installed: other models' vectors are all kept)."""
     orphans = "NOT EXISTS (SELECT 1 FROM chunks k WHERE k.hash = embeddings.hash)"
-    other_models = f" OR fingerprint NOT IN ({_in_clause(keep_fingerprints)})" if keep_fingerprints else ""
+    other_models = f" OR fingerprint NOT IN ({placeholders(len(keep_fingerprints))})" if keep_fingerprints else ""
     with transaction(conn):
         return conn.execute(f"DELETE FROM embeddings WHERE {orphans}{other_models}", tuple(keep_fingerprints)).rowcount

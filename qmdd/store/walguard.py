@@ -27,6 +27,7 @@ from typing import Any
 
 from qmdd.ownfiles import replace_file
 from qmdd.store import documents as docs
+from qmdd.store.contexts import list_contexts, set_context
 from qmdd.store.db import transaction
 
 log = logging.getLogger("qmdd.walguard")
@@ -119,7 +120,7 @@ def save_collections(conn: sqlite3.Connection, database: Path, *, changed: bool 
         "collections": [{"name": c.name, "root": c.root, "masks": list(c.masks), "excludes": list(c.excludes)}
                         for c in docs.list_collections(conn)],
         "contexts": [{"collection": name, "prefix": prefix, "text": text}
-                     for name, _, prefix, text in docs.list_contexts(conn)]})
+                     for name, _, prefix, text in list_contexts(conn)]})
 
 
 def restore_collections(conn: sqlite3.Connection, database: Path, notice: str) -> list[str]:
@@ -133,11 +134,11 @@ def restore_collections(conn: sqlite3.Connection, database: Path, notice: str) -
             docs.add_collection(conn, entry["name"], entry["root"], entry["masks"], entry["excludes"])
             restored.append(entry["name"])
     ids = {c.name: c.id for c in docs.list_collections(conn)}
-    present = {(name, prefix) for name, _, prefix, _ in docs.list_contexts(conn)}
+    present = {(name, prefix) for name, _, prefix, _ in list_contexts(conn)}
     for entry in saved.get("contexts", []):
         name = entry["collection"]
         if (name, entry["prefix"]) not in present and (name is None or name in ids):
-            docs.set_context(conn, ids.get(name) if name else None, entry["prefix"], entry["text"])
+            set_context(conn, ids.get(name) if name else None, entry["prefix"], entry["text"])
     generation = saved.get("generation")
     if isinstance(generation, int) and generation > _generation(conn):
         with transaction(conn):  # caught up: the next start must not report the same loss again

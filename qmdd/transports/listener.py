@@ -1,4 +1,4 @@
-"""The daemon's Unix socket: single-instance lock, stale-socket detection, permissions, peer check,
+"""The daemon's Unix socket: single-instance lock, stale-socket detection, permissions,
 or the socket systemd passed (socket activation)."""
 
 from __future__ import annotations
@@ -20,10 +20,6 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.transports import systemd
 
 log = logging.getLogger("qmdd.listener")
-
-
-def peer_uid(sock: socket.socket) -> int:
-    return ownfiles.peer_credentials(sock)[1]
 
 
 def socket_is_live(path: Path, timeout: float = 1.0) -> bool:

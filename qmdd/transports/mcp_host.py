@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from qmdd.store import documents as docs
-from qmdd.transports.rpc import Call
-
-if TYPE_CHECKING:
-    from qmdd.api import Api
+from qmdd.methods.call import Call
+from qmdd.methods.table import MethodTable, invoke
+from qmdd.protocol.wire import line_of
 
 log = logging.getLogger("qmdd.mcp")
 
@@ -31,8 +29,11 @@ def _jsonrpc_error(code: int, message: str, req_id: Any = None) -> str:
 
 
 class McpHost:
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    """Serves MCP sessions from the method table: its tools and resources call the same methods as the
+    socket RPC, and this host adds the `mcp.session` method to the socket's table."""
+
+    def __init__(self, table: MethodTable) -> None:
+        self.table = table
         self._server: Any = None
         self._building = trio.Lock()
         self.sessions = 0
@@ -47,17 +48,15 @@ class McpHost:
             if self._server is None:
                 # The SDK import (~1 s, once per daemon) runs in the thread too: on the event loop it
                 # would hold every request for that long.
-                self._server = await trio.to_thread.run_sync(_build_server, self.api)
+                self._server = await trio.to_thread.run_sync(_build_server, self.table)
             return self._server
 
-    def instructions(self) -> str:
-        conn = self.api.s.reader
-        counts = docs.counts(conn)
+    async def instructions(self) -> str:
+        collections, _ = await invoke(self.table, "collection.list", {})
         lines = ["qmdd searches the user's local markdown collections (notes, docs, transcripts).",
                  "Collections:"]
-        for c in docs.list_collections(conn):
-            n_docs = counts.get(c.id, (0, 0))[0]
-            lines.append(f"- {c.name} (qmd://{c.name}/): {n_docs} documents from {c.root}")
+        for c in collections:
+            lines.append(f"- {c['name']} ({c['uri']}): {c['documents']} documents from {c['root']}")
         if len(lines) == 2:
             lines.append("- none yet: the user adds them with `qmdctl collection add PATH`")
         lines += [
@@ -70,15 +69,14 @@ class McpHost:
         return "\n".join(lines)
 
     async def session(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
-        from mcp.shared._context_streams import create_context_streams
+        import anyio
         from mcp.shared.message import SessionMessage
         from mcp_types import jsonrpc_message_adapter
 
-        mcp = await self.server()
-        lowlevel = mcp._lowlevel_server
-        lowlevel.instructions = self.instructions()
-        read_writer, read_stream = create_context_streams[SessionMessage | Exception](32)
-        write_stream, write_reader = create_context_streams[SessionMessage](32)
+        lowlevel = session_server(await self.server())
+        lowlevel.instructions = await self.instructions()
+        read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](32)
+        write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](32)
 
         async def from_bridge() -> None:
             async with read_writer:
@@ -86,8 +84,8 @@ class McpHost:
                     frame = await call.receive()
                     if frame is None:
                         return
-                    line = frame.get("line")
-                    if not isinstance(line, str):
+                    line = line_of(frame)
+                    if line is None:
                         await call.emit("mcp", _jsonrpc_error(INVALID_REQUEST, "expected a JSON-RPC line"))
                         continue
                     try:
@@ -123,7 +121,14 @@ class McpHost:
         return {"sessions": self.sessions, "open_sessions": self.open_sessions, "loaded": self._server is not None}
 
 
-def _build_server(api: Api) -> Any:
+def _build_server(table: MethodTable) -> Any:
     from qmdd.transports import mcp_tools
 
-    return mcp_tools.build_server(api)
+    return mcp_tools.build_server(table)
+
+
+def session_server(server: Any) -> Any:
+    """The SDK's low-level server under an MCPServer, which alone can serve one session over streams of
+    our own (MCPServer itself runs stdio, SSE or its own HTTP app). `_lowlevel_server` is private in the
+    SDK: this is the one place that touches it, and tests/test_mcp.py checks that it is still there."""
+    return server._lowlevel_server

@@ -8,8 +8,7 @@ recovery hints, so an agent can act on it; the session itself never breaks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
@@ -17,12 +16,8 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
+from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.protocol.wire import validate_params
-from qmdd.transports.rpc import Call, MethodHandler
-
-if TYPE_CHECKING:
-    from qmdd.api import Api
 
 MAX_RESULTS = 100
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
@@ -76,34 +71,17 @@ class MultiGetResult(BaseModel):
     documents: list[MultiDocument]
 
 
-class _Collector:
-    """A stand-in for an RPC connection: collects what a method streams."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-
-    async def send(self, frame: Mapping[str, Any]) -> None:
-        self.items.append((frame["kind"], frame["payload"]))
-
-
 def tool_error(err: QmddError) -> ToolError:
     hints = "".join(f"\nhint: {h}" for h in err.hints)
     return ToolError(f"{err.code}: {err.message}{hints}")
 
 
-async def call_method(methods: dict[str, MethodHandler], method: str,
-                      params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
-    """Run a daemon method in-process, as an RPC would: the value and the items it streamed."""
-    collector = _Collector()
-    value = await methods[method](validate_params(method, params), Call(0, "-", collector.send))
-    return value, collector.items
-
-
-async def invoke(methods: dict[str, MethodHandler], method: str,
-                 params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
+async def call_tool_method(table: MethodTable, method: str,
+                           params: dict[str, Any]) -> tuple[Any, list[tuple[str, Any]]]:
+    """A method called for a tool: its typed error becomes a tool error the agent can act on."""
     await faults.pause("mcp.tool")
     try:
-        return await call_method(methods, method, params)
+        return await invoke(table, method, params)
     except QmddError as err:
         raise tool_error(err) from None
 
@@ -125,8 +103,7 @@ class QmddServer(MCPServer):
             raise
 
 
-def build_server(api: Api) -> MCPServer:
-    methods = api.methods()
+def build_server(table: MethodTable) -> MCPServer:
     server = QmddServer(name="qmdd", title="qmdd: local document search", version=__version__,
                        instructions="qmdd searches the user's local markdown collections.")
 
@@ -134,7 +111,7 @@ def build_server(api: Api) -> MCPServer:
                          extra: dict[str, Any]) -> SearchResults:
         params = {"query": query, "limit": max(1, min(limit, MAX_RESULTS)), "min_score": min_score,
                   "collections": collections or None, **extra}
-        answer, items = await invoke(methods, method, params)
+        answer, items = await call_tool_method(table, method, params)
         warnings = [f"{w['code']}: {w['message']}" for w in answer.get("warnings", ())]
         return SearchResults(query=query, results=_hits(answer, items), warnings=warnings)
 
@@ -170,7 +147,7 @@ def build_server(api: Api) -> MCPServer:
         "Read a document: a qmd://collection/path URI, collection/path, a #docid from a result, or a path "
         "suffix; optionally FILE:LINE or FILE:LINE:COUNT, or fromLine/maxLines."))
     async def get(file: str, fromLine: int | None = None, maxLines: int | None = None) -> Document:
-        answer, _ = await invoke(methods, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
+        answer, _ = await call_tool_method(table, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
         return Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
                         context=answer["context"], from_line=answer["from_line"],
                         lines_after=answer["lines_after"], body=answer["body"])
@@ -180,7 +157,7 @@ def build_server(api: Api) -> MCPServer:
         "larger than maxBytes are listed as skipped, with a reason, instead of being returned."))
     async def multi_get(pattern: str, maxBytes: int = 10 * 1024,
                         maxLines: int | None = None) -> MultiGetResult:
-        _, items = await invoke(methods, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
+        _, items = await call_tool_method(table, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
                                                    "max_lines": maxLines})
         fields = MultiDocument.model_fields
         return MultiGetResult(documents=[MultiDocument(**{k: v for k, v in doc.items() if k in fields})
@@ -191,7 +168,7 @@ def build_server(api: Api) -> MCPServer:
         "automatically) and how many chunks have vectors (`vectors`; `auto_embed`: new chunks are embedded "
         "in the background), what the background embedder is doing, models, daemon health."))
     async def status() -> dict[str, Any]:
-        answer, _ = await invoke(methods, "status", {})
+        answer, _ = await call_tool_method(table, "status", {})
         return {"state": answer["state"], "degraded_reason": answer.get("degraded_reason"),
                 "version": answer["version"],
                 "collections": [{**{k: c[k] for k in ("name", "root", "documents", "chunks", "uri", "updated_at")},
@@ -206,7 +183,7 @@ def build_server(api: Api) -> MCPServer:
                      description="A document of a collection, by its path (sub-folders included).")
     async def document(collection: str, path: str) -> str:
         try:
-            answer, _ = await call_method(methods, "get", {"target": f"qmd://{collection}/{path}"})
+            answer, _ = await invoke(table, "get", {"target": f"qmd://{collection}/{path}"})
         except QmddError as err:
             raise ResourceError(f"{err.code}: {err.message}") from None
         return str(answer["body"])

@@ -12,51 +12,44 @@ its next request) with a typed error; when none is idle, the new one is refused 
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import logging
 import os
 import resource
+import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from qmdd import ownfiles
+from qmdd.methods.call import Call, MethodHandler, trace_id_var
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.protocol.framing import FrameReader, FrameStalled, FrameTooLarge
-from qmdd.protocol.wire import HELLO, PROTOCOL_VERSION, REQUEST, error, hello, item, result, validate_params
-from qmdd.transports.listener import peer_uid
+from qmdd.protocol.wire import (
+    PROTOCOL_VERSION,
+    client_frame,
+    error,
+    hello,
+    item,
+    reply_id,
+    result,
+    validate_params,
+)
+
+if TYPE_CHECKING:
+    from qmdd.protocol.wire import ClientFrame, RequestFrame
 
 log = logging.getLogger("qmdd.rpc")
-trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
 
 
-@dataclass
-class Call:
-    """What a method handler gets besides its params: a way to stream items back."""
-
-    req_id: int
-    trace_id: str
-    _send: Callable[[Mapping[str, Any]], Awaitable[None]]
-    _receive: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
-    _seq: int = 0
-
-    async def emit(self, kind: str, payload: Any) -> None:
-        self._seq += 1
-        await self._send(item(self.req_id, self._seq, kind, payload))
-
-    async def receive(self) -> dict[str, Any] | None:
-        """The client's next frame on this connection (None at its end): for methods that turn the
-        connection into a session, like `mcp.session`. Nothing else reads the connection meanwhile."""
-        if self._receive is None:
-            return None
-        return await self._receive()
 
 
-MethodHandler = Callable[[dict[str, Any], Call], Awaitable[Any]]
+def peer_uid(sock: socket.socket) -> int:
+    return ownfiles.peer_credentials(sock)[1]
 
 
 @dataclass
@@ -135,10 +128,10 @@ async def read_started_frame(reader: FrameReader, stall_s: float) -> bytes | Non
 
 
 class RpcServer:
-    def __init__(self, methods: dict[str, MethodHandler], server_info: dict[str, Any],
+    def __init__(self, methods: Mapping[str, MethodHandler], server_name: str,
                  frame_stall_s: float = 30.0, max_connections: int | None = None) -> None:
         self.methods = methods
-        self.server_info = server_info
+        self.server_name = server_name
         self.frame_stall_s = frame_stall_s
         self.max_connections = connection_cap() if max_connections is None else max_connections
         self.stats = RpcStats()
@@ -230,14 +223,16 @@ class RpcServer:
                 return
             req_id: int | None = None
             try:
-                message = framing.decode_body(body)
-                raw_id = message.get("id")
-                req_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+                decoded = framing.decode_body(body)
+                req_id = reply_id(decoded)
+                message = client_frame(decoded)
                 if not greeted:
                     await self._hello(stream, message)
                     greeted = True
                     continue
-                await self._request(stream, reader, message, req_id)
+                if message["type"] != "req":
+                    raise QmddError(ErrorCode.PROTOCOL_ERROR, f"expected a request frame, not {message['type']!r}")
+                await self._request(stream, reader, message)
             except QmddError as exc:
                 self._count(exc.code)
                 await self._send(stream, error(req_id, exc))
@@ -246,20 +241,17 @@ class RpcServer:
                 if not greeted or isinstance(exc, (FrameTooLarge, FrameStalled)):
                     return
 
-    async def _hello(self, stream: trio.SocketStream, message: dict[str, Any]) -> None:
-        if message.get("type") != HELLO:
+    async def _hello(self, stream: trio.SocketStream, message: ClientFrame) -> None:
+        if message["type"] != "hello":
             raise QmddError(ErrorCode.PROTOCOL_ERROR, "the first frame must be a hello")
-        if message.get("version") != PROTOCOL_VERSION:
+        if message["version"] != PROTOCOL_VERSION:
             raise QmddError(ErrorCode.PROTOCOL_ERROR,
-                            f"protocol version {message.get('version')!r} is not supported "
+                            f"protocol version {message['version']!r} is not supported "
                             f"(this daemon speaks {PROTOCOL_VERSION})")
-        await self._send(stream, hello("server", **self.server_info))
+        await self._send(stream, hello("server", server=self.server_name, pid=os.getpid()))
 
-    async def _request(self, stream: trio.SocketStream, reader: FrameReader, message: dict[str, Any],
-                       req_id: int | None) -> None:
-        if message.get("type") != REQUEST or req_id is None or not isinstance(message.get("method"), str):
-            raise QmddError(ErrorCode.PROTOCOL_ERROR, "expected a request frame {type:'req', id:int, method:str}")
-        method: str = message["method"]
+    async def _request(self, stream: trio.SocketStream, reader: FrameReader, message: RequestFrame) -> None:
+        req_id, method = message["id"], message["method"]
         raw_trace = message.get("trace_id")
         trace_id = raw_trace if isinstance(raw_trace, str) and 0 < len(raw_trace) <= 128 else uuid.uuid4().hex[:16]
         trace_id_var.set(trace_id)
@@ -268,9 +260,12 @@ class RpcServer:
         handler = self.methods.get(method)
         if handler is None:
             raise QmddError(ErrorCode.UNKNOWN_METHOD, f"method {method!r} is not served by this daemon")
+        seq = 0
 
-        async def send(frame: Mapping[str, Any]) -> None:
-            await self._send(stream, frame)
+        async def emit(kind: str, payload: Any) -> None:
+            nonlocal seq
+            seq += 1
+            await self._send(stream, item(req_id, seq, kind, payload))
 
         async def receive() -> dict[str, Any] | None:
             body = await read_frame(reader, self.frame_stall_s)
@@ -282,7 +277,7 @@ class RpcServer:
         try:
             log.debug("%s %s%s", method, {k: v for k, v in params.items() if k != "text"},
                       f" identity={identity}" if identity else "")
-            value = await handler(params, Call(req_id, trace_id, send, receive))
+            value = await handler(params, Call(emit, receive, trace_id))
         except Exception as exc:
             if _client_gone(exc):
                 raise trio.BrokenResourceError("client went away mid-stream") from None
@@ -297,7 +292,7 @@ class RpcServer:
                 self.idle.set()
         reply = result(req_id, value)
         reply["trace_id"] = trace_id
-        await send(reply)
+        await self._send(stream, reply)
 
     def _count(self, code: ErrorCode) -> None:
         self.stats.errors[str(code)] = self.stats.errors.get(str(code), 0) + 1

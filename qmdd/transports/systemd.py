@@ -10,16 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
-
-from qmdd.store.documents import list_collections
-
-if TYPE_CHECKING:
-    from qmdd.actors.supervisor import Supervisor
 
 log = logging.getLogger("qmdd.systemd")
 
@@ -93,18 +86,6 @@ def watchdog_period() -> float | None:
     if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
         return None
     return int(usec) / 2e6
-
-
-def service_status(supervisor: Supervisor, reader: sqlite3.Connection) -> str:
-    """The one-line STATUS= that `systemctl --user status qmdd` shows."""
-    failed = [name for name, child in supervisor.children.items() if child.status == "failed"]
-    if failed:
-        return f"degraded: actor {', '.join(failed)} failed"
-    try:
-        count = len(list_collections(reader))
-    except sqlite3.Error as exc:
-        return f"serving (collections unreadable: {exc})"
-    return f"serving {count} collection{'' if count == 1 else 's'}"
 
 
 async def keep_manager_informed(describe: Callable[[], str]) -> None:

@@ -1,0 +1,255 @@
+"""Embed jobs actor: embeds chunks a page at a time, for `embed` and in the background.
+
+A page goes from SQLite to the embedder (at bulk priority, behind every query), then to the indexer,
+which commits it and has the vectors actor index it: each page is kept, so a daemon that is stopped or
+killed mid-run still makes progress, and a run started again does only what is left.
+
+`qmdctl embed -c X` chooses X, a bare `embed` every collection there is; the choice is kept in SQLite
+(`embed_choices`). In the background (with the watcher), each chosen collection with chunks that lack a
+vector is embedded when the watcher has indexed new chunks: the chunks indexed last first, and chunks
+indexed while it runs before the older backlog, so a note just saved never waits behind a checkout of
+thousands. One writer of vectors at a time: a manual run holds the lock for its whole run (a second one
+waits, then finds the work done), the background for one page; the lock is fair, so a manual embed
+waits for one background page at most. Nothing runs in the background until vectors exist for the
+model in use: after a model change the user says when to pay for re-embedding.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import outcome
+import trio
+
+from qmdd import faults
+from qmdd.actors.base import DatabaseActor, Handler, Mailbox, concurrent, offer_progress, typed_outcome
+from qmdd.actors.messages import (
+    ChooseForEmbedding,
+    ChunksIndexed,
+    EmbedCollections,
+    EmbedJobsStatus,
+    EmbedTexts,
+    ModelStatus,
+    SaveSnapshot,
+    SetFingerprint,
+    StoreEmbeddings,
+)
+from qmdd.chunking import embedding_text
+from qmdd.store import documents as docs
+from qmdd.store import embeddings as emb
+from qmdd.store.embeddings import PendingChunk
+
+log = logging.getLogger("qmdd.embed_jobs")
+
+# Chunks per page of a manual run: ~1 s of CPU here; the embedder's batcher splits a page by tokens.
+EMBED_PAGE = 128
+# Chunks per background page: ~0.7 s of CPU here, the longest a manual embed waits for the background.
+BACKGROUND_PAGE = 32
+
+
+class EmbedJobsActor(DatabaseActor):
+    name = "embed_jobs"
+
+    def __init__(self, database: Path, embedder: Mailbox, indexer: Mailbox, vectors: Mailbox, *,
+                 background: bool) -> None:
+        super().__init__(database)
+        self._embedder = embedder
+        self._indexer = indexer
+        self._vectors = vectors
+        self._background = background
+        self._lock = trio.Lock()  # one writer of vectors at a time; fair (see the module's docstring)
+        self._reading = trio.CapacityLimiter(1)  # the connection: the manual run and the background share it
+        self._wake = trio.Event()
+        self._woken: int | None = None  # the collection whose change woke the background first
+        self.state = "idle" if background else "off"
+        self.collection: str | None = None
+        self.done = 0
+        self.total = 0
+        self.since: float | None = None
+        self.last_run: dict[str, Any] | None = None
+        self.last_error: str | None = None
+        # (fingerprint, collection id) -> a chunk id up to which every chunk of the collection has a vector,
+        # so a wake-up after one saved note counts the chunks above it, not the whole collection again.
+        self._embedded_through: dict[tuple[str, int], int] = {}
+
+    def handlers(self) -> dict[type, Handler]:
+        # A manual run lasts minutes: status and the watcher's wake-ups are answered meanwhile.
+        return {EmbedCollections: concurrent(self._embed), ChunksIndexed: self._chunks_indexed,
+                EmbedJobsStatus: self._status}
+
+    async def setup(self) -> None:
+        await super().setup()
+        if self._background:
+            self.nursery.start_soon(self._keep_embedded)
+
+    def extra_statistics(self) -> dict[str, Any]:
+        return {"state": self.state, "collection": self.collection}
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, self.conn, *args, limiter=self._reading)
+
+    async def _status(self, _: EmbedJobsStatus) -> dict[str, Any]:
+        busy = self.state in ("embedding", "paused")
+        return {"state": self.state, "collection": self.collection if busy else None,
+                "done": self.done if busy else None, "total": self.total if busy else None,
+                "since": self.since if busy else None, "last_run": self.last_run, "last_error": self.last_error}
+
+    async def _embed_page(self, fingerprint: str, page: Sequence[PendingChunk]) -> int:
+        """Embed, store and index one page of chunks (at bulk priority); returns the texts embedded."""
+        await faults.pause("embed.page")
+        unique: dict[str, str] = {}
+        for chunk in page:  # identical texts (copies, boilerplate) are embedded once
+            unique.setdefault(chunk.hash, embedding_text(chunk.title, chunk.heading_path, chunk.text))
+        hashes = list(unique)
+        vectors = await self._embedder.call(EmbedTexts(list(unique.values()), "bulk"))
+        await self._indexer.call(StoreEmbeddings(fingerprint, hashes, vectors))
+        return len(hashes)
+
+    # --- a manual run ----------------------------------------------------------------------------
+
+    async def _embed(self, message: EmbedCollections) -> dict[str, Any]:
+        progress = message.progress
+        offer_progress(progress, {"phase": "embed", "done": 0, "total": None, "waiting": "loading the model"})
+        model = await self._embedder.call(ModelStatus(load=True))
+        ids = message.collection_ids or None  # none named: all of them
+        chosen = ids if ids is not None else [c.id for c in await self._read(docs.list_collections)]
+        # The user's choice, kept: the background keeps these collections embedded from now on.
+        await self._indexer.call(ChooseForEmbedding(chosen))
+        return await self._embed_pending(model, ids, progress)
+
+    async def _embed_pending(self, model: dict[str, Any], collection_ids: list[int] | None,
+                             progress: trio.MemorySendChannel[dict[str, Any]] | None) -> dict[str, Any]:
+        """Embed every chunk without a vector for `model` (of these collections, or of all), a page at a
+        time, each page committed."""
+        fingerprint: str = model["fingerprint"]
+        name = model["embedding"]
+        offer_progress(progress, {"phase": "embed", "done": 0, "total": None, "model": name,
+                                  "waiting": "the embed run or background page in progress"})
+        async with self._lock:
+            await self._vectors.call(SetFingerprint(fingerprint, model["dims"]))
+            total, embedded = await self._read(emb.count_chunks, fingerprint, collection_ids)
+            started = time.monotonic()
+            done = texts = after = 0
+            offer_progress(progress, {"phase": "embed", "done": 0, "total": total - embedded, "model": name})
+            while not _caller_gone(progress):
+                page = await self._read(emb.pending_chunks, fingerprint, after, EMBED_PAGE, collection_ids)
+                if not page:
+                    break
+                after = page[-1].chunk_id
+                texts += await self._embed_page(fingerprint, page)
+                done += len(page)
+                elapsed = time.monotonic() - started
+                offer_progress(progress, {"phase": "embed", "done": done, "total": total - embedded, "model": name,
+                                          "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
+            await self._vectors.call(SaveSnapshot())
+        elapsed = time.monotonic() - started
+        return {"model": name, "fingerprint": fingerprint, "chunks": total,
+                "already_embedded": embedded, "embedded": done, "texts_embedded": texts,
+                "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None}
+
+    # --- the background ------------------------------------------------------------------------
+
+    async def _chunks_indexed(self, message: ChunksIndexed) -> None:
+        """A wake-up, not a queue: one already pending covers this change too (every chosen collection
+        is looked at)."""
+        if self._woken is None:
+            self._woken = message.collection_id
+        self._wake.set()
+
+    async def _keep_embedded(self) -> None:
+        """Runs while the daemon serves. A failure (no model, an embedder given up on) is logged and shown
+        in the status, and waits for the next change: it must never crash this actor into a restart loop.
+        A bug still crashes it."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            woken, self._woken = self._woken, None
+            ran = await typed_outcome(self._catch_up, woken)
+            self.state, self.collection = "idle", None
+            if isinstance(ran, outcome.Error):
+                self.last_error = f"{ran.error}"
+                log.warning("embedding the watcher's changes failed: %s", ran.error)
+
+    async def _catch_up(self, woken: int | None) -> None:
+        model = await self._embedder.call(ModelStatus())
+        fingerprint = model["fingerprint"]
+        if not fingerprint or not await self._read(emb.has_vectors, fingerprint):
+            return
+        chosen: dict[int, str] = await self._read(emb.chosen_collections)
+        for collection_id in sorted(chosen, key=lambda cid: cid != woken):  # the collection that changed first
+            await self._embed_collection(fingerprint, collection_id, chosen[collection_id])
+
+    async def _embed_collection(self, fingerprint: str, collection_id: int, name: str) -> None:
+        key = (fingerprint, collection_id)
+        backlog = Backlog(fingerprint, collection_id, self._embedded_through.get(key, 0))
+        total = await self._read(backlog.grow)
+        if total == 0:
+            self._embedded_through[key] = backlog.top
+            return
+        if (await self._embedder.call(ModelStatus(load=True)))["fingerprint"] != fingerprint:
+            return  # the model changed meanwhile
+        self.state, self.collection, self.done, self.total, self.since = "embedding", name, 0, total, time.time()
+        started = time.monotonic()
+        while True:
+            if self._lock.locked():
+                self.state = "paused"  # a manual `embed` runs; this one goes on after it
+            async with self._lock:
+                self.state = "embedding"
+                if (await self._embedder.call(ModelStatus()))["fingerprint"] != fingerprint:
+                    return  # `model use` switched models between two pages
+                self.total += await self._read(backlog.grow)
+                page = await self._read(backlog.next_page, BACKGROUND_PAGE)
+                if not page:
+                    break
+                await self._embed_page(fingerprint, page)
+            self.done += len(page)
+        self._embedded_through[key] = backlog.top
+        await self._vectors.call(SaveSnapshot())
+        seconds = round(time.monotonic() - started, 3)
+        self.last_run = {"collection": name, "embedded": self.done, "seconds": seconds, "finished_at": time.time()}
+        self.last_error = None
+        log.info("collection %s: embedded %d new chunk(s) in %.2fs", name, self.done, seconds)
+
+
+def _caller_gone(progress: trio.MemorySendChannel[dict[str, Any]] | None) -> bool:
+    """Nobody listens to the run's progress any more: the caller was cancelled (its client left), so the
+    run stops after the page it committed, as the call would have."""
+    return progress is not None and progress.statistics().open_receive_channels == 0
+
+
+class Backlog:
+    """A collection's chunks still to look at, as a stack of id ranges: the chunks indexed while a run goes
+    on are pushed on top, so the newest are always embedded first (chunk ids only grow: AUTOINCREMENT)."""
+
+    def __init__(self, fingerprint: str, collection_id: int, through: int) -> None:
+        self.fingerprint = fingerprint
+        self.collection_id = collection_id
+        self.top = through  # the highest chunk id taken in
+        self._ranges: list[tuple[int, int]] = []  # (above, below): the ids strictly between
+
+    def grow(self, conn: sqlite3.Connection) -> int:
+        """Take in the chunks indexed since the last look; returns how many of them lack a vector."""
+        latest = emb.last_chunk_id(conn)
+        if latest <= self.top:
+            return 0
+        pending = emb.count_pending(conn, self.fingerprint, [self.collection_id], self.top, latest)
+        if pending:
+            self._ranges.append((self.top, latest + 1))
+        self.top = latest
+        return pending
+
+    def next_page(self, conn: sqlite3.Connection, limit: int) -> list[PendingChunk]:
+        """The newest chunks without a vector, from the most recent range that has any."""
+        while self._ranges:
+            above, below = self._ranges[-1]
+            page = emb.newest_pending_chunks(conn, self.fingerprint, above, below, limit, [self.collection_id])
+            if page:
+                self._ranges[-1] = (above, page[-1].chunk_id)
+                return page
+            self._ranges.pop()
+        return []

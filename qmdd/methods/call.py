@@ -1,0 +1,47 @@
+"""What a method gets besides its params, whichever door the request came through."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
+"""The trace id of the request being served, for the daemon's log lines (set by the door)."""
+
+Emit = Callable[[str, Any], Awaitable[None]]
+Receive = Callable[[], Awaitable[Mapping[str, Any] | None]]
+"""The client's next frame, decoded (a map with a string type) but unchecked: a session method decides
+what it accepts. None once the client has closed."""
+
+
+async def _no_more_frames() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A way to stream parts of the answer back (progress, result batches, session lines) and, for a
+    method that turns its connection into a session (`mcp.session`), to read the client's next frame."""
+
+    emit: Emit
+    receive: Receive = _no_more_frames
+    trace_id: str = "-"
+
+
+MethodHandler = Callable[[dict[str, Any], Call], Awaitable[Any]]
+
+STREAM_BATCH = 500
+
+
+async def stream_long_list(call: Call, answer: dict[str, Any], key: str) -> None:
+    """Send a long list as `key` items of STREAM_BATCH entries, so no reply frame grows without bound;
+    the final reply then carries the list empty and `streamed: key`."""
+    entries = answer[key]
+    if len(entries) <= STREAM_BATCH:
+        return
+    for start in range(0, len(entries), STREAM_BATCH):
+        await call.emit(key, entries[start:start + STREAM_BATCH])
+    answer[key] = []
+    answer["streamed"] = key

@@ -1,0 +1,27 @@
+"""Hybrid search: `query`, keyword and semantic retrieval fused, then reranked when a reranker is set."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from qmdd.methods.call import Call, MethodHandler
+from qmdd.methods.keyword import finish
+from qmdd.methods.semantic import engines, warn_unembedded
+from qmdd.methods.services import Services
+from qmdd.search.hybrid import hybrid_search
+from qmdd.search.pipeline import search_request
+
+MAX_CANDIDATES = 1000
+
+
+def methods(s: Services) -> dict[str, MethodHandler]:
+    return {"query": partial(query, s)}
+
+
+async def query(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
+    request = search_request(params)
+    answer, rows = await hybrid_search(engines(s), request, rerank=params["rerank"],
+                                       candidates=max(1, min(params["candidates"], MAX_CANDIDATES)))
+    await warn_unembedded(s, answer, params["collections"], "its results come from keywords alone")
+    return await finish(s, answer, rows, request, call)

@@ -1,0 +1,39 @@
+"""The search port (`qmdd.search.ports.Retrievers`) answered by the BM25, embedder and vectors actors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pyroaring import BitMap
+
+from qmdd.actors.messages import Bm25Query, EmbedTexts, RerankPairs, VectorQuery
+from qmdd.methods.services import Mailboxes
+from qmdd.search.bm25index import ChunkHit
+from qmdd.search.vectorindex import VectorHit
+
+
+class ActorRetrievers:
+    def __init__(self, actors: Mailboxes) -> None:
+        self._actors = actors
+
+    async def keywords(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
+                       explain: bool = False) -> tuple[list[str], list[ChunkHit]]:
+        found: tuple[list[str], list[ChunkHit]] = await self._actors.bm25.call(
+            Bm25Query(text, limit, collection_ids=collection_ids, allowed=allowed, explain=explain))
+        return found
+
+    async def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        vectors: np.ndarray[Any, Any] = await self._actors.embedder.call(EmbedTexts(list(texts), "query"))
+        return vectors
+
+    async def nearest(self, vectors: np.ndarray[Any, Any], limit: int, collection_ids: list[int] | None,
+                      allowed: BitMap | None) -> list[list[VectorHit]]:
+        found: list[list[VectorHit]] = await self._actors.vectors.call(
+            VectorQuery(vectors, limit, collection_ids=collection_ids, allowed=allowed))
+        return found
+
+    async def rerank(self, query: str, texts: Sequence[str]) -> list[float] | None:
+        scores: list[float] | None = await self._actors.embedder.call(RerankPairs(query, list(texts)))
+        return scores

@@ -1,0 +1,52 @@
+"""What the methods are built from: the configuration, a read connection, the actors' mailboxes, the
+supervisor's view of them, and the few daemon-wide facts a method reports."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from qmdd.actors.base import Mailbox
+from qmdd.actors.supervisor import Supervisor
+from qmdd.config import Config
+from qmdd.models.registry import ModelRegistry
+from qmdd.search.tokenize import Tokenizer, TokenizerConfig
+
+READ_LIMITER_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class Mailboxes:
+    indexer: Mailbox
+    bm25: Mailbox
+    vectors: Mailbox
+    embedder: Mailbox
+    watcher: Mailbox
+    embed_jobs: Mailbox
+
+
+@dataclass
+class Services:
+    config: Config
+    reader: sqlite3.Connection
+    actors: Mailboxes
+    supervisor: Supervisor
+    registry: ModelRegistry
+    shutdown: trio.Event
+    tokenizer: Tokenizer
+    started_at: float = field(default_factory=time.time)
+    files: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(READ_LIMITER_TOKENS))
+    """Document reads from disk, at most this many at once."""
+    door_statistics: Callable[[], dict[str, Any]] = dict
+    """The doors' counters for `status` (connections, requests, errors), set once the doors exist."""
+
+
+def make_services(config: Config, reader: sqlite3.Connection, actors: Mailboxes, supervisor: Supervisor,
+                  registry: ModelRegistry, shutdown: trio.Event) -> Services:
+    return Services(config, reader, actors, supervisor, registry, shutdown,
+                    Tokenizer(TokenizerConfig(stem=config.stem)))

@@ -1,0 +1,33 @@
+"""What search needs from the rest of the daemon, as a port: the search package orchestrates a query
+(filters, fusion, reranking, snippets) without knowing that actors answer these calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from pyroaring import BitMap
+
+from qmdd.search.bm25index import ChunkHit
+from qmdd.search.vectorindex import VectorHit
+
+
+class Retrievers(Protocol):
+    async def keywords(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
+                       explain: bool = False) -> tuple[list[str], list[ChunkHit]]:
+        """BM25: the query's terms and its best chunks."""
+        ...
+
+    async def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        """One normalised query vector per text."""
+        ...
+
+    async def nearest(self, vectors: np.ndarray[Any, Any], limit: int, collection_ids: list[int] | None,
+                      allowed: BitMap | None) -> list[list[VectorHit]]:
+        """The nearest chunks to each vector."""
+        ...
+
+    async def rerank(self, query: str, texts: Sequence[str]) -> list[float] | None:
+        """Each text's relevance to the query by the cross-encoder, or None when none is configured."""
+        ...
