@@ -44,8 +44,10 @@ log = logging.getLogger("qmdd.watcher")
 
 STEP_MS = 50
 """A change is handed on after this much quiet (or `debounce_ms` after the first change, at most)."""
-ROOT_CHECK_MS = 2000
-"""The notifier returns at least this often, to check the root is still there (a stop sets its event instead)."""
+ROOT_CHECK_MS = 250
+"""The notifier returns at least this often: its first return says it is in place (the catch-up rescan
+waits for it, and should not land seconds after an add), each one checks the root is still there (a
+stop sets its event instead). A wake-up costs a stat in the notifier's thread, no trip to trio's."""
 BURST_PATHS = 256
 """A batch this large is probably a checkout or a copy in progress: wait for it to settle first."""
 BURST_SETTLE_S = 0.3
@@ -334,8 +336,8 @@ class WatcherActor(DatabaseActor):
 def follow_root(root: str, key: RootKey, debounce_ms: int, stop: threading.Event,
                 take: Callable[[set[tuple[Change, str]]], None]) -> bool:
     """Follow `root` in this (dedicated) thread until `stop` is set (False) or the root vanishes or is
-    replaced (True). `take` runs in trio's thread with each batch of (kind, absolute path) changes, and
-    with an empty one at least every ROOT_CHECK_MS: the first call says the notifier is in place.
+    replaced (True). `take` runs in trio's thread with each batch of (kind, absolute path) changes, the
+    first (perhaps empty, within ROOT_CHECK_MS) saying the notifier is in place.
     Raises OSError when the root cannot be watched (e.g. the inotify watch limit)."""
     if faults.enabled:
         faults.check_os_error("watcher.notifier")
@@ -343,9 +345,12 @@ def follow_root(root: str, key: RootKey, debounce_ms: int, stop: threading.Event
                                rust_timeout=ROOT_CHECK_MS, yield_on_timeout=True, debug=False,
                                raise_interrupt=False, force_polling=False, recursive=True,
                                ignore_permission_denied=True)
+    in_place = False
     with contextlib.closing(batches):  # closes the notifier here, not whenever the generator is collected
         for changes in batches:
-            trio.from_thread.run_sync(take, changes)
+            if changes or not in_place:  # a timeout's empty batch only checks the root, here
+                in_place = True
+                trio.from_thread.run_sync(take, changes)
             if root_key(root) != key:
                 return True
     return False

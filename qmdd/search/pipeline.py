@@ -1,7 +1,7 @@
 """Keyword search orchestration: filters → BM25 (through the `Retrievers` port) → documents, contexts,
 snippets.
 
- SQLite reads here are a handful of rows by primary key,
+SQLite reads here are a handful of rows by primary key,
 cheap enough to run on the event loop. Snippets are not: a chunk may be one multi-megabyte line,
 so they are built in a worker thread.
 """
