@@ -181,6 +181,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", (
         Opt("no_watch", ("--no-watch",), "flag", False,
             "Do not watch collection roots for changes (index them with `qmdctl update`)."),
+        Opt("http", ("--http",), "str", None,
+            "Also serve the REST API over HTTP on HOST:PORT, e.g. 127.0.0.1:8181 (a bearer token guards it)."),
     ),
             effect="connect to the daemon; if none answers, start `python -m qmdd` detached and wait until it does"),
     Command(("daemon", "stop"), "Stop the daemon gracefully.", "daemon:stop", (),
@@ -188,6 +190,11 @@ COMMANDS: tuple[Command, ...] = (
             "to exit"),
     Command(("daemon", "status"), "Is the daemon running? Where are its socket and log?", "daemon:status", (),
             effect="try to connect to the daemon (never starting one) and report its pid, socket and log"),
+    Command(("http", "token"), "Print the HTTP door's bearer token (made if there is none).", "http:token", (
+        Opt("rotate", ("--rotate",), "flag", False, "Replace the token: the old one stops working at once."),
+    ),
+            effect="read the token file in the data directory (write it first if missing, or a new one with "
+            "--rotate); the daemon is not contacted"),
     # The service commands work out their --dry-run plan themselves: it names the unit files and commands.
     Command(("service", "install"), "Install qmdd as a systemd user service, started on demand by its socket.",
             "service:install", (
@@ -208,6 +215,7 @@ GROUP_HELP = {
     "collection": "Manage collections (named folders).",
     "context": "Describe paths for agents and people.",
     "daemon": "Control the background daemon.",
+    "http": "The HTTP door (`--http`): its bearer token.",
     "model": "Embedding and reranker models (offline; imported from local folders).",
     "service": "Run qmdd as a systemd user service (socket activation, journald, watchdog).",
 }

@@ -37,10 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     parser.add_argument("--no-watch", action="store_true",
                         help="do not watch collection roots (index changes with `qmdctl update`)")
+    parser.add_argument("--http", metavar="HOST:PORT", default=None,
+                        help="also serve the REST API over HTTP here, e.g. 127.0.0.1:8181 (bearer token needed)")
     parser.add_argument("--version", action="version", version=f"qmdd {__version__}")
     args = parser.parse_args(argv)
     try:
-        config = load_config({"log_level": args.log_level, "watch": False if args.no_watch else None})
+        config = load_config({"log_level": args.log_level, "watch": False if args.no_watch else None,
+                              "http_listen": args.http})
         setup_logging(config.log_level)
         trio.run(run_daemon, config)
     except KeyboardInterrupt:

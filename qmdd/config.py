@@ -44,6 +44,8 @@ class Config:
     """How often a missing root is looked for, and a root without inotify watches rescanned (x15)."""
     auto_embed: bool = True
     """Keep embedded, newest first, the collections the user chose with `qmdctl embed` (all, without `-c`)."""
+    http_listen: str = ""
+    """HOST:PORT of the HTTP door (REST), e.g. 127.0.0.1:8181; empty: no HTTP. Config file: [http] listen."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
@@ -103,6 +105,8 @@ def allowed_values(name: str) -> str:
         return "one of " + ", ".join(_CHOICES[name])
     if _TUNABLES[name] in ("bool", bool):
         return "true or false (also 1/0, yes/no, on/off)"
+    if name == "http_listen":
+        return "HOST:PORT, e.g. 127.0.0.1:8181 or [::1]:8181 (empty: no HTTP)"
     return "text"
 
 
@@ -145,6 +149,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             parsed = parsed.lower()
             if parsed not in _CHOICES[name]:
                 raise ValueError(value)
+        if name == "http_listen" and parsed:
+            listen_address(parsed)
     except (TypeError, ValueError, OverflowError):
         raise QmddError(ErrorCode.CONFIG_ERROR, f"{source}: {name} = {value!r} is not allowed: "
                         f"{name} must be {allowed_values(name)}",
@@ -171,6 +177,11 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
                 values[key] = _coerce(key, value, str(paths.config_file))
             elif not isinstance(value, dict):
                 raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: unknown setting {key!r}")
+        http = data.get("http", {})
+        if not isinstance(http, dict) or set(http) - {"listen"}:
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: [http] takes one setting, listen")
+        if "listen" in http:
+            values["http_listen"] = _coerce("http_listen", http["listen"], f"{paths.config_file} [http]")
     for key in _TUNABLES:
         env_value = env.get(f"QMDD_{key.upper()}")
         if env_value is not None:
@@ -179,3 +190,12 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
         if value is not None:
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
     return replace(Config(paths=paths), **values)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """(host, port) of an http_listen value: HOST:PORT, [IPv6]:PORT; port 0 takes a free one."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or any(c in host for c in "[]/ "):
+        raise ValueError(value)
+    return host, int(port)

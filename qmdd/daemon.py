@@ -21,7 +21,7 @@ from functools import partial
 import outcome
 import trio
 
-from qmdd import __version__
+from qmdd import __version__, ownfiles
 from qmdd.actors.base import Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embed_jobs import EmbedJobsActor
@@ -31,9 +31,9 @@ from qmdd.actors.messages import ScanCollections
 from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
-from qmdd.config import Config
+from qmdd.config import Config, listen_address
 from qmdd.methods.services import Mailboxes, make_services
-from qmdd.methods.table import method_table
+from qmdd.methods.table import MethodTable, method_table
 from qmdd.models.placement import embedding_runtime
 from qmdd.models.registry import ModelRegistry, load_model
 from qmdd.paths import Paths, ensure_private_dir
@@ -42,7 +42,9 @@ from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
 from qmdd.store import walguard
 from qmdd.store.db import connect, database_id, open_database
+from qmdd.tokens import TokenFile, ensure_token
 from qmdd.transports import listener, systemd
+from qmdd.transports.http import HttpDoor, is_loopback, open_http_socket, url_of
 from qmdd.transports.mcp_host import McpHost
 from qmdd.transports.rpc import RpcServer
 
@@ -142,7 +144,33 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
 STOP_ORDER = ("watcher", "embed_jobs", "indexer", "embedder", "vectors", "bm25")
 
 
+async def _serve_http(config: Config, table: MethodTable, sock: socket.socket, shutdown: trio.Event,
+                      nursery: trio.Nursery) -> HttpDoor:
+    """The HTTP door on its bound socket, its token made if there is none yet, its URL in the data dir."""
+    paths = config.paths
+    await trio.to_thread.run_sync(ensure_token, paths)
+    door = HttpDoor(table, TokenFile(paths), loopback=is_loopback(listen_address(config.http_listen)[0]))
+    url = url_of(sock)
+    await nursery.start(door.serve, sock, shutdown, config.shutdown_grace_s)
+    await trio.to_thread.run_sync(ownfiles.replace_file, str(paths.http_address), url + "\n")
+    log.info("HTTP door on %s", url)
+    return door
+
+
 async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStatus[None]) -> None:
+    paths = config.paths
+    # Bound first: a port in use is a clear error before anything starts.
+    http_sock = open_http_socket(config.http_listen) if config.http_listen else None
+    try:
+        await _serve_doors(config, sock, http_sock, task_status)
+    finally:
+        if http_sock is not None:
+            http_sock.close()
+            paths.http_address.unlink(missing_ok=True)
+
+
+async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.socket | None,
+                       task_status: trio.TaskStatus[None]) -> None:
     paths = config.paths
     db_id, wal_lost = await trio.to_thread.run_sync(open_index, paths)
     reader = connect(paths.database)
@@ -159,9 +187,12 @@ async def _serve(config: Config, sock: socket.socket, task_status: trio.TaskStat
             table = method_table(services)
             mcp = McpHost(table)
             rpc = RpcServer({**table, "mcp.session": mcp.session}, f"qmdd/{__version__}", config.frame_stall_s)
-            services.door_statistics = lambda: {**rpc.statistics(), "mcp": mcp.statistics()}
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
+                http = None if http_sock is None else await _serve_http(config, table, http_sock, shutdown,
+                                                                         connections)
+                services.door_statistics = lambda: {**rpc.statistics(), "mcp": mcp.statistics(),
+                                                    **({"http": http.statistics()} if http else {})}
                 async with trio.open_nursery() as accepting:
                     await accepting.start(partial(trio.serve_listeners, rpc.handle_connection, [server],
                                                   handler_nursery=connections))

@@ -16,6 +16,8 @@ Points:
   ``actor.vectors.SaveSnapshot`` (the end of an update), ``actor.embedder.ModelStatus`` (status,
   model list), ``actor.watcher.SyncWatches``.
 - ``embedder.query_batch`` / ``embedder.bulk_batch``: an embedder worker fails while holding a batch.
+- ``http.server``: the HTTP door's server ends with an error right after it starts listening, as
+  hypercorn's does when a connection's error escapes it: the door serves again on the same socket.
 - ``watcher.notifier`` (`check_os_error`): opening a root's inotify watches fails as at the kernel's
   watch limit (ENOSPC): the watcher falls back to periodic rescans.
 

@@ -52,6 +52,16 @@ class Paths:
         return self.data_dir / "qmdd.address"
 
     @property
+    def http_token(self) -> Path:
+        """The bearer token every HTTP request but /health must carry (mode 0600, made at first start)."""
+        return self.data_dir / "http-token"
+
+    @property
+    def http_address(self) -> Path:
+        """The URL the daemon's HTTP door listens on, while it does (its port, when 0 was asked for)."""
+        return self.data_dir / "qmdd.http"
+
+    @property
     def database(self) -> Path:
         return self.data_dir / "index.sqlite"
 

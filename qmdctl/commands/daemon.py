@@ -44,12 +44,18 @@ def start(inv: Invocation) -> int:
         environ = dict(os.environ if client.environ is None else client.environ)
         if inv.args.get("no_watch"):
             environ["QMDD_WATCH"] = "0"
+        if inv.args.get("http"):
+            environ["QMDD_HTTP_LISTEN"] = inv.args["http"]
         start_daemon(client.paths, environ)
         client.try_connect()
     info = {"running": True, "started": not already, "pid": client.server.get("pid"),
-            "socket": client.socket_path}
+            "socket": client.socket_path, "http": ownfiles.read_record(str(client.paths.http_address))}
+    if already and inv.args.get("http") and info["http"] is None:
+        inv.output.warn("warning: the daemon was already running, without HTTP; restart it with "
+                        "`qmdctl daemon stop` to serve HTTP", None)
     inv.output.value(info, lambda i: inv.output.line(
-        f"qmdd {'started' if i['started'] else 'already running'} (pid {i['pid']}) on {i['socket']}"))
+        f"qmdd {'started' if i['started'] else 'already running'} (pid {i['pid']}) on {i['socket']}"
+        + (f"\n  http: {i['http']}" if i["http"] else "")))
     return 0
 
 

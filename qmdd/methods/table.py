@@ -38,3 +38,12 @@ async def invoke(table: MethodTable, method: str, params: dict[str, Any]) -> tup
 
     value = await handler(validate_params(method, params), Call(collect))
     return value, items
+
+
+def whole(answer: Any, items: list[tuple[str, Any]]) -> Any:
+    """A method's answer with the list it streamed (see `stream_long_list`) joined back in, for doors
+    that reply in one piece."""
+    if isinstance(answer, dict) and "streamed" in answer:
+        key = answer.pop("streamed")
+        answer[key] = [entry for kind, batch in items if kind == key for entry in batch]
+    return answer

@@ -51,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     DAEMON_START_FAILED = "DAEMON_START_FAILED"
     TIMEOUT = "TIMEOUT"
     FILE_UNREADABLE = "FILE_UNREADABLE"
+    UNAUTHORIZED = "UNAUTHORIZED"
 
     @property
     def spec(self) -> ErrorSpec:
@@ -106,6 +107,8 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
         "The daemon is busy or stuck; retry, or restart it with `qmdctl daemon stop`.",)),
     ErrorCode.FILE_UNREADABLE: ErrorSpec(422, "File unreadable", 32, (
         "The file is binary, not UTF-8, or not readable; it is skipped until fixed.",)),
+    ErrorCode.UNAUTHORIZED: ErrorSpec(401, "Unauthorized", 33, (
+        "Send `Authorization: Bearer TOKEN`; `qmdctl http token` prints the token.",)),
 }
 
 

@@ -16,7 +16,7 @@ from mcp_types import ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
-from qmdd.methods.table import MethodTable, invoke
+from qmdd.methods.table import MethodTable, invoke, whole
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 MAX_RESULTS = 100
@@ -87,7 +87,7 @@ async def call_tool_method(table: MethodTable, method: str,
 
 
 def _hits(answer: dict[str, Any], items: list[tuple[str, Any]]) -> list[Hit]:
-    results = answer["results"] or [r for kind, batch in items if kind == "results" for r in batch]
+    results = whole(answer, items)["results"]
     return [Hit(docid=r["docid"], score=r["score"], file=r["file"], line=r["line"], title=r["title"],
                 context=r.get("context"), snippet=r["snippet"]) for r in results]
 

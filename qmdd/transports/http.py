@@ -1,0 +1,301 @@
+"""The HTTP door: a REST API over the same method table as the socket and MCP, served by hypercorn on
+trio (Starlette routes; both are anyio underneath).
+
+    GET  /health                 liveness, no token needed
+    GET  /collections            collection.list
+    GET  /stats                  status
+    POST /search /vsearch /query a JSON object of the method's parameters (qmd's `collection` and
+                                 `minScore` too); the reply is the method's answer, streamed parts joined
+    GET  /documents/{target}     get: COLLECTION/PATH or %23DOCID, ?from_line=&max_lines=
+
+Everything but /health needs `Authorization: Bearer TOKEN` (the token file, compared in constant time).
+Bound to loopback, the door also refuses a Host or Origin that is not loopback: a web page the user
+visits cannot reach it through DNS rebinding. Errors are RFC 7807 problem details carrying qmdd's code,
+hints and trace id, with the status from the error catalogue.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+import outcome
+import trio
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from qmdd import __version__, faults
+from qmdd.config import listen_address
+from qmdd.methods.call import trace_id_var
+from qmdd.methods.table import MethodTable, invoke, whole
+from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
+from qmdd.protocol.wire import METHODS
+from qmdd.tokens import TokenFile
+
+log = logging.getLogger("qmdd.http")
+
+MAX_BODY_BYTES = 1 << 20
+"""A search body is a query and a few options: a larger one is refused before it is read."""
+SEARCH_METHODS = ("search", "vsearch", "query")
+QMD_ALIASES = {"minScore": "min_score"}
+"""qmd's HTTP field names, accepted beside ours (`collection` too: a name or a list)."""
+PROBLEM_TYPE = "urn:qmdd:error:"
+"""Followed by the code: one problem type per stable error code."""
+
+RESTART_PAUSE_S = 0.05
+"""Between an HTTP server that ended on a connection's error and the next: bounds a crash loop a client
+could drive."""
+
+CLIENT_GONE = (ClientDisconnect, trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
+"""The client went away: its request ends unanswered. BusyResourceError too, as hypercorn's trio worker
+half-closes a connection the client half-closed while the reply is still being sent."""
+
+Endpoint = Callable[[Request], Awaitable[Any]]
+
+
+@dataclass
+class HttpStats:
+    requests: int = 0
+    restarts: int = 0
+    disconnects: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_http_socket(listen: str) -> socket.socket:
+    """The listening socket, bound before the daemon says it is ready: a port in use is a clear error
+    at start, not a crash later."""
+    host, port = listen_address(listen)
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"cannot listen for HTTP on {listen}: {exc.strerror or exc}",
+                        hints=("Pick another port with --http HOST:PORT (or [http] listen in the config file).",)
+                        ) from None
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def problem(error: QmddError, trace_id: str) -> JSONResponse:
+    spec = error.code.spec
+    body: dict[str, Any] = {"type": PROBLEM_TYPE + str(error.code), "title": spec.title, "status": spec.status,
+                            "detail": error.message, "code": str(error.code), "recovery_hints": list(error.hints),
+                            "trace_id": trace_id}
+    if error.details:
+        body["details"] = error.details
+    headers = {"x-trace-id": trace_id}
+    if error.code is ErrorCode.UNAUTHORIZED:
+        headers["www-authenticate"] = 'Bearer realm="qmdd"'
+    return JSONResponse(body, status_code=spec.status, media_type="application/problem+json", headers=headers)
+
+
+def _host_name(host_header: str) -> str:
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0]
+    return host_header.rpartition(":")[0] if host_header.count(":") == 1 else host_header
+
+
+def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
+    params = {QMD_ALIASES.get(key, key): value for key, value in body.items() if key != "collection"}
+    if "collection" in body:
+        named = body["collection"]
+        params["collections"] = [named] if isinstance(named, str) else named
+    unknown = set(params) - set(METHODS[method])
+    if unknown:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown field(s) for {method}: {sorted(unknown)}")
+    return params
+
+
+class HttpDoor:
+    def __init__(self, table: MethodTable, tokens: TokenFile, *, loopback: bool) -> None:
+        self.table = table
+        self.tokens = tokens
+        self.loopback = loopback
+        self.stats = HttpStats()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"requests": self.stats.requests, "errors": dict(self.stats.errors), "restarts": self.stats.restarts,
+                "disconnects": self.stats.disconnects}
+
+    def app(self) -> Callable[[Any, Any, Any], Awaitable[None]]:
+        routes = [Route("/health", self._endpoint(self._health, public=True)),
+                  Route("/collections", self._endpoint(self._call("collection.list"))),
+                  Route("/stats", self._endpoint(self._call("status"))),
+                  Route("/documents/{target:path}", self._endpoint(self._document))]
+        routes += [Route(f"/{method}", self._endpoint(self._search(method)), methods=["POST"])
+                   for method in SEARCH_METHODS]
+        routed = Starlette(routes=routes)
+
+        async def asgi(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await routed(scope, receive, send)
+            except CLIENT_GONE:  # the client left mid-request: there is nobody to answer
+                self.stats.disconnects += 1
+        return asgi
+
+    async def serve(self, sock: socket.socket, shutdown: trio.Event, grace_s: float, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until `shutdown`, and supervise the server: hypercorn's trio worker can end on a
+        connection's error (a client that half-closes while a reply is being sent raises in its
+        connection task, and that ends `serve`). Then it is started again on the same socket, after a
+        short pause; the other doors never notice."""
+        import hypercorn.config
+        import hypercorn.trio
+
+        config = hypercorn.config.Config()
+        config.accesslog = None
+        config.errorlog = log
+        config.graceful_timeout = grace_s
+        config.keep_alive_timeout = 30.0
+        config.read_timeout = 30  # a client that stops sending mid-request loses its connection
+        config.include_server_header = False
+        app: Any = self.app()  # an ASGI app; hypercorn's own type for one is narrower
+
+        ready = _ReadyOnce(task_status)
+
+        async def serve_once() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown.wait))
+                ready.started()
+                if faults.enabled:
+                    faults.check("http.server")  # ends the server as a connection's error inside it would
+
+        while True:
+            # hypercorn closes the socket it serves on: it gets a duplicate, ours stays open for the next.
+            config.bind = [f"fd://{os.dup(sock.fileno())}"]
+            ended = await outcome.acapture(serve_once)
+            if shutdown.is_set():
+                ended.unwrap()
+                return
+            if isinstance(ended, outcome.Error) and not isinstance(ended.error, Exception):
+                ended.unwrap()  # Cancelled: never swallowed
+            self.stats.restarts += 1
+            log.error("HTTP server ended (%s); serving again", repr(ended.error)[:300]
+                      if isinstance(ended, outcome.Error) else "it returned")
+            await trio.sleep(RESTART_PAUSE_S)
+
+    # --- the one per-request handler --------------------------------------------------------------
+
+    def _endpoint(self, fn: Endpoint, *, public: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            self.stats.requests += 1
+            given = request.headers.get("x-trace-id", "")
+            trace_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex[:16]
+            trace_id_var.set(trace_id)
+            try:
+                self._check_origin(request)
+                if not public:
+                    self._check_token(request)
+                value = await fn(request)
+            except Exception as exc:  # the per-request handler: a typed error reply, the door carries on
+                if isinstance(exc, CLIENT_GONE):
+                    raise
+                error = unwrap_error(exc)
+                if error is None:
+                    log.exception("HTTP %s %s failed", request.method, request.url.path)
+                    error = QmddError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                self.stats.errors[str(error.code)] = self.stats.errors.get(str(error.code), 0) + 1
+                return problem(error, trace_id)
+            return JSONResponse(value, headers={"x-trace-id": trace_id})
+        return handle
+
+    def _check_origin(self, request: Request) -> None:
+        if not self.loopback:
+            return
+        host = _host_name(request.headers.get("host", ""))
+        origin = request.headers.get("origin")
+        origin_host = urlsplit(origin).hostname or "" if origin and origin != "null" else "localhost"
+        if not (is_loopback(host) and is_loopback(origin_host)):
+            raise QmddError(ErrorCode.PERMISSION_DENIED, "this door serves loopback hosts and origins only",
+                            hints=("Call it as http://127.0.0.1:PORT or http://localhost:PORT.",))
+
+    def _check_token(self, request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        token = self.tokens.current()
+        if token is None or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                                    token.encode()):
+            raise QmddError(ErrorCode.UNAUTHORIZED, "a valid bearer token is required")
+
+    # --- endpoints --------------------------------------------------------------------------------
+
+    async def _health(self, request: Request) -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    def _call(self, method: str) -> Endpoint:
+        async def call(request: Request) -> Any:
+            return whole(*await invoke(self.table, method, {}))
+        return call
+
+    def _search(self, method: str) -> Endpoint:
+        async def search(request: Request) -> Any:
+            body = await self._json_body(request)
+            return whole(*await invoke(self.table, method, search_params(method, body)))
+        return search
+
+    async def _document(self, request: Request) -> Any:
+        target = request.path_params["target"]
+        params: dict[str, Any] = {"target": target if target.startswith("#") else f"qmd://{target}"}
+        for name in ("from_line", "max_lines"):
+            value = request.query_params.get(name)
+            if value is not None:
+                if not value.isdigit():
+                    raise QmddError(ErrorCode.INVALID_INPUT, f"{name} must be a whole number, not {value!r:.40}")
+                params[name] = int(value)
+        answer, _ = await invoke(self.table, "get", params)
+        return answer
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        # Read, not refused on its declared length: hypercorn's trio worker ends when a reply is sent
+        # while the client half-closes with the body unsent (see `serve`).
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_BODY_BYTES:
+                raise _too_large()
+        try:
+            value = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"the body is not JSON: {exc}"[:300]) from None
+        if not isinstance(value, dict):
+            raise QmddError(ErrorCode.INVALID_INPUT, "the body must be a JSON object of parameters")
+        return value
+
+
+def _too_large() -> QmddError:
+    return QmddError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {MAX_BODY_BYTES} bytes",
+                     hints=("Send a query and its options only.",))
+
+
+class _ReadyOnce:
+    """The door's readiness, said once: when its first server is listening."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self._status: trio.TaskStatus[None] | None = status
+
+    def started(self) -> None:
+        if self._status is not None:
+            self._status.started()
+            self._status = None

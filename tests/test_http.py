@@ -1,0 +1,165 @@
+"""The HTTP door against a real daemon, with a real HTTP client (httpx): the same answers as the socket,
+the token on everything but /health, loopback-only Host and Origin, problem details for bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from qmdd.tokens import read_token
+from qmdd.transports.http import MAX_BODY_BYTES
+from tests.conftest import Env
+
+
+@pytest.fixture
+def door(env: Env, notes: Path) -> Iterator[httpx.Client]:
+    """A daemon serving HTTP on a free loopback port, `notes` indexed; a client carrying its token."""
+    started = env.json("daemon", "start", "--http", "127.0.0.1:0")
+    env.run("collection", "add", str(notes), "--name", "notes")
+    url = started["http"]
+    assert url is not None and url.startswith("http://127.0.0.1:")
+    assert env.paths.http_token.stat().st_mode & 0o777 == 0o600
+    token = read_token(env.paths)
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30) as client:
+        yield client
+
+
+def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert (body["status"], body["code"], body["type"]) == (status, code, f"urn:qmdd:error:{code}")
+    assert body["recovery_hints"] and body["trace_id"] == response.headers["x-trace-id"]
+    return body
+
+
+def test_search_answers_as_the_socket_does(door: httpx.Client, env: Env) -> None:
+    over_http = door.post("/search", json={"query": "sqlite wal", "collection": "notes", "limit": 3})
+    assert over_http.status_code == 200, over_http.text
+    over_socket = env.client().call("search", {"query": "sqlite wal", "collections": ["notes"], "limit": 3})
+    assert over_http.json() == over_socket
+    assert [r["file"] for r in over_http.json()["results"]] == ["qmd://notes/beta.md"]
+    # qmd's field names are accepted beside ours.
+    assert door.post("/search", json={"query": "gnome", "minScore": 0.99}).json()["results"] == []
+
+
+def test_long_result_lists_come_back_whole(door: httpx.Client, env: Env, notes: Path) -> None:
+    for i in range(620):  # above the 500 a reply streams in parts
+        (notes / f"bulk{i}.md").write_text(f"# Bulk {i}\n\nzebra number {i}\n")
+    env.run("update")
+    answer = door.post("/search", json={"query": "zebra", "limit": 1000}).json()
+    assert len(answer["results"]) == 620 and "streamed" not in answer
+
+
+def test_documents_collections_stats_and_health(door: httpx.Client) -> None:
+    doc = door.get("/documents/notes/projects/gamma.md", params={"from_line": 6, "max_lines": 2}).json()
+    assert (doc["file"], doc["from_line"], doc["body"]) == ("qmd://notes/projects/gamma.md", 6,
+                                                             "\nQuarterly plan: ship the daemon.")
+    by_docid = door.get(f"/documents/{doc['docid'].replace('#', '%23')}").json()
+    assert by_docid["file"] == doc["file"]
+    assert [c["name"] for c in door.get("/collections").json()] == ["notes"]
+    stats = door.get("/stats").json()
+    assert stats["rpc"]["http"]["requests"] >= 4
+    health = httpx.get(f"{str(door.base_url).rstrip('/')}/health")  # no token needed
+    assert health.json()["status"] == "ok"
+
+
+def test_the_token_is_required_and_rotates(door: httpx.Client, env: Env) -> None:
+    url = str(door.base_url).rstrip("/")
+    problem(httpx.get(f"{url}/collections"), 401, "UNAUTHORIZED")
+    assert httpx.get(f"{url}/collections").headers["www-authenticate"].startswith("Bearer")
+    problem(httpx.get(f"{url}/collections", headers={"authorization": "Bearer nope"}), 401, "UNAUTHORIZED")
+    problem(httpx.post(f"{url}/search", json={"query": "x"}, headers={"authorization": "Basic eDp5"}), 401,
+            "UNAUTHORIZED")
+    rotated = env.json("http", "token", "--rotate")
+    assert rotated["rotated"] and rotated["url"] == url
+    problem(door.get("/collections"), 401, "UNAUTHORIZED")  # the old token stops working at once
+    fresh = httpx.get(f"{url}/collections", headers={"authorization": f"Bearer {rotated['token']}"})
+    assert fresh.status_code == 200
+    assert env.run("http", "token").stdout.strip() == rotated["token"]
+
+
+def test_loopback_door_refuses_foreign_hosts_and_origins(door: httpx.Client) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own Host and Origin."""
+    problem(door.get("/collections", headers={"host": "evil.example"}), 403, "PERMISSION_DENIED")
+    problem(door.post("/search", json={"query": "x"}, headers={"origin": "http://evil.example"}), 403,
+            "PERMISSION_DENIED")
+    port = door.base_url.port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert door.get("/collections", headers={"host": host, "origin": f"http://{host}"}).status_code == 200
+
+
+def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Client) -> None:
+    problem(door.post("/search", content=b"{not json"), 400, "INVALID_INPUT")
+    problem(door.post("/search", json=["query"]), 400, "INVALID_INPUT")
+    problem(door.post("/search", json={}), 400, "INVALID_INPUT")  # query is required
+    problem(door.post("/search", json={"query": "x", "cwd": "/etc"}), 400, "INVALID_INPUT")
+    problem(door.post("/search", json={"query": "x", "limit": "many"}), 400, "INVALID_INPUT")
+    problem(door.post("/search", json={"query": "x", "collection": "nope"}), 404, "COLLECTION_NOT_FOUND")
+    problem(door.post("/search", content=b" " * (MAX_BODY_BYTES + 1)), 413, "FRAME_TOO_LARGE")
+    problem(door.get("/documents/notes/missing.md"), 404, "NOT_FOUND")
+    problem(door.get("/documents/notes/alpha.md", params={"max_lines": "-1"}), 400, "INVALID_INPUT")
+    assert door.get("/search").status_code == 405
+    assert door.get("/no/such/endpoint").status_code == 404
+    assert door.post("/search", json={"query": "alpha"}).json()["results"]
+
+
+def test_clients_that_leave_mid_request_never_stop_the_door(door: httpx.Client) -> None:
+    """Garbage, bodies cut short, bodies declared huge, each half-closed at once: every connection ends
+    one way or another, the door keeps serving, and nothing is logged as a bug."""
+    auth = f"Authorization: {door.headers['authorization']}\r\n".encode()
+    post = b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    sends = [b"\x00\xffGARBAGE\r\n\r\n", post + auth + b"Content-Length: 999999999\r\n\r\n",
+             post + b"Content-Length: 99\r\n\r\n{", post + auth + b"Content-Length: 50\r\n\r\n{\"query\"",
+             post + auth + b"Content-Length: 2097152\r\n\r\n" + b" " * (MAX_BODY_BYTES + 4096)]
+    for i in range(60):
+        with socket.create_connection((door.base_url.host, door.base_url.port), timeout=10) as raw, \
+                contextlib.suppress(OSError):
+            raw.sendall(sends[i % len(sends)])
+            raw.shutdown(socket.SHUT_WR)
+            raw.recv(4096)
+    assert door.post("/search", json={"query": "alpha"}).json()["results"]
+    assert door.get("/stats").json()["rpc"]["http"]["errors"].get("INTERNAL", 0) == 0
+
+
+def test_the_daemon_refuses_to_start_on_a_port_in_use(env: Env) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = env.run("daemon", "start", "--http", f"127.0.0.1:{port}", check=False)
+    assert proc.returncode != 0
+    assert "CONFIG_ERROR" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr, proc.stderr
+
+
+def test_a_bad_listen_value_is_a_config_error(env: Env) -> None:
+    (env.paths.config_file.parent).mkdir(parents=True, exist_ok=True)
+    env.paths.config_file.write_text('[http]\nlisten = "no-port"\n')
+    proc = env.run("daemon", "start", check=False)
+    assert proc.returncode != 0 and "http_listen" in proc.stderr, proc.stderr
+    env.paths.config_file.write_text('[http]\nlisten = "127.0.0.1:0"\n')
+    started = env.json("daemon", "start")
+    assert json.dumps(started["http"]).startswith('"http://127.0.0.1:')
+
+
+def test_a_server_that_ends_is_started_again_on_the_same_socket(env: Env, notes: Path) -> None:
+    env.vars["QMDD_FAULTS"] = "http.server=2"
+    started = env.json("daemon", "start", "--http", "127.0.0.1:0")
+    token = read_token(env.paths)
+    with httpx.Client(base_url=started["http"], headers={"authorization": f"Bearer {token}"}, timeout=30) as client:
+        for _ in range(200):  # the two restarts take a pause of 50 ms each
+            with contextlib.suppress(httpx.TransportError):
+                if client.get("/stats").json()["rpc"]["http"]["restarts"] == 2:
+                    break
+            time.sleep(0.05)
+        stats = client.get("/stats").json()["rpc"]["http"]
+    assert stats["restarts"] == 2
+    assert "HTTP server ended" in (env.paths.log_file.read_text())
