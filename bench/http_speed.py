@@ -1,7 +1,8 @@
 """The HTTP door against the socket RPC, on one real daemon serving both (tldr English pages).
 
 Prints: `search` p50/p95 over the socket (warm connection) and as `POST /search` (keep-alive, through
-httpx and through the stdlib's http.client, whose client side costs less); throughput and p95 with 32
+httpx and through the stdlib's http.client, whose client side costs less); a warm MCP `search` tool call
+over streamable HTTP (the SDK's client); throughput and p95 with 32
 concurrent keep-alive clients; the daemon's idle CPU with the door open; and a burst of 1,000
 malformed requests (bad JSON, oversized declared bodies, garbage, half-sent headers held open) after
 which the door must still answer.
@@ -74,6 +75,27 @@ def concurrent_clients(url: str, token: str, queries: list[str], clients: int) -
     return latencies, time.perf_counter() - t0
 
 
+def mcp_calls(url: str, token: str, queries: list[str]) -> str:
+    import httpx2
+    import trio
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def session() -> list[float]:
+        async with httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=30) as http_client, \
+                streamable_http_client(f"{url}/mcp", http_client=http_client) as streams, \
+                ClientSession(streams[0], streams[1]) as client:
+            await client.initialize()
+            out = []
+            for q in queries:
+                t0 = time.perf_counter()
+                await client.call_tool("search", {"query": q, "limit": 5})
+                out.append(time.perf_counter() - t0)
+            return out[20:]
+
+    return ms(trio.run(session))
+
+
 def malformed_burst(host: str, port: int, token: str, n: int) -> dict[str, int]:
     """n bad requests, one connection each; 50 half-sent header blocks stay open meanwhile."""
     auth = f"Authorization: Bearer {token}\r\n"
@@ -139,6 +161,8 @@ def main() -> int:
         base = statistics.median(over_socket) * 1000
         print(f"  HTTP minus socket, p50: httpx {statistics.median(over_httpx) * 1000 - base:+.2f} ms, "
               f"http.client {statistics.median(over_stdlib) * 1000 - base:+.2f} ms")
+
+        print(f"MCP over HTTP (/mcp, SDK client), warm `search` tool call: {mcp_calls(url, token, queries[:200])}")
 
         lat, wall = concurrent_clients(url, token, queries * 4, args.clients)
         print(f"{args.clients} concurrent keep-alive clients (httpx, threads here): {len(lat) / wall:,.0f} req/s, "

@@ -144,12 +144,13 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
 STOP_ORDER = ("watcher", "embed_jobs", "indexer", "embedder", "vectors", "bm25")
 
 
-async def _serve_http(config: Config, table: MethodTable, sock: socket.socket, shutdown: trio.Event,
-                      nursery: trio.Nursery) -> HttpDoor:
+async def _serve_http(config: Config, table: MethodTable, mcp: McpHost, sock: socket.socket,
+                      shutdown: trio.Event, nursery: trio.Nursery) -> HttpDoor:
     """The HTTP door on its bound socket, its token made if there is none yet, its URL in the data dir."""
     paths = config.paths
     await trio.to_thread.run_sync(ensure_token, paths)
-    door = HttpDoor(table, TokenFile(paths), loopback=is_loopback(listen_address(config.http_listen)[0]))
+    door = HttpDoor(table, TokenFile(paths), loopback=is_loopback(listen_address(config.http_listen)[0]),
+                    mcp_app=mcp.http_app)
     url = url_of(sock)
     await nursery.start(door.serve, sock, shutdown, config.shutdown_grace_s)
     await trio.to_thread.run_sync(ownfiles.replace_file, str(paths.http_address), url + "\n")
@@ -189,7 +190,7 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
             rpc = RpcServer({**table, "mcp.session": mcp.session}, f"qmdd/{__version__}", config.frame_stall_s)
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
-                http = None if http_sock is None else await _serve_http(config, table, http_sock, shutdown,
+                http = None if http_sock is None else await _serve_http(config, table, mcp, http_sock, shutdown,
                                                                          connections)
                 services.door_statistics = lambda: {**rpc.statistics(), "mcp": mcp.statistics(),
                                                     **({"http": http.statistics()} if http else {})}

@@ -163,3 +163,31 @@ def test_a_server_that_ends_is_started_again_on_the_same_socket(env: Env, notes:
         stats = client.get("/stats").json()["rpc"]["http"]
     assert stats["restarts"] == 2
     assert "HTTP server ended" in (env.paths.log_file.read_text())
+
+
+def test_mcp_over_http_serves_the_same_tools(door: httpx.Client) -> None:
+    """The official SDK's streamable-HTTP client, under trio: initialize, list the tools, call one; and
+    the endpoint takes the same token as the rest."""
+    import httpx2
+    import trio
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    url = str(door.base_url).rstrip("/") + "/mcp"
+    problem(httpx.post(url, json={}), 401, "UNAUTHORIZED")
+
+    async def session() -> tuple[str, list[str], Any]:
+        with trio.fail_after(60):
+            async with httpx2.AsyncClient(headers={"authorization": door.headers["authorization"]},
+                                          timeout=30) as http_client, \
+                    streamable_http_client(url, http_client=http_client) as streams, \
+                    ClientSession(streams[0], streams[1]) as client:
+                init = await client.initialize()
+                tools = await client.list_tools()
+                found = await client.call_tool("search", {"query": "sqlite wal", "collection": "notes"})
+                return init.instructions or "", [t.name for t in tools.tools], found.structured_content
+
+    instructions, tools, found = trio.run(session)
+    assert "- notes (qmd://notes/)" in instructions
+    assert set(tools) == {"search", "vsearch", "query", "get", "multi_get", "status"}
+    assert [r["file"] for r in found["results"]] == ["qmd://notes/beta.md"]

@@ -130,11 +130,17 @@ def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 class HttpDoor:
-    def __init__(self, table: MethodTable, tokens: TokenFile, *, loopback: bool) -> None:
+    def __init__(self, table: MethodTable, tokens: TokenFile, *, loopback: bool,
+                 mcp_app: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.table = table
         self.tokens = tokens
         self.loopback = loopback
         self.stats = HttpStats()
+        # MCP over HTTP: the SDK's app, built on the first /mcp request (importing the SDK takes ~1 s).
+        self._make_mcp_app = mcp_app
+        self._mcp_app: Any = None
+        self._mcp_building = trio.Lock()
+        self._nursery: trio.Nursery | None = None
 
     def statistics(self) -> dict[str, Any]:
         return {"requests": self.stats.requests, "errors": dict(self.stats.errors), "restarts": self.stats.restarts,
@@ -151,10 +157,30 @@ class HttpDoor:
 
         async def asgi(scope: Any, receive: Any, send: Any) -> None:
             try:
-                await routed(scope, receive, send)
+                if scope["type"] == "http" and scope["path"] == "/mcp" and self._make_mcp_app is not None:
+                    await self._mcp(scope, receive, send)
+                else:
+                    await routed(scope, receive, send)
             except CLIENT_GONE:  # the client left mid-request: there is nobody to answer
                 self.stats.disconnects += 1
         return asgi
+
+    async def _mcp(self, scope: Any, receive: Any, send: Any) -> None:
+        """The MCP endpoint: checked as every other, then handed to the SDK's app."""
+        checked = await self._endpoint(self._mcp_app_ready)(Request(scope, receive))
+        if checked.status_code != 200:
+            await checked(scope, receive, send)
+            return
+        await self._mcp_app(scope, receive, send)
+
+    async def _mcp_app_ready(self, request: Request) -> dict[str, Any]:
+        assert self._make_mcp_app is not None and self._nursery is not None
+        async with self._mcp_building:
+            if self._mcp_app is None:
+                app = await self._make_mcp_app()
+                await self._nursery.start(_run_lifespan, app)
+                self._mcp_app = app
+        return {}
 
     async def serve(self, sock: socket.socket, shutdown: trio.Event, grace_s: float, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -183,19 +209,21 @@ class HttpDoor:
                 if faults.enabled:
                     faults.check("http.server")  # ends the server as a connection's error inside it would
 
-        while True:
-            # hypercorn closes the socket it serves on: it gets a duplicate, ours stays open for the next.
-            config.bind = [f"fd://{os.dup(sock.fileno())}"]
-            ended = await outcome.acapture(serve_once)
-            if shutdown.is_set():
-                ended.unwrap()
-                return
-            if isinstance(ended, outcome.Error) and not isinstance(ended.error, Exception):
-                ended.unwrap()  # Cancelled: never swallowed
-            self.stats.restarts += 1
-            log.error("HTTP server ended (%s); serving again", repr(ended.error)[:300]
-                      if isinstance(ended, outcome.Error) else "it returned")
-            await trio.sleep(RESTART_PAUSE_S)
+        async with trio.open_nursery() as self._nursery:  # for the MCP app's session manager
+            while True:
+                # hypercorn closes the socket it serves on: it gets a duplicate, ours stays open for the next.
+                config.bind = [f"fd://{os.dup(sock.fileno())}"]
+                ended = await outcome.acapture(serve_once)
+                if shutdown.is_set():
+                    self._nursery.cancel_scope.cancel()
+                    ended.unwrap()
+                    return
+                if isinstance(ended, outcome.Error) and not isinstance(ended.error, Exception):
+                    ended.unwrap()  # Cancelled: never swallowed
+                self.stats.restarts += 1
+                log.error("HTTP server ended (%s); serving again", repr(ended.error)[:300]
+                          if isinstance(ended, outcome.Error) else "it returned")
+                await trio.sleep(RESTART_PAUSE_S)
 
     # --- the one per-request handler --------------------------------------------------------------
 
@@ -299,3 +327,10 @@ class _ReadyOnce:
         if self._status is not None:
             self._status.started()
             self._status = None
+
+
+async def _run_lifespan(app: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A mounted Starlette app's lifespan (the MCP session manager), for as long as the door serves."""
+    async with app.router.lifespan_context(app):
+        task_status.started()
+        await trio.sleep_forever()
