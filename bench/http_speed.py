@@ -132,7 +132,8 @@ def main() -> int:
     if not tldr.is_dir():
         raise SystemExit("run bench/speed.py once first: it extracts the tldr pages to bench/.cache/tldr-en")
     queries = sample_queries(sorted(tldr.rglob("*.md")), args.queries, 7)
-    with bench_daemon("qmdd-http-", QMDD_LOG_LEVEL="warning", QMDD_HTTP_LISTEN="127.0.0.1:0") as (client, _):
+    with bench_daemon("qmdd-http-", QMDD_LOG_LEVEL="warning", QMDD_HTTP_LISTEN="127.0.0.1:0",
+                      QMDD_HTTP_RATE_PER_MINUTE="0") as (client, _):
         client.call("collection.add", {"path": str(tldr), "name": "tldr"})
         url = ownfiles.read_record(str(client.paths.http_address))
         token = read_token(client.paths)

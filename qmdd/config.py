@@ -46,9 +46,15 @@ class Config:
     """Keep embedded, newest first, the collections the user chose with `qmdctl embed` (all, without `-c`)."""
     http_listen: str = ""
     """HOST:PORT of the HTTP door (REST), e.g. 127.0.0.1:8181; empty: no HTTP. Config file: [http] listen."""
+    http_rate_per_minute: float = 60.0
+    """HTTP requests a client (by address) may make per minute, after its burst; 0: no limit. [http] rate_per_minute."""
+    http_burst: int = 10
+    """HTTP requests a client may make at once before the rate applies. [http] burst."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
+_HTTP_KEYS = {"listen": "http_listen", "rate_per_minute": "http_rate_per_minute", "burst": "http_burst"}
+"""The [http] table of the config file: key there -> setting."""
 
 # Largest file the size guard may admit: a `get` reply carries the whole file in one frame.
 MAX_FILE_BYTES_LIMIT = MAX_FRAME_BYTES - 1024 * 1024
@@ -87,6 +93,8 @@ _RANGES: dict[str, _Range] = {
     "model_idle_unload_s": _Range(0.0, 7 * 86400.0, " (seconds; 0 keeps models loaded)"),
     "watch_debounce_ms": _Range(0, 60_000, " (milliseconds)"),
     "watch_poll_s": _Range(0.1, 3600.0, " (seconds)"),
+    "http_rate_per_minute": _Range(0.0, 1e6, " (0: no limit)"),
+    "http_burst": _Range(1, 1_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),
@@ -178,10 +186,11 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
             elif not isinstance(value, dict):
                 raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: unknown setting {key!r}")
         http = data.get("http", {})
-        if not isinstance(http, dict) or set(http) - {"listen"}:
-            raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: [http] takes one setting, listen")
-        if "listen" in http:
-            values["http_listen"] = _coerce("http_listen", http["listen"], f"{paths.config_file} [http]")
+        if not isinstance(http, dict) or set(http) - set(_HTTP_KEYS):
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: [http] takes "
+                            f"{', '.join(_HTTP_KEYS)}")
+        for key, value in http.items():
+            values[_HTTP_KEYS[key]] = _coerce(_HTTP_KEYS[key], value, f"{paths.config_file} [http]")
     for key in _TUNABLES:
         env_value = env.get(f"QMDD_{key.upper()}")
         if env_value is not None:

@@ -46,6 +46,7 @@ from qmdd.tokens import TokenFile, ensure_token
 from qmdd.transports import listener, systemd
 from qmdd.transports.http import HttpDoor, is_loopback, open_http_socket, url_of
 from qmdd.transports.mcp_host import McpHost
+from qmdd.transports.ratelimit import RateLimiter
 from qmdd.transports.rpc import RpcServer
 
 log = logging.getLogger("qmdd.daemon")
@@ -150,7 +151,7 @@ async def _serve_http(config: Config, table: MethodTable, mcp: McpHost, sock: so
     paths = config.paths
     await trio.to_thread.run_sync(ensure_token, paths)
     door = HttpDoor(table, TokenFile(paths), loopback=is_loopback(listen_address(config.http_listen)[0]),
-                    mcp_app=mcp.http_app)
+                    limiter=RateLimiter(config.http_rate_per_minute, config.http_burst), mcp_app=mcp.http_app)
     url = url_of(sock)
     await nursery.start(door.serve, sock, shutdown, config.shutdown_grace_s)
     await trio.to_thread.run_sync(ownfiles.replace_file, str(paths.http_address), url + "\n")

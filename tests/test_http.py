@@ -21,7 +21,9 @@ from tests.conftest import Env
 
 @pytest.fixture
 def door(env: Env, notes: Path) -> Iterator[httpx.Client]:
-    """A daemon serving HTTP on a free loopback port, `notes` indexed; a client carrying its token."""
+    """A daemon serving HTTP on a free loopback port, `notes` indexed; a client carrying its token (no rate
+    limit: these tests send more than a burst)."""
+    env.vars["QMDD_HTTP_RATE_PER_MINUTE"] = "0"
     started = env.json("daemon", "start", "--http", "127.0.0.1:0")
     env.run("collection", "add", str(notes), "--name", "notes")
     url = started["http"]
@@ -191,3 +193,20 @@ def test_mcp_over_http_serves_the_same_tools(door: httpx.Client) -> None:
     assert "- notes (qmd://notes/)" in instructions
     assert set(tools) == {"search", "vsearch", "query", "get", "multi_get", "status"}
     assert [r["file"] for r in found["results"]] == ["qmd://notes/beta.md"]
+
+
+def test_a_client_past_its_burst_gets_429_with_retry_after(env: Env, notes: Path) -> None:
+    env.vars.update(QMDD_HTTP_BURST="3", QMDD_HTTP_RATE_PER_MINUTE="6")  # then one per 10 s
+    started = env.json("daemon", "start", "--http", "127.0.0.1:0")
+    token = read_token(env.paths)
+    with httpx.Client(base_url=started["http"], headers={"authorization": f"Bearer {token}"}) as client:
+        assert [client.get("/collections").status_code for _ in range(3)] == [200, 200, 200]
+        limited = client.get("/collections")
+        body = problem(limited, 429, "RATE_LIMITED")
+        retry = int(limited.headers["retry-after"])
+        assert 1 <= retry <= 10 and body["details"]["retry_after"] == retry
+        assert client.get("/health").status_code == 200  # never limited
+        assert client.get("/collections", headers={"authorization": "Bearer wrong"}).status_code == 401
+    # The socket's clients are not limited.
+    assert all(env.client().call("ping")["pong"] for _ in range(20))
+    assert env.client().call("status")["rpc"]["http"]["rate_limited"] == 1

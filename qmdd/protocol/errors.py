@@ -52,6 +52,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     FILE_UNREADABLE = "FILE_UNREADABLE"
     UNAUTHORIZED = "UNAUTHORIZED"
+    RATE_LIMITED = "RATE_LIMITED"
 
     @property
     def spec(self) -> ErrorSpec:
@@ -109,6 +110,8 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
         "The file is binary, not UTF-8, or not readable; it is skipped until fixed.",)),
     ErrorCode.UNAUTHORIZED: ErrorSpec(401, "Unauthorized", 33, (
         "Send `Authorization: Bearer TOKEN`; `qmdctl http token` prints the token.",)),
+    ErrorCode.RATE_LIMITED: ErrorSpec(429, "Too many requests", 34, (
+        "Wait the Retry-After seconds; the limits are http_rate_per_minute and http_burst.",)),
 }
 
 

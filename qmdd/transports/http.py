@@ -8,7 +8,8 @@ trio (Starlette routes; both are anyio underneath).
                                  `minScore` too); the reply is the method's answer, streamed parts joined
     GET  /documents/{target}     get: COLLECTION/PATH or %23DOCID, ?from_line=&max_lines=
 
-Everything but /health needs `Authorization: Bearer TOKEN` (the token file, compared in constant time).
+Everything but /health needs `Authorization: Bearer TOKEN` (the token file, compared in constant time)
+and is rate-limited per client address (token buckets; the socket's clients are not limited).
 Bound to loopback, the door also refuses a Host or Origin that is not loopback: a web page the user
 visits cannot reach it through DNS rebinding. Errors are RFC 7807 problem details carrying qmdd's code,
 hints and trace id, with the status from the error catalogue.
@@ -43,6 +44,7 @@ from qmdd.methods.table import MethodTable, invoke, whole
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.protocol.wire import METHODS
 from qmdd.tokens import TokenFile
+from qmdd.transports.ratelimit import RateLimiter
 
 log = logging.getLogger("qmdd.http")
 
@@ -109,6 +111,8 @@ def problem(error: QmddError, trace_id: str) -> JSONResponse:
     headers = {"x-trace-id": trace_id}
     if error.code is ErrorCode.UNAUTHORIZED:
         headers["www-authenticate"] = 'Bearer realm="qmdd"'
+    if error.code is ErrorCode.RATE_LIMITED:
+        headers["retry-after"] = str(int(error.details["retry_after"]))
     return JSONResponse(body, status_code=spec.status, media_type="application/problem+json", headers=headers)
 
 
@@ -130,11 +134,12 @@ def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 class HttpDoor:
-    def __init__(self, table: MethodTable, tokens: TokenFile, *, loopback: bool,
+    def __init__(self, table: MethodTable, tokens: TokenFile, *, loopback: bool, limiter: RateLimiter,
                  mcp_app: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.table = table
         self.tokens = tokens
         self.loopback = loopback
+        self.limiter = limiter
         self.stats = HttpStats()
         # MCP over HTTP: the SDK's app, built on the first /mcp request (importing the SDK takes ~1 s).
         self._make_mcp_app = mcp_app
@@ -144,7 +149,7 @@ class HttpDoor:
 
     def statistics(self) -> dict[str, Any]:
         return {"requests": self.stats.requests, "errors": dict(self.stats.errors), "restarts": self.stats.restarts,
-                "disconnects": self.stats.disconnects}
+                "disconnects": self.stats.disconnects, "rate_limited": self.limiter.limited}
 
     def app(self) -> Callable[[Any, Any, Any], Awaitable[None]]:
         routes = [Route("/health", self._endpoint(self._health, public=True)),
@@ -237,6 +242,7 @@ class HttpDoor:
                 self._check_origin(request)
                 if not public:
                     self._check_token(request)
+                    self._check_rate(request)
                 value = await fn(request)
             except Exception as exc:  # the per-request handler: a typed error reply, the door carries on
                 if isinstance(exc, CLIENT_GONE):
@@ -266,6 +272,13 @@ class HttpDoor:
         if token is None or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
                                                                                     token.encode()):
             raise QmddError(ErrorCode.UNAUTHORIZED, "a valid bearer token is required")
+
+    def _check_rate(self, request: Request) -> None:
+        client = request.client.host if request.client else "-"
+        wait = self.limiter.check(client, trio.current_time())
+        if wait:
+            raise QmddError(ErrorCode.RATE_LIMITED, f"more than {self.limiter.burst:.0f} requests at once or "
+                            f"{self.limiter.rate * 60:g} a minute from {client}", details={"retry_after": wait})
 
     # --- endpoints --------------------------------------------------------------------------------
 
