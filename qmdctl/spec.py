@@ -152,6 +152,8 @@ COMMANDS: tuple[Command, ...] = (
         _COLLECTION_FILTER,
     )),
     Command(("cleanup",), "Compact the database and repair derived indexes.", "admin:cleanup", ()),
+    Command(("metrics",), "Print the daemon's metrics (Prometheus text format), as GET /metrics serves them.",
+            "admin:metrics", ()),
     Command(("collection", "add"), "Add a folder as a collection and index it.", "collection:add", (
         Opt("path", (), "str", ".", "The folder (default: current directory).", "?"),
         Opt("name", ("--name",), "str", None, "Collection name (default: the folder's name)."),

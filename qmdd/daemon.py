@@ -32,6 +32,7 @@ from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
 from qmdd.config import Config, listen_address
+from qmdd.methods.metrics import timed
 from qmdd.methods.services import Mailboxes, make_services
 from qmdd.methods.table import MethodTable, method_table
 from qmdd.models.placement import embedding_runtime
@@ -187,12 +188,16 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
             await _start_actors(supervisor, actors, config, db_id, registry)
             services = make_services(config, reader, actors, supervisor, registry, shutdown)
             table = method_table(services)
-            mcp = McpHost(table)
-            rpc = RpcServer({**table, "mcp.session": mcp.session}, f"qmdd/{__version__}", config.frame_stall_s)
+            metrics = services.metrics
+            metrics.read_statistics("actor", supervisor.statistics)
+            metrics.read_statistics("door", lambda: services.door_statistics())
+            mcp = McpHost(timed(table, metrics, "mcp"))
+            rpc = RpcServer({**timed(table, metrics, "socket"), "mcp.session": mcp.session}, f"qmdd/{__version__}",
+                            config.frame_stall_s)
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
-                http = None if http_sock is None else await _serve_http(config, table, mcp, http_sock, shutdown,
-                                                                         connections)
+                http = None if http_sock is None else await _serve_http(config, timed(table, metrics, "http"), mcp,
+                                                                         http_sock, shutdown, connections)
                 services.door_statistics = lambda: {**rpc.statistics(), "mcp": mcp.statistics(),
                                                     **({"http": http.statistics()} if http else {})}
                 async with trio.open_nursery() as accepting:

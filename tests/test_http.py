@@ -210,3 +210,25 @@ def test_a_client_past_its_burst_gets_429_with_retry_after(env: Env, notes: Path
     # The socket's clients are not limited.
     assert all(env.client().call("ping")["pong"] for _ in range(20))
     assert env.client().call("status")["rpc"]["http"]["rate_limited"] == 1
+
+
+def test_metrics_over_http_and_the_socket(door: httpx.Client, env: Env) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    door.post("/search", json={"query": "alpha"})
+    door.post("/search", json={"query": "x", "collection": "nope"})  # COLLECTION_NOT_FOUND
+    env.client().call("search", {"query": "beta"})
+    scraped = door.get("/metrics")
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(scraped.text) for s in family.samples}
+    assert samples[("qmdd_requests_total", (("door", "http"), ("method", "search")))] == 2
+    assert samples[("qmdd_requests_total", (("door", "socket"), ("method", "search")))] >= 1
+    assert samples[("qmdd_errors_total", (("code", "COLLECTION_NOT_FOUND"), ("door", "http")))] == 1
+    assert samples[("qmdd_request_seconds_count", (("door", "http"), ("method", "search")))] == 2
+    assert samples[("qmdd_actor", (("part", "bm25"), ("statistic", "handled")))] >= 3
+    assert ("qmdd_actor", (("part", "embedder"), ("statistic", "inference_s"))) in samples
+    assert ("qmdd_door", (("part", "http"), ("statistic", "rate_limited"))) in samples
+    # The same over the socket, through qmdctl.
+    families = {f.name for f in text_string_to_metric_families(env.run("metrics").stdout)}
+    assert {"qmdd_requests", "qmdd_request_seconds", "qmdd_actor", "qmdd_door"} <= families

@@ -182,6 +182,12 @@ def failed_exit_code(summaries: list[dict[str, Any]]) -> int:
     return 0
 
 
+def metrics(inv: Invocation) -> int:
+    answer = inv.client.call("metrics")
+    inv.output.value(answer, lambda a: inv.output.line(a["text"].rstrip("\n")))
+    return 0
+
+
 def cleanup(inv: Invocation) -> int:
     answer = inv.client.call("cleanup")
     inv.output.value(answer, lambda a: inv.output.line(

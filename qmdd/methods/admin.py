@@ -22,7 +22,12 @@ from qmdd.store import documents as docs
 
 def methods(s: Services) -> dict[str, MethodHandler]:
     return {"ping": partial(ping, s), "status": partial(status, s), "shutdown": partial(shutdown, s),
-            "cleanup": partial(cleanup, s)}
+            "cleanup": partial(cleanup, s), "metrics": partial(metrics, s)}
+
+
+async def metrics(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
+    """The Prometheus text exposition (version 0.0.4) of the daemon's metrics."""
+    return {"text": s.metrics.exposition()}
 
 
 async def ping(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import trio
 from qmdd.actors.base import Mailbox
 from qmdd.actors.supervisor import Supervisor
 from qmdd.config import Config
+from qmdd.methods.metrics import Metrics
 from qmdd.models.registry import ModelRegistry
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 
@@ -44,6 +45,7 @@ class Services:
     """Document reads from disk, at most this many at once."""
     door_statistics: Callable[[], dict[str, Any]] = dict
     """The doors' counters for `status` (connections, requests, errors), set once the doors exist."""
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def make_services(config: Config, reader: sqlite3.Connection, actors: Mailboxes, supervisor: Supervisor,

@@ -201,6 +201,7 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "context.list": {},
     "context.remove": {"target": (str, REQUIRED), "cwd": (str, None)},
     "cleanup": {},
+    "metrics": {},  # the Prometheus text exposition, as {"text": ...}
     "embed": {"collections": (_STR_LIST, None)},  # streams progress items
     "vsearch": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
                 "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),

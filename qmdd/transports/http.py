@@ -4,6 +4,7 @@ trio (Starlette routes; both are anyio underneath).
     GET  /health                 liveness, no token needed
     GET  /collections            collection.list
     GET  /stats                  status
+    GET  /metrics                metrics, in Prometheus' text format
     POST /search /vsearch /query a JSON object of the method's parameters (qmd's `collection` and
                                  `minScore` too); the reply is the method's answer, streamed parts joined
     GET  /documents/{target}     get: COLLECTION/PATH or %23DOCID, ?from_line=&max_lines=
@@ -56,6 +57,7 @@ QMD_ALIASES = {"minScore": "min_score"}
 PROBLEM_TYPE = "urn:qmdd:error:"
 """Followed by the code: one problem type per stable error code."""
 
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 RESTART_PAUSE_S = 0.05
 """Between an HTTP server that ended on a connection's error and the next: bounds a crash loop a client
 could drive."""
@@ -155,6 +157,7 @@ class HttpDoor:
         routes = [Route("/health", self._endpoint(self._health, public=True)),
                   Route("/collections", self._endpoint(self._call("collection.list"))),
                   Route("/stats", self._endpoint(self._call("status"))),
+                  Route("/metrics", self._endpoint(self._metrics)),
                   Route("/documents/{target:path}", self._endpoint(self._document))]
         routes += [Route(f"/{method}", self._endpoint(self._search(method)), methods=["POST"])
                    for method in SEARCH_METHODS]
@@ -253,6 +256,9 @@ class HttpDoor:
                     error = QmddError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
                 self.stats.errors[str(error.code)] = self.stats.errors.get(str(error.code), 0) + 1
                 return problem(error, trace_id)
+            if isinstance(value, Response):
+                value.headers["x-trace-id"] = trace_id
+                return value
             return JSONResponse(value, headers={"x-trace-id": trace_id})
         return handle
 
@@ -295,6 +301,10 @@ class HttpDoor:
             body = await self._json_body(request)
             return whole(*await invoke(self.table, method, search_params(method, body)))
         return search
+
+    async def _metrics(self, request: Request) -> Response:
+        answer, _ = await invoke(self.table, "metrics", {})
+        return Response(answer["text"], media_type=PROMETHEUS_TEXT)
 
     async def _document(self, request: Request) -> Any:
         target = request.path_params["target"]
