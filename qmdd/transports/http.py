@@ -162,20 +162,22 @@ class HttpDoor:
         routes += [Route(f"/{method}", self._endpoint(self._search(method)), methods=["POST"])
                    for method in SEARCH_METHODS]
         routed = Starlette(routes=routes)
+        mcp_checks = self._endpoint(self._mcp_app_ready)
 
         async def asgi(scope: Any, receive: Any, send: Any) -> None:
             try:
                 if scope["type"] == "http" and scope["path"] == "/mcp" and self._make_mcp_app is not None:
-                    await self._mcp(scope, receive, send)
+                    await self._mcp(mcp_checks, scope, receive, send)
                 else:
                     await routed(scope, receive, send)
             except CLIENT_GONE:  # the client left mid-request: there is nobody to answer
                 self.stats.disconnects += 1
         return asgi
 
-    async def _mcp(self, scope: Any, receive: Any, send: Any) -> None:
+    async def _mcp(self, checks: Callable[[Request], Awaitable[Response]], scope: Any, receive: Any,
+                   send: Any) -> None:
         """The MCP endpoint: checked as every other, then handed to the SDK's app."""
-        checked = await self._endpoint(self._mcp_app_ready)(Request(scope, receive))
+        checked = await checks(Request(scope, receive))
         if checked.status_code != 200:
             await checked(scope, receive, send)
             return
