@@ -17,6 +17,8 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from tests.conftest import Env
 
@@ -105,6 +107,12 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             assert unknown.is_error and "INVALID_INPUT" in unknown.content[0].text
             no_collection = await client.call_tool("search", {"query": "x", "collections": ["nope"]})
             assert no_collection.is_error and "COLLECTION_NOT_FOUND" in no_collection.content[0].text
+            # Unknown names and missing documents are invalid params (-32602), as the spec says.
+            for attempt in (client.call_tool("nope", {}), client.get_prompt("nope"),
+                            client.read_resource("qmd://kb/missing.md")):
+                with pytest.raises(MCPError) as refused:
+                    await attempt
+                assert refused.value.error.code == INVALID_PARAMS
             # The session survives all of that.
             assert not (await client.call_tool("search", {"query": "tar"})).is_error
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import ToolAnnotations
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
@@ -93,7 +94,12 @@ def _hits(answer: dict[str, Any], items: list[tuple[str, Any]]) -> list[Hit]:
 
 
 class QmddServer(MCPServer):
+    """The SDK's server with the JSON-RPC errors the spec asks for: an unknown tool or prompt is invalid
+    params (-32602), not a tool result or an error without a code."""
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        if self._tool_manager.get_tool(name) is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -101,6 +107,11 @@ class QmddServer(MCPServer):
                 raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: {exc.__cause__}", hints=(
                     f"Check the arguments against the inputSchema of {name!r} in tools/list.",))) from None
             raise
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        if self._prompt_manager.get_prompt(name) is None:
+            raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
+        return await super().get_prompt(name, arguments, context)
 
 
 def build_server(table: MethodTable) -> MCPServer:
@@ -185,7 +196,8 @@ def build_server(table: MethodTable) -> MCPServer:
         try:
             answer, _ = await invoke(table, "get", {"target": f"qmd://{collection}/{path}"})
         except QmddError as err:
-            raise ResourceError(f"{err.code}: {err.message}") from None
+            missing = err.code in (ErrorCode.NOT_FOUND, ErrorCode.COLLECTION_NOT_FOUND)
+            raise (ResourceNotFoundError if missing else ResourceError)(f"{err.code}: {err.message}") from None
         return str(answer["body"])
 
     return server
