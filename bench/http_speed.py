@@ -2,12 +2,14 @@
 
 Prints: `search` p50/p95 over the socket (warm connection) and as `POST /search` (keep-alive, through
 httpx and through the stdlib's http.client, whose client side costs less); a warm MCP `search` tool call
-over streamable HTTP (the SDK's client); throughput and p95 with 32
-concurrent keep-alive clients; the daemon's idle CPU with the door open; and a burst of 1,000
-malformed requests (bad JSON, oversized declared bodies, garbage, half-sent headers held open) after
-which the door must still answer.
+over streamable HTTP (the SDK's client); throughput and p95 with 32 concurrent keep-alive clients;
+the daemon's idle CPU with the door open; and a burst of 1,000 malformed requests (bad JSON, oversized
+declared bodies, garbage, half-sent headers held open) after which the door must still answer.
 
-    python bench/http_speed.py [--queries 500] [--clients 32]
+Uncached figures use queries no earlier step asked (the result cache misses); cached ones ask the same
+queries again (it hits).
+
+    python bench/http_speed.py [--queries 500] [--clients 32] [--log-level info]
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def ms(samples: list[float]) -> str:
             f"{len(ordered) / sum(ordered):,.0f} QPS")
 
 
-def timed(fn, queries: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
-    for q in queries[:20]:
+def timed(fn, queries: list[str], warm: list[str]) -> list[float]:  # type: ignore[no-untyped-def]
+    for q in warm:
         fn(q)
     out = []
     for q in queries:
@@ -91,7 +93,7 @@ def mcp_calls(url: str, token: str, queries: list[str]) -> str:
                 t0 = time.perf_counter()
                 await client.call_tool("search", {"query": q, "limit": 5})
                 out.append(time.perf_counter() - t0)
-            return out[20:]
+            return out
 
     return ms(trio.run(session))
 
@@ -131,8 +133,12 @@ def main() -> int:
     tldr = CACHE / "tldr-en"
     if not tldr.is_dir():
         raise SystemExit("run bench/speed.py once first: it extracts the tldr pages to bench/.cache/tldr-en")
-    queries = sample_queries(sorted(tldr.rglob("*.md")), args.queries, 7)
-    with bench_daemon("qmdd-http-", QMDD_LOG_LEVEL="warning", QMDD_HTTP_LISTEN="127.0.0.1:0",
+    distinct = list(dict.fromkeys(sample_queries(sorted(tldr.rglob("*.md")), args.queries * 12, 7)))
+    n = args.queries
+    warm, on_socket, on_httpx, on_stdlib, on_mcp, concurrent = (distinct[i * n:(i + 1) * n] for i in range(6))
+    assert len(concurrent) == n, "too few distinct queries: lower --queries"
+    queries = on_socket
+    with bench_daemon("qmdd-http-", QMDD_LOG_LEVEL=args.log_level, QMDD_HTTP_LISTEN="127.0.0.1:0",
                       QMDD_HTTP_RATE_PER_MINUTE="0") as (client, _):
         client.call("collection.add", {"path": str(tldr), "name": "tldr"})
         url = ownfiles.read_record(str(client.paths.http_address))
@@ -142,11 +148,18 @@ def main() -> int:
         pid = int(client.server["pid"])
         print(f"tldr English pages, {len(queries)} queries, limit 5, door {url}")
 
-        over_socket = timed(lambda q: client.call("search", {"query": q, "limit": 5}), queries)
-        print(f"socket RPC (warm connection):        {ms(over_socket)}")
+        def socket_search(q: str) -> None:
+            client.call("search", {"query": q, "limit": 5})
+
+        over_socket = timed(socket_search, on_socket, warm[:20])
+        print(f"socket RPC (warm connection), uncached: {ms(over_socket)}")
+        print(f"socket RPC, cached (same queries again): {ms(timed(socket_search, on_socket, []))}")
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}) as h:
-            over_httpx = timed(lambda q: h.post("/search", json={"query": q, "limit": 5}).raise_for_status(), queries)
-        print(f"POST /search, httpx keep-alive:      {ms(over_httpx)}")
+            def httpx_search(q: str) -> None:
+                h.post("/search", json={"query": q, "limit": 5}).raise_for_status()
+            over_httpx = timed(httpx_search, on_httpx, warm[20:40])
+            print(f"POST /search, httpx keep-alive, uncached: {ms(over_httpx)}")
+            print(f"POST /search, httpx keep-alive, cached:   {ms(timed(httpx_search, on_httpx, []))}")
         conn = http.client.HTTPConnection(host, int(port))
         headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
 
@@ -156,18 +169,21 @@ def main() -> int:
             response.read()
             assert response.status == 200
 
-        over_stdlib = timed(stdlib, queries)
+        over_stdlib = timed(stdlib, on_stdlib, warm[40:60])
+        print(f"POST /search, http.client keep-alive, uncached: {ms(over_stdlib)}")
+        print(f"POST /search, http.client keep-alive, cached:   {ms(timed(stdlib, on_stdlib, []))}")
         conn.close()
-        print(f"POST /search, http.client keep-alive: {ms(over_stdlib)}")
         base = statistics.median(over_socket) * 1000
-        print(f"  HTTP minus socket, p50: httpx {statistics.median(over_httpx) * 1000 - base:+.2f} ms, "
+        print(f"  HTTP minus socket, uncached p50: httpx {statistics.median(over_httpx) * 1000 - base:+.2f} ms, "
               f"http.client {statistics.median(over_stdlib) * 1000 - base:+.2f} ms")
 
-        print(f"MCP over HTTP (/mcp, SDK client), warm `search` tool call: {mcp_calls(url, token, queries[:200])}")
+        print(f"MCP over HTTP (/mcp, SDK client), warm `search` tool call: {mcp_calls(url, token, on_mcp[:200])}")
 
-        lat, wall = concurrent_clients(url, token, queries * 4, args.clients)
-        print(f"{args.clients} concurrent keep-alive clients (httpx, threads here): {len(lat) / wall:,.0f} req/s, "
-              f"p50 {statistics.median(lat) * 1000:.1f} ms, p95 {sorted(lat)[int(len(lat) * 0.95)] * 1000:.1f} ms")
+        for label in ("uncached", "cached"):
+            lat, wall = concurrent_clients(url, token, concurrent, args.clients)
+            print(f"{args.clients} concurrent keep-alive clients (httpx, threads here), {label}: "
+                  f"{len(lat) / wall:,.0f} req/s, p50 {statistics.median(lat) * 1000:.1f} ms, "
+                  f"p95 {sorted(lat)[int(len(lat) * 0.95)] * 1000:.1f} ms")
 
         tick = os.sysconf("SC_CLK_TCK")
         fields = Path(f"/proc/{pid}/stat").read_text().split()
@@ -189,5 +205,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--log-level", default="info", help="the daemon's (info, the default, logs each request)")
     args = parser.parse_args()
     raise SystemExit(main())

@@ -57,7 +57,7 @@ def start_timeout() -> float:
 # secrets, a service manager's NOTIFY_SOCKET or LISTEN_FDS) reaches a process that outlives the caller.
 _DAEMON_ENV_NAMES = frozenset({"HOME", "USER", "LOGNAME", "PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR",
                                "LD_LIBRARY_PATH"})
-_DAEMON_ENV_PREFIXES = ("QMDD_", "XDG_", "LC_", "CUDA_", "OMP_", "OPENBLAS_", "MKL_", "CT2_", "NVIDIA_")
+_DAEMON_ENV_PREFIXES = ("QMDD_", "XDG_", "LC_", "CUDA_", "OMP_", "OPENBLAS_", "MKL_", "CT2_", "NVIDIA_", "OTEL_")
 
 
 def daemon_environment(environ: dict[str, str] | None = None) -> dict[str, str]:

@@ -2,22 +2,22 @@
 
 The input schema is generated from the command table (`qmdctl.spec`); the output schema of its
 `--format json` output, the request it sends and the error codes it can return are hand-written in
-`qmdctl/schemas/<command>.json` (with `_problem.json` and `_ndjson.json` shared by all), and each
-error code is expanded from the protocol's table. Imported only when a spec is asked for.
+`qmdd/protocol/schemas/<command>.json` (with `_problem.json` and `_ndjson.json` shared by all; the
+daemon's OpenAPI document is built from the same files), and each error code is expanded from the
+protocol's table. Imported only when a spec is asked for.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from qmdctl.spec import FORMATS, Command, Opt
 from qmdd.protocol.errors import ERRORS, ErrorCode
+from qmdd.protocol.schemas import load_schema
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SPEC_VERSION = 1
-SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schemas")
 
 _TYPES: dict[str, dict[str, Any]] = {
     "str": {"type": "string"}, "int": {"type": "integer"}, "float": {"type": "number"}, "flag": {"type": "boolean"},
@@ -50,12 +50,6 @@ DRY_RUN_OUTPUT: dict[str, Any] = {
     "oneOf": [{"required": ["method", "params"]}, {"required": ["action"]}],
     "additionalProperties": False,
 }
-
-
-def load(name: str) -> dict[str, Any]:
-    with open(os.path.join(SCHEMA_DIR, f"{name}.json"), encoding="utf-8") as f:
-        doc: dict[str, Any] = json.load(f)
-    return doc
 
 
 def option_schema(opt: Opt) -> dict[str, Any]:
@@ -108,14 +102,14 @@ def error_entry(code: ErrorCode) -> dict[str, Any]:
 
 
 def problem_schema() -> dict[str, Any]:
-    schema = {"$schema": DRAFT, **load("_problem")}
+    schema = {"$schema": DRAFT, **load_schema("_problem")}
     schema["properties"]["code"]["enum"] = [str(code) for code in ErrorCode]
     return schema
 
 
 def ndjson_schema(command: Command, result: dict[str, Any]) -> dict[str, Any]:
     """A record of the NDJSON stream, with this command's name in the metadata and its result payload."""
-    schema = {"$schema": DRAFT, **load("_ndjson")}
+    schema = {"$schema": DRAFT, **load_schema("_ndjson")}
     metadata = schema["allOf"][0]["then"]["properties"]["payload"]
     metadata["properties"]["command"] = {"const": command.name}
     schema["allOf"].append({"if": {"properties": {"type": {"const": "result"}}},
@@ -124,7 +118,7 @@ def ndjson_schema(command: Command, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def command_spec(command: Command) -> dict[str, Any]:
-    doc = load(command.slug)
+    doc = load_schema(command.slug)
     output = {"$schema": DRAFT, **doc["output"]}
     result = doc.get("result") or (doc["output"].get("items") if doc["output"].get("type") == "array"
                                    else doc["output"])

@@ -57,7 +57,7 @@ class Command:
 
     @property
     def slug(self) -> str:
-        """'collection-add': the name of its spec file (qmdctl/schemas/, tests/fixtures/anel/)."""
+        """'collection-add': the name of its spec file (qmdd/protocol/schemas/, tests/fixtures/anel/)."""
         return "-".join(self.path)
 
     def all_opts(self) -> tuple[Opt, ...]:
@@ -177,9 +177,14 @@ COMMANDS: tuple[Command, ...] = (
     Command(("context", "rm"), "Remove a context.", "context:remove", (
         Opt("target", (), "str", None, "qmd://collection/path, a folder, or /."),
     ), aliases=("remove",)),
-    Command(("mcp",), "Serve the MCP protocol on stdio for agents (Claude Desktop, Claude Code, ...).", "mcp:serve",
-            (), output=False, effect="serve MCP (JSON-RPC 2.0) on stdin/stdout until stdin closes, relaying every "
-            "message through one `mcp.session` request to the daemon (started if not running)"),
+    Command(("mcp",), "Serve the MCP protocol on stdio for agents (Claude Desktop, Claude Code, ...).", "mcp:serve", (
+        Opt("http", ("--http",), "flag", False,
+            "Instead of stdio: make sure the daemon serves MCP over streamable HTTP (at /mcp of its HTTP door, "
+            "starting it on 127.0.0.1:PORT if it is not running) and print the URL."),
+        Opt("port", ("--port",), "int", 8181, "The port for --http when the daemon must be started."),
+    ), output=False, effect="serve MCP (JSON-RPC 2.0) on stdin/stdout until stdin closes, relaying every "
+            "message through one `mcp.session` request to the daemon (started if not running); with --http, "
+            "start the daemon with its HTTP door if none runs and print the /mcp URL"),
     Command(("daemon", "start"), "Start the daemon in the background (no-op if running).", "daemon:start", (
         Opt("no_watch", ("--no-watch",), "flag", False,
             "Do not watch collection roots for changes (index them with `qmdctl update`)."),
@@ -206,6 +211,9 @@ COMMANDS: tuple[Command, ...] = (
                     "Write and enable the units, but do not start them now."),
                 Opt("watchdog", ("--watchdog",), "int", 60,
                     "Restart a daemon whose event loop is stuck this many seconds (WatchdogSec=; 0: off)."),
+                Opt("http", ("--http",), "str", None,
+                    "Also serve HTTP (REST, MCP at /mcp) on HOST:PORT, e.g. 127.0.0.1:8181; the daemon then "
+                    "runs from login on (no socket activation)."),
             )),
     Command(("service", "uninstall"), "Stop and disable the systemd user units and remove them.",
             "service:uninstall", ()),

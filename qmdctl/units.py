@@ -23,19 +23,31 @@ _XDG_DEFAULTS = {"XDG_DATA_HOME": ".local/share", "XDG_CONFIG_HOME": ".config", 
 
 _HEADER = re.compile(r"^# Written by `qmdctl service install(?P<options>[^`]*)`")
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+"""qmdd --http's HOST:PORT (the daemon checks it again at start)."""
 
 
 class UnitOptions:
-    __slots__ = ("socket", "watchdog_s")
+    __slots__ = ("socket", "watchdog_s", "http")
 
-    def __init__(self, socket: bool = True, watchdog_s: int = DEFAULT_WATCHDOG_S) -> None:
-        self.socket = socket
+    def __init__(self, socket: bool = True, watchdog_s: int = DEFAULT_WATCHDOG_S, http: str = "") -> None:
+        if http and not _LISTEN.fullmatch(http):
+            raise QmddError(ErrorCode.INVALID_INPUT, f"--http takes HOST:PORT, not {http!r:.80}",
+                            hints=("For example --http 127.0.0.1:8181 or --http [::1]:8181.",))
+        # The HTTP door must be served from login on, not from the first socket client: no activation.
+        self.socket = socket and not http
         self.watchdog_s = watchdog_s
+        self.http = http
 
     def flags(self) -> str:
         """The install options that give these units (written in their header line)."""
-        return ("" if self.socket else " --no-socket") + (
-            "" if self.watchdog_s == DEFAULT_WATCHDOG_S else f" --watchdog {self.watchdog_s}")
+        return ("" if self.socket or self.http else " --no-socket") + (
+            "" if self.watchdog_s == DEFAULT_WATCHDOG_S else f" --watchdog {self.watchdog_s}") + (
+            f" --http {self.http}" if self.http else "")
+
+    def exec_start(self, python: str) -> str:
+        """ExecStart='s command line (unquoted, as reported to the user)."""
+        return f"{python} -m qmdd" + (f" --http {self.http}" if self.http else "")
 
     @classmethod
     def from_header(cls, text: str) -> UnitOptions | None:
@@ -47,6 +59,8 @@ class UnitOptions:
         options = cls(socket="--no-socket" not in words)
         if "--watchdog" in words[:-1] and words[words.index("--watchdog") + 1].isdigit():
             options.watchdog_s = int(words[words.index("--watchdog") + 1])
+        if "--http" in words[:-1] and _LISTEN.fullmatch(words[words.index("--http") + 1]):
+            options.socket, options.http = False, words[words.index("--http") + 1]
         return options
 
 
@@ -121,7 +135,8 @@ def render(python: str, environ: dict[str, str], options: UnitOptions) -> dict[s
         "\n[Service]\n"
         "Type=notify\n"
         "NotifyAccess=main\n"
-        f"ExecStart={_executable(_checked(python, 'Python executable'))} -m qmdd\n"
+        f"ExecStart={_executable(_checked(python, 'Python executable'))} -m qmdd"
+        f"{f' --http {_quoted(options.http)}' if options.http else ''}\n"
         "# Not the home (the default): `-m` puts the working directory first on sys.path.\n"
         "WorkingDirectory=/\n"
         f"{environment}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import trio
@@ -11,25 +12,9 @@ import trio
 from qmdd import __version__
 from qmdd.config import load_config
 from qmdd.daemon import run_daemon
-from qmdd.methods.call import trace_id_var
+from qmdd.logs import setup_logging
 from qmdd.protocol.errors import ErrorCode, unwrap_error
-from qmdd.transports import systemd
-
-
-class _TraceFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.trace_id = trace_id_var.get()
-        return True
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_TraceFilter())
-    handler.setFormatter(systemd.JournalFormatter() if systemd.stderr_is_journal() else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(trace_id)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+from qmdd.tracing import setup_otel, shutdown_otel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config({"log_level": args.log_level, "watch": False if args.no_watch else None,
                               "http_listen": args.http})
-        setup_logging(config.log_level)
-        trio.run(run_daemon, config)
+        setup_logging(config.log_level, config.log_format, log_file=config.paths.log_file,
+                      max_bytes=config.log_max_bytes, backups=config.log_backups)
+        setup_otel(os.environ, __version__)
+        try:
+            trio.run(run_daemon, config)
+        finally:
+            shutdown_otel()
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # main is the last of the three places allowed to catch: report, exit non-zero

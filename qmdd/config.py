@@ -50,11 +50,31 @@ class Config:
     """HTTP requests a client (by address) may make per minute, after its burst; 0: no limit. [http] rate_per_minute."""
     http_burst: int = 10
     """HTTP requests a client may make at once before the rate applies. [http] burst."""
+    http_cert: str = ""
+    """PEM certificate file: the HTTP door speaks HTTPS (with http_key). [http] cert."""
+    http_key: str = ""
+    """PEM private key file of http_cert. [http] key."""
+    cache_entries: int = 1000
+    """Search answers kept for repeated queries (0: no cache); a change to the index retires them. [cache] entries."""
+    cache_ttl_s: float = 3600.0
+    """Longest a cached answer is kept. [cache] ttl_s."""
+    log_format: str = "text"
+    """text, or json: one JSON object per line (time, level, logger, trace_id, message). [log] format."""
+    log_max_bytes: int = 10 * 1024 * 1024
+    """The log file (qmdd.log) is rotated past this size (0: never). [log] max_bytes."""
+    log_backups: int = 3
+    """Rotated log files kept (qmdd.log.1 ... .N). [log] backups."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
-_HTTP_KEYS = {"listen": "http_listen", "rate_per_minute": "http_rate_per_minute", "burst": "http_burst"}
-"""The [http] table of the config file: key there -> setting."""
+_TABLES = {
+    "http": {"listen": "http_listen", "rate_per_minute": "http_rate_per_minute", "burst": "http_burst",
+             "cert": "http_cert", "key": "http_key"},
+    "cache": {"entries": "cache_entries", "ttl_s": "cache_ttl_s"},
+    "log": {"format": "log_format", "max_bytes": "log_max_bytes", "backups": "log_backups",
+            "level": "log_level"},
+}
+"""The config file's tables beside [daemon]: table -> key there -> setting."""
 
 # Largest file the size guard may admit: a `get` reply carries the whole file in one frame.
 MAX_FILE_BYTES_LIMIT = MAX_FRAME_BYTES - 1024 * 1024
@@ -95,10 +115,15 @@ _RANGES: dict[str, _Range] = {
     "watch_poll_s": _Range(0.1, 3600.0, " (seconds)"),
     "http_rate_per_minute": _Range(0.0, 1e6, " (0: no limit)"),
     "http_burst": _Range(1, 1_000_000),
+    "cache_entries": _Range(0, 1_000_000),
+    "cache_ttl_s": _Range(0.0, 30 * 86400.0, " (seconds)"),
+    "log_max_bytes": _Range(0, 1 << 40, " (bytes; 0: never rotate)"),
+    "log_backups": _Range(1, 100),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),
     "device": ("auto", "cpu", "cuda"),
+    "log_format": ("text", "json"),
 }
 _BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
                   "off": False}
@@ -185,12 +210,12 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
                 values[key] = _coerce(key, value, str(paths.config_file))
             elif not isinstance(value, dict):
                 raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: unknown setting {key!r}")
-        http = data.get("http", {})
-        if not isinstance(http, dict) or set(http) - set(_HTTP_KEYS):
-            raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: [http] takes "
-                            f"{', '.join(_HTTP_KEYS)}")
-        for key, value in http.items():
-            values[_HTTP_KEYS[key]] = _coerce(_HTTP_KEYS[key], value, f"{paths.config_file} [http]")
+        for table, keys in _TABLES.items():
+            given = data.get(table, {})
+            if not isinstance(given, dict) or set(given) - set(keys):
+                raise QmddError(ErrorCode.CONFIG_ERROR, f"{paths.config_file}: [{table}] takes {', '.join(keys)}")
+            for key, value in given.items():
+                values[keys[key]] = _coerce(keys[key], value, f"{paths.config_file} [{table}]")
     for key in _TUNABLES:
         env_value = env.get(f"QMDD_{key.upper()}")
         if env_value is not None:

@@ -22,7 +22,7 @@ import outcome
 import trio
 
 from qmdd import __version__, ownfiles
-from qmdd.actors.base import Mailbox, typed_outcome
+from qmdd.actors.base import Generation, Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embed_jobs import EmbedJobsActor
 from qmdd.actors.embedder import EmbedderActor
@@ -32,6 +32,7 @@ from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
 from qmdd.config import Config, listen_address
+from qmdd.methods.cache import cached
 from qmdd.methods.metrics import timed
 from qmdd.methods.services import Mailboxes, make_services
 from qmdd.methods.table import MethodTable, method_table
@@ -45,7 +46,7 @@ from qmdd.store import walguard
 from qmdd.store.db import connect, database_id, open_database
 from qmdd.tokens import TokenFile, ensure_token
 from qmdd.transports import listener, systemd
-from qmdd.transports.http import HttpDoor, is_loopback, open_http_socket, url_of
+from qmdd.transports.http import HttpDoor, check_tls, is_loopback, open_http_socket, url_of
 from qmdd.transports.mcp_host import McpHost
 from qmdd.transports.ratelimit import RateLimiter
 from qmdd.transports.rpc import RpcServer
@@ -113,14 +114,14 @@ async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = tri
 
 
 async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Config, db_id: str,
-                        registry: ModelRegistry) -> None:
+                        registry: ModelRegistry, generation: Generation) -> None:
     """Each actor under the supervisor, in dependency order; each gets the mailboxes it sends to."""
     paths = config.paths
     runtime = await trio.to_thread.run_sync(embedding_runtime, config, registry)
     await supervisor.start_actor(actors.bm25, lambda: Bm25Actor(
-        paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b))
+        paths.database, paths.bm25_snapshot, db_id, stem=config.stem, k1=config.k1, b=config.b, generation=generation))
     await supervisor.start_actor(actors.vectors, lambda: VectorsActor(
-        paths.database, paths.vector_snapshot, db_id, runtime.fingerprint(registry), 0))
+        paths.database, paths.vector_snapshot, db_id, runtime.fingerprint(registry), 0, generation=generation))
     loader = partial(load_model, registry, device=runtime.device, compute_type=runtime.compute_type,
                      threads=runtime.threads, workers=runtime.workers)
     await supervisor.start_actor(actors.embedder, lambda: EmbedderActor(
@@ -151,9 +152,11 @@ async def _serve_http(config: Config, table: MethodTable, mcp: McpHost, sock: so
     """The HTTP door on its bound socket, its token made if there is none yet, its URL in the data dir."""
     paths = config.paths
     await trio.to_thread.run_sync(ensure_token, paths)
+    tls = check_tls(config.http_cert, config.http_key)
     door = HttpDoor(table, TokenFile(paths), loopback=is_loopback(listen_address(config.http_listen)[0]),
-                    limiter=RateLimiter(config.http_rate_per_minute, config.http_burst), mcp_app=mcp.http_app)
-    url = url_of(sock)
+                    limiter=RateLimiter(config.http_rate_per_minute, config.http_burst), mcp_app=mcp.http_app,
+                    tls=tls)
+    url = url_of(sock, tls=tls is not None)
     await nursery.start(door.serve, sock, shutdown, config.shutdown_grace_s)
     await trio.to_thread.run_sync(ownfiles.replace_file, str(paths.http_address), url + "\n")
     log.info("HTTP door on %s", url)
@@ -185,10 +188,12 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
             supervisor = Supervisor(nursery)
             actors = Mailboxes(**{name: Mailbox(name) for name in STOP_ORDER})
             registry = ModelRegistry(paths)
-            await _start_actors(supervisor, actors, config, db_id, registry)
-            services = make_services(config, reader, actors, supervisor, registry, shutdown)
-            table = method_table(services)
+            generation = Generation()
+            await _start_actors(supervisor, actors, config, db_id, registry, generation)
+            services = make_services(config, reader, actors, supervisor, registry, shutdown, generation)
+            table = cached(method_table(services), services.cache, services.index_generation)
             metrics = services.metrics
+            metrics.read_statistics("cache", lambda: {"results": services.cache.statistics()})
             metrics.read_statistics("actor", supervisor.statistics)
             metrics.read_statistics("door", lambda: services.door_statistics())
             mcp = McpHost(timed(table, metrics, "mcp"))

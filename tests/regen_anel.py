@@ -2,7 +2,7 @@
 
     python -m tests.regen_anel
 
-Run it after changing the command table, a schema under qmdctl/schemas/ or the error table, then
+Run it after changing the command table, a schema under qmdd/protocol/schemas/ or the error table, then
 review the diff: the fixtures are the contract agents rely on (tests/test_anel.py checks it).
 """
 

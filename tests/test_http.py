@@ -114,6 +114,22 @@ def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Clie
     assert door.post("/search", json={"query": "alpha"}).json()["results"]
 
 
+def test_inputs_found_by_fuzzing_get_problem_details_not_server_errors(door: httpx.Client) -> None:
+    """Found by the schemathesis run (tests/test_openapi.py) or next to what it found; each was a 500 (or
+    crashed the embedder), a reply that was not problem details, or a value silently dropped."""
+    for method in ("search", "vsearch", "query"):
+        problem(door.post(f"/{method}", content=b'{"query": "alpha \\ud800"}'), 400, "INVALID_INPUT")
+        problem(door.post(f"/{method}", content=b'{"query": "a", "min_score": 1' + b"0" * 400 + b"}"), 400,
+                "INVALID_INPUT")
+        problem(door.post(f"/{method}", content=b'{"query": "alpha", "minScore": NaN}'), 400, "INVALID_INPUT")
+        problem(door.post(f"/{method}", json={"query": "a", "collection": ["notes"], "collections": [1]}), 400,
+                "INVALID_INPUT")
+    problem(door.post("/search", content=b'{"query": "alpha", "path_prefix": "\\udcff"}'), 400, "INVALID_INPUT")
+    problem(door.get("/documents/notes/alpha.md", params={"from_line": "\u00b2"}), 400, "INVALID_INPUT")
+    problem(door.get("/documents/notes/al%0Apha.md"), 404, "NOT_FOUND")  # no route matches a newline
+    assert door.post("/query", json={"query": "alpha", "collection": "notes"}).json()["results"]
+
+
 def test_clients_that_leave_mid_request_never_stop_the_door(door: httpx.Client) -> None:
     """Garbage, bodies cut short, bodies declared huge, each half-closed at once: every connection ends
     one way or another, the door keeps serving, and nothing is logged as a bug."""

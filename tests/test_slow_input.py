@@ -58,14 +58,15 @@ def test_search_of_a_huge_line_answers_and_other_clients_are_served_meanwhile(en
     assert "needle" in hit["snippet"] and hit["line"] == 1
 
     # Searches back to back on one connection; `status` on another must answer while one is in
-    # flight (the daemon counts it in rpc.in_flight beside the status itself), again and again.
+    # flight (the daemon counts it in rpc.in_flight beside the status itself), again and again. Each
+    # query is new (a word no document has), or the result cache would answer it at once.
     stop = threading.Event()
     searches: list[int] = []
 
     def search_forever() -> None:
         with Client(env.paths, environ=env.vars, reply_timeout=DEADLINE_S) as searcher:
             while not stop.is_set():
-                searcher.call("search", {"query": "lorem needle", "limit": 2})
+                searcher.call("search", {"query": f"lorem needle unseen{len(searches)}", "limit": 2})
                 searches.append(1)
 
     thread = threading.Thread(target=search_forever)

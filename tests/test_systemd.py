@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator
 
 from qmdctl.spec import find_command
 from qmdctl.units import DEFAULT_WATCHDOG_S, SERVICE, SOCKET, UnitOptions, render
-from qmdd.protocol.errors import ErrorCode
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.transports import systemd
 from tests.conftest import Env
 
@@ -183,7 +183,8 @@ def systemd_verify(tmp_path: Path, *units: Path) -> subprocess.CompletedProcess[
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("flags", [(), ("--no-socket", "--watchdog", "0")], ids=["socket", "no-socket"])
+@pytest.mark.parametrize("flags", [(), ("--no-socket", "--watchdog", "0"), ("--http", "[::1]:8181")],
+                         ids=["socket", "no-socket", "http"])
 def test_installed_units_pass_systemd_analyze_verify(env: Env, tmp_path: Path, flags: tuple[str, ...]) -> None:
     baseline_dir = tmp_path / "baseline"
     baseline_dir.mkdir()
@@ -202,9 +203,13 @@ def test_installed_units_pass_systemd_analyze_verify(env: Env, tmp_path: Path, f
     complaints = [line for line in verified.stderr.splitlines() if "qmdd" in line]
     assert verified.returncode == 0 and not complaints, verified.stderr
     service = paths[0].read_text()
-    assert f"ExecStart={sys.executable} -m qmdd\n" in service
+    http = f' --http "{flags[1]}"' if "--http" in flags else ""
+    assert f"ExecStart={sys.executable} -m qmdd{http}\n" in service
     assert f'Environment="QMDD_HOME={str(odd_home).replace("%", "%%")}"\n' in service
-    assert ("WatchdogSec" not in service) if flags else (f"WatchdogSec={DEFAULT_WATCHDOG_S}\n" in service)
+    if "--no-socket" in flags:
+        assert "WatchdogSec" not in service
+    else:
+        assert f"WatchdogSec={DEFAULT_WATCHDOG_S}\n" in service
     if not flags:
         socket_unit = paths[1].read_text()
         assert f"ListenStream={str(odd_home).replace('%', '%%')}/run/qmdd.sock\n" in socket_unit
@@ -227,11 +232,16 @@ def test_reference_units_are_the_rendered_ones() -> None:
 
 
 def test_unit_options_round_trip_through_the_header() -> None:
-    for options in (UnitOptions(), UnitOptions(socket=False), UnitOptions(watchdog_s=0), UnitOptions(False, 5)):
+    for options in (UnitOptions(), UnitOptions(socket=False), UnitOptions(watchdog_s=0), UnitOptions(False, 5),
+                    UnitOptions(http="127.0.0.1:8181"), UnitOptions(watchdog_s=5, http="[::1]:80")):
         text = render("/usr/bin/python3", {}, options)[SERVICE]
         parsed = UnitOptions.from_header(text)
-        assert parsed is not None and (parsed.socket, parsed.watchdog_s) == (options.socket, options.watchdog_s)
+        assert parsed is not None and (parsed.socket, parsed.watchdog_s, parsed.http) == \
+            (options.socket, options.watchdog_s, options.http)
     assert UnitOptions.from_header("[Unit]\n") is None
+    assert not UnitOptions(http="127.0.0.1:8181").socket  # the port must be served from login on
+    with pytest.raises(QmddError, match="HOST:PORT"):
+        UnitOptions(http="127.0.0.1:8181\nExecStartPre=/bin/evil")
 
 
 # --- sd_notify ---------------------------------------------------------------------------------------
@@ -410,6 +420,15 @@ def test_service_install_status_uninstall_without_a_user_manager(env: Env, tmp_p
     assert not (units / "sockets.target.wants" / SOCKET).exists()
     assert "WantedBy=default.target\n" in (units / SERVICE).read_text()
     assert qmdctl_json(variables, "service", "status")["current"]
+
+    # With the HTTP door: on ExecStart, and status compares against an --http install.
+    served = qmdctl_json(variables, "service", "install", "--http", "127.0.0.1:8181")
+    assert served["exec_start"] == f"{sys.executable} -m qmdd --http 127.0.0.1:8181" and not served["socket_activation"]
+    assert f'ExecStart={sys.executable} -m qmdd --http "127.0.0.1:8181"\n' in (units / SERVICE).read_text()
+    assert qmdctl_json(variables, "service", "status")["current"]
+    refused = qmdctl(variables, "service", "install", "--http", "8181")
+    assert refused.returncode == ErrorCode.INVALID_INPUT.spec.exit_code
+    qmdctl_json(variables, "service", "install", "--no-socket")
 
     assert qmdctl_json(variables, "service", "uninstall", "--dry-run")["action"].startswith("run `systemctl")
     assert (units / SERVICE).exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qmdctl.client import CONNECT_TIMEOUT_S, Client, start_daemon
 from qmdd import ownfiles
@@ -37,19 +37,24 @@ def wait_for_exit(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     return True
 
 
-def start(inv: Invocation) -> int:
-    client = inv.client
+def ensure_running(client: Client, *, http: str | None = None, watch: bool = True) -> dict[str, Any]:
+    """Start the daemon unless one answers; what `daemon start` reports (pid, socket, HTTP URL)."""
     already = client.try_connect()
     if not already:
         environ = dict(os.environ if client.environ is None else client.environ)
-        if inv.args.get("no_watch"):
+        if not watch:
             environ["QMDD_WATCH"] = "0"
-        if inv.args.get("http"):
-            environ["QMDD_HTTP_LISTEN"] = inv.args["http"]
+        if http:
+            environ["QMDD_HTTP_LISTEN"] = http
         start_daemon(client.paths, environ)
         client.try_connect()
-    info = {"running": True, "started": not already, "pid": client.server.get("pid"),
+    return {"running": True, "started": not already, "pid": client.server.get("pid"),
             "socket": client.socket_path, "http": ownfiles.read_record(str(client.paths.http_address))}
+
+
+def start(inv: Invocation) -> int:
+    info = ensure_running(inv.client, http=inv.args.get("http"), watch=not inv.args.get("no_watch"))
+    already = not info["started"]
     if already and inv.args.get("http") and info["http"] is None:
         inv.output.warn("warning: the daemon was already running, without HTTP; restart it with "
                         "`qmdctl daemon stop` to serve HTTP", None)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from qmdctl.invocation import Invocation
 
 SESSION_METHOD = "mcp.session"
+DEFAULT_HTTP_PORT = 8181
+"""qmd's `mcp --http` port."""
 
 
 def _unavailable(req_id: Any, method: str, why: str) -> dict[str, Any]:
@@ -176,6 +178,8 @@ class Bridge:
 
 
 def serve(inv: Invocation) -> int:
+    if inv.args.get("http"):
+        return point_to_http(inv)
     os.environ.setdefault("QMDD_TIMEOUT", "0")
     try:
         return Bridge().run()
@@ -183,3 +187,23 @@ def serve(inv: Invocation) -> int:
         return 0
     except QmddError as err:
         raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, err.message) from None
+
+
+def point_to_http(inv: Invocation) -> int:
+    """`qmdctl mcp --http`: MCP over streamable HTTP is served by the daemon itself, at /mcp of its HTTP
+    door. Start the daemon with that door (on loopback, --port) unless one runs, and say where it is."""
+    from qmdctl.commands.daemon import ensure_running
+
+    port = inv.args.get("port")
+    port = DEFAULT_HTTP_PORT if port is None else port
+    if not 0 <= port <= 65535:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"--port must be from 0 (any free port) to 65535, not {port}")
+    info = ensure_running(inv.client, http=f"127.0.0.1:{port}")
+    if info["http"] is None:
+        raise QmddError(ErrorCode.DAEMON_RUNNING, f"qmdd is running (pid {info['pid']}) without HTTP",
+                        hints=("Stop it (`qmdctl daemon stop`) and run `qmdctl mcp --http` again, or start it "
+                               "with `qmdctl daemon start --http 127.0.0.1:8181`.",))
+    url = info["http"].rstrip("/") + "/mcp"
+    sys.stdout.write(f"MCP over HTTP: {url} (qmdd pid {info['pid']}, {'started' if info['started'] else 'running'})\n"
+                     "Send the header  Authorization: Bearer TOKEN  (`qmdctl http token` prints TOKEN).\n")
+    return 0

@@ -185,7 +185,8 @@ def _watchdog_s(args: dict[str, Any]) -> int:
 
 def install(inv: Invocation) -> int:
     environ = dict(os.environ)
-    options = UnitOptions(socket=not inv.args.get("no_socket"), watchdog_s=_watchdog_s(inv.args))
+    options = UnitOptions(socket=not inv.args.get("no_socket"), watchdog_s=_watchdog_s(inv.args),
+                          http=inv.args.get("http") or "")
     start = not inv.args.get("no_start")
     directory = unit_dir(environ)
     units = render(sys.executable, environ, options)
@@ -200,7 +201,7 @@ def install(inv: Invocation) -> int:
         steps = [f"run `{systemctl_line(['disable', '--now', SOCKET])}` and remove "
                  f"{os.path.join(directory, SOCKET)}"] if stale else []
         steps.append(f"write {' and '.join(os.path.join(directory, name) for name in units)}"
-                     f" (ExecStart={sys.executable} -m qmdd)")
+                     f" (ExecStart={options.exec_start(sys.executable)})")
         if start:
             steps.append("stop the daemon if one is running")
         steps.append("run " + " and ".join(f"`{systemctl_line(c)}`" for c in commands))
@@ -225,7 +226,7 @@ def install(inv: Invocation) -> int:
             commands = [["daemon-reload"], *(restart or [["start", unit]] * start)]
         commands = [["stop", SOCKET]] * stale + commands  # its file is gone, the manager may still run it
         to_run = ["qmdctl daemon stop"] * (running is not None) + [systemctl_line(c) for c in commands]
-    result = {"unit_dir": directory, "units": written, "exec_start": f"{sys.executable} -m qmdd",
+    result = {"unit_dir": directory, "units": written, "exec_start": options.exec_start(sys.executable),
               "socket_activation": options.socket, "watchdog_s": options.watchdog_s,
               "stopped_pid": running if systemctl.reachable else None,
               "ran": systemctl.ran, "to_run": to_run, "reason": systemctl.reason if to_run else None}
@@ -307,7 +308,7 @@ def status(inv: Invocation) -> int:
                       "enabled": _answer(["is-enabled", name]), "active": _answer(["is-active", name])})
     result = {"unit_dir": directory, "installed": texts[SERVICE] is not None,
               "current": all(u["current"] for u in units), "socket_activation": texts[SOCKET] is not None,
-              "exec_start": f"{sys.executable} -m qmdd", "units": units}
+              "exec_start": options.exec_start(sys.executable), "units": units}
     inv.output.value(result, lambda r: _print_status(inv, r))
     return 0
 

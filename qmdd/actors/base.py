@@ -24,6 +24,7 @@ from qmdd import faults
 from qmdd.actors.messages import SaveSnapshot, VerifyIndex
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import connect
+from qmdd.tracing import span, trace_id_var
 
 log = logging.getLogger("qmdd.actors")
 
@@ -35,6 +36,8 @@ class Envelope:
     message: Any
     reply: trio.MemorySendChannel[outcome.Outcome[Any]] | None = None
     enqueued_at: float = field(default_factory=time.monotonic)
+    trace_id: str = field(default_factory=trace_id_var.get)
+    """The request's that sent it: the actor's log lines about it carry it too."""
     attempts: int = 0  # how many instances of the actor ended (crashed) while holding this message
 
 
@@ -74,12 +77,13 @@ class Mailbox:
     async def call(self, message: Any) -> Any:
         """Send and wait for the reply; raises the handler's QmddError."""
         reply_send, reply_receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-        async with reply_receive:
-            try:
-                await self.send_channel.send(Envelope(message, reply_send))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor has stopped") from None
-            return (await reply_receive.receive()).unwrap()
+        with span(f"{self.name}.{type(message).__name__}"):
+            async with reply_receive:
+                try:
+                    await self.send_channel.send(Envelope(message, reply_send))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor has stopped") from None
+                return (await reply_receive.receive()).unwrap()
 
     def cast_nowait(self, message: Any) -> None:
         """Fire and forget; refuses rather than blocks when the actor is far behind."""
@@ -206,6 +210,7 @@ class Actor:
         clean state. Cancelled (a crash elsewhere in this actor, a stop) is never swallowed: the
         request is abandoned instead."""
         answered = False
+        trace_id_var.set(envelope.trace_id)
         try:
             injected = self._injected_fault(envelope) if faults.enabled else None
             result = injected or await outcome.acapture(handler, envelope.message)
@@ -234,6 +239,20 @@ class Actor:
         except faults.InjectedFault as exc:
             return outcome.Error(exc)
         return None
+
+
+class Generation:
+    """A number that grows each time an in-memory index changes what a search can find. With SQLite's
+    data_version (every commit) it keys the result cache: a cached answer is served only while neither
+    moved since it was computed."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def advance(self) -> None:
+        self.value += 1
 
 
 class DatabaseActor(Actor):
@@ -271,9 +290,10 @@ class DerivedIndexActor(DatabaseActor):
 
     snapshot_errors: ClassVar[tuple[type[Exception], ...]] = ()
 
-    def __init__(self, database: Path, snapshot: Path) -> None:
+    def __init__(self, database: Path, snapshot: Path, generation: Generation | None = None) -> None:
         super().__init__(database)
         self._snapshot = snapshot
+        self._generation = generation or Generation()
         self._cpu = trio.CapacityLimiter(1)
         self._lock = trio.Lock()  # fair: a waiting query gets the index after the current step
         self._dirty = False
@@ -293,6 +313,11 @@ class DerivedIndexActor(DatabaseActor):
 
     def _reconcile(self) -> tuple[int, int]:
         raise NotImplementedError
+
+    def _changed(self) -> None:
+        """Called after each change to the index, once searches can see it."""
+        self._dirty = True
+        self._generation.advance()
 
     def _remove_stale_temps(self) -> None:
         """A kill -9 during a snapshot write leaves its temp file (as big as the snapshot) behind; the
@@ -318,6 +343,7 @@ class DerivedIndexActor(DatabaseActor):
             self.loaded_from = "rebuilt"
             return
         self._install(index)
+        self._generation.advance()
         self.loaded_from = "snapshot"
 
     def _write_snapshot(self) -> None:
@@ -346,7 +372,7 @@ class DerivedIndexActor(DatabaseActor):
         async with self._lock:
             added, removed = await trio.to_thread.run_sync(self._reconcile, limiter=self._cpu)
         if added or removed:
-            self._dirty = True
+            self._changed()
             log.info("%s reconciled with SQLite: +%d -%d", self.name, added, removed)
             await self._save(SaveSnapshot())
         return {"added": added, "removed": removed}

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 from pyroaring import BitMap
 
-from qmdd.actors.base import DerivedIndexActor, Handler
+from qmdd.actors.base import DerivedIndexActor, Generation, Handler
 from qmdd.actors.messages import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
 from qmdd.search.bm25index import BM25Index, ChunkHit, SnapshotError
 from qmdd.search.fields import index_chunks
@@ -31,8 +31,8 @@ class Bm25Actor(DerivedIndexActor):
     snapshot_errors = (SnapshotError,)
 
     def __init__(self, database: Path, snapshot: Path, database_id: str, *, stem: bool = True,
-                 k1: float = 1.3, b: float = 0.55) -> None:
-        super().__init__(database, snapshot)
+                 k1: float = 1.3, b: float = 0.55, generation: Generation | None = None) -> None:
+        super().__init__(database, snapshot, generation)
         self._tokenizer = Tokenizer(TokenizerConfig(stem=stem))
         self._meta = {"database_id": database_id, "tokenizer": self._tokenizer.fingerprint,
                       "k1": repr(k1), "b": repr(b)}
@@ -94,7 +94,7 @@ class Bm25Actor(DerivedIndexActor):
 
     async def _apply(self, message: ApplyChunks) -> None:
         await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)
-        self._dirty = True
+        self._changed()
 
     def _search_sync(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
         weighted = self._tokenizer.weighted_query_terms(message.text)

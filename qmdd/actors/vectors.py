@@ -17,7 +17,7 @@ import trio
 from pyroaring import BitMap
 
 from qmdd import faults
-from qmdd.actors.base import DerivedIndexActor, Handler, concurrent
+from qmdd.actors.base import DerivedIndexActor, Generation, Handler, concurrent
 from qmdd.actors.messages import (
     ApplyChunks,
     IndexEmbedded,
@@ -43,8 +43,8 @@ class VectorsActor(DerivedIndexActor):
     snapshot_errors = (VectorSnapshotError,)
 
     def __init__(self, database: Path, snapshot: Path, database_id: str, fingerprint: str | None,
-                 dims: int) -> None:
-        super().__init__(database, snapshot)
+                 dims: int, *, generation: Generation | None = None) -> None:
+        super().__init__(database, snapshot, generation)
         self._database_id = database_id
         self.fingerprint = fingerprint
         self.index = VectorIndex(dims) if dims else None
@@ -134,6 +134,7 @@ class VectorsActor(DerivedIndexActor):
         self.index = VectorIndex(message.dims) if message.dims else None
         self.loaded_from = "rebuilt"
         self._snapshot.unlink(missing_ok=True)
+        self._generation.advance()  # another model: every semantic answer changes
         return await self._verify(VerifyIndex())
 
     def _apply_sync(self, message: ApplyChunks) -> None:
@@ -154,7 +155,7 @@ class VectorsActor(DerivedIndexActor):
     async def _apply(self, message: ApplyChunks) -> None:
         async with self._lock:
             await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)
-        self._dirty = True
+        self._changed()
 
     async def _index_embedded(self, message: IndexEmbedded) -> int:
         if message.fingerprint != self.fingerprint:
@@ -173,7 +174,8 @@ class VectorsActor(DerivedIndexActor):
             async with self._lock:
                 added += await trio.to_thread.run_sync(
                     index.add, [c for c, _, _ in part], [col for _, col, _ in part], vectors[start:start + ADD_SLICE])
-        self._dirty = self._dirty or added > 0
+        if added:
+            self._changed()
         return added
 
     def _search_sync(self, message: VectorQuery) -> list[list[VectorHit]]:

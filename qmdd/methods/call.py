@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
-"""The trace id of the request being served, for the daemon's log lines (set by the door)."""
 
 Emit = Callable[[str, Any], Awaitable[None]]
 Receive = Callable[[], Awaitable[Mapping[str, Any] | None]]

@@ -7,6 +7,7 @@ seconds, index sizes, watcher events, HTTP rate limiting...) is read at scrape t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -17,6 +18,9 @@ from prometheus_client.registry import Collector
 
 from qmdd.methods.call import Call, MethodHandler
 from qmdd.protocol.errors import unwrap_error
+from qmdd.tracing import span
+
+log = logging.getLogger("qmdd.requests")
 
 # Search round trips sit around 1-10 ms; embeds and updates take seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
@@ -48,18 +52,22 @@ class Metrics:
 
 
 def timed(table: Mapping[str, MethodHandler], metrics: Metrics, door: str) -> dict[str, MethodHandler]:
-    """The table as one door serves it: each call counted and timed, its error code counted."""
+    """The table as one door serves it: each call counted, timed, logged at info (the log line carries
+    the request's trace id) and, when OpenTelemetry is on, made a span; its error code counted."""
     def wrap(method: str, handler: MethodHandler) -> MethodHandler:
         async def timed_handler(params: dict[str, Any], call: Call) -> Any:
             started, error = time.perf_counter(), None
             try:
-                return await handler(params, call)
+                with span(method, **{"qmdd.door": door}):
+                    return await handler(params, call)
             except Exception as exc:  # recorded and raised again: the door's handler answers it
                 typed = unwrap_error(exc)
                 error = str(typed.code) if typed is not None else "INTERNAL"
                 raise
             finally:
-                metrics.observe(method, door, time.perf_counter() - started, error)
+                seconds = time.perf_counter() - started
+                metrics.observe(method, door, seconds, error)
+                log.info("%s via %s: %s in %.1f ms", method, door, error or "ok", seconds * 1000)
         return timed_handler
     return {method: wrap(method, handler) for method, handler in table.items()}
 

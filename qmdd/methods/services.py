@@ -11,9 +11,10 @@ from typing import Any
 
 import trio
 
-from qmdd.actors.base import Mailbox
+from qmdd.actors.base import Generation, Mailbox
 from qmdd.actors.supervisor import Supervisor
 from qmdd.config import Config
+from qmdd.methods.cache import ResultCache
 from qmdd.methods.metrics import Metrics
 from qmdd.models.registry import ModelRegistry
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
@@ -46,9 +47,18 @@ class Services:
     door_statistics: Callable[[], dict[str, Any]] = dict
     """The doors' counters for `status` (connections, requests, errors), set once the doors exist."""
     metrics: Metrics = field(default_factory=Metrics)
+    generation: Generation = field(default_factory=Generation)
+    """Advanced by the BM25 and vectors actors after each change they apply."""
+    cache: ResultCache = field(default_factory=lambda: ResultCache(0, 0.0))
+
+    def index_generation(self) -> tuple[int, int]:
+        """Moves whenever what a search can see may have changed (see qmdd.methods.cache)."""
+        version: int = self.reader.execute("PRAGMA data_version").fetchone()[0]
+        return version, self.generation.value
 
 
 def make_services(config: Config, reader: sqlite3.Connection, actors: Mailboxes, supervisor: Supervisor,
-                  registry: ModelRegistry, shutdown: trio.Event) -> Services:
+                  registry: ModelRegistry, shutdown: trio.Event, generation: Generation) -> Services:
     return Services(config, reader, actors, supervisor, registry, shutdown,
-                    Tokenizer(TokenizerConfig(stem=config.stem)))
+                    Tokenizer(TokenizerConfig(stem=config.stem)), generation=generation,
+                    cache=ResultCache(config.cache_entries, config.cache_ttl_s))

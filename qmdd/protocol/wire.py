@@ -12,6 +12,7 @@ dependencies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -219,6 +220,21 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
 }
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_finite(number: Any) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def validate_params(method: str, params: Any) -> dict[str, Any]:
     """Check a request's params against its declaration; fill defaults; reject unknown keys."""
     decl = METHODS.get(method)
@@ -249,5 +265,12 @@ def validate_params(method: str, params: Any) -> dict[str, Any]:
         strings: list[Any] = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         if any("\x00" in s for s in strings):
             raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: parameter {name!r} contains a NUL character")
+        # JSON's "\ud800" escape makes a lone surrogate, which SQLite, the OS and the tokenizers cannot encode.
+        if not all(_is_unicode(s) for s in strings):
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: parameter {name!r} is not valid Unicode "
+                            "(it has a lone surrogate)")
+        # A JSON integer too large for a float, or NaN/Infinity (Python's json reads them), is no score.
+        if kind == (int, float) and not _is_finite(value):
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: parameter {name!r} must be a finite number")
         clean[name] = value
     return clean

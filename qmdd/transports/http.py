@@ -18,13 +18,14 @@ hints and trace id, with the status from the error catalogue.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import os
 import socket
-import uuid
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,20 +41,17 @@ from starlette.routing import Route
 
 from qmdd import __version__, faults
 from qmdd.config import listen_address
-from qmdd.methods.call import trace_id_var
 from qmdd.methods.table import MethodTable, invoke, whole
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
-from qmdd.protocol.wire import METHODS
 from qmdd.tokens import TokenFile
+from qmdd.tracing import new_span_id, trace_context, traceparent
 from qmdd.transports.ratelimit import RateLimiter
+from qmdd.transports.rest import SEARCH_METHODS, search_params
 
 log = logging.getLogger("qmdd.http")
 
 MAX_BODY_BYTES = 1 << 20
 """A search body is a query and a few options: a larger one is refused before it is read."""
-SEARCH_METHODS = ("search", "vsearch", "query")
-QMD_ALIASES = {"minScore": "min_score"}
-"""qmd's HTTP field names, accepted beside ours (`collection` too: a name or a list)."""
 PROBLEM_TYPE = "urn:qmdd:error:"
 """Followed by the code: one problem type per stable error code."""
 
@@ -98,9 +96,27 @@ def open_http_socket(listen: str) -> socket.socket:
                         ) from None
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, *, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def check_tls(cert: str, key: str) -> tuple[str, str] | None:
+    """The certificate and key the door serves HTTPS with (None: plain HTTP), checked at start: a wrong
+    path or a key that does not match is a clear error, not a door that fails each handshake."""
+    if not (cert or key):
+        return None
+    if not (cert and key):
+        raise QmddError(ErrorCode.CONFIG_ERROR, "HTTPS needs both http_cert and http_key",
+                        hints=("Set both [http] cert and key (PEM files), or neither for plain HTTP.",))
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"cannot serve HTTPS with {cert} and {key}: {exc}",
+                        hints=("Give a PEM certificate and its unencrypted private key, readable by qmdd.",)
+                        ) from None
+    return cert, key
 
 
 def problem(error: QmddError, trace_id: str) -> JSONResponse:
@@ -110,7 +126,7 @@ def problem(error: QmddError, trace_id: str) -> JSONResponse:
                             "trace_id": trace_id}
     if error.details:
         body["details"] = error.details
-    headers = {"x-trace-id": trace_id}
+    headers = {}
     if error.code is ErrorCode.UNAUTHORIZED:
         headers["www-authenticate"] = 'Bearer realm="qmdd"'
     if error.code is ErrorCode.RATE_LIMITED:
@@ -124,21 +140,11 @@ def _host_name(host_header: str) -> str:
     return host_header.rpartition(":")[0] if host_header.count(":") == 1 else host_header
 
 
-def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
-    params = {QMD_ALIASES.get(key, key): value for key, value in body.items() if key != "collection"}
-    if "collection" in body:
-        named = body["collection"]
-        params["collections"] = [named] if isinstance(named, str) else named
-    unknown = set(params) - set(METHODS[method])
-    if unknown:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown field(s) for {method}: {sorted(unknown)}")
-    return params
-
-
 class HttpDoor:
     def __init__(self, table: MethodTable, tokens: TokenFile, *, loopback: bool, limiter: RateLimiter,
-                 mcp_app: Callable[[], Awaitable[Any]] | None = None) -> None:
+                 mcp_app: Callable[[], Awaitable[Any]] | None = None, tls: tuple[str, str] | None = None) -> None:
         self.table = table
+        self.tls = tls
         self.tokens = tokens
         self.loopback = loopback
         self.limiter = limiter
@@ -158,10 +164,15 @@ class HttpDoor:
                   Route("/collections", self._endpoint(self._call("collection.list"))),
                   Route("/stats", self._endpoint(self._call("status"))),
                   Route("/metrics", self._endpoint(self._metrics)),
+                  Route("/openapi.json", self._endpoint(self._openapi)),
                   Route("/documents/{target:path}", self._endpoint(self._document))]
         routes += [Route(f"/{method}", self._endpoint(self._search(method)), methods=["POST"])
                    for method in SEARCH_METHODS]
-        routed = Starlette(routes=routes)
+        unrouted = self._endpoint(self._no_route, public=True)
+
+        async def not_found(request: Request, exc: Exception) -> Response:
+            return await unrouted(request)  # problem details too, e.g. for a target with a newline in it
+        routed = Starlette(routes=routes, exception_handlers={404: not_found})
         mcp_checks = self._endpoint(self._mcp_app_ready)
 
         async def asgi(scope: Any, receive: Any, send: Any) -> None:
@@ -208,6 +219,8 @@ class HttpDoor:
         config.keep_alive_timeout = 30.0
         config.read_timeout = 30  # a client that stops sending mid-request loses its connection
         config.include_server_header = False
+        if self.tls is not None:
+            config.certfile, config.keyfile = self.tls
         app: Any = self.app()  # an ASGI app; hypercorn's own type for one is narrower
 
         ready = _ReadyOnce(task_status)
@@ -240,9 +253,7 @@ class HttpDoor:
     def _endpoint(self, fn: Endpoint, *, public: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             self.stats.requests += 1
-            given = request.headers.get("x-trace-id", "")
-            trace_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex[:16]
-            trace_id_var.set(trace_id)
+            trace_id = trace_context(request.headers)
             try:
                 self._check_origin(request)
                 if not public:
@@ -257,11 +268,8 @@ class HttpDoor:
                     log.exception("HTTP %s %s failed", request.method, request.url.path)
                     error = QmddError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
                 self.stats.errors[str(error.code)] = self.stats.errors.get(str(error.code), 0) + 1
-                return problem(error, trace_id)
-            if isinstance(value, Response):
-                value.headers["x-trace-id"] = trace_id
-                return value
-            return JSONResponse(value, headers={"x-trace-id": trace_id})
+                return _traced(problem(error, trace_id), trace_id)
+            return _traced(value if isinstance(value, Response) else JSONResponse(value), trace_id)
         return handle
 
     def _check_origin(self, request: Request) -> None:
@@ -308,17 +316,25 @@ class HttpDoor:
         answer, _ = await invoke(self.table, "metrics", {})
         return Response(answer["text"], media_type=PROMETHEUS_TEXT)
 
+    async def _no_route(self, request: Request) -> Any:
+        raise QmddError(ErrorCode.NOT_FOUND, f"no route for {request.method} {request.url.path!r:.200}",
+                        hints=("GET /openapi.json lists the routes.",))
+
+    async def _openapi(self, request: Request) -> Any:
+        from qmdd.transports.openapi import document
+        return document()
+
     async def _document(self, request: Request) -> Any:
         target = request.path_params["target"]
         params: dict[str, Any] = {"target": target if target.startswith("#") else f"qmd://{target}"}
         for name in ("from_line", "max_lines"):
             value = request.query_params.get(name)
             if value is not None:
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):  # "²" is a digit to isdigit(), not to int()
                     raise QmddError(ErrorCode.INVALID_INPUT, f"{name} must be a whole number, not {value!r:.40}")
                 params[name] = int(value)
         answer, _ = await invoke(self.table, "get", params)
-        return answer
+        return _tagged(JSONResponse(answer), request.headers.get("if-none-match"))
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         # Read, not refused on its declared length: hypercorn's trio worker ends when a reply is sent
@@ -335,6 +351,28 @@ class HttpDoor:
         if not isinstance(value, dict):
             raise QmddError(ErrorCode.INVALID_INPUT, "the body must be a JSON object of parameters")
         return value
+
+
+def _tagged(response: Response, if_none_match: str | None) -> Response:
+    """A strong ETag over the exact body; 304 when the client already has it. Clients must revalidate
+    (the file may change any moment), which costs a round trip but not the body."""
+    tag = '"' + hashlib.sha256(response.body).hexdigest()[:32] + '"'
+    headers = {"etag": tag, "cache-control": "private, no-cache"}
+    if if_none_match is not None and (if_none_match.strip() == "*" or tag in (
+            t.strip().removeprefix("W/") for t in if_none_match.split(","))):
+        return Response(status_code=304, headers=headers)
+    response.headers.update(headers)
+    return response
+
+
+def _traced(response: Response, trace_id: str) -> Response:
+    """The trace id on the way out: as sent or made up (x-trace-id), and as W3C trace context with this
+    door's span, so the caller's tracer can link its span to the request."""
+    response.headers["x-trace-id"] = trace_id
+    context = traceparent(trace_id, new_span_id())
+    if context is not None:
+        response.headers["traceparent"] = context
+    return response
 
 
 def _too_large() -> QmddError:

@@ -17,7 +17,6 @@ import logging
 import os
 import resource
 import socket
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from qmdd import ownfiles
-from qmdd.methods.call import Call, MethodHandler, trace_id_var
+from qmdd.methods.call import Call, MethodHandler
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.protocol.framing import FrameReader, FrameStalled, FrameTooLarge
@@ -39,6 +38,7 @@ from qmdd.protocol.wire import (
     result,
     validate_params,
 )
+from qmdd.tracing import accepted_trace_id, new_trace_id, trace_id_var
 
 if TYPE_CHECKING:
     from qmdd.protocol.wire import ClientFrame, RequestFrame
@@ -252,8 +252,7 @@ class RpcServer:
 
     async def _request(self, stream: trio.SocketStream, reader: FrameReader, message: RequestFrame) -> None:
         req_id, method = message["id"], message["method"]
-        raw_trace = message.get("trace_id")
-        trace_id = raw_trace if isinstance(raw_trace, str) and 0 < len(raw_trace) <= 128 else uuid.uuid4().hex[:16]
+        trace_id = accepted_trace_id(message.get("trace_id")) or new_trace_id()
         trace_id_var.set(trace_id)
         identity = redact_identity(message.get("identity"))
         params = validate_params(method, message.get("params"))

@@ -1,0 +1,36 @@
+"""What the HTTP door's search routes accept, kept apart from the door so that its OpenAPI description
+(`qmdd.transports.openapi`) reads the very rules the door applies instead of a copy of them.
+
+A search body is a JSON object of the method's parameters (`wire.METHODS`, checked by `validate_params`
+once the method is called), where qmd's HTTP field names are accepted beside ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.protocol.wire import METHODS
+
+SEARCH_METHODS = ("search", "vsearch", "query")
+"""Each is served as POST /<method>."""
+QMD_ALIASES = {"minScore": "min_score", "collection": "collections"}
+"""qmd's HTTP field names, accepted beside ours: qmd's field -> our parameter."""
+ONE_OR_A_LIST = frozenset({"collection"})
+"""qmd aliases of a list parameter that also take a single value, meaning a list of one."""
+
+
+def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The method's parameters from a request body: aliases renamed, unknown fields refused here (with
+    the HTTP field names the caller used); types and defaults are the method call's to check."""
+    params: dict[str, Any] = {}
+    for key, value in body.items():
+        name = QMD_ALIASES.get(key, key)
+        if name in params:  # one of the two values would be dropped unchecked
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: {name!r} is given twice, under two names; "
+                            "send one of them")
+        params[name] = [value] if key in ONE_OR_A_LIST and isinstance(value, str) else value
+    unknown = set(params) - set(METHODS[method])
+    if unknown:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown field(s) for {method}: {sorted(unknown)}")
+    return params
