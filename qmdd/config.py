@@ -50,6 +50,8 @@ class Config:
     """HTTP requests a client (by address) may make per minute, after its burst; 0: no limit. [http] rate_per_minute."""
     http_burst: int = 10
     """HTTP requests a client may make at once before the rate applies. [http] burst."""
+    http_mcp_stateless: bool = False
+    """MCP over HTTP without sessions: each POST /mcp stands alone, answered in JSON. [http] mcp_stateless."""
     http_cert: str = ""
     """PEM certificate file: the HTTP door speaks HTTPS (with http_key). [http] cert."""
     http_key: str = ""
@@ -69,7 +71,7 @@ class Config:
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
 _TABLES = {
     "http": {"listen": "http_listen", "rate_per_minute": "http_rate_per_minute", "burst": "http_burst",
-             "cert": "http_cert", "key": "http_key"},
+             "cert": "http_cert", "key": "http_key", "mcp_stateless": "http_mcp_stateless"},
     "cache": {"entries": "cache_entries", "ttl_s": "cache_ttl_s"},
     "log": {"format": "log_format", "max_bytes": "log_max_bytes", "backups": "log_backups",
             "level": "log_level"},

@@ -154,7 +154,8 @@ async def _serve_http(config: Config, table: MethodTable, mcp: McpHost, sock: so
     await trio.to_thread.run_sync(ensure_token, paths)
     tls = check_tls(config.http_cert, config.http_key)
     door = HttpDoor(table, TokenFile(paths), loopback=is_loopback(listen_address(config.http_listen)[0]),
-                    limiter=RateLimiter(config.http_rate_per_minute, config.http_burst), mcp_app=mcp.http_app,
+                    limiter=RateLimiter(config.http_rate_per_minute, config.http_burst),
+                    mcp_app=partial(mcp.http_app, stateless=config.http_mcp_stateless),
                     tls=tls)
     url = url_of(sock, tls=tls is not None)
     await nursery.start(door.serve, sock, shutdown, config.shutdown_grace_s)

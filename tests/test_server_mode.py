@@ -191,3 +191,16 @@ def test_qmdctl_mcp_http_starts_the_door_and_prints_the_url(env: Env) -> None:
     env.run("daemon", "start")
     refused = env.run("mcp", "--http", check=False)
     assert refused.returncode == 29 and "without HTTP" in refused.stderr
+
+
+def test_stateless_mcp_answers_each_post_on_its_own(env: Env, notes: Path) -> None:
+    with open_door(env, notes, QMDD_HTTP_MCP_STATELESS="1") as door:
+        headers = {"accept": "application/json, text/event-stream"}
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "search", "arguments": {"query": "sqlite", "limit": 1}}}
+        answer = door.post("/mcp", json=call, headers=headers)  # no initialize, no session id
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+        assert "mcp-session-id" not in answer.headers
+        result = answer.json()["result"]
+        assert not result["isError"] and result["structuredContent"]["results"][0]["file"] == "qmd://notes/beta.md"
+        assert door.post("/mcp", json={**call, "id": 8}, headers=headers).json()["id"] == 8

@@ -117,16 +117,18 @@ class McpHost:
             self.open_sessions -= 1
         return {"closed": True}
 
-    async def http_app(self) -> Any:
-        """MCP streamable HTTP (the SDK's ASGI app, sessions at /mcp) over the same tools. The HTTP door
-        checks the token and Host/Origin itself, so the SDK's own rebinding check stays off. The
-        instructions list the collections as they are when the app is built."""
+    async def http_app(self, *, stateless: bool = False) -> Any:
+        """MCP streamable HTTP (the SDK's ASGI app at /mcp) over the same tools: sessions, or with
+        `stateless` none (each POST stands alone and is answered with plain JSON: for clients behind
+        load balancers, or that cannot keep a session id). The HTTP door checks the token and Host/Origin
+        itself, so the SDK's own rebinding check stays off. The instructions list the collections as
+        they are when the app is built."""
         from mcp.server.transport_security import TransportSecuritySettings
 
         server = await self.server()
         session_server(server).instructions = await self.instructions()
         return server.streamable_http_app(
-            streamable_http_path="/mcp",
+            streamable_http_path="/mcp", stateless_http=stateless, json_response=stateless,
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     def statistics(self) -> dict[str, Any]:
