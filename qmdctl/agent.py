@@ -55,7 +55,9 @@ class DryRunClient(Client):
 
     def call(self, method: str, params: dict[str, Any] | None = None, on_item: ItemSink | None = None) -> Any:
         validate_params(method, params or {})  # the daemon's own check: a bad request fails here too
-        raise DryRun({"method": method, "params": dict(params or {})})
+        # Bytes (a plugin's module) are shown by size: a plan is printed, often as JSON.
+        shown = {k: f"<{len(v):,} bytes>" if isinstance(v, bytes) else v for k, v in (params or {}).items()}
+        raise DryRun({"method": method, "params": shown})
 
 
 def print_plan(output: Output, command: Command, plan: dict[str, Any], client: Client) -> int:

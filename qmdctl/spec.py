@@ -95,6 +95,10 @@ _RESULT_OPTS: tuple[Opt, ...] = (
     Opt("full", ("--full",), "flag", False, "Print whole documents instead of snippets."),
     Opt("line_numbers", ("--line-numbers",), "flag", False, "Number the snippet lines."),
     Opt("explain", ("--explain",), "flag", False, "Show how each score was made."),
+    Opt("plugin", ("--plugin",), "list", None,
+        "Run this installed scorer or filter plugin on the hits (repeatable; see `qmdctl plugin list`)."),
+    Opt("strict_plugins", ("--strict-plugins",), "flag", False,
+        "Fail with PLUGIN_FAILED when a plugin fails, instead of answering without it (with a warning)."),
 )
 
 COMMANDS: tuple[Command, ...] = (
@@ -177,6 +181,34 @@ COMMANDS: tuple[Command, ...] = (
     Command(("context", "rm"), "Remove a context.", "context:remove", (
         Opt("target", (), "str", None, "qmd://collection/path, a folder, or /."),
     ), aliases=("remove",)),
+    Command(("plugin", "install"), "Install a WebAssembly plugin (.wasm or .wat; plugins/ABI.md).",
+            "plugin:install", (
+                Opt("path", (), "str", None, "The module: NAME.wasm or NAME.wat (a NAME.toml beside it is its "
+                    "manifest)."),
+                Opt("name", ("--name",), "str", None, "Install it under this name (default: the manifest's, or "
+                    "the file's)."),
+                Opt("manifest", ("--manifest",), "str", None, "The manifest (default: NAME.toml beside the module)."),
+                Opt("replace", ("--replace",), "flag", False, "Replace an installed plugin of the same name."),
+            )),
+    Command(("plugin", "list"), "List installed plugins: hooks, state, collections, calls and failures.",
+            "plugin:list_", (), aliases=("ls",)),
+    Command(("plugin", "info"), "Show one plugin: manifest, limits, hooks, calls, fuel, time and failures.",
+            "plugin:info", (Opt("name", (), "str", None, "Plugin name."),)),
+    Command(("plugin", "remove"), "Uninstall a plugin (collections running it stop; transforms are undone).",
+            "plugin:remove", (Opt("name", (), "str", None, "Plugin name."),), aliases=("rm",)),
+    Command(("plugin", "enable"), "Enable a plugin again (after `disable`, or after it was disabled for failing).",
+            "plugin:enable", (Opt("name", (), "str", None, "Plugin name."),)),
+    Command(("plugin", "disable"), "Disable a plugin: searches and indexing run without it.",
+            "plugin:disable", (Opt("name", (), "str", None, "Plugin name."),)),
+    Command(("plugin", "attach"), "Run a plugin by default on a collection: on its hits, and on its documents "
+            "(transforms; the collection is indexed again).", "plugin:attach", (
+                Opt("name", (), "str", None, "Plugin name."),
+                Opt("collection", ("-c", "--collection"), "str", None, "The collection."),
+            )),
+    Command(("plugin", "detach"), "Stop running a plugin by default on a collection.", "plugin:detach", (
+        Opt("name", (), "str", None, "Plugin name."),
+        Opt("collection", ("-c", "--collection"), "str", None, "The collection."),
+    )),
     Command(("mcp",), "Serve the MCP protocol on stdio for agents (Claude Desktop, Claude Code, ...).", "mcp:serve", (
         Opt("http", ("--http",), "flag", False,
             "Instead of stdio: make sure the daemon serves MCP over streamable HTTP (at /mcp of its HTTP door, "
@@ -226,6 +258,7 @@ GROUP_HELP = {
     "context": "Describe paths for agents and people.",
     "daemon": "Control the background daemon.",
     "http": "The HTTP door (`--http`): its bearer token.",
+    "plugin": "WebAssembly plugins: scorers, filters and transforms (plugins/ABI.md).",
     "model": "Embedding and reranker models (offline; imported from local folders).",
     "service": "Run qmdd as a systemd user service (socket activation, journald, watchdog).",
 }

@@ -28,6 +28,7 @@ from qmdd.actors.embed_jobs import EmbedJobsActor
 from qmdd.actors.embedder import EmbedderActor
 from qmdd.actors.indexer import IndexerActor
 from qmdd.actors.messages import ScanCollections
+from qmdd.actors.plugins import PluginsActor
 from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
@@ -39,6 +40,7 @@ from qmdd.methods.table import MethodTable, method_table
 from qmdd.models.placement import embedding_runtime
 from qmdd.models.registry import ModelRegistry, load_model
 from qmdd.paths import Paths, ensure_private_dir
+from qmdd.sandbox.registry import PluginRegistry
 from qmdd.search.fields import index_chunks
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
@@ -129,10 +131,13 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
         threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
         chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
         preload=paths.vector_snapshot.exists()))
+    plugins = PluginRegistry(paths.plugins)
+    await trio.to_thread.run_sync(plugins.load)
+    await supervisor.start_actor(actors.plugins, lambda: PluginsActor(plugins, generation))
     prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
     await supervisor.start_actor(actors.indexer, lambda: IndexerActor(
         paths.database, actors.bm25, prepare, max_file_bytes=config.max_file_bytes,
-        batch_files=config.index_batch_files, vectors=actors.vectors))
+        batch_files=config.index_batch_files, vectors=actors.vectors, plugins=plugins))
     await supervisor.start_actor(actors.embed_jobs, lambda: EmbedJobsActor(
         paths.database, actors.embedder, actors.indexer, actors.vectors,
         background=config.auto_embed and config.watch))
@@ -144,7 +149,7 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
 
 # Stopped in this order: the watcher makes no more changes, no embed job starts a page, a scan still running
 # sends its last batches to BM25 (which must still be there to take them, and then to write its snapshot).
-STOP_ORDER = ("watcher", "embed_jobs", "indexer", "embedder", "vectors", "bm25")
+STOP_ORDER = ("watcher", "embed_jobs", "indexer", "plugins", "embedder", "vectors", "bm25")
 
 
 async def _serve_http(config: Config, table: MethodTable, mcp: McpHost, sock: socket.socket,

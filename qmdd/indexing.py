@@ -8,6 +8,7 @@ the next scan picks up where this one stopped because unfinished files still dif
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import stat
 import time
@@ -22,9 +23,27 @@ from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
 from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file, walk_collection
 
+log = logging.getLogger("qmdd.indexer")
+
 MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[ChunkText], list[int]], None]
 ProgressSink = Callable[[dict[str, object]], None]
+Transform = Callable[[str, str], str]
+"""(path, text) -> text: a collection's transform plugins, applied before chunking; raises
+TransformFailed."""
+
+
+class TransformFailed(Exception):
+    """A transform gave nothing usable for one document: it is indexed as it is."""
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """The transforms a scan applies, and their identity (`key`), which enters each transformed
+    document's hash: a document indexed through other transforms never counts as unchanged."""
+
+    apply: Transform | None = None
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,8 +81,8 @@ def open_root(collection: CollectionRow) -> ConfinedRoot:
 
 
 def read_document(root: ConfinedRoot, st: FileStat, chunker: ChunkerConfig,
-                  max_bytes: int) -> ParsedFile | FileProblem | None:
-    """Read, hash and chunk one file. None when it vanished since the walk."""
+                  max_bytes: int, transforms: Transforms = Transforms()) -> ParsedFile | FileProblem | None:
+    """Read, hash, transform and chunk one file. None when it vanished since the walk."""
     try:
         data = root.read(st.relpath, max_bytes)
     except (FileNotFoundError, NotADirectoryError):
@@ -83,11 +102,18 @@ def read_document(root: ConfinedRoot, st: FileStat, chunker: ChunkerConfig,
     except UnicodeDecodeError as exc:
         return FileProblem(st.relpath, "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
     text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    digest = hashlib.sha256(data)
+    if transforms.apply is not None:
+        try:
+            text = transforms.apply(st.relpath, text)
+            digest.update(b"\0transforms:" + transforms.key.encode())
+        except TransformFailed as exc:
+            log.warning("%s indexed without its transforms: %s", st.relpath, exc)
     chunks = chunk_markdown(text, chunker)
     title = extract_title(text, PurePosixPath(st.relpath).stem)
     return ParsedFile(
         path=st.relpath, size=len(data), mtime_ns=st.mtime_ns,
-        hash=hashlib.sha256(data).hexdigest(),
+        hash=digest.hexdigest(),
         title=title,
         lines=text.count("\n") + (0 if text.endswith("\n") or not text else 1),
         chunks=chunks,
@@ -97,8 +123,10 @@ def read_document(root: ConfinedRoot, st: FileStat, chunker: ChunkerConfig,
 
 def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config: WalkConfig, *,
                     batch_files: int, chunker: ChunkerConfig, on_batch: BatchSink,
-                    on_progress: ProgressSink, checkpoint: Callable[[], None] = lambda: None) -> ScanSummary:
-    """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation)."""
+                    on_progress: ProgressSink, checkpoint: Callable[[], None] = lambda: None,
+                    transforms: Transforms = Transforms()) -> ScanSummary:
+    """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation). When
+    the transforms are not those the collection was indexed with, every file is read again."""
     started = time.monotonic()
     summary = ScanSummary(collection.name)
     with open_root(collection) as root:
@@ -111,8 +139,11 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
         seen = {f.relpath for f in walk.files}
         removals = [path for path in states if path not in seen]
         writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
+        reread = transforms.key != collection.transform_key
         _index_files(writer, root, walk.files, states, removals, chunker, config.max_file_bytes, on_progress,
-                     checkpoint)
+                     checkpoint, transforms, reread=reread)
+        if reread:
+            docs.set_transform_key(conn, collection.id, transforms.key)
     docs.replace_problems(conn, collection.id, [(p.path, p.code, p.message) for p in summary.problems])
     summary.seconds = time.monotonic() - started
     return summary
@@ -120,20 +151,22 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
 
 def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filter: PathFilter, relpaths: list[str],
                  *, max_file_bytes: int, batch_files: int, chunker: ChunkerConfig,
-                 on_batch: BatchSink) -> ScanSummary | None:
+                 on_batch: BatchSink, transforms: Transforms = Transforms()) -> ScanSummary | None:
     """Bring just these paths up to date: the watcher's way, a stat per changed path instead of a walk.
 
     Returns None when only a walk can decide (a directory appeared, a symlink, an ignore file
-    changed): the caller rescans the collection, which costs a stat per file.
+    changed, the transforms changed): the caller rescans the collection, which costs a stat per file.
     """
+    if transforms.key != collection.transform_key:
+        return None
     with open_root(collection) as root:
         return _update_paths(conn, root, collection, path_filter, relpaths, max_file_bytes=max_file_bytes,
-                             batch_files=batch_files, chunker=chunker, on_batch=on_batch)
+                             batch_files=batch_files, chunker=chunker, on_batch=on_batch, transforms=transforms)
 
 
 def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: CollectionRow, path_filter: PathFilter,
                   relpaths: list[str], *, max_file_bytes: int, batch_files: int, chunker: ChunkerConfig,
-                  on_batch: BatchSink) -> ScanSummary | None:
+                  on_batch: BatchSink, transforms: Transforms) -> ScanSummary | None:
     started = time.monotonic()
     summary = ScanSummary(collection.name)
     present: list[FileStat] = []
@@ -167,7 +200,8 @@ def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: Coll
     removals = docs.paths_under(conn, collection.id, gone)
     summary.files = len(present)
     writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
-    _index_files(writer, root, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None)
+    _index_files(writer, root, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None,
+                 transforms)
     problems = [(p.path, p.code, p.message) for p in summary.problems]
     checked = [*(f.relpath for f in present), *gone]
     # Nothing to write for a change to a file that is not indexed (an editor's temp file): no
@@ -210,18 +244,19 @@ class _BatchWriter:
 
 def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat], states: dict[str, DocState],
                  removals: list[str], chunker: ChunkerConfig, max_bytes: int, on_progress: ProgressSink,
-                 checkpoint: Callable[[], None]) -> None:
-    """Read, hash and chunk the files whose stat differs from SQLite's; write them and the removals."""
+                 checkpoint: Callable[[], None], transforms: Transforms, *, reread: bool = False) -> None:
+    """Read, hash and chunk the files whose stat differs from SQLite's (all of them when `reread`);
+    write them and the removals."""
     summary = writer.summary
     writer.removals.extend(removals)
-    candidates = [f for f in files
-                  if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]
+    candidates = files if reread else [
+        f for f in files if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]
     summary.unchanged = len(files) - len(candidates)
     done = 0
     for st in candidates:
         checkpoint()
         old = states.get(st.relpath)
-        result = read_document(root, st, chunker, max_bytes)
+        result = read_document(root, st, chunker, max_bytes, transforms)
         if result is None:
             if old is not None:
                 writer.removals.append(st.relpath)

@@ -150,7 +150,7 @@ def runs_as_us(pid: int) -> bool:
         return False
 
 
-def replace_file(path: str, text: str, *, durable: bool = False) -> None:
+def replace_file(path: str, text: str | bytes, *, durable: bool = False) -> None:
     """Write `path` whole through a new file renamed over it: a symlink planted at `path` is replaced,
     never followed, and a reader sees the old content or the new, never a part. `durable`: the new file
     reaches the disk before the rename, so a crash too leaves one or the other. On failure (a full
@@ -160,8 +160,8 @@ def replace_file(path: str, text: str, *, durable: bool = False) -> None:
     directory, name = os.path.split(path)
     fd, new = tempfile.mkstemp(prefix=f".{name}.", dir=directory)  # O_EXCL | O_NOFOLLOW, mode 0600
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(fd, "wb") as out:
+            out.write(text.encode() if isinstance(text, str) else text)
             if durable:
                 out.flush()
                 os.fsync(out.fileno())

@@ -79,6 +79,11 @@ class Paths:
         return self.data_dir / "models"
 
     @property
+    def plugins(self) -> Path:
+        """Installed plugins: NAME.wasm, its record NAME.json and its compiled form NAME.cwasm."""
+        return self.data_dir / "plugins"
+
+    @property
     def model_cache(self) -> Path:
         """Converted packaged models: a cache, rebuilt from the installed package when missing."""
         return self.cache_dir / "models"

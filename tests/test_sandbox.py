@@ -152,7 +152,7 @@ def test_what_is_not_a_plugin_is_refused_at_install(sandbox: Sandbox, name: str,
 def test_broken_text_is_refused_at_install(sandbox: Sandbox) -> None:
     with pytest.raises(QmddError, match="not WebAssembly text"):
         sandbox.compile(b"(module", text=True, where="x.wat")
-    with pytest.raises(QmddError, match="not WebAssembly text"):
+    with pytest.raises(QmddError, match="nor WebAssembly text"):
         sandbox.compile(b"\xff\xfe", text=True, where="x.wat")
 
 
@@ -181,3 +181,73 @@ def test_a_filter_answering_other_than_0_or_1_fails(sandbox: Sandbox) -> None:
         sandbox.call(compiled, Manifest(name="t"), "filter", "q", CANDIDATES)
     with pytest.raises(PluginCallFailed, match="no score hook"):
         sandbox.call(compiled, Manifest(name="t"), "score", "q", CANDIDATES)
+
+
+# --- transforms ---------------------------------------------------------------------------------------
+
+def test_strip_comments_removes_html_comments_only(sandbox: Sandbox) -> None:
+    compiled = load(sandbox, EXAMPLES / "strip-comments.wat")
+    assert compiled.hooks == ("transform",)
+    texts = ["a<!-- x -->b", "no comment, ünïcode ✓", "<!-- unterminated", "x<!---->y<!-- a\nb -->z", "",
+             "<!-- é -->é"]
+    answer = sandbox.call(compiled, read_manifest(EXAMPLES / "strip-comments.wat"), "transform", "",
+                          [candidate("notes/a.md", text=t, rank=i) for i, t in enumerate(texts)])
+    assert answer.values == ["ab", "no comment, ünïcode ✓", "<!-- unterminated", "xyz", "", "é"]
+
+
+@pytest.mark.parametrize(("name", "why"), [("transform-outside.wat", "outside its memory"),
+                                           ("transform-latin1.wat", "not UTF-8")])
+def test_a_transform_answer_is_checked(sandbox: Sandbox, name: str, why: str) -> None:
+    with pytest.raises(PluginCallFailed, match=why):
+        sandbox.call(load(sandbox, FIXTURES / name), Manifest(name="t"), "transform", "", CANDIDATES)
+
+
+# --- the registry of installed plugins ----------------------------------------------------------------
+
+def test_the_registry_keeps_plugins_across_restarts_and_disables_a_failing_one(tmp_path: Path) -> None:
+    from qmdd.sandbox.registry import FAILURES_TO_DISABLE, PluginRegistry
+
+    registry = PluginRegistry(tmp_path / "plugins")
+    boost = EXAMPLES / "path-boost.wat"
+    registry.install(boost.read_bytes(), where=boost.name, default_name="path-boost",
+                     manifest=boost.with_suffix(".toml").read_text())
+    trap = FIXTURES / "trap.wat"
+    registry.install(trap.read_bytes(), where=trap.name, default_name="x", name="trap")
+    with pytest.raises(QmddError, match="installed already"):
+        registry.install(trap.read_bytes(), where=trap.name, default_name="trap")
+    assert registry.call("path-boost", "score", "q", CANDIDATES[:1]) == [1.0]
+    for _ in range(FAILURES_TO_DISABLE):
+        with pytest.raises(PluginCallFailed, match="unreachable"):
+            registry.call("trap", "score", "q", CANDIDATES)
+    with pytest.raises(PluginCallFailed, match="disabled"):
+        registry.call("trap", "score", "q", CANDIDATES)
+
+    again = PluginRegistry(tmp_path / "plugins")
+    again.load()
+    assert [p.name for p in again.installed()] == ["path-boost", "trap"]
+    assert not again.get("trap").enabled and "3 times in a row" in (again.get("trap").disabled_reason or "")
+    assert again.get("path-boost").manifest.version == "1.0"
+    again.set_enabled("trap", True)
+    assert again.get("trap").enabled
+
+    (tmp_path / "plugins" / "path-boost.wasm").write_bytes(b"\0asm\1\0\0\0")  # changed behind our back
+    (tmp_path / "plugins" / "trap.cwasm").write_bytes(b"garbage")  # a bad cache is rebuilt from the module
+    third = PluginRegistry(tmp_path / "plugins")
+    third.load()
+    assert [p.name for p in third.installed()] == ["trap"] and "does not match" in third.broken["path-boost"]
+    assert third.remove("path-boost") is None and not (tmp_path / "plugins" / "path-boost.json").exists()
+
+
+def test_a_transform_chain_has_an_identity(tmp_path: Path) -> None:
+    from qmdd.sandbox.registry import PluginRegistry
+
+    registry = PluginRegistry(tmp_path / "plugins")
+    strip = EXAMPLES / "strip-comments.wat"
+    registry.install(strip.read_bytes(), where=strip.name, default_name="strip-comments",
+                     manifest=strip.with_suffix(".toml").read_text())
+    assert registry.transform_chain(["path-boost", "nothing"]) == (None, "")
+    apply, key = registry.transform_chain(["strip-comments"])
+    assert apply is not None and apply("notes/a.md", "a<!-- b -->c") == "ac"
+    assert key.startswith("strip-comments@1.0:")
+    registry.set_enabled("strip-comments", False)
+    assert registry.transform_chain(["strip-comments"]) == (None, "")

@@ -35,7 +35,7 @@ def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
     limit = args["limit"] or (ALL_LIMIT if args["all"] else (20 if fmt in ("json", "files") else 5))
     params = {"query": " ".join(args["query"]), "limit": limit, "collections": args["collection"],
               "path_prefix": args["path"], "min_score": args["min_score"], "explain": args["explain"],
-              "full": args["full"], **extra}
+              "full": args["full"], "plugins": args["plugin"], "plugin_strict": args["strict_plugins"], **extra}
     answer = call_collecting(inv.client, method, params, "results")
     for warning in answer.get("warnings", ()):
         # Degraded, not failed (e.g. `query` before `embed`): say so where a human or a log sees it.

@@ -29,14 +29,26 @@ from qmdd.actors.messages import (
     RenameCollection,
     SaveSnapshot,
     ScanCollections,
+    SetCollectionPlugins,
     SetContext,
     StoreEmbeddings,
     VerifyIndex,
 )
 from qmdd.chunking import ChunkerConfig
-from qmdd.indexing import BatchSink, ProgressSink, ScanSummary, scan_collection, update_paths, walk_config
+from qmdd.indexing import (
+    BatchSink,
+    ProgressSink,
+    ScanSummary,
+    TransformFailed,
+    Transforms,
+    scan_collection,
+    update_paths,
+    walk_config,
+)
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, RootChanged, RootKey
+from qmdd.sandbox.registry import PluginRegistry
+from qmdd.sandbox.runtime import PluginCallFailed
 from qmdd.store import documents as docs
 from qmdd.store import walguard
 from qmdd.store.contexts import remove_context, set_context
@@ -77,10 +89,11 @@ class IndexerActor(DatabaseActor):
 
     def __init__(self, database: Path, bm25: Mailbox, prepare: Callable[[list[ChunkText]], list[Any]], *,
                  max_file_bytes: int, batch_files: int, chunker: ChunkerConfig | None = None,
-                 vectors: Mailbox | None = None) -> None:
+                 vectors: Mailbox | None = None, plugins: PluginRegistry | None = None) -> None:
         super().__init__(database)
         self._bm25 = bm25
         self._vectors = vectors
+        self._plugins = plugins
         # Tokenizes a committed batch for BM25 in this actor's worker thread, while the text is at
         # hand: one CPU-bound thread at a time (two would fight over the GIL and stall the I/O).
         self._prepare = prepare
@@ -100,7 +113,8 @@ class IndexerActor(DatabaseActor):
         return {ScanCollections: self._scan, AddCollection: self._add, RemoveCollection: self._remove,
                 RenameCollection: self._rename, SetContext: self._context, Cleanup: self._cleanup,
                 StoreEmbeddings: self._store_embeddings, IndexPaths: self._index_paths,
-                SaveSnapshot: self._checkpoint, ChooseForEmbedding: self._choose_for_embedding}
+                SaveSnapshot: self._checkpoint, ChooseForEmbedding: self._choose_for_embedding,
+                SetCollectionPlugins: self._set_plugins}
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"scans": self.scans, "path_updates": self.path_updates, "files_indexed": self.files_indexed,
@@ -190,7 +204,8 @@ class IndexerActor(DatabaseActor):
                     relpaths: list[str]) -> ScanSummary | None:
         try:
             return update_paths(self.conn, collection, path_filter, relpaths, max_file_bytes=self._max_file_bytes,
-                                batch_files=self._batch_files, chunker=self._chunker, on_batch=self._batch_sink())
+                                batch_files=self._batch_files, chunker=self._chunker, on_batch=self._batch_sink(),
+                                transforms=self._transforms(collection))
         except OSError as exc:  # the root vanished or was replaced since the watcher saw the change
             raise filesystem_error(exc, f"root of collection {collection.name!r} ({collection.root})") from None
 
@@ -215,12 +230,40 @@ class IndexerActor(DatabaseActor):
 
     def _scan_one(self, collection: CollectionRow, config: WalkConfig, on_batch: BatchSink,
                   on_progress: ProgressSink) -> ScanSummary:
+        def scan(row: CollectionRow) -> tuple[ScanSummary, str]:
+            transforms = self._transforms(row)
+            return scan_collection(self.conn, row, config, batch_files=self._batch_files, chunker=self._chunker,
+                                   on_batch=on_batch, on_progress=on_progress,
+                                   checkpoint=trio.from_thread.check_cancelled, transforms=transforms), transforms.key
+
         try:
-            return scan_collection(self.conn, collection, config, batch_files=self._batch_files,
-                                   chunker=self._chunker, on_batch=on_batch, on_progress=on_progress,
-                                   checkpoint=trio.from_thread.check_cancelled)
+            summary, key = scan(collection)
+            if self._transforms(collection).key != key:
+                # A transform was disabled (or enabled) meanwhile: what it indexed is redone now.
+                log.info("the transforms of %s changed during its scan; scanning it again", collection.name)
+                summary, _ = scan(docs.collection_by_id(self.conn, collection.id) or collection)
+            return summary
         except OSError as exc:  # the root itself vanished or became unreadable mid-scan
             raise filesystem_error(exc, f"root of collection {collection.name!r} ({collection.root})") from None
+
+    def _transforms(self, collection: CollectionRow) -> Transforms:
+        """The transform plugins the collection runs now (installed and enabled), as the scan applies them."""
+        if self._plugins is None or not collection.plugins:
+            return Transforms()
+        chain, key = self._plugins.transform_chain(collection.plugins)
+        if chain is None:
+            return Transforms()
+
+        def apply(path: str, text: str) -> str:
+            try:
+                return chain(f"{collection.name}/{path}", text)
+            except PluginCallFailed as exc:
+                raise TransformFailed(str(exc)) from None
+        return Transforms(apply, key)
+
+    async def _set_plugins(self, message: SetCollectionPlugins) -> dict[str, object]:
+        row = await self._write(docs.set_collection_plugins, self.conn, message.collection, message.plugins)
+        return {"collection": row.name, "plugins": list(row.plugins)}
 
     async def _add(self, message: AddCollection) -> dict[str, object]:
         name = check_collection_name(message.name)

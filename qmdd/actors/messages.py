@@ -222,3 +222,54 @@ class ChunksIndexed:
 @dataclass(frozen=True, slots=True)
 class EmbedJobsStatus:
     """Embed jobs: what the background embedder is doing (state, collection, counts, last run, last error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetCollectionPlugins:
+    """Indexer: the plugins a collection runs by default (its searches' scorers and filters, its
+    documents' transforms)."""
+
+    collection: str
+    plugins: list[str]
+
+
+# --- plugins ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstallPlugin:
+    module: bytes
+    """WebAssembly binary or WAT text."""
+    where: str
+    """The file it came from, for messages."""
+    default_name: str
+    name: str | None = None
+    manifest: str | None = None
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePlugin:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetPluginEnabled:
+    name: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ListPlugins:
+    """Plugins: each installed plugin's manifest, hooks, state and statistics."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlugin:
+    """Plugins: one batch through one hook; the values, or PLUGIN_FAILED with the reason."""
+
+    name: str
+    hook: str
+    query: str
+    candidates: list[Any]
+    """qmdd.sandbox.abi.Candidate"""

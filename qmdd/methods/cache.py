@@ -117,9 +117,14 @@ def cached(table: Mapping[str, MethodHandler], cache: ResultCache,
                 await call.emit(kind, payload)
 
             answer = await handler(params, replace(call, emit=record))
-            # Stored under the generation read before the work: a change meanwhile makes it unservable.
-            cache.put(key, seen, msgpack.packb([parts, answer]))
+            if not _plugin_failed(answer):  # a plugin's failure may be passing (its time limit)
+                # Stored under the generation read before the work: a change meanwhile makes it unservable.
+                cache.put(key, seen, msgpack.packb([parts, answer]))
             return answer
         return cached_handler
     return {method: wrap(method, handler) if method in CACHED_METHODS else handler
             for method, handler in table.items()}
+
+
+def _plugin_failed(answer: Any) -> bool:
+    return isinstance(answer, dict) and any(w.get("code") == "PLUGIN_FAILED" for w in answer.get("warnings", ()))

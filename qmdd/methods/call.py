@@ -41,3 +41,12 @@ async def stream_long_list(call: Call, answer: dict[str, Any], key: str) -> None
         await call.emit(key, entries[start:start + STREAM_BATCH])
     answer[key] = []
     answer["streamed"] = key
+
+
+def whole(answer: Any, items: list[tuple[str, Any]]) -> Any:
+    """A method's answer with the list it streamed (see `stream_long_list`) joined back in, for doors
+    that reply in one piece."""
+    if isinstance(answer, dict) and "streamed" in answer:
+        key = answer.pop("streamed")
+        answer[key] = [entry for kind, batch in items if kind == key for entry in batch]
+    return answer

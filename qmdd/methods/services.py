@@ -30,6 +30,7 @@ class Mailboxes:
     embedder: Mailbox
     watcher: Mailbox
     embed_jobs: Mailbox
+    plugins: Mailbox
 
 
 @dataclass

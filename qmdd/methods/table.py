@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from qmdd.methods import admin, collections, contexts, documents, hybrid, keyword, models, semantic
+from qmdd.methods import admin, collections, contexts, documents, hybrid, keyword, models, plugins, semantic
 from qmdd.methods.call import Call, MethodHandler
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -20,8 +20,10 @@ SESSION_METHODS = frozenset({"mcp.session"})
 
 def method_table(s: Services) -> dict[str, MethodHandler]:
     table: dict[str, MethodHandler] = {}
-    for module in (admin, collections, contexts, documents, keyword, semantic, hybrid, models):
+    for module in (admin, collections, contexts, documents, keyword, semantic, hybrid, models, plugins):
         table.update(module.methods(s))
+    for method in plugins.SEARCH_METHODS:
+        table[method] = plugins.with_plugins(s, table[method])
     return table
 
 
@@ -38,12 +40,3 @@ async def invoke(table: MethodTable, method: str, params: dict[str, Any]) -> tup
 
     value = await handler(validate_params(method, params), Call(collect))
     return value, items
-
-
-def whole(answer: Any, items: list[tuple[str, Any]]) -> Any:
-    """A method's answer with the list it streamed (see `stream_long_list`) joined back in, for doors
-    that reply in one piece."""
-    if isinstance(answer, dict) and "streamed" in answer:
-        key = answer.pop("streamed")
-        answer[key] = [entry for kind, batch in items if kind == key for entry in batch]
-    return answer

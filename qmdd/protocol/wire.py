@@ -193,7 +193,8 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     # Streams its results in batches when there are many.
     "search": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
                "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-               "full": (bool, False), "snippet_lines": (int, 4)},
+               "full": (bool, False), "snippet_lines": (int, 4), "plugins": (_STR_LIST, None),
+               "plugin_strict": (bool, False)},
     "get": {"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None), "cwd": (str, None)},
     "multi_get": {"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 10 * 1024), "max_lines": (int, None),
                   "cwd": (str, None)},  # streams one item per document
@@ -206,10 +207,12 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "embed": {"collections": (_STR_LIST, None)},  # streams progress items
     "vsearch": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
                 "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-                "full": (bool, False), "snippet_lines": (int, 4)},
+                "full": (bool, False), "snippet_lines": (int, 4), "plugins": (_STR_LIST, None),
+                "plugin_strict": (bool, False)},
     "query": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
               "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-              "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 100)},
+              "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 100),
+              "plugins": (_STR_LIST, None), "plugin_strict": (bool, False)},
     "model.list": {},
     "model.import": {"path": (str, REQUIRED), "name": (str, None), "kind": (str, None), "pooling": (str, None),
                      "max_length": (int, None)},
@@ -217,6 +220,17 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     # Turns the connection into an MCP session: frames {"type": "mcp", "line": JSON-RPC text} from the
     # client, items of kind "mcp" (payload: JSON-RPC text) back, until the client closes.
     "mcp.session": {"client": (str, None)},
+    # `module` is WebAssembly (bytes) or WAT text; `source` names where it came from, for messages;
+    # `default_name` is the name when neither `name` nor the manifest (TOML text) gives one.
+    "plugin.install": {"module": ((bytes, str), REQUIRED), "source": (str, None), "default_name": (str, None),
+                       "name": (str, None), "manifest": (str, None), "replace": (bool, False)},
+    "plugin.list": {},
+    "plugin.info": {"name": (str, REQUIRED)},
+    "plugin.remove": {"name": (str, REQUIRED)},
+    "plugin.enable": {"name": (str, REQUIRED)},
+    "plugin.disable": {"name": (str, REQUIRED)},
+    "plugin.attach": {"name": (str, REQUIRED), "collection": (str, REQUIRED)},  # streams progress items
+    "plugin.detach": {"name": (str, REQUIRED), "collection": (str, REQUIRED)},
 }
 
 

@@ -61,6 +61,17 @@ def manifest_from(values: dict[str, Any], where: Path | str) -> Manifest:
     return Manifest(**fields)
 
 
+def manifest_text(text: str, where: Path | str, *, default_name: str) -> Manifest:
+    """A manifest from its TOML text; `default_name` when it names no plugin."""
+    try:
+        table = tomllib.loads(text).get("plugin")
+    except tomllib.TOMLDecodeError as exc:
+        raise _invalid(where, str(exc)) from None
+    if not isinstance(table, dict):
+        raise _invalid(where, "needs a [plugin] table")
+    return manifest_from({"name": default_name, **table}, where)
+
+
 def read_manifest(module_path: Path) -> Manifest:
     """The manifest beside a module, or the defaults named after its file when there is none."""
     beside = module_path.with_suffix(".toml")
@@ -70,10 +81,4 @@ def read_manifest(module_path: Path) -> Manifest:
         return manifest_from({"name": module_path.stem}, module_path)
     except (OSError, UnicodeDecodeError) as exc:
         raise _invalid(beside, f"unreadable: {exc}") from None
-    try:
-        table = tomllib.loads(text).get("plugin")
-    except tomllib.TOMLDecodeError as exc:
-        raise _invalid(beside, str(exc)) from None
-    if not isinstance(table, dict):
-        raise _invalid(beside, "needs a [plugin] table")
-    return manifest_from({"name": module_path.stem, **table}, beside)
+    return manifest_text(text, beside, default_name=module_path.stem)

@@ -28,6 +28,8 @@ from qmdd.sandbox.abi import (
     batch_size,
     decode_keep,
     decode_scores,
+    decode_spans,
+    decode_text,
     encode_batch,
 )
 from qmdd.sandbox.manifest import Manifest
@@ -38,6 +40,9 @@ TICK_S = 0.002
 MAX_STACK_BYTES = 512 * 1024
 SETUP_FUEL = 1_000_000
 """For instantiating and asking the ABI version at install."""
+TRANSFORM_GROWTH = 4
+"""A transform may return at most this many times its input's bytes (plus TRANSFORM_SLACK) per batch."""
+TRANSFORM_SLACK = 64 * 1024
 _I32_HOOK = (["i32", "i32", "i32"], ["i32"])
 _SIGNATURES = {"qmd_alloc": (["i32"], ["i32"]), "qmd_abi_version": ([], ["i32"]),
                **{export: _I32_HOOK for export in HOOKS.values()}}
@@ -51,7 +56,7 @@ class PluginCallFailed(Exception):
 class Compiled:
     module: wasmtime.Module
     hooks: tuple[str, ...]
-    """The hooks it exports ("score", "filter")."""
+    """The hooks it exports ("score", "filter", "transform")."""
     binary: bytes
     """The module in binary form (WAT text compiled), as it is kept."""
 
@@ -59,7 +64,7 @@ class Compiled:
 @dataclass(frozen=True)
 class CallResult:
     values: list[Any]
-    """N scores (floats 0..1) or N keep flags."""
+    """N scores (floats 0..1), N keep flags or N texts."""
     fuel: int
     seconds: float
 
@@ -113,7 +118,10 @@ class Sandbox:
         what is wrong when it is not a plugin qmdd can call."""
         try:
             binary = bytes(wasmtime.wat2wasm(data.decode("utf-8"))) if text else data
-        except (UnicodeDecodeError, wasmtime.WasmtimeError) as exc:
+        except UnicodeDecodeError:
+            raise _not_a_plugin(where, "neither a WebAssembly module (no \\0asm header) nor WebAssembly text "
+                                "(not UTF-8)") from None
+        except wasmtime.WasmtimeError as exc:
             raise _not_a_plugin(where, f"not WebAssembly text: {str(exc).splitlines()[0]}") from None
         if not binary.startswith(WASM_MAGIC):
             raise _not_a_plugin(where, "not a WebAssembly module (no \\0asm header)")
@@ -121,6 +129,10 @@ class Sandbox:
             module = wasmtime.Module(self.engine, binary)
         except wasmtime.WasmtimeError as exc:
             raise _not_a_plugin(where, f"invalid WebAssembly: {str(exc).splitlines()[0]}") from None
+        return self.checked(module, binary, where)
+
+    def checked(self, module: wasmtime.Module, binary: bytes, where: str) -> Compiled:
+        """A compiled module checked against the ABI (see `compile`)."""
         if module.imports:
             names = ", ".join(f"{i.module}.{i.name}" for i in module.imports[:5])
             raise _not_a_plugin(where, f"it imports {names}: plugins get nothing from the host but their input")
@@ -197,7 +209,19 @@ class Sandbox:
             raise PluginCallFailed(f"{HOOKS[hook]} returned {returned}")
         start = base + batch.output_offset
         answer = bytes(memory.read(store, start, start + OUTPUT_WIDTH[hook] * len(candidates)))
-        return decode_scores(answer, len(candidates)) if hook == "score" else decode_keep(answer, len(candidates))
+        if hook == "score":
+            return decode_scores(answer, len(candidates))
+        if hook == "filter":
+            return decode_keep(answer, len(candidates))
+        return _read_texts(store, memory, decode_spans(answer, len(candidates), memory.data_len(store)),
+                           TRANSFORM_GROWTH * len(batch.block) + TRANSFORM_SLACK)
+
+
+def _read_texts(store: wasmtime.Store, memory: wasmtime.Memory, spans: list[tuple[int, int]],
+                budget: int) -> list[str]:
+    if sum(length for _, length in spans) > budget:
+        raise MalformedOutput(f"the transform returned more than {budget:,} bytes for this batch")
+    return [decode_text(bytes(memory.read(store, ptr, ptr + length))) for ptr, length in spans]
 
 
 def _func(exports: Any, name: str) -> wasmtime.Func:
@@ -213,7 +237,10 @@ def _signature(kind: Any) -> tuple[list[str], list[str]] | str:
 
 
 def _why(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    """The cause wasmtime gives (the last line of its message: the first is a generic "error while
+    executing" above a backtrace)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__
 
 
 def _trap_reason(trap: wasmtime.Trap, manifest: Manifest) -> str:

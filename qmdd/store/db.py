@@ -99,6 +99,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE collections ADD COLUMN root_dev INTEGER;
     ALTER TABLE collections ADD COLUMN root_ino INTEGER;
     """,
+    # The plugins a collection runs by default (a JSON list of names), and the identities of the
+    # transforms its documents were indexed with ('' for none): when they differ from the transforms
+    # that apply now, the next scan indexes every file again.
+    """
+    ALTER TABLE collections ADD COLUMN plugins TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE collections ADD COLUMN transform_key TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

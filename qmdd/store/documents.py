@@ -28,6 +28,10 @@ class CollectionRow:
     updated_at: float | None
     root_dev: int | None = None
     root_ino: int | None = None
+    plugins: tuple[str, ...] = ()
+    """Run by default: on its searches (scorers, filters) and its documents (transforms)."""
+    transform_key: str = ""
+    """The transforms its documents were indexed with (qmdd.sandbox.registry.transform_key)."""
 
     @property
     def root_key(self) -> RootKey | None:
@@ -87,6 +91,10 @@ class DocRow:
     lines: int
     root_dev: int | None = None
     root_ino: int | None = None
+    plugins: tuple[str, ...] = ()
+    """Run by default: on its searches (scorers, filters) and its documents (transforms)."""
+    transform_key: str = ""
+    """The transforms its documents were indexed with (qmdd.sandbox.registry.transform_key)."""
 
     @property
     def root_key(self) -> RootKey | None:
@@ -101,14 +109,15 @@ class DocRow:
         return f"qmd://{self.collection}/{self.path}"
 
 
-_COLLECTION_COLS = "id, name, root, masks, excludes, created_at, updated_at, root_dev, root_ino"
+_COLLECTION_COLS = ("id, name, root, masks, excludes, created_at, updated_at, root_dev, root_ino, plugins,"
+                    " transform_key")
 _DOC_COLS = ("d.id, d.collection_id, c.name, c.root, d.path, d.size, d.mtime_ns, d.hash, d.title, d.lines,"
              " c.root_dev, c.root_ino")
 
 
 def _collection(row: Sequence[Any]) -> CollectionRow:
     return CollectionRow(row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
-                         row[5], row[6], row[7], row[8])
+                         row[5], row[6], row[7], row[8], tuple(json.loads(row[9])), row[10])
 
 
 # --- collections ---------------------------------------------------------------------------------
@@ -147,6 +156,19 @@ def pin_root(conn: sqlite3.Connection, collection_id: int, root_key: RootKey) ->
     with transaction(conn):
         conn.execute("UPDATE collections SET root_dev = ?, root_ino = ? WHERE id = ? AND root_dev IS NULL",
                      (*root_key, collection_id))
+
+
+def set_collection_plugins(conn: sqlite3.Connection, name: str, plugins: Sequence[str]) -> CollectionRow:
+    with transaction(conn):
+        row = collection_by_name(conn, name)
+        conn.execute("UPDATE collections SET plugins = ? WHERE id = ?", (json.dumps(list(plugins)), row.id))
+    return collection_by_name(conn, name)
+
+
+def set_transform_key(conn: sqlite3.Connection, collection_id: int, key: str) -> None:
+    """After a whole scan with these transforms: every document was indexed through them."""
+    with transaction(conn):
+        conn.execute("UPDATE collections SET transform_key = ? WHERE id = ?", (key, collection_id))
 
 
 def collection_chunk_ids(conn: sqlite3.Connection, collection_id: int) -> list[int]:

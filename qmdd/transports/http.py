@@ -41,7 +41,8 @@ from starlette.routing import Route
 
 from qmdd import __version__, faults
 from qmdd.config import listen_address
-from qmdd.methods.table import MethodTable, invoke, whole
+from qmdd.methods.call import whole
+from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.tokens import TokenFile
 from qmdd.tracing import new_span_id, trace_context, traceparent
@@ -163,6 +164,7 @@ class HttpDoor:
         routes = [Route("/health", self._endpoint(self._health, public=True)),
                   Route("/collections", self._endpoint(self._call("collection.list"))),
                   Route("/stats", self._endpoint(self._call("status"))),
+                  Route("/plugins", self._endpoint(self._call("plugin.list"))),
                   Route("/metrics", self._endpoint(self._metrics)),
                   Route("/openapi.json", self._endpoint(self._openapi)),
                   Route("/documents/{target:path}", self._endpoint(self._document))]

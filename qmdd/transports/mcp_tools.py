@@ -8,7 +8,7 @@ recovery hints, so an agent can act on it; the session itself never breaks.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
@@ -17,7 +17,8 @@ from mcp_types import INVALID_PARAMS, ToolAnnotations
 from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
-from qmdd.methods.table import MethodTable, invoke, whole
+from qmdd.methods.call import whole
+from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 MAX_RESULTS = 100
@@ -46,6 +47,11 @@ class TypedSearch(BaseModel):
         description="lex: keywords (BM25); vec: a question or phrase searched by meaning; "
                     "hyde: a hypothetical answer passage, searched by meaning.")
     query: str = Field(min_length=1)
+
+
+PluginNames = Annotated[list[str] | None, Field(
+    description="Installed scorer or filter plugins to run on the hits, in order (the user's `qmdctl plugin "
+                "list`); a failing plugin is left out and named in `warnings`.")]
 
 
 class Document(BaseModel):
@@ -119,9 +125,9 @@ def build_server(table: MethodTable) -> MCPServer:
                        instructions="qmdd searches the user's local markdown collections.")
 
     async def run_search(method: str, query: str, limit: int, min_score: float, collections: list[str] | None,
-                         extra: dict[str, Any]) -> SearchResults:
+                         plugins: list[str] | None, extra: dict[str, Any]) -> SearchResults:
         params = {"query": query, "limit": max(1, min(limit, MAX_RESULTS)), "min_score": min_score,
-                  "collections": collections or None, **extra}
+                  "collections": collections or None, "plugins": plugins or None, **extra}
         answer, items = await call_tool_method(table, method, params)
         warnings = [f"{w['code']}: {w['message']}" for w in answer.get("warnings", ())]
         return SearchResults(query=query, results=_hits(answer, items), warnings=warnings)
@@ -129,15 +135,15 @@ def build_server(table: MethodTable) -> MCPServer:
     @server.tool(name="search", annotations=READ_ONLY, description=(
         "Keyword search (BM25) over the user's documents: best for exact words, names, identifiers and "
         "error messages. Words are OR-ed and ranked; CJK works without spaces."))
-    async def search(query: str, limit: int = 10, minScore: float = 0.0,
-                     collections: list[str] | None = None) -> SearchResults:
-        return await run_search("search", query, limit, minScore, collections, {})
+    async def search(query: str, limit: int = 10, minScore: float = 0.0, collections: list[str] | None = None,
+                     plugins: PluginNames = None) -> SearchResults:
+        return await run_search("search", query, limit, minScore, collections, plugins, {})
 
     @server.tool(name="vsearch", annotations=READ_ONLY, description=(
         "Semantic search: the document chunks nearest in meaning to the query (needs `qmdctl embed` once)."))
-    async def vsearch(query: str, limit: int = 10, minScore: float = 0.0,
-                      collections: list[str] | None = None) -> SearchResults:
-        return await run_search("vsearch", query, limit, minScore, collections, {})
+    async def vsearch(query: str, limit: int = 10, minScore: float = 0.0, collections: list[str] | None = None,
+                      plugins: PluginNames = None) -> SearchResults:
+        return await run_search("vsearch", query, limit, minScore, collections, plugins, {})
 
     @server.tool(name="query", annotations=READ_ONLY, description=(
         "Hybrid search, the best default: keyword and semantic retrieval fused (RRF), then reranked when a "
@@ -145,14 +151,14 @@ def build_server(table: MethodTable) -> MCPServer:
         "(lex = keywords, vec = meaning, hyde = a hypothetical answer passage)."))
     async def query(query: str | None = None, searches: list[TypedSearch] | None = None, limit: int = 10,
                     minScore: float = 0.0, collections: list[str] | None = None,
-                    rerank: bool = True) -> SearchResults:
+                    rerank: bool = True, plugins: PluginNames = None) -> SearchResults:
         if searches:
             text = "\n".join(f"{s.type}: {s.query}" for s in searches)
         elif query and query.strip():
             text = query
         else:
             raise ToolError("INVALID_INPUT: give `query` or a non-empty `searches` list")
-        return await run_search("query", text, limit, minScore, collections, {"rerank": rerank})
+        return await run_search("query", text, limit, minScore, collections, plugins, {"rerank": rerank})
 
     @server.tool(name="get", annotations=READ_ONLY, description=(
         "Read a document: a qmd://collection/path URI, collection/path, a #docid from a result, or a path "

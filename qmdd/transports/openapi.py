@@ -70,6 +70,9 @@ def document() -> dict[str, Any]:
                                                "The collections (`qmdctl collection list --json`).")},
         "/stats": {"get": read_operation("status", "Status", components,
                                          "The daemon's status (`qmdctl status --json`).")},
+        "/plugins": {"get": read_operation("plugin-list", "Plugins", components,
+                                           "The installed plugins with their state and statistics "
+                                           "(`qmdctl plugin list --json`).")},
         "/metrics": {"get": metrics_operation()},
         "/openapi.json": {"get": openapi_operation()},
         "/documents/{target}": {"get": document_operation(components)},

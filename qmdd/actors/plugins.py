@@ -1,0 +1,84 @@
+"""Plugins actor: installs, removes and switches plugins, and runs their query-time hooks.
+
+The plugins themselves live in a `PluginRegistry` (the engine: one wasmtime Engine, the installed table,
+their statistics), which the indexer also uses for transforms. Management is handled in turn; calls run
+beside the inbox, each in a worker thread under this actor's own limiter, so a slow plugin holds a
+thread, never the event loop, and never more than CALL_THREADS at once. Every change advances the
+index generation: a cached search answer never outlives the plugins it was computed with.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from qmdd.actors.base import Actor, Generation, Handler, concurrent
+from qmdd.actors.messages import InstallPlugin, ListPlugins, RemovePlugin, RunPlugin, SetPluginEnabled
+from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.sandbox.registry import PluginRegistry
+from qmdd.sandbox.runtime import PluginCallFailed
+
+log = logging.getLogger("qmdd.plugins")
+
+CALL_THREADS = 2
+
+
+class PluginsActor(Actor):
+    name = "plugins"
+
+    def __init__(self, registry: PluginRegistry, generation: Generation | None = None) -> None:
+        super().__init__()
+        self._registry = registry
+        self._generation = generation or Generation()
+        self._calls = trio.CapacityLimiter(CALL_THREADS)
+        self._manage = trio.CapacityLimiter(1)
+
+    def handlers(self) -> dict[type, Handler]:
+        return {InstallPlugin: self._install, RemovePlugin: self._remove, SetPluginEnabled: self._set_enabled,
+                ListPlugins: concurrent(self._list), RunPlugin: concurrent(self._run)}
+
+    def extra_statistics(self) -> dict[str, Any]:
+        plugins = self._registry.installed()
+        return {"installed": len(plugins), "enabled": sum(p.enabled for p in plugins),
+                "calls": sum(p.stats.calls for p in plugins), "failures": sum(p.stats.failures for p in plugins),
+                "threads_busy": self._calls.borrowed_tokens,
+                "by_plugin": {p.name: {"calls": p.stats.calls, "failures": p.stats.failures, "fuel": p.stats.fuel,
+                                       "seconds": round(p.stats.seconds, 6)} for p in plugins},
+                "disabled": {p.name: p.disabled_reason for p in plugins if not p.enabled},
+                "broken": dict(self._registry.broken)}
+
+    async def _install(self, message: InstallPlugin) -> dict[str, Any]:
+        installed = await trio.to_thread.run_sync(
+            lambda: self._registry.install(message.module, where=message.where, default_name=message.default_name,
+                                           name=message.name, manifest=message.manifest,
+                                           replace_existing=message.replace), limiter=self._manage)
+        self._generation.advance()
+        return installed.to_wire()
+
+    async def _remove(self, message: RemovePlugin) -> dict[str, Any]:
+        removed = await trio.to_thread.run_sync(self._registry.remove, message.name, limiter=self._manage)
+        self._generation.advance()
+        return {"name": message.name, "hooks": list(removed.compiled.hooks) if removed else []}
+
+    async def _set_enabled(self, message: SetPluginEnabled) -> dict[str, Any]:
+        changed = await trio.to_thread.run_sync(self._registry.set_enabled, message.name, message.enabled,
+                                                limiter=self._manage)
+        self._generation.advance()
+        return changed.to_wire()
+
+    async def _list(self, _: ListPlugins) -> list[dict[str, Any]]:
+        return [p.to_wire() for p in self._registry.installed()]
+
+    async def _run(self, message: RunPlugin) -> list[Any]:
+        try:
+            return await trio.to_thread.run_sync(self._registry.call, message.name, message.hook, message.query,
+                                                 message.candidates, limiter=self._calls)
+        except PluginCallFailed as exc:
+            if not self._registry.get(message.name).enabled:
+                # The failure that disabled it changes what searches answer from now on.
+                self._generation.advance()
+            raise QmddError(ErrorCode.PLUGIN_FAILED, f"plugin {message.name!r} failed: {exc}", hints=(
+                f"`qmdctl plugin info {message.name}` shows its failures; `qmdctl plugin disable "
+                f"{message.name}` stops it.",)) from None

@@ -1,0 +1,207 @@
+"""Plugins in a real daemon, through the real CLI, socket and HTTP door: install and manage them, run
+scorers and filters per query and per collection, transforms at indexing time, and every misbehaving
+plugin ending in a warning (or PLUGIN_FAILED when strict), a disabled plugin, and a daemon that serves on."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from qmdd.protocol.errors import ERRORS, ErrorCode
+from qmdd.tokens import read_token
+from tests.conftest import Env
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "plugins"
+FIXTURES = REPO / "tests" / "fixtures" / "plugins"
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Path:
+    """Notes that all match `kubernetes`: one under projects/, one draft, one with a comment."""
+    root = tmp_path / "kube"
+    (root / "projects").mkdir(parents=True)
+    (root / "drafts").mkdir()
+    (root / "projects" / "alpha.md").write_text("# Alpha plan\n\nkubernetes deploy plan for alpha.\n")
+    (root / "beta.md").write_text("# Beta\n\nkubernetes kubernetes deploy notes, kubernetes everywhere.\n")
+    (root / "drafts" / "gamma.md").write_text("# Gamma\n\nkubernetes draft kubernetes kubernetes kubernetes.\n")
+    (root / "delta.md").write_text("# Delta\n\nkubernetes runbook <!-- zanzibar password hint -->\n")
+    return root
+
+
+def files(results: list[dict[str, Any]]) -> list[str]:
+    return [r["file"].removeprefix("qmd://") for r in results]
+
+
+def search(env: Env, *args: str) -> list[dict[str, Any]]:
+    return json.loads(env.run("search", *args, "--json").stdout)
+
+
+def exit_code(code: ErrorCode) -> int:
+    return ERRORS[code].exit_code
+
+
+def test_install_list_info_replace_remove(env: Env, kube: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    installed = env.json("plugin", "install", str(EXAMPLES / "path-boost.wat"))
+    assert installed["name"] == "path-boost" and installed["hooks"] == ["score"] and installed["version"] == "1.0"
+    again = env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"), check=False)
+    assert again.returncode == exit_code(ErrorCode.INVALID_INPUT) and "--replace" in again.stderr
+    env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"), "--replace")
+    env.run("plugin", "install", str(FIXTURES / "constant.wat"), "--name", "half")
+    assert [p["name"] for p in env.json("plugin", "list")] == ["half", "path-boost"]
+    info = env.json("plugin", "info", "half")
+    assert info["fuel"] == 10_000_000 and info["calls"] == 0 and info["enabled"] and info["collections"] == []
+    assert "half" in env.run("plugin", "list").stdout
+
+    env.run("plugin", "remove", "half")
+    assert [p["name"] for p in env.json("plugin", "list")] == ["path-boost"]
+    gone = env.run("plugin", "info", "half", check=False)
+    assert gone.returncode == exit_code(ErrorCode.NOT_FOUND)
+    unknown = env.run("search", "kubernetes", "--plugin", "half", check=False)
+    assert unknown.returncode == exit_code(ErrorCode.NOT_FOUND) and "plugin list" in unknown.stderr
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("garbage.wasm", "neither a WebAssembly module"),
+    ("wrong-type.wat", "has the type"),
+    ("imports-wasi.wat", "imports wasi_snapshot_preview1"),
+    ("no-alloc.wat", "no `qmd_alloc`"),
+    ("abi2.wat", "ABI version 2"),
+])
+def test_what_is_not_a_plugin_is_refused(env: Env, name: str, why: str) -> None:
+    refused = env.run("plugin", "install", str(FIXTURES / name), "--json", check=False)
+    assert refused.returncode == exit_code(ErrorCode.INVALID_INPUT)
+    assert re.search(why, refused.stdout + refused.stderr)
+    assert env.json("plugin", "list") == []
+    missing = env.run("plugin", "install", str(FIXTURES / "nowhere.wat"), check=False)
+    assert missing.returncode == exit_code(ErrorCode.PATH_NOT_FOUND)
+
+
+def test_scorers_and_filters_per_query(env: Env, kube: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"))
+    env.run("plugin", "install", str(EXAMPLES / "drop-drafts.wat"))
+    plain = search(env, "kubernetes", "-n", "3")
+    assert "kube/drafts/gamma.md" in files(plain) and len(plain) == 3
+
+    boosted = search(env, "kubernetes", "-n", "4", "--plugin", "path-boost", "--explain")
+    engine = {r["file"]: r["score"] for r in search(env, "kubernetes", "-n", "4")}
+    for hit in boosted:
+        step = hit["explain"]["plugins"][0]
+        assert step["name"] == "path-boost" and step["before"] == engine[hit["file"]]
+        expected = min(1.0, engine[hit["file"]] * 1.5) if "/projects/" in hit["file"] else engine[hit["file"]]
+        assert hit["score"] == pytest.approx(expected, abs=1e-3)
+    assert [r["score"] for r in boosted] == sorted((r["score"] for r in boosted), reverse=True)
+
+    filtered = search(env, "kubernetes", "-n", "3", "--plugin", "drop-drafts", "--plugin", "path-boost")
+    assert "kube/drafts/gamma.md" not in files(filtered) and len(filtered) == 3  # widened: still a full page
+    assert env.json("plugin", "info", "drop-drafts")["calls"] >= 1
+
+
+def test_a_collection_runs_its_attached_plugins_on_its_own_hits(env: Env, kube: Path, notes: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    (notes / "kubernetes.md").write_text("# Kubernetes\n\nkubernetes notes outside the kube collection.\n")
+    (notes / "drafts").mkdir()
+    (notes / "drafts" / "k.md").write_text("# K\n\nkubernetes kubernetes kubernetes kubernetes draft\n")
+    env.run("collection", "add", str(notes), "--name", "notes")
+    env.run("plugin", "install", str(EXAMPLES / "drop-drafts.wat"))
+    attached = env.json("plugin", "attach", "drop-drafts", "-c", "kube")
+    assert attached == {"collection": "kube", "plugins": ["drop-drafts"], "rescanned": []}
+    hits = files(search(env, "kubernetes", "-n", "20"))
+    assert "kube/drafts/gamma.md" not in hits and "notes/drafts/k.md" in hits  # only kube's hits are filtered
+    assert env.json("plugin", "list")[0]["collections"] == ["kube"]
+    env.run("plugin", "detach", "drop-drafts", "-c", "kube")
+    assert "kube/drafts/gamma.md" in files(search(env, "kubernetes", "-n", "20"))
+
+
+def test_a_failing_plugin_is_left_out_then_disabled_and_the_daemon_serves_on(env: Env, kube: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    env.run("plugin", "install", str(FIXTURES / "trap.wat"))
+    client = env.client()
+    answer = client.call("search", {"query": "kubernetes", "plugins": ["trap"]})
+    assert len(answer["results"]) == 4 and answer["warnings"][0]["code"] == "PLUGIN_FAILED"
+    assert "unreachable" in answer["warnings"][0]["message"]
+    strict = env.run("search", "kubernetes", "--plugin", "trap", "--strict-plugins", check=False)
+    assert strict.returncode == exit_code(ErrorCode.PLUGIN_FAILED) and "PLUGIN_FAILED" in strict.stderr
+    warned = env.run("search", "kubernetes", "--plugin", "trap")
+    assert "warning: PLUGIN_FAILED" in warned.stderr and "kube/beta.md" in warned.stdout
+    info = env.json("plugin", "info", "trap")
+    assert not info["enabled"] and "3 times in a row" in info["disabled_reason"] and info["failures"] == 3
+    status = env.json("status")
+    assert "trap" in status["actors"]["plugins"]["disabled"]
+    env.run("plugin", "enable", "trap")
+    assert env.json("plugin", "info", "trap")["enabled"]
+    assert client.call("ping") is not None
+
+
+@pytest.mark.parametrize(("fixture", "manifest", "why"), [
+    ("spin.wat", "fuel = 1000000000\ntime_ms = 100\n", "time limit"),
+    ("spin.wat", "fuel = 100000\n", "ran out of fuel"),
+    ("grow.wat", "memory_mb = 2\nfuel = 5000000\n", "ran out of fuel"),
+    ("nan.wat", "", "malformed output"),
+    ("short-filter.wat", "", "not 0 or 1"),
+])
+def test_each_misbehaviour_ends_in_a_warning(env: Env, kube: Path, tmp_path: Path, fixture: str, manifest: str,
+                                             why: str) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    module = tmp_path / fixture
+    module.write_bytes((FIXTURES / fixture).read_bytes())
+    module.with_suffix(".toml").write_text(f"[plugin]\nname = \"bad\"\n{manifest}")
+    env.run("plugin", "install", str(module))
+    answer = env.client().call("search", {"query": "kubernetes", "plugins": ["bad"]})
+    assert len(answer["results"]) == 4 and why in answer["warnings"][0]["message"]
+
+
+def test_a_transform_reindexes_what_it_touches(env: Env, kube: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    assert files(search(env, "zanzibar")) == ["kube/delta.md"]
+    env.run("plugin", "install", str(EXAMPLES / "strip-comments.wat"))
+    attached = env.json("plugin", "attach", "strip-comments", "-c", "kube")
+    assert attached["rescanned"][0]["indexed"] == 4
+    assert search(env, "zanzibar") == [] and files(search(env, "runbook")) == ["kube/delta.md"]
+    assert env.json("update")[0]["indexed"] == 0  # unchanged files stay unchanged under the same transform
+    (kube / "epsilon.md").write_text("# Epsilon\n\nzanzibar <!-- zanzibar -->\n")
+    env.run("update")
+    assert search(env, "zanzibar")[0]["snippet"].rstrip().endswith("zanzibar")
+    env.run("plugin", "disable", "strip-comments")  # undone: every document indexed as it is
+    assert files(search(env, "zanzibar", "-n", "5")) == ["kube/epsilon.md", "kube/delta.md"] or \
+        sorted(files(search(env, "zanzibar", "-n", "5"))) == ["kube/delta.md", "kube/epsilon.md"]
+    env.run("plugin", "enable", "strip-comments")
+    assert files(search(env, "zanzibar")) == ["kube/epsilon.md"]
+    removed = env.json("plugin", "remove", "strip-comments")
+    assert removed["hooks"] == ["transform"] and removed["rescanned"][0]["collection"] == "kube"
+    assert len(search(env, "zanzibar", "-n", "5")) == 2
+    assert env.json("ls")[0].get("documents", 5) == 5
+
+
+def test_plugins_survive_a_restart_and_retire_cached_answers(env: Env, kube: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"))
+    first = search(env, "kubernetes", "--plugin", "path-boost")
+    env.stop_daemon()
+    assert search(env, "kubernetes", "--plugin", "path-boost") == first
+    assert env.json("plugin", "info", "path-boost")["calls"] == 1
+    env.run("plugin", "install", str(FIXTURES / "constant.wat"), "--name", "path-boost", "--replace")
+    assert {r["score"] for r in search(env, "kubernetes", "--plugin", "path-boost")} == {0.5}
+
+
+def test_the_http_door_lists_plugins_and_searches_with_them(env: Env, kube: Path) -> None:
+    env.vars["QMDD_HTTP_RATE_PER_MINUTE"] = "0"
+    started = env.json("daemon", "start", "--http", "127.0.0.1:0")
+    env.run("collection", "add", str(kube), "--name", "kube")
+    env.run("plugin", "install", str(EXAMPLES / "drop-drafts.wat"))
+    with httpx.Client(base_url=started["http"], headers={"authorization": f"Bearer {read_token(env.paths)}"},
+                      timeout=30) as door:
+        listed = door.get("/plugins")
+        assert listed.status_code == 200 and listed.json()[0]["name"] == "drop-drafts"
+        found = door.post("/search", json={"query": "kubernetes", "limit": 10, "plugins": ["drop-drafts"]})
+        assert found.status_code == 200 and "drafts/gamma.md" not in json.dumps(found.json())
+        unknown = door.post("/search", json={"query": "kubernetes", "plugins": ["nope"]})
+        assert unknown.status_code == 404 and unknown.json()["code"] == "NOT_FOUND"
+        assert "/plugins" in door.get("/openapi.json").json()["paths"]
