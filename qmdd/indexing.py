@@ -8,11 +8,10 @@ the next scan picks up where this one stopped because unfinished files still dif
 from __future__ import annotations
 
 import hashlib
-import logging
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -23,18 +22,15 @@ from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
 from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file, walk_collection
 
-log = logging.getLogger("qmdd.indexer")
-
 MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[ChunkText], list[int]], None]
 ProgressSink = Callable[[dict[str, object]], None]
-Transform = Callable[[str, str], str]
-"""(path, text) -> text: a collection's transform plugins, applied before chunking; raises
-TransformFailed."""
-
-
-class TransformFailed(Exception):
-    """A transform gave nothing usable for one document: it is indexed as it is."""
+Transform = Callable[[list[tuple[str, str]]], list[str | None]]
+"""[(path, text)] -> each document's new text, or None where the collection's transform plugins failed
+on it (it is then indexed as it is). Applied before chunking, a group of documents per call."""
+TRANSFORM_GROUP_FILES = 64
+TRANSFORM_GROUP_BYTES = 1 << 20
+"""Documents read ahead and transformed together: one plugin call each, not one per document."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +40,14 @@ class Transforms:
 
     apply: Transform | None = None
     key: str = ""
+
+
+def document_hash(data: bytes, transform_key: str = "") -> str:
+    """A document's fingerprint: its bytes, and the transforms that rewrote it ('' for none)."""
+    digest = hashlib.sha256(data)
+    if transform_key:
+        digest.update(b"\0transforms:" + transform_key.encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,14 @@ def open_root(collection: CollectionRow) -> ConfinedRoot:
 
 
 def read_document(root: ConfinedRoot, st: FileStat, chunker: ChunkerConfig,
-                  max_bytes: int, transforms: Transforms = Transforms()) -> ParsedFile | FileProblem | None:
-    """Read, hash, transform and chunk one file. None when it vanished since the walk."""
+                  max_bytes: int) -> ParsedFile | FileProblem | None:
+    """Read, hash and chunk one file (no transforms). None when it vanished since the walk."""
+    read = read_text(root, st, max_bytes)
+    return read if read is None or isinstance(read, FileProblem) else parse_document(st, *read, chunker)
+
+
+def read_text(root: ConfinedRoot, st: FileStat, max_bytes: int) -> tuple[bytes, str] | FileProblem | None:
+    """One file's bytes and text. None when it vanished since the walk."""
     try:
         data = root.read(st.relpath, max_bytes)
     except (FileNotFoundError, NotADirectoryError):
@@ -101,24 +111,59 @@ def read_document(root: ConfinedRoot, st: FileStat, chunker: ChunkerConfig,
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         return FileProblem(st.relpath, "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
-    digest = hashlib.sha256(data)
-    if transforms.apply is not None:
-        try:
-            text = transforms.apply(st.relpath, text)
-            digest.update(b"\0transforms:" + transforms.key.encode())
-        except TransformFailed as exc:
-            log.warning("%s indexed without its transforms: %s", st.relpath, exc)
+    return data, text.removeprefix("\ufeff").replace("\r\n", "\n")
+
+
+def parse_document(st: FileStat, data: bytes, text: str, chunker: ChunkerConfig,
+                   transform_key: str = "") -> ParsedFile:
+    """Hash and chunk a document's text (already transformed when `transform_key` names the transforms)."""
     chunks = chunk_markdown(text, chunker)
     title = extract_title(text, PurePosixPath(st.relpath).stem)
     return ParsedFile(
         path=st.relpath, size=len(data), mtime_ns=st.mtime_ns,
-        hash=digest.hexdigest(),
+        hash=document_hash(data, transform_key),
         title=title,
         lines=text.count("\n") + (0 if text.endswith("\n") or not text else 1),
         chunks=chunks,
         chunk_hashes=[hashlib.sha256(embedding_text(title, c.heading_path, c.text).encode()).hexdigest()
                       for c in chunks])
+
+
+def _read_group(root: ConfinedRoot, group: list[FileStat], chunker: ChunkerConfig, max_bytes: int,
+                transforms: Transforms) -> list[ParsedFile | FileProblem | None]:
+    """Read a group of files, transform their texts in one call, and parse them."""
+    reads = [read_text(root, st, max_bytes) for st in group]
+    texts = [r for r in reads if isinstance(r, tuple)]
+    assert transforms.apply is not None
+    rewritten = iter(transforms.apply([(st.relpath, r[1]) for st, r in zip(group, reads, strict=True)
+                                       if isinstance(r, tuple)]) if texts else [])
+    parsed: list[ParsedFile | FileProblem | None] = []
+    for st, read in zip(group, reads, strict=True):
+        if not isinstance(read, tuple):
+            parsed.append(read)
+            continue
+        new = next(rewritten)
+        parsed.append(parse_document(st, read[0], read[1], chunker) if new is None
+                      else parse_document(st, read[0], new, chunker, transforms.key))
+    return parsed
+
+
+def _groups(files: list[FileStat], transforms: Transforms) -> Iterator[list[FileStat]]:
+    """One file at a time without transforms; with them, groups of up to TRANSFORM_GROUP_FILES files and
+    about TRANSFORM_GROUP_BYTES (a larger file goes alone)."""
+    if transforms.apply is None:
+        yield from ([f] for f in files)
+        return
+    group: list[FileStat] = []
+    size = 0
+    for f in files:
+        if group and (len(group) >= TRANSFORM_GROUP_FILES or size + f.size > TRANSFORM_GROUP_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(f)
+        size += f.size
+    if group:
+        yield group
 
 
 def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config: WalkConfig, *,
@@ -253,29 +298,36 @@ def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat]
         f for f in files if (s := states.get(f.relpath)) is None or s.size != f.size or s.mtime_ns != f.mtime_ns]
     summary.unchanged = len(files) - len(candidates)
     done = 0
-    for st in candidates:
+    for group in _groups(candidates, transforms):
         checkpoint()
-        old = states.get(st.relpath)
-        result = read_document(root, st, chunker, max_bytes, transforms)
-        if result is None:
-            if old is not None:
-                writer.removals.append(st.relpath)
-        elif isinstance(result, FileProblem):
-            summary.problems.append(result)
-            if old is not None:  # never keep serving content we can no longer read
-                writer.removals.append(st.relpath)
-        elif old is not None and old.hash == result.hash:
-            writer.touched.append((st.relpath, st.size, st.mtime_ns))
-            summary.unchanged += 1
-        else:
-            writer.parsed.append(result)
-            summary.indexed += 1
-        done += 1
+        results = ([read_document(root, group[0], chunker, max_bytes)] if transforms.apply is None
+                   else _read_group(root, group, chunker, max_bytes, transforms))
+        for st, result in zip(group, results, strict=True):
+            _take(writer, st, states.get(st.relpath), result)
+        done += len(group)
         if writer.full():
             writer.flush()
             on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})
     writer.flush()
     on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})
+
+
+def _take(writer: _BatchWriter, st: FileStat, old: DocState | None, result: ParsedFile | FileProblem | None) -> None:
+    """One read file into the batch: new or changed, touched (same content), a problem, or gone."""
+    summary = writer.summary
+    if result is None:
+        if old is not None:
+            writer.removals.append(st.relpath)
+    elif isinstance(result, FileProblem):
+        summary.problems.append(result)
+        if old is not None:  # never keep serving content we can no longer read
+            writer.removals.append(st.relpath)
+    elif old is not None and old.hash == result.hash:
+        writer.touched.append((st.relpath, st.size, st.mtime_ns))
+        summary.unchanged += 1
+    else:
+        writer.parsed.append(result)
+        summary.indexed += 1
 
 
 def walk_config(masks: Sequence[str], excludes: Sequence[str], max_file_bytes: int) -> WalkConfig:

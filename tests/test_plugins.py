@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from qmdd.consistency import check_index
 from qmdd.protocol.errors import ERRORS, ErrorCode
 from qmdd.tokens import read_token
 from tests.conftest import Env
@@ -166,6 +167,8 @@ def test_a_transform_reindexes_what_it_touches(env: Env, kube: Path) -> None:
     assert attached["rescanned"][0]["indexed"] == 4
     assert search(env, "zanzibar") == [] and files(search(env, "runbook")) == ["kube/delta.md"]
     assert env.json("update")[0]["indexed"] == 0  # unchanged files stay unchanged under the same transform
+    env.stop_daemon()
+    assert check_index(env.vars).codes() == set()  # the offline checker knows transformed documents
     (kube / "epsilon.md").write_text("# Epsilon\n\nzanzibar <!-- zanzibar -->\n")
     env.run("update")
     assert search(env, "zanzibar")[0]["snippet"].rstrip().endswith("zanzibar")
@@ -205,3 +208,23 @@ def test_the_http_door_lists_plugins_and_searches_with_them(env: Env, kube: Path
         unknown = door.post("/search", json={"query": "kubernetes", "plugins": ["nope"]})
         assert unknown.status_code == 404 and unknown.json()["code"] == "NOT_FOUND"
         assert "/plugins" in door.get("/openapi.json").json()["paths"]
+
+
+def test_a_transform_group_that_fails_is_redone_one_document_at_a_time(env: Env, kube: Path, tmp_path: Path) -> None:
+    """Documents are transformed in groups (up to 64 files, about 1 MB); one too big for the plugin's
+    memory (1 MB here) fails its group, and the others are still transformed, each on its own; the big
+    one is indexed as it is."""
+    # 630 KB: in a group with the others, and too big for 1 MB of plugin memory (input and output)
+    (kube / "huge.md").write_text("# Huge\n\nzanzibar <!-- hidden --> " + "filler words here\n" * 35_000)
+    module = tmp_path / "strip.wat"
+    module.write_bytes((EXAMPLES / "strip-comments.wat").read_bytes())
+    module.with_suffix(".toml").write_text('[plugin]\nname = "strip"\nmemory_mb = 1\nfuel = 1000000000\n'
+                                           'time_ms = 2000\n')
+    env.run("plugin", "install", str(module))
+    env.run("collection", "add", str(kube), "--name", "kube", "--no-update")
+    attached = env.json("plugin", "attach", "strip", "-c", "kube")
+    assert attached["rescanned"][0]["indexed"] == 5
+    assert files(search(env, "zanzibar", "-n", "5")) == ["kube/huge.md"]  # its comment stayed; delta's went
+    assert files(search(env, "hidden")) == ["kube/huge.md"]
+    info = env.json("plugin", "info", "strip")
+    assert info["failures"] == 2 and info["enabled"]  # the group, then huge.md alone; never 3 in a row

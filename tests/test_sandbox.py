@@ -247,7 +247,23 @@ def test_a_transform_chain_has_an_identity(tmp_path: Path) -> None:
                      manifest=strip.with_suffix(".toml").read_text())
     assert registry.transform_chain(["path-boost", "nothing"]) == (None, "")
     apply, key = registry.transform_chain(["strip-comments"])
-    assert apply is not None and apply("notes/a.md", "a<!-- b -->c") == "ac"
+    assert apply is not None and apply([("notes/a.md", "a<!-- b -->c"), ("notes/b.md", "d")]) == ["ac", "d"]
     assert key.startswith("strip-comments@1.0:")
     registry.set_enabled("strip-comments", False)
     assert registry.transform_chain(["strip-comments"]) == (None, "")
+
+
+def test_a_manifest_declares_hooks_the_module_must_export(tmp_path: Path) -> None:
+    from qmdd.sandbox.registry import PluginRegistry
+
+    registry = PluginRegistry(tmp_path / "plugins")
+    boost = (EXAMPLES / "path-boost.wat").read_bytes()
+    with pytest.raises(QmddError, match=r"declares the hook\(s\) \['filter'\]"):
+        registry.install(boost, where="b.wat", default_name="b", manifest='[plugin]\nhooks = ["score", "filter"]\n')
+    with pytest.raises(QmddError, match="hooks must be a list"):
+        registry.install(boost, where="b.wat", default_name="b", manifest='[plugin]\nhooks = ["rank"]\n')
+    installed = registry.install(boost, where="b.wat", default_name="b", manifest='[plugin]\nhooks = ["score"]\n')
+    assert installed.compiled.hooks == ("score",) and installed.to_wire()["hooks"] == ["score"]
+    again = PluginRegistry(tmp_path / "plugins")
+    again.load()
+    assert again.get("b").manifest.hooks == ("score",)

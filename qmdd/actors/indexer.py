@@ -39,7 +39,6 @@ from qmdd.indexing import (
     BatchSink,
     ProgressSink,
     ScanSummary,
-    TransformFailed,
     Transforms,
     scan_collection,
     update_paths,
@@ -254,11 +253,17 @@ class IndexerActor(DatabaseActor):
         if chain is None:
             return Transforms()
 
-        def apply(path: str, text: str) -> str:
+        def apply(documents: list[tuple[str, str]]) -> list[str | None]:
+            named = [(f"{collection.name}/{path}", text) for path, text in documents]
             try:
-                return chain(f"{collection.name}/{path}", text)
+                return list(chain(named))
             except PluginCallFailed as exc:
-                raise TransformFailed(str(exc)) from None
+                if len(named) == 1:
+                    log.warning("%s indexed without its transforms: %s", named[0][0], exc)
+                    return [None]
+            # One document spoilt the group (too big for the plugin's limits, say): each on its own.
+            return [apply([document])[0] for document in documents]
+
         return Transforms(apply, key)
 
     async def _set_plugins(self, message: SetCollectionPlugins) -> dict[str, object]:

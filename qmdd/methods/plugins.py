@@ -120,13 +120,22 @@ async def _rescan_for_transforms(s: Services, name: str, hooks: Sequence[str], c
 
 def with_plugins(s: Services, handler: MethodHandler) -> MethodHandler:
     """A search method that runs the scorers and filters that apply to it (see the module's doc)."""
+    attached: tuple[int, dict[str, tuple[str, ...]]] = (-1, {})
+    plugins_seen: tuple[int, dict[str, dict[str, Any]]] = (-1, {})
+
     async def searching(params: dict[str, Any], call: Call) -> Any:
+        nonlocal attached, plugins_seen
+        version: int = s.reader.execute("PRAGMA data_version").fetchone()[0]
+        if attached[0] != version:  # read again only after a commit: most searches pay a pragma, not a query
+            attached = (version, _attached(s))
         named = list(dict.fromkeys(params["plugins"] or ()))
-        defaults = {c.name: c.plugins for c in docs.list_collections(s.reader)
-                    if c.plugins and (not params["collections"] or c.name in params["collections"])}
+        defaults = {name: plugins for name, plugins in attached[1].items()
+                    if not params["collections"] or name in params["collections"]}
         if not named and not defaults:
             return await handler(params, call)
-        installed = {p["name"]: p for p in await s.actors.plugins.call(ListPlugins())}
+        if plugins_seen[0] != s.generation.value:  # moved by every plugin change (and index change)
+            plugins_seen = (s.generation.value, {p["name"]: p for p in await s.actors.plugins.call(ListPlugins())})
+        installed = plugins_seen[1]
         for name in named:
             if name not in installed:
                 raise QmddError(ErrorCode.NOT_FOUND, f"no plugin named {name!r:.80} is installed",

@@ -10,6 +10,7 @@ from typing import Any
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 
+HOOK_NAMES = ("score", "filter", "transform")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 LIMITS = {"fuel": (10_000_000, 1_000_000_000), "memory_mb": (16, 256), "time_ms": (100, 2_000)}
 """Setting -> (default, cap)."""
@@ -23,10 +24,13 @@ class Manifest:
     fuel: int = LIMITS["fuel"][0]
     memory_mb: int = LIMITS["memory_mb"][0]
     time_ms: int = LIMITS["time_ms"][0]
+    hooks: tuple[str, ...] | None = None
+    """The hooks it declares; None: whichever it exports."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "description": self.description, "fuel": self.fuel,
-                "memory_mb": self.memory_mb, "time_ms": self.time_ms}
+        values = {"name": self.name, "version": self.version, "description": self.description, "fuel": self.fuel,
+                  "memory_mb": self.memory_mb, "time_ms": self.time_ms}
+        return values if self.hooks is None else {**values, "hooks": list(self.hooks)}
 
 
 def _invalid(where: Path | str, why: str) -> QmddError:
@@ -43,7 +47,7 @@ def check_name(name: str, where: Path | str = "plugin name") -> str:
 
 def manifest_from(values: dict[str, Any], where: Path | str) -> Manifest:
     """A manifest from its [plugin] table (or a stored record), each limit checked against the caps."""
-    unknown = set(values) - {"name", "version", "description", *LIMITS}
+    unknown = set(values) - {"name", "version", "description", "hooks", *LIMITS}
     if unknown:
         raise _invalid(where, f"unknown key(s) {sorted(unknown)}")
     fields: dict[str, Any] = {"name": check_name(str(values.get("name", "")), where)}
@@ -52,6 +56,11 @@ def manifest_from(values: dict[str, Any], where: Path | str) -> Manifest:
             if not isinstance(values[key], str) or len(values[key]) > 1000 or not values[key].isprintable():
                 raise _invalid(where, f"{key} must be printable text")
             fields[key] = values[key]
+    if "hooks" in values:
+        hooks = values["hooks"]
+        if not (isinstance(hooks, list) and hooks and set(hooks) <= set(HOOK_NAMES) and len(set(hooks)) == len(hooks)):
+            raise _invalid(where, f"hooks must be a list of distinct hooks from {list(HOOK_NAMES)}")
+        fields["hooks"] = tuple(hooks)
     for key, (_, cap) in LIMITS.items():
         if key in values:
             value = values[key]

@@ -32,8 +32,8 @@ log = logging.getLogger("qmdd.plugins")
 
 FAILURES_TO_DISABLE = 3
 """Failed calls in a row after which a plugin is disabled (with the last reason) until enabled again."""
-Transform = Callable[[str, str], str]
-"""(path, text) -> text, raising PluginCallFailed."""
+Transform = Callable[[list[tuple[str, str]]], list[str]]
+"""[(path, text)] -> their new texts, raising PluginCallFailed."""
 
 
 @dataclass
@@ -78,6 +78,18 @@ class Installed:
                 "last_error": s.last_error}
 
 
+def _declared(compiled: Compiled, manifest: Manifest, where: str) -> Compiled:
+    """The module's hooks narrowed to those its manifest declares; INVALID_INPUT if one is not exported."""
+    if manifest.hooks is None:
+        return compiled
+    missing = sorted(set(manifest.hooks) - set(compiled.hooks))
+    if missing:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"{where}: its manifest declares the hook(s) {missing}, which it "
+                        f"does not export (it exports {list(compiled.hooks)})",
+                        hints=("See plugins/ABI.md, 'Exports' and 'The manifest'.",))
+    return replace(compiled, hooks=tuple(h for h in compiled.hooks if h in manifest.hooks))
+
+
 def _not_installed(name: str) -> QmddError:
     return QmddError(ErrorCode.NOT_FOUND, f"no plugin named {name!r:.80} is installed",
                      hints=("`qmdctl plugin list` shows the installed plugins.",))
@@ -116,6 +128,7 @@ class PluginRegistry:
             raise ValueError(f"{name}.wasm does not match its record (changed on disk?); install it again")
         manifest = manifest_from(record["manifest"], record_file)
         compiled = self._compiled_from_cache(name, binary) or self.sandbox.compile(binary, text=False, where=name)
+        compiled = _declared(compiled, manifest, name)
         return Installed(manifest, compiled, record["sha256"], float(record["installed_at"]),
                          bool(record["enabled"]), record.get("disabled_reason"))
 
@@ -152,6 +165,7 @@ class PluginRegistry:
             chosen = manifest_text(manifest, where, default_name=default_name)
         if name:
             chosen = replace(chosen, name=check_name(name))
+        compiled = _declared(compiled, chosen, where)
         installed = Installed(chosen, compiled, hashlib.sha256(compiled.binary).hexdigest(), time.time())
         with self._lock:
             if chosen.name in self._plugins and not replace_existing:
@@ -245,8 +259,11 @@ class PluginRegistry:
         if not chain:
             return None, ""
 
-        def transform(path: str, text: str) -> str:
+        def transform(documents: list[tuple[str, str]]) -> list[str]:
+            texts = [text for _, text in documents]
             for installed in chain:
-                text = self.call(installed.name, "transform", "", [Candidate(0.0, text, "", path, "{}", 0)])[0]
-            return text
+                texts = self.call(installed.name, "transform", "",
+                                  [Candidate(0.0, text, "", path, "{}", i)
+                                   for i, ((path, _), text) in enumerate(zip(documents, texts, strict=True))])
+            return texts
         return transform, ",".join(p.identity for p in chain)
