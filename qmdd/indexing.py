@@ -133,10 +133,9 @@ def _read_group(root: ConfinedRoot, group: list[FileStat], chunker: ChunkerConfi
                 transforms: Transforms) -> list[ParsedFile | FileProblem | None]:
     """Read a group of files, transform their texts in one call, and parse them."""
     reads = [read_text(root, st, max_bytes) for st in group]
-    texts = [r for r in reads if isinstance(r, tuple)]
+    documents = [(st.relpath, r[1]) for st, r in zip(group, reads, strict=True) if isinstance(r, tuple)]
     assert transforms.apply is not None
-    rewritten = iter(transforms.apply([(st.relpath, r[1]) for st, r in zip(group, reads, strict=True)
-                                       if isinstance(r, tuple)]) if texts else [])
+    rewritten = iter(transforms.apply(documents) if documents else [])
     parsed: list[ParsedFile | FileProblem | None] = []
     for st, read in zip(group, reads, strict=True):
         if not isinstance(read, tuple):

@@ -109,7 +109,8 @@ def _check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts:
                 continue
             same_stat = (st.size, st.mtime_ns) == (state.size, state.mtime_ns)
             # A transformed document's hash also names its transforms (one it failed on is plain).
-            if state.hash not in (document_hash(data), document_hash(data, collection.transform_key)):
+            plain_hash = document_hash(data)
+            if state.hash not in (plain_hash, document_hash(data, collection.transform_key)):
                 if same_stat:
                     report.add(True, "content_differs_under_same_stat", "a document's file changed but kept its "
                                "size and mtime: an update would skip it forever", where + path)
@@ -125,7 +126,7 @@ def _check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts:
                 report.add(strict, "document_stat_outdated", "documents whose file was touched but not changed "
                            "(the next update refreshes their stat)", where + path)
             text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
-            transformed = state.hash != document_hash(data)  # a transform may have emptied it
+            transformed = state.hash != plain_hash  # a transform may have emptied it
             if not transformed and bool(text.strip()) != (facts.chunks_per_doc[state.id] > 0):
                 report.add(True, "document_without_chunks", "a document with text has no chunks, or a blank one "
                            "has some", where + path)

@@ -34,6 +34,7 @@ from qmdd.methods.collections import scan
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.sandbox.abi import Candidate
+from qmdd.sandbox.registry import not_installed
 from qmdd.store import documents as docs
 
 SEARCH_METHODS = ("search", "vsearch", "query")
@@ -61,8 +62,7 @@ async def info(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any
     for plugin in await list_(s, params, call):
         if plugin["name"] == params["name"]:
             return plugin
-    raise QmddError(ErrorCode.NOT_FOUND, f"no plugin named {params['name']!r:.80} is installed",
-                    hints=("`qmdctl plugin list` shows the installed plugins.",))
+    raise not_installed(params["name"])
 
 
 async def install(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def with_plugins(s: Services, handler: MethodHandler) -> MethodHandler:
 
     async def searching(params: dict[str, Any], call: Call) -> Any:
         nonlocal attached, plugins_seen
-        version: int = s.reader.execute("PRAGMA data_version").fetchone()[0]
+        version = s.index_generation()[0]  # SQLite's data_version
         if attached[0] != version:  # read again only after a commit: most searches pay a pragma, not a query
             attached = (version, _attached(s))
         named = list(dict.fromkeys(params["plugins"] or ()))
@@ -138,8 +138,7 @@ def with_plugins(s: Services, handler: MethodHandler) -> MethodHandler:
         installed = plugins_seen[1]
         for name in named:
             if name not in installed:
-                raise QmddError(ErrorCode.NOT_FOUND, f"no plugin named {name!r:.80} is installed",
-                                hints=("`qmdctl plugin list` shows the installed plugins.",))
+                raise not_installed(name)
         plan = _plan(named, defaults, installed)
         limit = params["limit"]
         filtering = any(hook == "filter" for _, hook, _ in plan)

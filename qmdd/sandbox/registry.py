@@ -90,7 +90,7 @@ def _declared(compiled: Compiled, manifest: Manifest, where: str) -> Compiled:
     return replace(compiled, hooks=tuple(h for h in compiled.hooks if h in manifest.hooks))
 
 
-def _not_installed(name: str) -> QmddError:
+def not_installed(name: str) -> QmddError:
     return QmddError(ErrorCode.NOT_FOUND, f"no plugin named {name!r:.80} is installed",
                      hints=("`qmdctl plugin list` shows the installed plugins.",))
 
@@ -182,7 +182,7 @@ class PluginRegistry:
         with self._lock:
             installed = self._plugins.pop(name, None)
             if installed is None and name not in self.broken:
-                raise _not_installed(name)
+                raise not_installed(name)
             self.broken.pop(name, None)
             for suffix in (".json", ".cwasm", ".wasm"):  # the record first: without it nothing loads
                 (self.directory / f"{name}{suffix}").unlink(missing_ok=True)
@@ -202,7 +202,7 @@ class PluginRegistry:
     def get(self, name: str) -> Installed:
         installed = self._plugins.get(name)
         if installed is None:
-            raise _not_installed(name)
+            raise not_installed(name)
         return installed
 
     def installed(self) -> list[Installed]:
