@@ -69,11 +69,14 @@ class McpHost:
         return "\n".join(lines)
 
     async def session(self, params: dict[str, Any], call: Call) -> dict[str, Any]:
+        # The SDK is imported only once the server is built: importing it here while the background
+        # preload imports it in a thread can hand this task a half-initialised module (ImportError).
+        server = await self.server()
         import anyio
         from mcp.shared.message import SessionMessage
         from mcp_types import jsonrpc_message_adapter
 
-        lowlevel = session_server(await self.server())
+        lowlevel = session_server(server)
         lowlevel.instructions = await self.instructions()
         read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](32)
         write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](32)
@@ -123,9 +126,9 @@ class McpHost:
         load balancers, or that cannot keep a session id). The HTTP door checks the token and Host/Origin
         itself, so the SDK's own rebinding check stays off. The instructions list the collections as
         they are when the app is built."""
+        server = await self.server()  # first: see `session`
         from mcp.server.transport_security import TransportSecuritySettings
 
-        server = await self.server()
         session_server(server).instructions = await self.instructions()
         return server.streamable_http_app(
             streamable_http_path="/mcp", stateless_http=stateless, json_response=stateless,
