@@ -1,4 +1,4 @@
-"""The typer app for every command that is not hot, and for every --help: generated from `qmdctl.spec`,
+"""The typer app for --help (and bare groups): generated from `qmdctl.spec`,
 so it accepts exactly the syntax `qmdctl.fastargs` does and hands `run_command` the same arguments."""
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def _callback(command: Command) -> Any:
 def build_app() -> typer.Typer:
     # Help texts are plain text with literal brackets (COLLECTION[/path]): no rich markup parsing.
     app = typer.Typer(name="qmdctl", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                      help="qmdctl: keyword search over your markdown, through the warm qmdd daemon.",
+                      help="qmdctl: keyword search over your markdown, through the warm qmdd daemon.\n\n"
+                           "Global options (before or after the command): --index NAME uses a named index "
+                           "(its own data and daemon; `qmdctl init` makes one for a project folder); "
+                           "-v/--version prints the version.",
                       context_settings={"help_option_names": ["-h", "--help"]})
     groups: dict[str, typer.Typer] = {}
     for command in COMMANDS:

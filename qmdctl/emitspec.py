@@ -44,6 +44,10 @@ DRY_RUN_OUTPUT: dict[str, Any] = {
         "method": {"type": "string", "description": "The request it would send (see `rpc`)."},
         "params": {"type": "object", "description": "Its params, checked against the protocol's declaration."},
         "action": {"type": "string", "description": "What it would do, for commands that do more than one request."},
+        "checked": {"const": True, "description": "A running daemon made the checks only it can (the folder "
+                    "exists and is no duplicate; the collection, model or context exists) and changed nothing."},
+        "would": {"type": "object", "description": "What that daemon would have done."},
+        "before": {"type": "string", "description": "What the command would do before its request."},
         "socket": {"type": "string"}, "trace_id": {"type": "string"},
         "identity": {"type": "string", "pattern": "^sha256:[0-9a-f]{8}$"},
     },
@@ -58,6 +62,10 @@ def option_schema(opt: Opt) -> dict[str, Any]:
         schema = {"type": "array", "items": {"type": "string"}, "minItems": 1}
     if opt.name == "format":
         schema["enum"] = list(FORMATS)
+    if opt.low is not None:
+        schema["minimum"] = opt.low
+    if opt.high is not None:
+        schema["maximum"] = opt.high
     if opt.help:
         schema["description"] = opt.help
     if opt.kind == "flag" or opt.default is not None:
@@ -122,7 +130,8 @@ def command_spec(command: Command) -> dict[str, Any]:
     output = {"$schema": DRAFT, **doc["output"]}
     result = doc.get("result") or (doc["output"].get("items") if doc["output"].get("type") == "array"
                                    else doc["output"])
-    errors = sorted((ErrorCode(c) for c in doc["errors"]), key=lambda c: ERRORS[c].exit_code)
+    # Every command can fail to parse its command line.
+    errors = sorted({ErrorCode.USAGE_ERROR, *(ErrorCode(c) for c in doc["errors"])}, key=lambda c: ERRORS[c].exit_code)
     spec: dict[str, Any] = {
         "spec_version": SPEC_VERSION,
         "command": command.name,
@@ -138,8 +147,7 @@ def command_spec(command: Command) -> dict[str, Any]:
     spec["dry_run_output"] = {"$schema": DRAFT, **DRY_RUN_OUTPUT}
     spec["errors"] = [error_entry(code) for code in errors]
     spec["error_output"] = problem_schema()
-    spec["exit_codes"] = {"0": "OK", "2": "USAGE (bad options or arguments)",
-                          **{str(ERRORS[c].exit_code): str(c) for c in errors}}
+    spec["exit_codes"] = {"0": "OK", **{str(ERRORS[c].exit_code): str(c) for c in errors}}
     spec["environment"] = ENVIRONMENT
     return spec
 

@@ -1,4 +1,4 @@
-"""A small argument parser for the hot commands, driven by `qmdctl.spec`.
+"""A small argument parser for every command, driven by `qmdctl.spec`.
 
 argparse costs several milliseconds to import and build, a noticeable share of a 50 ms budget for a
 whole `qmdctl search`; the command table already says everything a parser needs.
@@ -18,14 +18,26 @@ class UsageError(Exception):
 
 
 def _convert(opt: Opt, flag: str, raw: str) -> Any:
+    if opt.kind not in ("int", "float"):
+        return raw
     try:
-        if opt.kind == "int":
-            return int(raw)
-        if opt.kind == "float":
-            return float(raw)
+        value: float = int(raw) if opt.kind == "int" else float(raw)
     except ValueError:
         raise UsageError(f"{flag} expects {'an integer' if opt.kind == 'int' else 'a number'}, got {raw!r}") from None
-    return raw
+    high = opt.high if opt.high is not None else _LARGEST
+    if value != value or (opt.low is not None and value < opt.low) or value > high or value < -_LARGEST:
+        raise UsageError(f"{flag} must be {_bounds(opt.low, opt.high)}, got {raw!r}")
+    return value
+
+
+# What any number may be without a bound of its own: finite, and within what the wire carries exactly.
+_LARGEST = 2**53
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if high is None:
+        return "a finite number" if low is None else f"at least {low}"
+    return f"at most {high}" if low is None else f"between {low} and {high}"
 
 
 def _looks_negative_number(arg: str) -> bool:
@@ -67,12 +79,12 @@ def parse(command: Command, argv: list[str]) -> dict[str, Any]:
     for opt in (o for o in opts if not o.flags):
         if opt.nargs == "+" or (opt.kind == "list" and opt.nargs is None):
             if not free and opt.nargs == "+":
-                raise UsageError(f"missing {opt.name.upper()}")
+                raise UsageError(f"missing {opt.name.upper()} ({opt.help})")
             values[opt.name], free = free, []
         elif free:
             values[opt.name] = free.pop(0)
         elif opt.nargs is None and opt.default is None:
-            raise UsageError(f"missing {opt.name.upper()}")
+            raise UsageError(f"missing {opt.name.upper()} ({opt.help})")
     if free:
         raise UsageError(f"unexpected argument(s): {' '.join(free)}")
     return values

@@ -1,5 +1,5 @@
-"""Running one command, the same for both front ends (`fastargs` for the hot commands, the typer app
-for the rest): pick the output, import the runner, map errors to exit codes. Stdlib only: on the hot path."""
+"""Running one parsed command (`fastargs` parses every command; the typer app only shows help):
+pick the output, import the runner, map errors to exit codes. Stdlib only: on the hot path."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl 
 if TYPE_CHECKING:
     from typing import Any
 
-_SHORTHANDS = ("json", "ndjson", "csv", "md", "files")
+_SHORTHANDS = ("json", "ndjson", "csv", "md", "xml", "files")
 
 
 class Invocation:
@@ -46,13 +46,31 @@ class Invocation:
 
 
 def output_format(args: dict[str, Any]) -> str:
+    """The shorthand flag, else --format, else --output-format, else AGENT_OUTPUT_FORMAT, else text."""
     for name in _SHORTHANDS:
         if args.get(name):
             return name
-    fmt = args.get("format") or os.environ.get("AGENT_OUTPUT_FORMAT") or "text"
+    fmt = args.get("format") or args.get("output_format") or os.environ.get("AGENT_OUTPUT_FORMAT") or "text"
     if fmt not in FORMATS:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return str(fmt)
+        raise QmddError(ErrorCode.USAGE_ERROR, f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return "text" if fmt == "cli" else str(fmt)
+
+
+def requested_format(argv: list[str]) -> str:
+    """The format asked for on a command line that could not be parsed, so that its usage error comes
+    in that format too; text when none can be made out."""
+    args: dict[str, Any] = {}
+    words = iter(argv[: argv.index("--")] if "--" in argv else argv)
+    for word in words:
+        flag, has_value, value = word.partition("=")
+        if flag in ("--format", "--output-format"):
+            args[flag[2:].replace("-", "_")] = value if has_value else next(words, None)
+        elif word[2:] in _SHORTHANDS and word.startswith("--"):
+            args[word[2:]] = True
+    try:
+        return output_format(args)
+    except QmddError:
+        return "text"
 
 
 def given_args(command: Command, args: dict[str, Any]) -> dict[str, Any]:
@@ -93,8 +111,23 @@ def run_command(command: Command, args: dict[str, Any]) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, not a typed failure: still problem details, never a raw traceback
+        return report_error(output, QmddError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"[:500]),
+                            command.name, invocation.trace_id)
     finally:
         invocation.close()
+
+
+def usage_failure(command: Command | None, argv: list[str], message: str) -> int:
+    """A command line that cannot be parsed: USAGE_ERROR (exit 2) as typed problem details, in the format
+    the line asked for (NDJSON: after the metadata record), like every other error."""
+    output = Output(requested_format(argv))
+    name = command.name if command else ""
+    trace_id = new_trace_id()
+    output.meta = {"command": name, "trace_id": trace_id, "qmdctl_version": __version__, "args": {}}
+    where = f"qmdctl {name} --help".replace("  ", " ")
+    err = QmddError(ErrorCode.USAGE_ERROR, message, hints=(f"See `{where}`.",))
+    return report_error(output, err, name, trace_id)
 
 
 def print_spec(command: Command) -> int:

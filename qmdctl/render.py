@@ -125,6 +125,11 @@ class Output:
         self.start()
         self._write_record(kind, payload)
 
+    def next_seq(self) -> int:
+        """Take the next NDJSON sequence number (for a record written elsewhere, e.g. an error on stderr)."""
+        self._seq += 1
+        return self._seq - 1
+
     def _write_record(self, kind: str, payload: Any) -> None:
         """{"type", "seq", "payload"}; written and flushed at once (streaming)."""
         self.out.write(json_text({"type": kind, "seq": self._seq, "payload": payload}) + "\n")
@@ -155,21 +160,32 @@ class Output:
             self.line("|" + "---|" * len(columns))
             for r in rows:
                 self.line("| " + " | ".join(str(_cell(r.get(c))).replace("|", "\\|") for c in columns) + " |")
+        elif self.fmt == "xml":
+            self.line('<?xml version="1.0" encoding="UTF-8"?>\n<items>')
+            for r in rows:
+                fields = "".join(f"<{c}>{xml_escape(str(_cell(r.get(c))))}</{c}>" for c in columns)
+                self.line(f"  <item>{fields}</item>")
+            self.line("</items>")
         elif self.fmt == "files":
             for r in rows:
-                self.line(str(r.get("file") or r.get("uri") or r.get(columns[0])))
+                self.line(files_field(str(r.get("file") or r.get("uri") or r.get(columns[0]))))
         else:
             widths = [max([len(c), *(len(str(_cell(r.get(c)))) for r in rows)]) for c in columns]
             self.line("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
             for r in rows:
                 self.line("  ".join(str(_cell(r.get(c))).ljust(w) for c, w in zip(columns, widths, strict=True)))
 
-    def value(self, value: Any, text: Callable[[Any], None]) -> None:
-        """A single result: JSON forms for programs, `text` for people."""
+    def value(self, value: Any, text: Callable[[Any], None],
+              rows: Callable[[Any], tuple[list[dict[str, Any]], list[str]]] | None = None) -> None:
+        """A single result: JSON forms for programs, `text` for people; csv, md, xml and files get a table:
+        `rows(value)` (records and columns), or else the value flattened to dotted-key/value pairs."""
         if self.fmt == "json":
             self.json(value)
         elif self.fmt == "ndjson":
             self.record("result", value)
+        elif self.fmt in ("csv", "md", "xml", "files"):
+            records, columns = rows(value) if rows else (_flattened(value), ["key", "value"])
+            self.table(records, columns)
         else:
             text(value)
 
@@ -185,6 +201,35 @@ class Output:
         codes = {"bold": "1", "dim": "2", "green": "32", "yellow": "33", "red": "31", "cyan": "36",
                  "magenta": "35"}
         return f"{self._style_marker}{codes[style]}m{text}{self._style_marker}0m"
+
+
+def _flattened(value: Any, prefix: str = "") -> list[dict[str, Any]]:
+    """{"a": {"b": 1}, "c": [2]} → rows a.b=1, c.0=2: a nested answer as key/value records."""
+    if isinstance(value, dict) and value:
+        return [row for k, v in value.items() for row in _flattened(v, f"{prefix}{k}.")]
+    if isinstance(value, list) and value:
+        return [row for i, v in enumerate(value) for row in _flattened(v, f"{prefix}{i}.")]
+    return [{"key": prefix[:-1], "value": value}]
+
+
+_XML_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"}
+# Characters XML 1.0 cannot carry at all (C0 controls but tab and newline, lone surrogates, U+FFFE/F).
+_NOT_XML = re.compile(r"[\x00-\x08\x0b-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_escape(text: str) -> str:
+    """Text for an XML element or attribute; what XML cannot carry is shown as a visible `\\x1b` escape."""
+    text = _NOT_XML.sub(_visible_escape, text)
+    return re.sub(r"[&<>\"']", lambda m: _XML_ESCAPES[m.group()], text)
+
+
+def files_field(text: str, quoted: bool = False) -> str:
+    """A field of the `files` format, which must stay one record per line: CSV quoting (qmd's rule: a
+    field with a comma, quote or line break is quoted, quotes doubled), and a line break inside a field
+    written as the two characters `\\n` (`\\r`), so a file name or context with one cannot split the record."""
+    if quoted or any(c in text for c in ',"\n\r'):
+        text = '"' + text.replace('"', '""').replace("\r", "\\r").replace("\n", "\\n") + '"'
+    return text
 
 
 def _cell(value: Any) -> Any:
@@ -208,15 +253,20 @@ def problem_details(err: QmddError, instance: str | None = None, trace_id: str |
 
 
 def report_error(output: Output, err: QmddError, command: str, trace_id: str) -> int:
+    """An error goes to stderr in every format, so stdout holds results only (`… --json | jq '.[]'` never
+    parses an error as a result): problem details as JSON for json, an NDJSON `error` record for ndjson (the
+    metadata record still opens stdout's stream), text lines otherwise. Returns the exit status."""
     if output.fmt == "json":
-        output.json(problem_details(err, command, trace_id))
+        output.err.write(json_text(problem_details(err, command, trace_id), indent=2) + "\n")
     elif output.fmt == "ndjson":
-        output.record("error", problem_details(err, command, trace_id))
+        output.start()
+        output.err.write(json_text({"type": "error", "seq": output.next_seq(),
+                                    "payload": problem_details(err, command, trace_id)}) + "\n")
     else:
         output.err_line(f"error: {err.code}: {err.message}")
         for candidate in err.details.get("candidates", ()):
             output.err_line(f"  candidate: {candidate}")
         for hint in err.hints:
             output.err_line(f"  hint: {hint}")
-        output.err_line(f"  trace id: {trace_id} (qmdctl {command}, exit {err.code.spec.exit_code})")
+        output.err_line(f"  trace id: {trace_id} ({f'qmdctl {command}'.rstrip()}, exit {err.code.spec.exit_code})")
     return err.code.spec.exit_code

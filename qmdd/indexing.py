@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract_title
+from qmdd.decoding import Undecodable, decode_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, EscapesRoot, FileTooLarge, NotRegularFile
 from qmdd.store import documents as docs
@@ -59,18 +60,29 @@ class FileProblem:
 
 @dataclass
 class ScanSummary:
+    """What a scan did. Its parts add up: `files` (the selected files met) = `indexed` + `unchanged` +
+    `skipped`, and `indexed` = `new` + `updated`. `problems` also holds what is not a file (a directory
+    that cannot be listed, a symlink loop, an unreadable ignore file): more problems than skipped files."""
+
     collection: str
     files: int = 0
-    indexed: int = 0
+    new: int = 0
+    updated: int = 0
     unchanged: int = 0
+    skipped: int = 0
     removed: int = 0
     problems: list[FileProblem] = field(default_factory=list)
     chunks_added: int = 0
     seconds: float = 0.0
 
+    @property
+    def indexed(self) -> int:
+        return self.new + self.updated
+
     def to_wire(self) -> dict[str, object]:
-        return {"collection": self.collection, "files": self.files, "indexed": self.indexed,
-                "unchanged": self.unchanged, "removed": self.removed, "chunks_added": self.chunks_added,
+        return {"collection": self.collection, "files": self.files, "indexed": self.indexed, "new": self.new,
+                "updated": self.updated, "unchanged": self.unchanged, "skipped": self.skipped,
+                "removed": self.removed, "chunks_added": self.chunks_added,
                 # Bounded, so a tree of a million unreadable files still fits in one reply frame;
                 # `qmdctl status` lists the recorded problems.
                 "problems": [{"path": p.path, "code": p.code, "message": p.message}
@@ -105,13 +117,10 @@ def read_text(root: ConfinedRoot, st: FileStat, max_bytes: int) -> tuple[bytes, 
         return FileProblem(st.relpath, "not_regular", str(exc))
     except OSError as exc:
         return FileProblem(st.relpath, "unreadable", exc.strerror or str(exc))
-    if b"\x00" in data[:8192]:
-        return FileProblem(st.relpath, "binary", "looks like a binary file (NUL bytes)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return FileProblem(st.relpath, "invalid_utf8", f"not valid UTF-8 at byte {exc.start}")
-    return data, text.removeprefix("\ufeff").replace("\r\n", "\n")
+    decoded = decode_text(data)
+    if isinstance(decoded, Undecodable):
+        return FileProblem(st.relpath, decoded.code, decoded.message)
+    return data, decoded.text
 
 
 def parse_document(st: FileStat, data: bytes, text: str, chunker: ChunkerConfig,
@@ -178,7 +187,8 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
             docs.pin_root(conn, collection.id, root.key)
         walk = walk_collection(root, config)
         summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
-        summary.files = len(walk.files)
+        summary.skipped = sum(p.file for p in walk.problems)
+        summary.files = len(walk.files) + summary.skipped
         states = docs.doc_states(conn, collection.id)
         seen = {f.relpath for f in walk.files}
         removals = [path for path in states if path not in seen]
@@ -239,10 +249,11 @@ def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: Coll
             present.append(admitted)
         else:
             summary.problems.append(FileProblem(admitted.relpath, admitted.code, admitted.message))
+            summary.skipped += 1
             gone.append(relpath)
     states = docs.doc_states_for(conn, collection.id, [f.relpath for f in present])
     removals = docs.paths_under(conn, collection.id, gone)
-    summary.files = len(present)
+    summary.files = len(present) + summary.skipped
     writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
     _index_files(writer, root, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None,
                  transforms)
@@ -315,18 +326,23 @@ def _take(writer: _BatchWriter, st: FileStat, old: DocState | None, result: Pars
     """One read file into the batch: new or changed, touched (same content), a problem, or gone."""
     summary = writer.summary
     if result is None:
+        summary.files -= 1  # gone since the walk: no longer a file of the collection
         if old is not None:
             writer.removals.append(st.relpath)
     elif isinstance(result, FileProblem):
         summary.problems.append(result)
+        summary.skipped += 1
         if old is not None:  # never keep serving content we can no longer read
             writer.removals.append(st.relpath)
     elif old is not None and old.hash == result.hash:
         writer.touched.append((st.relpath, st.size, st.mtime_ns))
         summary.unchanged += 1
+    elif old is not None:
+        writer.parsed.append(result)
+        summary.updated += 1
     else:
         writer.parsed.append(result)
-        summary.indexed += 1
+        summary.new += 1
 
 
 def walk_config(masks: Sequence[str], excludes: Sequence[str], max_file_bytes: int) -> WalkConfig:

@@ -1,5 +1,9 @@
 """Where qmdd keeps its socket, index, config and models (XDG, or everything under $QMDD_HOME).
 
+Named indexes (qmd's `--index NAME`; qmdctl passes it on as $QMDD_INDEX) live side by side: each its
+own data directory (DATA/indexes/NAME) and socket (qmdd-NAME.sock), so its own daemon and collections.
+The default name, "index", keeps the plain paths. The config file and the model cache are shared.
+
 Stdlib only: `qmdctl` imports this on its hot path.
 """
 
@@ -17,28 +21,54 @@ if TYPE_CHECKING:
 
 # sun_path is 108 bytes on Linux; keep room for the terminating NUL.
 MAX_SOCKET_PATH = 107
+DEFAULT_INDEX = "index"
+INDEX_NAME_MAX = 64
+INDEX_NAME_RULE = (f"an index name is 1-{INDEX_NAME_MAX} letters, digits, '_', '.' or '-', and starts with a "
+                   "letter, a digit or '_'")
+
+
+def check_index_name(name: str) -> str:
+    """The name, when it is one directory and file name part: no separators, no leading dot or dash
+    (`..`, hidden files, options), nothing a socket path or a terminal would mind."""
+    if (not name or len(name) > INDEX_NAME_MAX or name[0] in ".-"
+            or not all(ch.isalnum() or ch in "_.-" for ch in name) or not name.isprintable()):
+        raise QmddError(ErrorCode.CONFIG_ERROR, f"invalid index name {name!r}: {INDEX_NAME_RULE}",
+                        hints=("Name it like a collection, e.g. `--index work`.",))
+    return name
+
+
+def index_name(env: dict[str, str]) -> str:
+    """The index chosen by $QMDD_INDEX (empty or unset: the default)."""
+    return check_index_name(env.get("QMDD_INDEX") or DEFAULT_INDEX)
+
+
+def _socket_name(index: str) -> str:
+    return "qmdd" if index == DEFAULT_INDEX else f"qmdd-{index}"
 
 
 class Paths:
-    __slots__ = ("runtime_dir", "data_dir", "config_file", "cache_dir")
+    __slots__ = ("runtime_dir", "data_dir", "config_file", "cache_dir", "index")
 
-    def __init__(self, runtime_dir: Path, data_dir: Path, config_file: Path, cache_dir: Path) -> None:
+    def __init__(self, runtime_dir: Path, data_dir: Path, config_file: Path, cache_dir: Path,
+                 index: str = DEFAULT_INDEX) -> None:
         self.runtime_dir = runtime_dir
         self.data_dir = data_dir
         self.config_file = config_file
         self.cache_dir = cache_dir
+        # The index's name: its daemon's runtime files are named after it (data_dir is already its own).
+        self.index = index
 
     @property
     def socket(self) -> Path:
-        return self.runtime_dir / "qmdd.sock"
+        return self.runtime_dir / f"{_socket_name(self.index)}.sock"
 
     @property
     def lock_file(self) -> Path:
-        return self.runtime_dir / "qmdd.lock"
+        return self.runtime_dir / f"{_socket_name(self.index)}.lock"
 
     @property
     def pid_file(self) -> Path:
-        return self.runtime_dir / "qmdd.pid"
+        return self.runtime_dir / f"{_socket_name(self.index)}.pid"
 
     @property
     def index_lock(self) -> Path:
@@ -98,32 +128,41 @@ def _xdg(env: dict[str, str], var: str, fallback: str) -> str:
     return value if value and os.path.isabs(value) else os.path.join(os.path.expanduser("~"), fallback)
 
 
-def _roots(env: dict[str, str]) -> tuple[str, str, str, str]:
+def _roots(env: dict[str, str], index: str) -> tuple[str, str, str, str]:
     """(runtime dir, data dir, config file, cache dir) as strings: os.path only, no pathlib.
     QMDD_CACHE_DIR moves just the cache (converted models), e.g. to share it between test homes."""
     home = env.get("QMDD_HOME")
     cache = env.get("QMDD_CACHE_DIR")
     if home:
         root = os.path.abspath(os.path.expanduser(home))
-        return (os.path.join(root, "run"), os.path.join(root, "data"), os.path.join(root, "config.toml"),
-                cache or os.path.join(root, "cache"))
-    runtime = env.get("XDG_RUNTIME_DIR")
-    return (os.path.join(runtime, "qmdd") if runtime else f"/tmp/qmdd-{os.getuid()}",
-            os.path.join(_xdg(env, "XDG_DATA_HOME", ".local/share"), "qmdd"),
-            os.path.join(_xdg(env, "XDG_CONFIG_HOME", ".config"), "qmdd", "config.toml"),
-            cache or os.path.join(_xdg(env, "XDG_CACHE_HOME", ".cache"), "qmdd"))
+        runtime, data, config = (os.path.join(root, "run"), os.path.join(root, "data"),
+                                 os.path.join(root, "config.toml"))
+        cache = cache or os.path.join(root, "cache")
+    else:
+        xdg_runtime = env.get("XDG_RUNTIME_DIR")
+        runtime = os.path.join(xdg_runtime, "qmdd") if xdg_runtime else f"/tmp/qmdd-{os.getuid()}"
+        data = os.path.join(_xdg(env, "XDG_DATA_HOME", ".local/share"), "qmdd")
+        config = os.path.join(_xdg(env, "XDG_CONFIG_HOME", ".config"), "qmdd", "config.toml")
+        cache = cache or os.path.join(_xdg(env, "XDG_CACHE_HOME", ".cache"), "qmdd")
+    if index != DEFAULT_INDEX:
+        data = os.path.join(data, "indexes", index)
+    return runtime, data, config, cache
 
 
 def socket_path(env: dict[str, str] | None = None) -> str:
     """The daemon socket, computed without pathlib: the hot path of every qmdctl call."""
-    return os.path.join(_roots(dict(os.environ) if env is None else env)[0], "qmdd.sock")
+    env = dict(os.environ) if env is None else env
+    index = index_name(env)
+    return os.path.join(_roots(env, index)[0], f"{_socket_name(index)}.sock")
 
 
 def resolve_paths(env: dict[str, str] | None = None) -> Paths:
     from pathlib import Path
 
-    runtime, data, config, cache = _roots(dict(os.environ) if env is None else env)
-    return Paths(Path(runtime), Path(data), Path(config), Path(cache))
+    env = dict(os.environ) if env is None else env
+    index = index_name(env)
+    runtime, data, config, cache = _roots(env, index)
+    return Paths(Path(runtime), Path(data), Path(config), Path(cache), index)
 
 
 def ensure_private_dir(path: Path) -> None:

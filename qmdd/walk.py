@@ -26,7 +26,7 @@ import os
 import re
 import stat
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
@@ -87,6 +87,9 @@ class WalkProblem:
     # Stable codes: too_large, symlink_loop, outside_root, unreadable, not_regular, bad_name.
     code: str
     message: str
+    # A file the masks select, skipped (it counts among a scan's files); False for a directory, an
+    # ignore file or an entry that could not be told apart.
+    file: bool = False
 
 
 @dataclass
@@ -103,6 +106,11 @@ def _bad_name(name: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def _escaped(name: str) -> str:
+    """A name that is not UTF-8, its odd bytes written as \\xNN: what a problem report can store and show."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 class _Rules:
@@ -214,8 +222,8 @@ class _Walk:
         self.deferred: deque[_DirJob] = deque()
         self.dirs_scanned = 0
 
-    def problem(self, rel: str, code: str, message: str) -> None:
-        self.problems.append(WalkProblem(rel, code, message))
+    def problem(self, rel: str, code: str, message: str, *, file: bool = False) -> None:
+        self.problems.append(WalkProblem(rel, code, message, file))
 
     def run(self) -> WalkResult:
         while self.stack or self.deferred:
@@ -275,7 +283,7 @@ class _Walk:
                     elif not rules.file_wanted(name, prefix + name, chain):
                         continue
                     if not name.isascii() and _bad_name(name):
-                        self.problem(prefix + name, "bad_name", "name is not valid UTF-8")
+                        self.problem(_escaped(prefix + name), "bad_name", "name is not valid UTF-8", file=True)
                         continue
                     st = entry.stat(follow_symlinks=False)
                     if st.st_size <= max_bytes:
@@ -287,13 +295,13 @@ class _Walk:
                     if not rules.dir_wanted(name, rel, chain):
                         continue
                     if _bad_name(name):
-                        self.problem(rel, "bad_name", "name is not valid UTF-8")
+                        self.problem(_escaped(rel), "bad_name", "name is not valid UTF-8")
                         continue
                     self.stack.append((rel, chain))
                 elif entry.is_symlink():
                     self.follow_link(entry, prefix + name, chain)
                 elif rules.file_wanted(name, prefix + name, chain):
-                    self.problem(prefix + name, "not_regular", "not a regular file")
+                    self.problem(prefix + name, "not_regular", "not a regular file", file=True)
             except FileNotFoundError:
                 continue  # deleted between listing and stat
             except OSError as exc:
@@ -313,40 +321,51 @@ class _Walk:
         except EscapesRoot as exc:
             # Only worth reporting when it would have been selected; the target's type (a stat,
             # never a read) says whether the directory or the file rules judge it.
-            if self.link_selected(entry, rel, chain):
-                self.problem(rel, "outside_root", str(exc))
+            is_dir = self.link_is_dir(entry)
+            if (rules.dir_wanted if is_dir else rules.file_wanted)(name, rel, chain):
+                self.problem(rel, "outside_root", str(exc), file=not is_dir)
             return
         except OSError as exc:
             # Broken link: only worth reporting when it would have been indexed.
             if rules.file_wanted(name, rel, chain):
-                self.problem(rel, "unreadable", f"broken symlink: {exc}")
+                self.problem(rel, "unreadable", f"broken symlink: {exc}", file=True)
             return
         is_dir = stat.S_ISDIR(st.st_mode)
         # Path-based rules judge the link by its own name, as for any other entry.
         if not (rules.dir_wanted(name, rel, chain) if is_dir else rules.file_wanted(name, rel, chain)):
             return
         if _bad_name(name):
-            self.problem(rel, "bad_name", "name is not valid UTF-8")
+            self.problem(_escaped(rel), "bad_name", "name is not valid UTF-8", file=not is_dir)
         elif is_dir:
             self.deferred.append((rel, chain))  # opened through the link again, inside the root
         else:
             self.admit(rel, st)
 
-    def link_selected(self, entry: os.DirEntry[str], rel: str, chain: Chain) -> bool:
+    @staticmethod
+    def link_is_dir(entry: os.DirEntry[str]) -> bool:
         try:
-            is_dir = entry.is_dir()
+            return entry.is_dir()
         except OSError:
-            is_dir = False
-        return (self.rules.dir_wanted if is_dir else self.rules.file_wanted)(entry.name, rel, chain)
+            return False
 
 
 def admit_file(rel: str, st: os.stat_result, max_bytes: int) -> FileStat | WalkProblem:
     """A selected path's verdict from its stat: indexable, or why not (the walk's and the watcher's)."""
     if not stat.S_ISREG(st.st_mode):
-        return WalkProblem(rel, "not_regular", "not a regular file")
+        return WalkProblem(rel, "not_regular", "not a regular file", file=True)
     if st.st_size > max_bytes:
-        return WalkProblem(rel, "too_large", f"{st.st_size} bytes exceeds the {max_bytes}-byte limit")
+        return WalkProblem(rel, "too_large", f"{st.st_size} bytes exceeds the {max_bytes}-byte limit", file=True)
     return FileStat(rel, st.st_size, st.st_mtime_ns)
+
+
+def masks_select(masks: Sequence[str], excludes: Sequence[str], relpath: str) -> bool:
+    """Whether masks and excludes select `relpath`, judging by the path alone (ignore files, hidden
+    names and vendor directories aside): which of two collections of one folder a file belongs to."""
+    try:
+        rules = _rules_for(WalkConfig(masks=tuple(masks), excludes=tuple(excludes)))
+    except ValueError:
+        return False
+    return rules.mask_selects(relpath) and not (rules.excludes and verdict(rules.excludes, relpath))
 
 
 class PathFilter:

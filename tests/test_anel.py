@@ -194,7 +194,7 @@ def test_errors_validate_as_problem_details(env: Env, notes: Path) -> None:
         (("get", "notes/missing.md"), ErrorCode.NOT_FOUND),
         (("collection", "add", str(notes), "--name", "again"), ErrorCode.COLLECTION_OVERLAP),
         (("collection", "remove", "missing"), ErrorCode.COLLECTION_NOT_FOUND),
-        (("context", "add", "a", "b", "c"), ErrorCode.INVALID_INPUT),
+        (("context", "add", "a", "b", "c"), ErrorCode.USAGE_ERROR),
         (("ls", "missing"), ErrorCode.COLLECTION_NOT_FOUND),
         (("model", "import", str(notes / "nope")), ErrorCode.PATH_NOT_FOUND),
     ]
@@ -207,11 +207,15 @@ def test_errors_validate_as_problem_details(env: Env, notes: Path) -> None:
         for fmt in ("json", "ndjson"):
             proc = env.run(*args, "--format", fmt, check=False)
             assert proc.returncode == code.spec.exit_code, (args, proc.stdout, proc.stderr)
+            # stdout holds results only: the error is on stderr, in the format asked for.
             if fmt == "json":
-                problem = json.loads(proc.stdout)
+                assert proc.stdout == ""
+                problem = json.loads(proc.stderr)
             else:
-                records = [json.loads(line) for line in proc.stdout.splitlines()]
+                records = [json.loads(line) for line in (proc.stdout + proc.stderr).splitlines()]
                 assert [r["type"] for r in records] == ["metadata", "error"]
+                assert [r["seq"] for r in records] == [0, 1]
+                assert [json.loads(line)["type"] for line in proc.stdout.splitlines()] == ["metadata"]
                 assert records[0]["payload"]["trace_id"] == records[1]["payload"]["trace_id"]
                 problem = records[1]["payload"]
             check(spec["error_output"], problem)
@@ -284,9 +288,9 @@ def test_dry_run_text_env_and_validation(bare: dict[str, str]) -> None:
     assert qmdctl("search", "--dry-run", env=bare).returncode == 2
     assert qmdctl("collection", "rename", "a", "--dry-run", env=bare).returncode == 2
     invalid = qmdctl("context", "add", "a", "b", "c", "--dry-run", "--json", env=bare)
-    assert invalid.returncode == ErrorCode.INVALID_INPUT.spec.exit_code
-    check(spec_of("context", "add")["error_output"], json.loads(invalid.stdout))
-    assert qmdctl("ls", "--dry-run", "--format", "yaml", env=bare).returncode == ErrorCode.INVALID_INPUT.spec.exit_code
+    assert invalid.returncode == ErrorCode.USAGE_ERROR.spec.exit_code
+    check(spec_of("context", "add")["error_output"], json.loads(invalid.stderr))
+    assert qmdctl("ls", "--dry-run", "--format", "yaml", env=bare).returncode == 2
     assert not Path(bare["QMDD_HOME"]).exists()
 
 
@@ -298,7 +302,7 @@ def test_trace_id_and_identity_reach_the_daemon_log(env: Env, notes: Path) -> No
     agent.run("collection", "add", str(notes), "--name", "notes")
     records = [json.loads(line) for line in agent.run("search", "alpha", "--ndjson").stdout.splitlines()]
     assert records[0]["payload"]["trace_id"] == "xyz123"
-    problem = json.loads(agent.run("get", "notes/missing.md", "--json", check=False).stdout)
+    problem = json.loads(agent.run("get", "notes/missing.md", "--json", check=False).stderr)
     assert problem["trace_id"] == "xyz123"
 
     log = env.paths.log_file.read_text(encoding="utf-8")

@@ -214,6 +214,6 @@ def test_stop_never_says_a_live_daemon_is_gone(env: Env, monkeypatch: pytest.Mon
         status = qmdctl_main(["daemon", "stop", "--json"])
     finally:
         os.kill(pid, signal.SIGCONT)
-    problem = json.loads(capsys.readouterr().out)
+    problem = json.loads(capsys.readouterr().err)
     assert status == ErrorCode.TIMEOUT.spec.exit_code, problem
     assert str(pid) in problem["detail"] and f"kill -KILL {pid}" in " ".join(problem["recovery_hints"])

@@ -36,6 +36,7 @@ from qmdd.consistency import (
     Report,
     check_index,
 )
+from qmdd.decoding import Decoded, decode_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import connect
 from tests.conftest import Env, OwnDaemon
@@ -72,16 +73,13 @@ def extract_markdown(prefix: str, count: int) -> list[tuple[str, bytes]]:
 
 
 def indexable(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return b"\x00" not in data[:8192]
+    """As the daemon decides (qmdd.decoding): text in UTF-8 or a legacy encoding, not binary."""
+    return isinstance(decode_text(data), Decoded)
 
 
 class Tree:
     """The collection's files, and the test's own account of them: `good` files must each be indexed
-    exactly once, `bad` ones (binary, invalid UTF-8) skipped and reported."""
+    exactly once, `bad` ones (binary, no text encoding) skipped and reported."""
 
     def __init__(self, root: Path, files: list[tuple[str, bytes]], reserve: list[tuple[str, bytes]],
                  rng: random.Random) -> None:
@@ -136,9 +134,9 @@ class Tree:
             self.remove(relpath)
             self.write(f"renamed/r{round_no}-{i}-{relpath.rpartition('/')[2]}", data)
             changed += 2
-        if round_no % 4 == 1:  # a good file turns into invalid UTF-8, and a bad one is fixed
+        if round_no % 4 == 1:  # a good file turns binary, and a bad one is fixed
             broken = self.pick(1)[0]
-            self.write(broken, (self.root / broken).read_bytes() + b"\n\xff\xfe broken\n")
+            self.write(broken, (self.root / broken).read_bytes() + b"\n\x00\xff broken\n")
             mended = sorted(self.bad)[0]
             self.write(mended, f"# Mended in round {round_no}\n\nValid again: mendmark{round_no}\n".encode())
             changed += 2

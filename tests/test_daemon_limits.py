@@ -124,7 +124,7 @@ def test_a_collection_add_that_fills_the_disk_says_what_it_left_and_update_compl
         out.write(b"\0" * (disk.f_bavail * disk.f_frsize - 1024 * 1024))
     added = env.run("collection", "add", str(notes), "--name", "many", "--json", check=False)
     assert added.returncode == ErrorCode.STORAGE_ERROR.spec.exit_code, added.stdout + added.stderr
-    problem = json.loads(added.stdout)
+    problem = json.loads(added.stderr)
     indexed = env.json("collection", "list")[0]["documents"]
     assert 0 < indexed < 600
     assert problem.get("details") == {"collection": "many", "registered": True, "indexed": indexed, "total": 600}

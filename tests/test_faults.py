@@ -162,7 +162,7 @@ def failing(env: Env, *args: str) -> dict[str, Any]:
     """Run a qmdctl command that must fail with BACKEND_UNAVAILABLE; its problem details."""
     proc = env.run(*args, "--json", check=False)
     assert proc.returncode == ErrorCode.BACKEND_UNAVAILABLE.spec.exit_code, (proc.stdout, proc.stderr)
-    details: dict[str, Any] = json.loads(proc.stdout)
+    details: dict[str, Any] = json.loads(proc.stderr)
     assert details["code"] == "BACKEND_UNAVAILABLE"
     return details
 

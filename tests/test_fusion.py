@@ -289,3 +289,16 @@ def test_scored_lists_still_normalise_to_one_for_a_unanimous_winner() -> None:
 ])
 def test_script_coverage(text: str, latin_only: bool, expected: float) -> None:
     assert script_coverage(text, latin_only) == pytest.approx(expected)
+
+
+def test_query_documents_take_qmds_intent_and_expand_lines() -> None:
+    from qmdd.search.fusion import split_intent
+
+    assert split_intent("intent: web pages\nlex: performance\nvec: load time") == (
+        "lex: performance\nvec: load time", "web pages")
+    assert split_intent("\n  Intent:  sports  \nlex: score") == ("lex: score", "sports")
+    assert split_intent("expand: how does auth work") == ("how does auth work", None)
+    assert split_intent("error: file not found") == ("error: file not found", None)  # plain stays plain
+    # An intent line later than the first is no intent: the typed parser refuses it.
+    text, intent = split_intent("lex: a\nintent: b")
+    assert intent is None and text == "lex: a\nintent: b"

@@ -64,7 +64,7 @@ def test_long_result_lists_come_back_whole(door: httpx.Client, env: Env, notes: 
 def test_documents_collections_stats_and_health(door: httpx.Client) -> None:
     doc = door.get("/documents/notes/projects/gamma.md", params={"from_line": 6, "max_lines": 2}).json()
     assert (doc["file"], doc["from_line"], doc["body"]) == ("qmd://notes/projects/gamma.md", 6,
-                                                             "\nQuarterly plan: ship the daemon.")
+                                                             "\nQuarterly plan: ship the daemon.\n")
     by_docid = door.get(f"/documents/{doc['docid'].replace('#', '%23')}").json()
     assert by_docid["file"] == doc["file"]
     assert [c["name"] for c in door.get("/collections").json()] == ["notes"]

@@ -76,9 +76,10 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             assert "quokka-7" in found.content[0].text  # readable text beside the structure
 
             doc = await client.call_tool("get", {"file": hits[0]["docid"], "fromLine": 5, "maxLines": 2})
-            assert doc.structured_content["body"] == "line 4\nline 5" and doc.structured_content["from_line"] == 5
+            assert doc.structured_content["body"].rstrip("\n") == "line 4\nline 5"
+            assert doc.structured_content["from_line"] == 5
             by_suffix = await client.call_tool("get", {"file": "qmd://kb/sub/dir/deep.md:3:1"})
-            assert by_suffix.structured_content["body"] == "A nested note about the quokka-7 project."
+            assert by_suffix.structured_content["body"].rstrip("\n") == "A nested note about the quokka-7 project."
 
             many = await client.call_tool("multi_get", {"pattern": "kb/*.md", "maxBytes": 1000})
             files = sorted(d["file"] for d in many.structured_content["documents"])
@@ -107,12 +108,14 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             assert unknown.is_error and "INVALID_INPUT" in unknown.content[0].text
             no_collection = await client.call_tool("search", {"query": "x", "collections": ["nope"]})
             assert no_collection.is_error and "COLLECTION_NOT_FOUND" in no_collection.content[0].text
-            # Unknown names and missing documents are invalid params (-32602), as the spec says.
-            for attempt in (client.call_tool("nope", {}), client.get_prompt("nope"),
-                            client.read_resource("qmd://kb/missing.md")):
+            # Unknown names are invalid params (-32602), as the spec says; a missing document is the
+            # 2025-11-25 resource-not-found code (tests/test_mcp_qmd_shapes.py has more).
+            for attempt, code in ((client.call_tool("nope", {}), INVALID_PARAMS),
+                                  (client.get_prompt("nope"), INVALID_PARAMS),
+                                  (client.read_resource("qmd://kb/missing.md"), -32002)):
                 with pytest.raises(MCPError) as refused:
                     await attempt
-                assert refused.value.error.code == INVALID_PARAMS
+                assert refused.value.error.code == code
             # The session survives all of that.
             assert not (await client.call_tool("search", {"query": "tar"})).is_error
 

@@ -20,7 +20,8 @@ def test_every_error_code_has_a_distinct_exit_code_and_hints() -> None:
     exit_codes = [spec.exit_code for spec in ERRORS.values()]
     assert len(exit_codes) == len(set(exit_codes))
     assert all(spec.hints and 400 <= spec.status < 600 for spec in ERRORS.values())
-    assert 2 not in exit_codes  # 2 is argparse's usage error
+    # 2 is the usage error's, as argparse, click and qmd use it; only USAGE_ERROR has it.
+    assert ERRORS[ErrorCode.USAGE_ERROR].exit_code == 2
 
 
 def test_validate_params_fills_defaults_and_rejects_bad_types() -> None:

@@ -165,23 +165,23 @@ def test_bad_files_are_reported_and_skipped(env: Env, tmp_path: Path) -> None:
     root = tmp_path / "bad"
     (root / "loop").mkdir(parents=True)
     (root / "good.md").write_text("# Good\n\nperfectly fine platypus\n")
-    (root / "latin1.md").write_bytes("# Caf\xe9\n".encode("latin-1"))
+    (root / "latin1.md").write_bytes("# Caf\xe9\n".encode("latin-1"))  # not UTF-8, but text: indexed
     (root / "binary.md").write_bytes(b"\x00\x01\x02binary")
     (root / "huge.md").write_bytes(b"# Huge\n" + b"x" * (2 * 1024 * 1024))
     os.symlink(root, root / "loop" / "again")
     env.vars["QMDD_MAX_FILE_BYTES"] = str(1024 * 1024)
     summary = env.json("collection", "add", str(root), "--name", "bad")["update"][0]
     codes = {p["path"]: p["code"] for p in summary["problems"]}
-    assert codes["latin1.md"] == "invalid_utf8"
+    assert "latin1.md" not in codes
     assert codes["binary.md"] == "binary"
     assert codes["huge.md"] == "too_large"
     assert any(c in ("symlink_loop", "outside_root") for c in codes.values())
-    assert summary["indexed"] == 1
+    assert summary["indexed"] == 2
     assert env.json("search", "platypus")[0]["file"] == "qmd://bad/good.md"
     # Fixing a file makes it indexable; the problem disappears.
-    (root / "latin1.md").write_text("# Café\n\nnow utf-8 platypus\n")
+    (root / "binary.md").write_text("# Binary no more\n\nnow text platypus\n")
     again = env.json("update")[0]
-    assert "latin1.md" not in {p["path"] for p in again["problems"]}
+    assert "binary.md" not in {p["path"] for p in again["problems"]}
     assert len(env.json("search", "platypus")) == 2
 
 

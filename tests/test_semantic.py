@@ -50,7 +50,7 @@ def test_vsearch_before_embed_is_index_not_ready_and_query_degrades_to_keywords(
     env.run("collection", "add", str(corpus), "--name", "kb")
     proc = env.run("vsearch", "compress a directory", "--json", check=False)
     assert proc.returncode == 18, proc.stderr
-    problem = json.loads(proc.stdout)
+    problem = json.loads(proc.stderr)
     assert problem["code"] == "INDEX_NOT_READY" and any("qmdctl embed" in h for h in problem["recovery_hints"])
     proc = env.run("query", "quokka-zebra-7", "--json")
     assert json.loads(proc.stdout)[0]["file"] == "qmd://kb/zebra.md"
@@ -82,7 +82,7 @@ def test_embed_then_vsearch_and_query_find_by_meaning(env: Env, corpus: Path) ->
     typed = env.json("query", "lex: tomato\nvec: looking after vegetables in the garden", "-n", "2")
     assert typed[0]["file"] == "qmd://kb/garden.md"
     bad = env.run("query", "lex: tomato\nplain line", "--json", check=False)
-    assert bad.returncode == 11 and json.loads(bad.stdout)["code"] == "QUERY_PARSE_ERROR"
+    assert bad.returncode == 11 and json.loads(bad.stderr)["code"] == "QUERY_PARSE_ERROR"
 
     assert env.run("vsearch", "pasta", "-c", "nope", check=False).returncode == 13
     status = env.json("status")
@@ -128,7 +128,7 @@ def test_embedder_failing_twice_gives_a_typed_error_and_search_keeps_working(env
     env.run("collection", "add", str(corpus), "--name", "kb")
     env.json("embed")
     proc = env.run("vsearch", "spaghetti", "--json", check=False)
-    assert proc.returncode == 19 and json.loads(proc.stdout)["code"] == "EMBEDDING_FAILED"
+    assert proc.returncode == 19 and json.loads(proc.stderr)["code"] == "EMBEDDING_FAILED"
     assert env.json("vsearch", "spaghetti", "-n", "1")[0]["file"] == "qmd://kb/cooking.md"
     assert env.json("search", "spaghetti")[0]["file"] == "qmd://kb/cooking.md"
 
@@ -138,7 +138,7 @@ def test_missing_model_is_typed_and_keyword_search_keeps_working(env: Env, corpu
     env.stop_daemon()
     env.paths.data_dir.joinpath("models.json").write_text('{"embedding": "gone-model"}')
     proc = env.run("embed", "--json", check=False)
-    assert proc.returncode == 20 and json.loads(proc.stdout)["code"] == "MODEL_NOT_FOUND"
+    assert proc.returncode == 20 and json.loads(proc.stderr)["code"] == "MODEL_NOT_FOUND"
     assert env.json("search", "spaghetti")[0]["file"] == "qmd://kb/cooking.md"
     assert env.run("model", "use", "no-such-model", check=False).returncode == 20
     env.run("model", "use", "default")
@@ -215,7 +215,7 @@ def test_keyword_search_is_served_while_the_vector_index_loads(env: Env, corpus:
     env.vars["QMDD_FAULT_PAUSES"] = "vectors.load=60"  # a rebuild that takes a minute
     assert env.json("search", "spaghetti")[0]["file"] == "qmd://kb/cooking.md"
     proc = env.run("vsearch", "spaghetti", "--json", check=False)
-    assert proc.returncode == 18 and "being rebuilt" in json.loads(proc.stdout)["detail"]
+    assert proc.returncode == 18 and "being rebuilt" in json.loads(proc.stderr)["detail"]
     degraded = env.run("query", "spaghetti", "--json")
     assert json.loads(degraded.stdout)[0]["file"] == "qmd://kb/cooking.md" and "INDEX_NOT_READY" in degraded.stderr
     assert env.json("status")["actors"]["vectors"]["ready"] is False

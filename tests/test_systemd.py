@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from jsonschema import Draft202012Validator
 
 from qmdctl.spec import find_command
@@ -287,6 +288,40 @@ def test_status_follows_the_collections(env: Env, notes: Path, daemons: list[sub
         raise AssertionError(receiver.messages)
 
 
+def test_a_status_change_met_by_a_full_manager_queue_is_sent_later(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race behind a flaky "serving 1 collection": while the test ran `collection add` nobody read the
+    # notify socket, its queue (net.unix.max_dgram_qlen, 10 by default) filled with WATCHDOG pings, the
+    # STATUS change was dropped with a timed-out send (the event loop stalled a second meanwhile) and,
+    # counted as reported, never sent again.
+    receiver = NotifyReceiver(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")  # a ping every 10 ms
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    status = ["serving 0 collections"]
+    stalls: list[float] = []
+
+    async def main() -> None:
+        with trio.fail_after(10):
+            await inform()
+
+    async def inform() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(systemd.keep_manager_informed, lambda: status[0])
+            await trio.sleep(0.5)  # far more pings than the queue holds: it is full now
+            status[0] = "serving 1 collection"
+            for _ in range(30):  # the loop keeps its pace: no send waits for the manager
+                before = trio.current_time()
+                await trio.sleep(0.005)
+                stalls.append(trio.current_time() - before)
+            received = await trio.to_thread.run_sync(receiver.collect, 0.3)
+            nursery.cancel_scope.cancel()
+        assert any(m.get("STATUS") == "serving 1 collection" for m in received), receiver.messages
+
+    trio.run(main)
+    assert max(stalls) < 0.5
+
+
 def test_status_reports_a_degraded_daemon(env: Env, daemons: list[subprocess.Popen[bytes]]) -> None:
     receiver = NotifyReceiver(str(env.home / "notify.sock"))
     # Every search crashes the BM25 actor, until the supervisor gives up on it.
@@ -468,10 +503,10 @@ def test_service_install_with_a_user_manager_hands_over_the_running_daemon(env: 
 
     failing = qmdctl({**variables, "FAKE_SYSTEMCTL_FAIL": "1"}, "service", "install", "--no-start", "--json")
     assert failing.returncode == ErrorCode.CONFIG_ERROR.spec.exit_code
-    problem = json.loads(failing.stdout)
+    problem = json.loads(failing.stderr)
     assert problem["code"] == "CONFIG_ERROR" and "boom" in problem["detail"] and problem["recovery_hints"]
     assert qmdctl(variables, "service", "install", "--watchdog", "-1").returncode == \
-        ErrorCode.INVALID_INPUT.spec.exit_code
+        ErrorCode.USAGE_ERROR.spec.exit_code
 
     removed = qmdctl_json(variables, "service", "uninstall")
     assert removed["ran"] == ["systemctl --user disable --now qmdd.socket qmdd.service",

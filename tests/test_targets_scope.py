@@ -53,7 +53,7 @@ def get_error(client: Client, target: str) -> QmddError:
 def test_cli_get_of_a_uri_never_answers_from_another_collection(env: Env, two_collections: Client) -> None:
     proc = env.run("get", "qmd://tldr/transcript.md", "--json", check=False)
     assert proc.returncode == exit_code(ErrorCode.NOT_FOUND), proc.stdout
-    problem = json.loads(proc.stdout)
+    problem = json.loads(proc.stderr)
     assert problem["code"] == "NOT_FOUND" and "scratch" not in proc.stdout
     # The same name without the URI scheme names the collection too.
     assert get_error(two_collections, "tldr/transcript.md").code is ErrorCode.NOT_FOUND

@@ -43,7 +43,7 @@ def hostile(env: Env, tmp_path: Path) -> Env:
     root = tmp_path / "notes"
     root.mkdir()
     (root / EVIL_NAME).write_text(f"# Title {CLIPBOARD} {CLEAR}\n\nwombat {LINK} {RTL}reversed {CSI_C1}6n end\n")
-    (root / f"skipped{CLEAR}.md").write_bytes(b"# not utf-8 \xff\xfe wombat\n")
+    (root / f"skipped{CLEAR}.md").write_bytes(b"# binary \x00\xff\xfe wombat\n")  # NUL: skipped as binary
     env.run("collection", "add", str(root), "--name", "notes")
     env.run("context", "add", "qmd://notes/", f"context {TITLE} {RTL}")
     return env

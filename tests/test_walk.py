@@ -258,7 +258,7 @@ def test_undecodable_name_reported(tmp_path: Path) -> None:
     make(tmp_path, "good-é.md")
     res = walk_collection(tmp_path)
     assert paths(res) == ["good-é.md"]
-    assert [p.code for p in res.problems] == ["bad_name"]
+    assert [(p.relpath, p.code) for p in res.problems] == [("bad\\xff.md", "bad_name")]  # storable, shown escaped
 
 
 # --- symlinks ----------------------------------------------------------------------------

@@ -23,8 +23,17 @@ def _size(n: int) -> str:
 
 def status(inv: Invocation) -> int:
     answer = inv.client.call("status")
-    inv.output.value(answer, lambda s: _status_text(inv.output, s))
+    inv.output.value(answer, lambda s: _status_text(inv.output, s), _status_rows)
     return 0
+
+
+def _status_rows(s: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """status as a table (csv, md, xml, files): a row per collection."""
+    rows = [{"name": c["name"], "uri": f"qmd://{c['name']}/", "root": c["root"], "masks": c["masks"],
+             "documents": c["documents"], "chunks": c["chunks"],
+             "embedded": (c.get("vectors") or {}).get("embedded"), "watch": (c.get("watch") or {}).get("state")}
+            for c in s["collections"]]
+    return rows, ["name", "uri", "root", "masks", "documents", "chunks", "embedded", "watch"]
 
 
 def _status_text(out: Output, s: dict[str, Any]) -> None:
@@ -145,9 +154,13 @@ def print_summaries(out: Output, summaries: list[dict[str, Any]]) -> None:
             if "error" in s:
                 out.line(out.style(f"{s['collection']}: {s['error']['code']}: {s['error']['message']}", "red"))
                 continue
-            out.line(f"{out.style(s['collection'], 'cyan')}: {s['files']} files, {s['indexed']} indexed, "
-                     f"{s['unchanged']} unchanged, {s['removed']} removed, {s['problems_total']} skipped "
-                     f"in {s['seconds']:.2f}s")
+            if "pull" in s:
+                out.line(f"{out.style(s['collection'], 'cyan')}: git pull {s['pull']['status']}"
+                         + (f": {s['pull']['message']}" if s["pull"]["message"] else ""))
+            # qmd's line, word for word (scripts grep it), then the files skipped; the parts add up to `files`.
+            out.line(f"{out.style(s['collection'], 'cyan')}: {s['files']} files in {s['seconds']:.2f}s")
+            out.line(f"Indexed: {s['new']} new, {s['updated']} updated, {s['unchanged']} unchanged, "
+                     f"{s['removed']} removed" + (f", {s['skipped']} skipped" if s["skipped"] else ""))
             for p in s["problems"][:10]:
                 out.line(out.style(f"  skipped {p['path']}: {p['code']}: {p['message']}", "yellow"))
             if s["problems_total"] > 10:
@@ -156,20 +169,46 @@ def print_summaries(out: Output, summaries: list[dict[str, Any]]) -> None:
     if out.fmt == "ndjson":
         for s in summaries:
             out.record("result", s)
-    elif out.fmt in ("csv", "md", "files"):
-        out.table(summaries, ["collection", "files", "indexed", "unchanged", "removed", "seconds"])
+    elif out.fmt in ("csv", "md", "xml", "files"):
+        out.table(summaries, ["collection", "files", "new", "updated", "unchanged", "removed", "skipped", "seconds"])
     else:
         out.value(summaries, text)
 
 
 def update(inv: Invocation) -> int:
+    params = {"collections": inv.args["collection"]}
+    pulls = _pull(inv, params) if inv.args.get("pull") else {}
     on_item, close = progress_reporter(inv.output)
     try:
-        summaries = inv.client.call("update", {"collections": inv.args["collection"]}, on_item)
+        summaries = inv.client.call("update", params, on_item)
     finally:
         close()
+    for s in summaries:
+        if s["collection"] in pulls:
+            s["pull"] = pulls[s["collection"]]
     print_summaries(inv.output, summaries)
-    return failed_exit_code(summaries)
+    status = failed_exit_code(summaries)
+    if status == 0 and inv.output.fmt == "text":
+        inv.output.line(inv.output.style("✓ All collections updated.", "green"))
+    return status
+
+
+def _pull(inv: Invocation, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`update --pull`: git pull in each selected collection's work tree first; a failed pull is a
+    warning, and the collection is rescanned all the same (as it is)."""
+    if inv.dry_run:
+        from qmdctl.agent import DryRun
+
+        raise DryRun({"method": "update", "params": params,
+                      "before": "run `git pull --ff-only` in each selected collection's git work tree"})
+    from qmdctl.gitpull import pull_collections
+
+    reports = pull_collections(inv.client.call("collection.list"), params["collections"])
+    for r in reports:
+        if r["status"] == "failed":
+            inv.output.warn(f"warning: {r['collection']}: git pull failed, rescanning as it is: {r['message']}",
+                            {"message": "git pull failed", **r})
+    return {r["collection"]: {k: v for k, v in r.items() if k != "collection"} for r in reports}
 
 
 def failed_exit_code(summaries: list[dict[str, Any]]) -> int:
@@ -216,13 +255,28 @@ def _model_text(out: Output, m: dict[str, Any]) -> None:
 
 
 def embed(inv: Invocation) -> int:
+    args = inv.args
+    # qmd's flags, in the daemon's units: --max-batch-mb in MB, --timeout in minutes.
+    params = {"collections": args["collection"], "force": bool(args.get("force")),
+              "max_chunks_per_page": args.get("max_docs_per_batch"),
+              "max_page_bytes": args["max_batch_mb"] * 1024 * 1024 if args.get("max_batch_mb") else None,
+              "timeout_s": args["timeout"] * 60 if args.get("timeout") else None}
     on_item, close = progress_reporter(inv.output)
     try:
-        answer = inv.client.call("embed", {"collections": inv.args["collection"]}, on_item)
+        answer = inv.client.call("embed", params, on_item)
     finally:
         close()
-    rate = f" ({answer['chunks_per_s']} chunks/s)" if answer["chunks_per_s"] else ""
-    inv.output.value(answer, lambda a: inv.output.line(
-        f"{a['model']}: embedded {a['embedded']} chunk(s) in {a['seconds']:.1f}s{rate}; "
-        f"{a['already_embedded']} already had vectors; {a['chunks']} in all"))
+    inv.output.value(answer, lambda a: inv.output.line(_embed_text(a)))
     return 0
+
+
+def _embed_text(a: dict[str, Any]) -> str:
+    rate = f" ({a['chunks_per_s']} chunks/s)" if a["chunks_per_s"] else ""
+    if a.get("force"):
+        text = f"{a['model']}: re-embedded {a['embedded']} chunk(s) in {a['seconds']:.1f}s{rate}; {a['chunks']} in all"
+    else:
+        text = (f"{a['model']}: embedded {a['embedded']} chunk(s) in {a['seconds']:.1f}s{rate}; "
+                f"{a['already_embedded']} already had vectors; {a['chunks']} in all")
+    if a.get("complete") is False:
+        text += f"\nstopped before the end (timeout); `qmdctl embed{' -f' if a.get('force') else ''}` goes on"
+    return text

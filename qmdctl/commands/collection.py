@@ -8,9 +8,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from qmdctl.commands.admin import print_summaries, progress_reporter
+from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
     from qmdctl.invocation import Invocation
+    from qmdctl.render import Output
 
 
 def default_name(path: str) -> str:
@@ -22,7 +24,7 @@ def default_name(path: str) -> str:
 
 def add(inv: Invocation) -> int:
     args = inv.args
-    path = os.path.realpath(os.path.expanduser(args["path"] or "."))
+    path = os.path.realpath(os.path.expanduser(args["path"]))
     name = args["name"] or default_name(path)
     on_item, close = progress_reporter(inv.output)
     try:
@@ -33,9 +35,10 @@ def add(inv: Invocation) -> int:
         close()
     out = inv.output
     if out.fmt == "text":
-        out.line(f"Added collection {out.style(added['name'], 'cyan')} (qmd://{added['name']}/) at "
-                 f"{added['root']}  masks: {', '.join(added['masks'])}")
         print_summaries(out, added.get("update", []))
+        # qmd's words (scripts grep them), then where and what.
+        out.line(f"{out.style('✓', 'green')} Collection '{added['name']}' created successfully")
+        out.line(f"  qmd://{added['name']}/ at {added['root']}  masks: {', '.join(added['masks'])}")
     else:
         out.value(added, lambda _: None)
     return 0
@@ -69,14 +72,40 @@ def list_(inv: Invocation) -> int:
     return 0
 
 
+def show(inv: Invocation) -> int:
+    """qmd's `collection show NAME`: the collection's line of `collection list`, and its contexts."""
+    name = inv.args["name"]
+    found = [c for c in inv.client.call("collection.list") if c["name"] == name]
+    if not found:
+        raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"Collection not found: {name}")
+    c = found[0]
+    c["contexts"] = [x for x in inv.client.call("context.list") if x.get("collection") == name]
+    out = inv.output
+    out.value(c, lambda _: _show_text(out, c))
+    return 0
+
+
+def _show_text(out: Output, c: dict[str, Any]) -> None:
+    out.line(f"Collection: {c['name']}")
+    out.line(f"  Path:     {c['root']}")
+    out.line(f"  Pattern:  {', '.join(c['masks'])}")
+    if c["excludes"]:
+        out.line(f"  Ignore:   {', '.join(c['excludes'])}")
+    out.line(f"  Files:    {c['documents']}  ({c['chunks']} chunks)")
+    out.line(f"  Updated:  {_ago(c['updated_at'])}")
+    if c["contexts"]:
+        out.line(f"  Contexts: {len(c['contexts'])}")
+
+
 def remove(inv: Invocation) -> int:
     answer = inv.client.call("collection.remove", {"name": inv.args["name"]})
     inv.output.value(answer, lambda a: inv.output.line(
-        f"Removed collection {a['name']} ({a['chunks_removed']} chunks)"))
+        f"{inv.output.style('✓', 'green')} Removed collection '{a['name']}'\n  Deleted {a['chunks_removed']} chunks"))
     return 0
 
 
 def rename(inv: Invocation) -> int:
     answer = inv.client.call("collection.rename", {"old": inv.args["old"], "new": inv.args["new"]})
-    inv.output.value(answer, lambda a: inv.output.line(f"Renamed {inv.args['old']} → {a['name']}"))
+    inv.output.value(answer, lambda a: inv.output.line(
+        f"{inv.output.style('✓', 'green')} Renamed collection '{inv.args['old']}' to '{a['name']}'"))
     return 0

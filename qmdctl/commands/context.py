@@ -9,6 +9,7 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
     from qmdctl.invocation import Invocation
+    from qmdctl.render import Output
 
 
 def add(inv: Invocation) -> int:
@@ -18,10 +19,21 @@ def add(inv: Invocation) -> int:
     elif len(words) == 2:
         target, text = words
     else:
-        raise QmddError(ErrorCode.INVALID_INPUT, "usage: qmdctl context add [TARGET] TEXT (quote the text)")
+        raise QmddError(ErrorCode.USAGE_ERROR, "usage: qmdctl context add [TARGET] TEXT (quote the text)")
     answer = inv.client.call("context.add", {"target": target, "text": text, "cwd": os.getcwd()})
-    inv.output.value(answer, lambda a: inv.output.line(f"Context set for {a['target']}"))
+    inv.output.value(answer, lambda a: _added_text(inv.output, a))
     return 0
+
+
+def _added_text(out: Output, answer: dict[str, Any]) -> None:
+    """qmd's words (scripts grep "✓ Added context")."""
+    target = answer["target"]
+    if target == "/":
+        out.line(f"{out.style('✓', 'green')} Set global context")
+    else:
+        root = " (collection root)" if target.endswith("/") and target.count("/") == 3 else ""
+        out.line(f"{out.style('✓', 'green')} Added context for: {target}{root}")
+    out.line(out.style(f"Context: {answer['text']}", "dim"))
 
 
 def list_(inv: Invocation) -> int:
@@ -39,5 +51,6 @@ def list_(inv: Invocation) -> int:
 
 def remove(inv: Invocation) -> int:
     answer = inv.client.call("context.remove", {"target": inv.args["target"], "cwd": os.getcwd()})
-    inv.output.value(answer, lambda a: inv.output.line(f"Removed context for {a['target']}"))
+    inv.output.value(answer, lambda a: inv.output.line(f"{inv.output.style('✓', 'green')} Removed context for: "
+                                                       f"{a['target']}"))
     return 0

@@ -1,4 +1,4 @@
-"""`qmdctl get`, `multi-get` and `ls`."""
+"""`qmdctl get`, `multi-get` and `ls`, with qmd's output for each format."""
 
 from __future__ import annotations
 
@@ -6,89 +6,180 @@ import os
 import time
 
 from qmdctl.client import call_collecting
-from qmdctl.render import number_lines
+from qmdctl.fullpath import show_full_paths
+from qmdctl.render import files_field, json_text, number_lines, problem_details, xml_escape
+from qmdd.protocol.errors import QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
     from typing import Any
 
     from qmdctl.invocation import Invocation
+    from qmdctl.render import Output
 
 
 def _numbered(inv: Invocation) -> bool:
     return not inv.args["no_line_numbers"]
 
 
+def _numbered_body(body: str, first_line: int) -> str:
+    """The body's lines, numbered; a body ends each line with its newline, so the last "\\n" ends the last
+    line and opens no other ("" is no line, "\\n" one empty line)."""
+    return number_lines(body.removesuffix("\n"), first_line) if body else ""
+
+
+def _ident(entry: dict[str, Any], sep: str = "  ") -> str:
+    """The file, then its docid when it has one (not under --full-path)."""
+    return entry["file"] + (f"{sep}{entry['docid']}" if entry.get("docid") else "")
+
+
 def get(inv: Invocation) -> int:
     args = inv.args
     doc = inv.client.call("get", {"target": args["target"], "from_line": args["from_line"],
                                   "max_lines": args["lines"], "cwd": os.getcwd()})
+    show_full_paths(inv, [doc])
     out = inv.output
     if out.fmt in ("json", "ndjson"):
         out.value(doc, lambda _: None)
     elif out.fmt == "files":
-        out.line(f"{doc['docid']} {doc['file']}")
+        out.line(",".join(files_field(f) for f in (doc.get("docid"), doc["file"]) if f)
+                 + ("," + files_field(doc["context"], quoted=True) if doc["context"] else ""))
     elif out.fmt == "csv":
         out.csv(["docid", "file", "title", "context", "from_line", "body"],
-                [[doc["docid"], doc["file"], doc["title"], doc["context"], doc["from_line"], doc["body"]]])
+                [[doc.get("docid"), doc["file"], doc["title"], doc["context"], doc["from_line"], doc["body"]]])
     elif out.fmt == "md":
-        out.line(f"## {doc['file']}\n\n**docid:** `{doc['docid']}`  \n**Title:** {doc['title']}")
+        out.line(f"## {doc['file']}\n")
+        if doc.get("docid"):
+            out.line(f"**docid:** `{doc['docid']}`  \n**Title:** {doc['title']}")
+        else:
+            out.line(f"**Title:** {doc['title']}")
         if doc["context"]:
             out.line(f"**Context:** {doc['context']}")
-        out.line(f"\n````markdown\n{doc['body']}\n````")
+        out.line(f"\n````markdown\n{doc['body'].removesuffix(chr(10))}\n````")
+    elif out.fmt == "xml":
+        out.line('<?xml version="1.0" encoding="UTF-8"?>')
+        out.line(_xml_document(doc, "    "))
     else:
-        out.line(f"{out.style(doc['file'], 'cyan')}  {out.style(doc['docid'], 'dim')}")
+        out.line(out.style(_ident(doc), "cyan"))
         if doc["context"]:
             out.line(f"Folder Context: {doc['context']}")
         out.line("---\n")
-        body = number_lines(doc["body"], doc["from_line"]) if _numbered(inv) and doc["body"] else doc["body"]
-        out.line(body)
+        body = doc["body"]
+        out.line(_numbered_body(body, doc["from_line"]) if _numbered(inv) else body.removesuffix("\n"))
         if args["lines"] is not None and doc["lines_after"]:
             out.line(out.style(f"[... {doc['lines_after']} more lines]", "dim"))
     return 0
 
 
+def _xml_document(e: dict[str, Any], indent: str = "    ") -> str:
+    """qmd's <document> element of multi-get's xml."""
+    docid = f' docid="{xml_escape(e["docid"])}"' if e.get("docid") else ""
+    parts = [f"<document{docid}>", f"{indent}<file>{xml_escape(e['file'])}</file>",
+             f"{indent}<title>{xml_escape(e['title'])}</title>"]
+    if e.get("context"):
+        parts.append(f"{indent}<context>{xml_escape(e['context'])}</context>")
+    if e.get("skipped"):
+        parts += [f"{indent}<skipped>true</skipped>", f"{indent}<reason>{xml_escape(e['reason'])}</reason>"]
+    else:
+        parts.append(f"{indent}<body>{xml_escape(e['body'])}</body>")
+    return "\n".join(parts) + f"\n{indent[:-2]}</document>"
+
+
+def _report_miss(out: Output, wire: Any, command: str, trace_id: str) -> None:
+    """A name that meant nothing, on stderr as qmd reports it, while the others are printed: problem
+    details (json), an NDJSON `error` record, or an error line with its candidates."""
+    err = QmddError.from_wire(wire)
+    if out.fmt == "json":
+        out.err.write(json_text(problem_details(err, command, trace_id)) + "\n")
+    elif out.fmt == "ndjson":
+        out.start()
+        out.err.write(json_text({"type": "error", "seq": out.next_seq(),
+                                 "payload": problem_details(err, command, trace_id)}) + "\n")
+    else:
+        out.err_line(f"error: {err.code}: {err.message}")
+        for candidate in err.details.get("candidates", ()):
+            out.err_line(f"  candidate: {candidate}")
+
+
 def multi_get(inv: Invocation) -> int:
+    """Prints what was found and reports each name that was not (stderr); exit 0 when anything was found,
+    as qmd; NOT_FOUND when nothing was."""
     args = inv.args
     out = inv.output
     entries: list[dict[str, Any]] = []
+    # Streamed NDJSON records cannot be rewritten afterwards: --full-path collects them first.
+    stream = out.fmt == "ndjson" and not args["full_path"]
 
     def on_item(kind: str, entry: Any) -> None:
-        if kind != "result":
-            return
-        if out.fmt == "ndjson":
-            out.record("result", entry)
-        else:
-            entries.append(entry)
+        if kind == "missing":
+            _report_miss(out, entry, inv.command.name, inv.trace_id)
+        elif kind == "result":
+            if stream:
+                out.record("result", entry)
+            else:
+                entries.append(entry)
 
     inv.client.call("multi_get", {"patterns": args["patterns"], "max_bytes": args["max_bytes"],
                                   "max_lines": args["lines"], "cwd": os.getcwd()}, on_item)
-    if out.fmt == "json":
+    show_full_paths(inv, entries)
+    if out.fmt == "ndjson":
+        for e in entries:
+            out.record("result", e)
+    elif out.fmt == "json":
         out.json(entries)
     elif out.fmt == "csv":
         out.csv(["docid", "file", "title", "context", "skipped", "body"],
-                ([e["docid"], e["file"], e["title"], e["context"], e.get("skipped", False),
-                  e.get("body", e.get("reason"))] for e in entries))
+                ([e.get("docid"), e["file"], e["title"], e["context"], "true" if e.get("skipped") else "false",
+                  e["reason"] if e.get("skipped") else e["body"]] for e in entries))
     elif out.fmt == "files":
+        # qmd's headerless CSV record: docid,file[,"context"][,[SKIPPED]], one per line (render.files_field).
         for e in entries:
-            out.line(f"{e['docid']} {e['file']}" + (",[SKIPPED]" if e.get("skipped") else ""))
+            fields = [e["docid"]] if e.get("docid") else []
+            fields.append(files_field(e["file"]))
+            if e.get("context"):
+                fields.append(files_field(e["context"], quoted=True))
+            if e.get("skipped"):
+                fields.append("[SKIPPED]")
+            out.line(",".join(fields))
     elif out.fmt == "md":
         for e in entries:
-            out.line(f"## {e['file']}\n\n**docid:** `{e['docid']}`  \n**Title:** {e['title']}\n")
-            out.line(f"> {e['reason']}\n" if e.get("skipped") else f"````markdown\n{e['body']}\n````\n")
-    elif out.fmt == "text":
-        for e in entries:
-            out.line("=" * 60)
-            out.line(f"File: {out.style(e['file'], 'cyan')}  {out.style(e['docid'], 'dim')}")
-            out.line("=" * 60)
+            out.line(f"## {e['file']}\n")
+            if e.get("docid"):
+                out.line(f"**docid:** `{e['docid']}`\n")
+            out.line(f"**Title:** {e['title']}\n")
             if e.get("context"):
-                out.line(f"Folder Context: {e['context']}\n---")
-            if e.get("skipped"):
-                out.line(out.style(f"[SKIPPED: {e['reason']}]", "yellow"))
-            else:
-                out.line(number_lines(e["body"], 1) if _numbered(inv) else e["body"])
-            out.line()
+                out.line(f"**Context:** {e['context']}\n")
+            body = e.get("body", "").removesuffix("\n")
+            out.line(f"> {e['reason']}\n" if e.get("skipped") else f"````markdown\n{body}\n````\n")
+    elif out.fmt == "xml":
+        out.line('<?xml version="1.0" encoding="UTF-8"?>\n<documents>')
+        for e in entries:
+            out.line("  " + _xml_document(e))
+        out.line("</documents>")
+    else:
+        for e in entries:
+            _multi_get_text(inv, e)
     return 0
+
+
+def _multi_get_text(inv: Invocation, e: dict[str, Any]) -> None:
+    """qmd's block per document; -l's truncation marker stands on its own line, unnumbered."""
+    out = inv.output
+    out.line("\n" + "=" * 60)
+    out.line(f"File: {out.style(e['file'], 'cyan')}" + (f"  {out.style(e['docid'], 'dim')}" if e.get("docid") else ""))
+    out.line("=" * 60 + "\n")
+    if e.get("skipped"):
+        out.line(out.style(f"[SKIPPED: {e['reason']}]", "yellow"))
+        return
+    if e.get("context"):
+        out.line(f"Folder Context: {e['context']}\n---\n")
+    body, marker = e["body"], ""
+    if e.get("lines_after"):
+        marker = f"[... truncated {e['lines_after']} more lines]"
+        body = body.removesuffix("\n\n" + marker) + "\n"
+    out.line(_numbered_body(body, 1) if _numbered(inv) else body.removesuffix("\n"))
+    if marker:
+        out.line(out.style(marker, "dim"))
 
 
 def _human_size(size: int) -> str:
@@ -119,6 +210,8 @@ def ls(inv: Invocation) -> int:
         return 0
     files = answer["files"]
     if out.fmt == "text":
+        if not files:
+            out.line(f"No files found in collection: {answer['collection']}")
         for f in files:
             out.line(f"{_human_size(f['size']):>9}  {_when(f['mtime'])}  {f['file']}")
     else:

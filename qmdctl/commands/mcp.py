@@ -9,13 +9,16 @@ session carries on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
 
 from qmdctl.client import Client
 from qmdctl.render import terminal_safe
+from qmdd import ownfiles
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.protocol.wire import ERROR, ITEM, RESULT, mcp_line, request, server_frame
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 SESSION_METHOD = "mcp.session"
 DEFAULT_HTTP_PORT = 8181
 """qmd's `mcp --http` port."""
+MCP_STARTED_FILE = "mcp-http.pid"
+"""In the data dir: the pid of the daemon `mcp --http` started (qmd's `mcp --http --daemon` PID file)."""
 
 
 def _unavailable(req_id: Any, method: str, why: str) -> dict[str, Any]:
@@ -178,7 +183,14 @@ class Bridge:
 
 
 def serve(inv: Invocation) -> int:
-    if inv.args.get("http"):
+    action = inv.args.get("action")
+    if action == "stop":
+        return stop_http(inv)
+    if action is not None:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown mcp action {action!r}",
+                        hints=("`qmdctl mcp` serves stdio, `qmdctl mcp --http [--daemon]` HTTP, "
+                               "`qmdctl mcp stop` stops what `mcp --http` started.",))
+    if inv.args.get("http") or inv.args.get("daemon"):
         return point_to_http(inv)
     os.environ.setdefault("QMDD_TIMEOUT", "0")
     try:
@@ -203,7 +215,46 @@ def point_to_http(inv: Invocation) -> int:
         raise QmddError(ErrorCode.DAEMON_RUNNING, f"qmdd is running (pid {info['pid']}) without HTTP",
                         hints=("Stop it (`qmdctl daemon stop`) and run `qmdctl mcp --http` again, or start it "
                                "with `qmdctl daemon start --http 127.0.0.1:8181`.",))
+    if info["started"]:
+        # `mcp stop` stops only a daemon this command started, and only while that one still runs.
+        ownfiles.replace_file(str(inv.client.paths.data_dir / MCP_STARTED_FILE), f"{info['pid']}\n")
     url = info["http"].rstrip("/") + "/mcp"
     sys.stdout.write(f"MCP over HTTP: {url} (qmdd pid {info['pid']}, {'started' if info['started'] else 'running'})\n"
                      "Send the header  Authorization: Bearer TOKEN  (`qmdctl http token` prints TOKEN).\n")
+    return 0
+
+
+def stop_http(inv: Invocation) -> int:
+    """`qmdctl mcp stop`: qmd's stops its background HTTP MCP server. Ours is the daemon, which other clients
+    (searches, stdio bridges, HTTP users) may share, and which cannot close its HTTP door alone: it is stopped
+    only when `mcp --http` started it (its pid recorded, and still the one holding the index), gracefully, as
+    `daemon stop` does; a stdio bridge reconnects to the next daemon on its own. A daemon started otherwise is
+    left running, with how to stop it."""
+    from qmdctl.commands.daemon import wait_for_exit
+
+    paths = inv.client.paths
+    record = str(paths.data_dir / MCP_STARTED_FILE)
+    started = ownfiles.read_record(record)
+    held, pid = ownfiles.lock_holder(str(paths.index_lock))
+    ours = started is not None and started.isdigit() and held and pid == int(started)
+    if not ours:
+        if started is not None:  # stale: that daemon is gone (or another took its place)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record)
+        running = f"qmdd (pid {pid}) was not started by `qmdctl mcp --http`: left running; `qmdctl daemon stop` " \
+                  "stops it" if held else "MCP over HTTP is not running"
+        sys.stdout.write(f"{running}\n")
+        return 0
+    assert pid is not None
+    if inv.client.try_connect():
+        inv.client.call("shutdown")
+        inv.client.close()
+    else:  # it holds the index but does not answer: its graceful shutdown by signal
+        os.kill(pid, signal.SIGTERM)
+    if not wait_for_exit(pid):
+        raise QmddError(ErrorCode.TIMEOUT, f"qmdd (pid {pid}) is still running after being asked to stop",
+                        hints=(f"See its log {paths.log_file}.", f"Force it: kill -KILL {pid}"))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(record)
+    sys.stdout.write(f"Stopped the MCP HTTP server: qmdd (pid {pid}).\n")
     return 0

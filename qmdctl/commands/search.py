@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from qmdctl.client import call_collecting
-from qmdctl.render import number_lines
+from qmdctl.fullpath import show_full_paths
+from qmdctl.render import files_field, number_lines, xml_escape
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
@@ -26,7 +27,8 @@ def vsearch(inv: Invocation) -> int:
 
 
 def query(inv: Invocation) -> int:
-    return _run(inv, "query", {"rerank": not inv.args["no_rerank"], "candidates": inv.args["candidates"]})
+    return _run(inv, "query", {"rerank": not inv.args["no_rerank"], "candidates": inv.args["candidates"],
+                               "intent": inv.args["intent"]})
 
 
 def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
@@ -41,8 +43,9 @@ def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
         # Degraded, not failed (e.g. `query` before `embed`): say so where a human or a log sees it.
         hints = "".join(f"\n  hint: {h}" for h in warning.get("hints", ()))
         inv.output.warn(f"warning: {warning['code']}: {warning['message']}{hints}", warning)
-    render_results(inv.output, answer["results"], params["query"], line_numbers=args["line_numbers"],
-                   full=args["full"], min_score=args["min_score"])
+    shaped = [qmd_shape(r, args["line_numbers"], args["full"]) for r in answer["results"]]
+    show_full_paths(inv, shaped)
+    render_results(inv.output, shaped, params["query"], min_score=args["min_score"])
     return 0
 
 
@@ -73,9 +76,9 @@ def _snippet_first_line(header: str) -> int:
         return 1
 
 
-def render_results(out: Output, results: list[dict[str, Any]], query: str, *, line_numbers: bool, full: bool,
-                   min_score: float) -> None:
-    shaped = [qmd_shape(r, line_numbers, full) for r in results]
+def render_results(out: Output, shaped: list[dict[str, Any]], query: str, *, min_score: float) -> None:
+    """Hits shaped by `qmd_shape` in the output format; a hit without a docid (--full-path) is shown
+    by its path alone, as qmd does."""
     if out.fmt == "json":
         out.json(shaped)
     elif out.fmt == "ndjson":
@@ -84,15 +87,25 @@ def render_results(out: Output, results: list[dict[str, Any]], query: str, *, li
             out.record("result", s)
     elif out.fmt == "csv":
         out.csv(["docid", "score", "file", "title", "context", "line", "snippet"],
-                ([s["docid"], f"{s['score']:.4f}", s["file"], s["title"], s.get("context"), s["line"],
+                ([s.get("docid", ""), f"{s['score']:.4f}", s["file"], s["title"], s.get("context"), s["line"],
                   s.get("body", s.get("snippet"))] for s in shaped))
     elif out.fmt == "files":
         for s in shaped:
-            ctx = f',"{s["context"].replace(chr(34), chr(34) * 2)}"' if s.get("context") else ""
-            out.line(f"{s['docid']},{s['score']:.2f},{s['file']}{ctx}")
+            # qmd's line: the context always quoted; fields that would split the record are quoted too.
+            ctx = "," + files_field(s["context"], quoted=True) if s.get("context") else ""
+            docid = f"{s['docid']}," if "docid" in s else ""
+            out.line(f"{docid}{s['score']:.2f},{files_field(s['file'])}{ctx}")
+    elif out.fmt == "xml":
+        for s in shaped:
+            title = f' title="{xml_escape(s["title"])}"' if s["title"] else ""
+            context = f' context="{xml_escape(s["context"])}"' if s.get("context") else ""
+            body = xml_escape(s.get("body", s.get("snippet", "")))
+            docid = f' docid="{s["docid"]}"' if "docid" in s else ""
+            out.line(f'<file{docid} name="{xml_escape(s["file"])}"{title}{context}>\n{body}\n</file>\n')
     elif out.fmt == "md":
         for s in shaped:
-            out.line(f"---\n# {s['title'] or s['file']}\n**file:** `{s['file']}`\n**docid:** `{s['docid']}`")
+            docid = f"\n**docid:** `{s['docid']}`" if "docid" in s else ""
+            out.line(f"---\n# {s['title'] or s['file']}\n**file:** `{s['file']}`{docid}")
             if s.get("context"):
                 out.line(f"**context:** {s['context']}")
             out.line(f"\n{s.get('body', s.get('snippet'))}\n")
@@ -107,7 +120,8 @@ def _render_text(out: Output, shaped: list[dict[str, Any]], min_score: float) ->
     for i, s in enumerate(shaped):
         if i:
             out.line()
-        out.line(f"{out.style(s['file'] + ':' + str(s['line']), 'cyan')} {out.style(s['docid'], 'dim')}")
+        docid = f" {out.style(s['docid'], 'dim')}" if "docid" in s else ""
+        out.line(f"{out.style(s['file'] + ':' + str(s['line']), 'cyan')}{docid}")
         if s["title"]:
             out.line(f"Title: {out.style(s['title'], 'bold')}")
         if s.get("context"):

@@ -12,11 +12,18 @@ thousands. One writer of vectors at a time: a manual run holds the lock for its 
 waits, then finds the work done), the background for one page; the lock is fair, so a manual embed
 waits for one background page at most. Nothing runs in the background until vectors exist for the
 model in use: after a model change the user says when to pay for re-embedding.
+
+`embed -f` re-embeds every chunk of its collections in place: each page replaces vectors (old ones serve
+until then), and `embed-force.json` beside the database records how far it got, so the same run started
+again after a crash or a `--timeout` goes on from there. Meanwhile no vector snapshot is written (a
+snapshot could hold vectors SQLite has replaced): a daemon killed mid-run rebuilds it from SQLite.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -38,6 +45,7 @@ from qmdd.actors.messages import (
     SaveSnapshot,
     SetFingerprint,
     StoreEmbeddings,
+    SuspendSnapshots,
 )
 from qmdd.chunking import embedding_text
 from qmdd.store import documents as docs
@@ -76,6 +84,7 @@ class EmbedJobsActor(DatabaseActor):
         # (fingerprint, collection id) -> a chunk id up to which every chunk of the collection has a vector,
         # so a wake-up after one saved note counts the chunks above it, not the whole collection again.
         self._embedded_through: dict[tuple[str, int], int] = {}
+        self._force_progress = ForceProgress(database.with_name("embed-force.json"))
 
     def handlers(self) -> dict[type, Handler]:
         # A manual run lasts minutes: status and the watcher's wake-ups are answered meanwhile.
@@ -120,37 +129,64 @@ class EmbedJobsActor(DatabaseActor):
         chosen = ids if ids is not None else [c.id for c in await self._read(docs.list_collections)]
         # The user's choice, kept: the background keeps these collections embedded from now on.
         await self._indexer.call(ChooseForEmbedding(chosen))
-        return await self._embed_pending(model, ids, progress)
+        return await self._embed_pending(model, ids, message)
 
     async def _embed_pending(self, model: dict[str, Any], collection_ids: list[int] | None,
-                             progress: trio.MemorySendChannel[dict[str, Any]] | None) -> dict[str, Any]:
-        """Embed every chunk without a vector for `model` (of these collections, or of all), a page at a
-        time, each page committed."""
+                             run: EmbedCollections) -> dict[str, Any]:
+        """Embed every chunk without a vector for `model` (with `run.force`, every chunk) of these
+        collections (or of all), a page at a time, each page committed."""
         fingerprint: str = model["fingerprint"]
         name = model["embedding"]
+        progress = run.progress
         offer_progress(progress, {"phase": "embed", "done": 0, "total": None, "model": name,
                                   "waiting": "the embed run or background page in progress"})
         async with self._lock:
             await self._vectors.call(SetFingerprint(fingerprint, model["dims"]))
             total, embedded = await self._read(emb.count_chunks, fingerprint, collection_ids)
             started = time.monotonic()
+            deadline = None if not run.timeout_s else started + run.timeout_s
             done = texts = after = 0
-            offer_progress(progress, {"phase": "embed", "done": 0, "total": total - embedded, "model": name})
-            while not _caller_gone(progress):
-                page = await self._read(emb.pending_chunks, fingerprint, after, EMBED_PAGE, collection_ids)
-                if not page:
-                    break
-                after = page[-1].chunk_id
-                texts += await self._embed_page(fingerprint, page)
-                done += len(page)
-                elapsed = time.monotonic() - started
-                offer_progress(progress, {"phase": "embed", "done": done, "total": total - embedded, "model": name,
-                                          "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
-            await self._vectors.call(SaveSnapshot())
+            if run.force:
+                await self._vectors.call(SuspendSnapshots(True))
+                after = await trio.to_thread.run_sync(self._force_progress.start, fingerprint, collection_ids)
+            todo = total if run.force else total - embedded
+            offer_progress(progress, {"phase": "embed", "done": 0, "total": todo, "model": name})
+            stopped = None
+            try:
+                while True:
+                    page = _cap_bytes(await self._read(_next_page, fingerprint, after, run, collection_ids),
+                                      run.page_bytes)
+                    if not page:
+                        break
+                    after = page[-1].chunk_id
+                    texts += await self._embed_page(fingerprint, page)
+                    if run.force:
+                        await trio.to_thread.run_sync(self._force_progress.advance, after)
+                    done += len(page)
+                    elapsed = time.monotonic() - started
+                    offer_progress(progress, {"phase": "embed", "done": done, "total": todo, "model": name,
+                                              "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
+                    stopped = "caller gone" if _caller_gone(progress) else (
+                        "timeout" if deadline is not None and time.monotonic() >= deadline else None)
+                    if stopped:
+                        break
+            except Exception:
+                # A page failed (the embedder gave up): the pages before it are committed and in the
+                # index, so snapshots are true again; left suspended, the next start would rebuild all.
+                if run.force:
+                    await self._vectors.call(SuspendSnapshots(False))
+                raise
+            if run.force:
+                if stopped is None:
+                    await trio.to_thread.run_sync(self._force_progress.finish)
+                # Every committed page is in the index now: a snapshot of it is true again.
+                await self._vectors.call(SuspendSnapshots(False))
+            await self._vectors.call(SaveSnapshot(force=run.force))
         elapsed = time.monotonic() - started
         return {"model": name, "fingerprint": fingerprint, "chunks": total,
                 "already_embedded": embedded, "embedded": done, "texts_embedded": texts,
-                "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None}
+                "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None,
+                "force": run.force, "complete": stopped is None}
 
     # --- the background ------------------------------------------------------------------------
 
@@ -214,6 +250,61 @@ class EmbedJobsActor(DatabaseActor):
         self.last_run = {"collection": name, "embedded": self.done, "seconds": seconds, "finished_at": time.time()}
         self.last_error = None
         log.info("collection %s: embedded %d new chunk(s) in %.2fs", name, self.done, seconds)
+
+
+def _next_page(conn: sqlite3.Connection, fingerprint: str, after: int, run: EmbedCollections,
+               collection_ids: list[int] | None) -> list[PendingChunk]:
+    limit = run.page_chunks or EMBED_PAGE
+    if run.force:
+        return emb.chunks_after(conn, after, limit, collection_ids)
+    return emb.pending_chunks(conn, fingerprint, after, limit, collection_ids)
+
+
+def _cap_bytes(page: list[PendingChunk], page_bytes: int | None) -> list[PendingChunk]:
+    """The first chunks of the page whose text fits in `page_bytes` (at least one: a chunk larger than the
+    cap goes alone); the rest come with the next page."""
+    if page_bytes is None:
+        return page
+    size = 0
+    for i, chunk in enumerate(page):
+        size += len(chunk.text.encode("utf-8"))
+        if size > page_bytes and i:
+            return page[:i]
+    return page
+
+
+class ForceProgress:
+    """How far an `embed -f` got, in a small JSON file: the model, the collections (None: all) and the
+    last chunk id re-embedded. Started again with the same model and collections, the run goes on
+    after that id; with others, it starts over. Removed when a run completes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._run: dict[str, Any] = {}
+
+    def start(self, fingerprint: str, collection_ids: list[int] | None) -> int:
+        run = {"fingerprint": fingerprint, "collections": sorted(collection_ids) if collection_ids else None}
+        try:
+            saved = json.loads(self._path.read_text())
+        except (OSError, ValueError):  # none, or torn by a crash: start over
+            saved = {}
+        resumed = isinstance(saved, dict) and all(saved.get(k) == v for k, v in run.items())
+        after = saved.get("after") if resumed else 0
+        self._run = {**run, "after": after if isinstance(after, int) else 0}
+        self._write()
+        return int(self._run["after"])
+
+    def advance(self, after: int) -> None:
+        self._run["after"] = after
+        self._write()
+
+    def finish(self) -> None:
+        self._path.unlink(missing_ok=True)
+
+    def _write(self) -> None:
+        temp = self._path.with_name(self._path.name + ".tmp")
+        temp.write_text(json.dumps(self._run))
+        os.replace(temp, self._path)
 
 
 def _caller_gone(progress: trio.MemorySendChannel[dict[str, Any]] | None) -> bool:

@@ -8,7 +8,6 @@ searchable and persisted. Embedded vectors, likewise, are committed and then han
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import outcome
 import trio
 
 from qmdd.actors.base import DatabaseActor, Handler, Mailbox, offer_progress, typed_outcome
+from qmdd.actors.collection_rules import check_collection_name, check_new_root, filesystem_error
 from qmdd.actors.messages import (
     AddCollection,
     ApplyChunks,
@@ -45,43 +45,17 @@ from qmdd.indexing import (
     walk_config,
 )
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.safefiles import ConfinedRoot, RootChanged, RootKey
 from qmdd.sandbox.registry import PluginRegistry
 from qmdd.sandbox.runtime import PluginCallFailed
 from qmdd.store import documents as docs
 from qmdd.store import walguard
-from qmdd.store.contexts import remove_context, set_context
+from qmdd.store.contexts import no_context, remove_context, set_context
 from qmdd.store.db import compact
-from qmdd.store.documents import ChunkText, CollectionRow
+from qmdd.store.documents import ChunkText, CollectionRow, collection_not_found
 from qmdd.store.embeddings import VECTOR_DTYPE, choose_collections, purge_embeddings, store_vectors
 from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
-
-NAME_MAX_CHARS = 100
-NAME_RULE = (f"a collection name is 1-{NAME_MAX_CHARS} letters, digits, '_', '.' or '-', and starts with a letter, "
-             "a digit or '_'")
-# Letters and digits of any script, with the combining marks some scripts need. Left out: controls and
-# format characters (bidi overrides that reorder what a terminal shows), spaces, and every symbol a
-# shell, a URI or a `FILE:LINE` target gives a meaning to ('$', '(', '/', ':', '#', ...).
-_NAME_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Nd", "Mn", "Mc"})
-_NAME_PUNCTUATION = frozenset("_.-")
-
-
-def check_collection_name(name: str) -> str:
-    """A new collection name (add, rename), or INVALID_INPUT with the rule. Names already in SQLite
-    are never checked again: a collection with an older, looser name keeps working and can be renamed."""
-    name = name.strip()
-    valid = (0 < len(name) <= NAME_MAX_CHARS
-             and (name[0] == "_" or unicodedata.category(name[0]) in _NAME_CATEGORIES - {"Mn", "Mc"})
-             and all(c in _NAME_PUNCTUATION or unicodedata.category(c) in _NAME_CATEGORIES for c in name))
-    if not valid:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"invalid collection name {name!r}",
-                        hints=(f"Choose another name: {NAME_RULE}.",
-                               "`qmdctl collection add` names a collection after its folder unless --name is given."),
-                        details={"rule": NAME_RULE})
-    return name
-
 
 class IndexerActor(DatabaseActor):
     name = "indexer"
@@ -128,7 +102,7 @@ class IndexerActor(DatabaseActor):
             known = {c.name for c in collections}
             for name in message.names:
                 if name not in known:
-                    raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
+                    raise collection_not_found(name)
             collections = [c for c in collections if c.name in message.names]
         progress = message.progress
         summaries: list[ScanSummary] = []
@@ -272,10 +246,15 @@ class IndexerActor(DatabaseActor):
 
     async def _add(self, message: AddCollection) -> dict[str, object]:
         name = check_collection_name(message.name)
-        existing = [(c.name, c.root) for c in docs.list_collections(self.conn)]
-        root, root_key = await trio.to_thread.run_sync(check_new_root, message.path, existing)
+        existing = docs.list_collections(self.conn)
+        if any(c.name == name for c in existing):
+            raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {name!r} already exists")
         masks = message.masks or list(DEFAULT_MASKS)
+        root, root_key = await trio.to_thread.run_sync(check_new_root, message.path, masks, message.excludes,
+                                                       existing)
         walk_config(masks, message.excludes, self._max_file_bytes)
+        if message.dry_run:
+            return {"name": name, "root": str(root), "masks": masks, "excludes": list(message.excludes)}
         row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes, root_key)
         await self._save_collections()
         return {"name": row.name, "root": row.root, "masks": list(row.masks), "excludes": list(row.excludes)}
@@ -291,8 +270,13 @@ class IndexerActor(DatabaseActor):
         return {"name": message.name, "chunks_removed": len(removed)}
 
     async def _rename(self, message: RenameCollection) -> dict[str, object]:
-        row = await self._write(docs.rename_collection, self.conn, message.old,
-                                check_collection_name(message.new))
+        new = check_collection_name(message.new)
+        if message.dry_run:
+            old = docs.collection_by_name(self.conn, message.old)
+            if new != old.name and any(c.name == new for c in docs.list_collections(self.conn)):
+                raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {new!r} already exists")
+            return {"name": new, "root": old.root}
+        row = await self._write(docs.rename_collection, self.conn, message.old, new)
         await self._save_collections()
         return {"name": row.name, "root": row.root}
 
@@ -303,7 +287,7 @@ class IndexerActor(DatabaseActor):
         if message.text is None:
             removed: bool = await self._write(remove_context, self.conn, collection_id, message.prefix)
             if not removed:
-                raise QmddError(ErrorCode.NOT_FOUND, f"no context set for {message.prefix or '/'}")
+                raise no_context(message.prefix)
             await self._save_collections()
             return removed
         await self._write(set_context, self.conn, collection_id, message.prefix, message.text)
@@ -362,40 +346,3 @@ def incomplete_add_error(name: str, indexed: int, total: int | None, cause: Qmdd
         hints=(f"Free space where the index lives, then run `qmdctl update -c {name}` to index the rest.",
                f"What is indexed is searchable meanwhile; `qmdctl collection remove {name}` drops it instead."),
         details={"collection": name, "registered": True, "indexed": indexed, "total": total})
-
-
-def filesystem_error(exc: OSError, what: str) -> QmddError:
-    """Map an OSError met while touching a collection's files onto a typed error."""
-    if isinstance(exc, RootChanged):
-        return QmddError(ErrorCode.PERMISSION_DENIED, f"{what}: {exc}",
-                         hints=("A symlink or another folder took the root's place since the collection was added.",
-                                "If the folder there now is the one to index, re-add the collection: "
-                                "`qmdctl collection remove NAME`, then `qmdctl collection add PATH --name NAME`."))
-    if isinstance(exc, PermissionError):
-        return QmddError(ErrorCode.PERMISSION_DENIED, f"{what}: permission denied",
-                         hints=("Give the daemon's user read access, or remove the collection.",))
-    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-        return QmddError(ErrorCode.PATH_NOT_FOUND, f"{what}: {exc.strerror or exc}",
-                         hints=("Reconnect the disk or restore the folder, or remove the collection.",))
-    return QmddError(ErrorCode.FILE_UNREADABLE, f"{what}: {exc.strerror or exc}")
-
-
-def check_new_root(path: str, existing: list[tuple[str, str]]) -> tuple[Path, RootKey]:
-    """Validate a new collection root against the filesystem and the other collections' roots;
-    the resolved root and the identity to pin."""
-    root = Path(path).expanduser()
-    if not root.is_absolute():
-        raise QmddError(ErrorCode.INVALID_INPUT, f"collection path must be absolute: {path}")
-    try:
-        if not root.is_dir():
-            raise QmddError(ErrorCode.PATH_NOT_FOUND, f"not a directory: {root}")
-        root = root.resolve(strict=True)
-        with ConfinedRoot(str(root)) as opened:
-            root_key = opened.key
-    except OSError as exc:
-        raise filesystem_error(exc, str(root)) from None
-    for name, other in existing:
-        other_root = Path(other)
-        if root == other_root or root.is_relative_to(other_root) or other_root.is_relative_to(root):
-            raise QmddError(ErrorCode.COLLECTION_OVERLAP, f"{root} overlaps collection {name!r} at {other}")
-    return root, root_key

@@ -37,6 +37,7 @@ class AddCollection:
     name: str
     masks: list[str]
     excludes: list[str]
+    dry_run: bool = False  # every check, no write: the collection it would add
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class RemoveCollection:
 class RenameCollection:
     old: str
     new: str
+    dry_run: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,22 @@ class EmbedCollections:
 
     collection_ids: list[int] | None
     progress: Any = None
+    force: bool = False
+    """Re-embed every chunk of these collections (`embed -f`), not only those without a vector."""
+    page_chunks: int | None = None
+    """At most this many chunks per page (`--max-docs-per-batch`); None: the actor's page."""
+    page_bytes: int | None = None
+    """At most this many bytes of chunk text per page (`--max-batch-mb`); None: no cap."""
+    timeout_s: float | None = None
+    """Stop after the page in progress once the run has lasted this long (`--timeout`); None: never."""
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendSnapshots:
+    """Vectors: while `suspended`, write no snapshot and drop the one on disk (an `embed -f` replaces
+    vectors the snapshot holds: after a crash it must be rebuilt from SQLite, not trusted)."""
+
+    suspended: bool
 
 
 @dataclass(frozen=True, slots=True)

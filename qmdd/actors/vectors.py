@@ -23,6 +23,7 @@ from qmdd.actors.messages import (
     IndexEmbedded,
     SaveSnapshot,
     SetFingerprint,
+    SuspendSnapshots,
     VectorCoverage,
     VectorQuery,
     VerifyIndex,
@@ -53,10 +54,12 @@ class VectorsActor(DerivedIndexActor):
         # not wait for it.
         self._ready = trio.Event()
         self._any_stored = False  # a vector of this model exists in SQLite (once true, stays true)
+        self._snapshots_suspended = False  # an `embed -f` replaces vectors: see SuspendSnapshots
         self.queries = 0
 
     def handlers(self) -> dict[type, Handler]:
         return {ApplyChunks: self._apply, IndexEmbedded: self._index_embedded, SaveSnapshot: self._save,
+                SuspendSnapshots: self._suspend_snapshots,
                 VerifyIndex: self._verify, SetFingerprint: self._set_fingerprint,
                 # Queries are answered beside index changes; coverage is a glance at the index as it is.
                 VectorQuery: concurrent(self._query), VectorCoverage: concurrent(self._coverage)}
@@ -98,7 +101,7 @@ class VectorsActor(DerivedIndexActor):
         self.index = index
 
     def _save_index(self) -> None:
-        if self.index is not None and self.fingerprint is not None:
+        if self.index is not None and self.fingerprint is not None and not self._snapshots_suspended:
             self.index.save(self._snapshot, self._expected_meta())
 
     def _add_rows(self, rows: Sequence[IndexedVector]) -> int:
@@ -125,6 +128,12 @@ class VectorsActor(DerivedIndexActor):
         for start in range(0, len(missing_ids), 5000):
             self._add_rows(emb.vectors_for_chunks(self.conn, self.fingerprint, missing_ids[start:start + 5000]))
         return len(missing), len(extra)
+
+    async def _suspend_snapshots(self, message: SuspendSnapshots) -> None:
+        async with self._lock:  # not while a snapshot is being written
+            self._snapshots_suspended = message.suspended
+            if message.suspended:
+                self._snapshot.unlink(missing_ok=True)
 
     async def _set_fingerprint(self, message: SetFingerprint) -> dict[str, int]:
         if message.fingerprint == self.fingerprint:
@@ -173,7 +182,8 @@ class VectorsActor(DerivedIndexActor):
             part = carriers[start:start + ADD_SLICE]
             async with self._lock:
                 added += await trio.to_thread.run_sync(
-                    index.add, [c for c, _, _ in part], [col for _, col, _ in part], vectors[start:start + ADD_SLICE])
+                    _replace, index, [c for c, _, _ in part], [col for _, col, _ in part],
+                    vectors[start:start + ADD_SLICE])
         if added:
             self._changed()
         return added
@@ -195,3 +205,10 @@ class VectorsActor(DerivedIndexActor):
         self.queries += 1
         async with self._lock:
             return await trio.to_thread.run_sync(self._search_sync, message)
+
+
+def _replace(index: VectorIndex, chunk_ids: list[int], collection_ids: list[int], vectors: np.ndarray) -> int:
+    """Give these chunks these vectors: an `embed -f` re-embeds chunks the index has (for a plain embed
+    none of them is there, and the removal costs a bitmap intersection)."""
+    index.remove(chunk_ids)
+    return index.add(chunk_ids, collection_ids, vectors)

@@ -13,6 +13,7 @@ import numpy as np
 from qmdd.chunking import ChunkerConfig, embedding_text
 from qmdd.config import Config
 from qmdd.consistency.report import Facts, Report
+from qmdd.decoding import Decoded, decode_text
 from qmdd.indexing import FileProblem, document_hash, open_root, read_document, walk_config
 from qmdd.protocol.errors import QmddError
 from qmdd.safefiles import ConfinedRoot
@@ -125,7 +126,8 @@ def _check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts:
             if not same_stat:
                 report.add(strict, "document_stat_outdated", "documents whose file was touched but not changed "
                            "(the next update refreshes their stat)", where + path)
-            text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+            decoded = decode_text(data)
+            text = decoded.text if isinstance(decoded, Decoded) else ""
             transformed = state.hash != plain_hash  # a transform may have emptied it
             if not transformed and bool(text.strip()) != (facts.chunks_per_doc[state.id] > 0):
                 report.add(True, "document_without_chunks", "a document with text has no chunks, or a blank one "

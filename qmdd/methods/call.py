@@ -50,3 +50,9 @@ def whole(answer: Any, items: list[tuple[str, Any]]) -> Any:
         key = answer.pop("streamed")
         answer[key] = [entry for kind, batch in items if kind == key for entry in batch]
     return answer
+
+
+def planned(would: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a `dry_run: true` request (protocol.wire.DRY_RUN_METHODS): every check passed,
+    nothing changed; `would` is what the request would have done."""
+    return {"dry_run": True, "would": would}

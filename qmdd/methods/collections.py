@@ -21,7 +21,7 @@ from qmdd.actors.messages import (
     WatchStatus,
 )
 from qmdd.indexing import selected_files
-from qmdd.methods.call import Call, MethodHandler
+from qmdd.methods.call import Call, MethodHandler, planned
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, unwrap_error
 from qmdd.store import documents as docs
@@ -49,7 +49,9 @@ async def list_(s: Services, params: dict[str, Any], call: Call) -> list[dict[st
 
 async def add(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     added = await s.actors.indexer.call(AddCollection(params["path"], params["name"], params["masks"] or [],
-                                                      params["excludes"] or []))
+                                                      params["excludes"] or [], dry_run=params["dry_run"]))
+    if params["dry_run"]:
+        return planned({**added, "update": params["update"]})
     await _sync_watches(s)  # watching before the scan: no change slips between
     if params["update"]:
         scanned = await outcome.acapture(scan, s, [added["name"]], call)
@@ -66,13 +68,20 @@ async def add(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
 
 
 async def remove(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
+    if params["dry_run"]:
+        collection = docs.collection_by_name(s.reader, params["name"])
+        documents, chunks = docs.counts(s.reader).get(collection.id, (0, 0))
+        return planned({"name": collection.name, "root": collection.root, "documents": documents, "chunks": chunks})
     result: dict[str, Any] = await s.actors.indexer.call(RemoveCollection(params["name"]))
     await _sync_watches(s)
     return result
 
 
 async def rename(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
-    result: dict[str, Any] = await s.actors.indexer.call(RenameCollection(params["old"], params["new"]))
+    result: dict[str, Any] = await s.actors.indexer.call(RenameCollection(params["old"], params["new"],
+                                                                          dry_run=params["dry_run"]))
+    if params["dry_run"]:
+        return planned({"old": params["old"], **result})
     await _sync_watches(s)
     return result
 

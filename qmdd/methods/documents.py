@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from qmdd.actors.indexer import filesystem_error
+from qmdd.actors.collection_rules import filesystem_error
+from qmdd.decoding import Undecodable, decode_text
 from qmdd.methods.call import Call, MethodHandler, stream_long_list
 from qmdd.methods.collections import list_collections
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, EscapesRoot
 from qmdd.search.pipeline import ContextIndex, cpu_limiter
-from qmdd.search.targets import Glob, docid_prefix, is_glob, resolve_target, split_line_suffix
+from qmdd.search.targets import Glob, docid_prefix, is_glob, resolve_target, spellings, split_line_suffix
 from qmdd.store import documents as docs
 from qmdd.store import lookups
 from qmdd.store.contexts import list_contexts
-from qmdd.store.documents import DocRow
+from qmdd.store.documents import CollectionRow, DocRow
+
+T = TypeVar("T")
+# What a name that means nothing gets: multi_get reports it and goes on with the others.
+_MISSES = (ErrorCode.NOT_FOUND, ErrorCode.COLLECTION_NOT_FOUND)
 
 
 def methods(s: Services) -> dict[str, MethodHandler]:
@@ -43,20 +49,26 @@ def read_text(doc: DocRow, max_bytes: int) -> str:
                         hints=("Run `qmdctl update`.",)) from None
     except OSError as exc:
         raise QmddError(ErrorCode.FILE_UNREADABLE, f"{doc.uri}: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8").removeprefix("\ufeff").replace("\r\n", "\n")
-    except UnicodeDecodeError:
-        raise QmddError(ErrorCode.FILE_UNREADABLE, f"{doc.uri} is no longer valid UTF-8") from None
+    decoded = decode_text(data)  # as the indexer decoded it: the same text, whatever the encoding
+    if isinstance(decoded, Undecodable):
+        raise QmddError(ErrorCode.FILE_UNREADABLE, f"{doc.uri} is no longer text: {decoded.message}")
+    return decoded.text
 
 
 def slice_lines(text: str, from_line: int | None, max_lines: int | None) -> tuple[str, int, int]:
-    """(body, first line number, lines left after the slice)."""
+    """(body, first line number, lines left after the slice). The body is those lines as the file has
+    them, each with its newline: a slice whose last line is empty ends in "\n\n", one that is all of a
+    file is the file, and "" is no line at all while "\n" is one empty line."""
     lines = text.split("\n")
-    if lines and lines[-1] == "":
+    ends_with_newline = lines[-1] == ""
+    if ends_with_newline:
         lines.pop()
     start = max(from_line or 1, 1)
     end = len(lines) if max_lines is None else min(len(lines), start - 1 + max(max_lines, 0))
-    return "\n".join(lines[start - 1:end]), start, max(len(lines) - end, 0)
+    chosen = lines[start - 1:end]
+    newline_after_last = end < len(lines) or ends_with_newline
+    body = "\n".join(chosen) + ("\n" if chosen and newline_after_last else "")
+    return body, start, max(len(lines) - end, 0)
 
 
 async def read(s: Services, doc: DocRow) -> str:
@@ -73,9 +85,26 @@ async def attach_bodies(s: Services, answer: dict[str, Any], rows: list[DocRow])
             result["error"] = exc.to_wire()
 
 
+def first_spelling(target: str, attempt: Callable[[str], T]) -> T:
+    """`attempt` on the target as written, then percent-decoded when it is a qmd:// URI with escapes
+    (see `spellings`): the first that finds something; when none does, the error of the last."""
+    *literal, last = spellings(target)
+    for spelling in literal:
+        try:
+            return attempt(spelling)
+        except QmddError as exc:
+            if exc.code not in _MISSES:
+                raise
+    return attempt(last)
+
+
 def find_document(s: Services, target: str, cwd: str | None) -> DocRow:
-    """The one document a target names: a #docid prefix, a qmd:// URI or path (relative to `cwd`), or a
-    unique path suffix inside the collection named (or anywhere, when none is)."""
+    """The one document a target names: a #docid prefix, a qmd:// URI (percent-encoded or not) or path
+    (relative to `cwd`), or a unique path suffix inside the collection named (or anywhere, when none is)."""
+    return first_spelling(target, lambda spelling: _find_document(s, spelling, cwd))
+
+
+def _find_document(s: Services, target: str, cwd: str | None) -> DocRow:
     conn = s.reader
     prefix = docid_prefix(target)
     if prefix:
@@ -123,9 +152,11 @@ async def get(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
             "lines_after": remaining, "body": body}
 
 
-async def _wanted(s: Services, patterns: list[str], cwd: str | None) -> list[DocRow]:
-    """The documents the patterns name (globs, or comma-separated targets), each once, in order."""
+async def _wanted(s: Services, patterns: list[str], cwd: str | None) -> tuple[list[DocRow], list[QmddError]]:
+    """The documents the patterns name (globs, or comma-separated targets), each once, in order; and,
+    as qmd reports them, what names nothing (a missing file, a glob that matches none)."""
     wanted: dict[int, DocRow] = {}
+    misses: list[QmddError] = []
     for pattern in patterns:
         for part in ([pattern] if is_glob(pattern) else [p for p in pattern.split(",") if p.strip()]):
             if is_glob(part):
@@ -133,15 +164,38 @@ async def _wanted(s: Services, patterns: list[str], cwd: str | None) -> list[Doc
                 # Matching many documents is CPU work: in a thread, or other clients would wait.
                 matches = await trio.to_thread.run_sync(lookups.docs_matching, s.reader, glob.literal_prefix,
                                                         glob.selects, limiter=cpu_limiter())
+                if not matches:
+                    misses.append(QmddError(ErrorCode.NOT_FOUND, f"No files matched pattern: {part.strip()}",
+                                            hints=("`qmdctl ls` lists the collections and their files.",)))
             else:
-                matches = [find_document(s, part.strip(), cwd)]
+                try:
+                    matches = [find_document(s, part.strip(), cwd)]
+                except QmddError as exc:
+                    if exc.code not in _MISSES:
+                        raise
+                    misses.append(exc)
+                    continue
             for doc in matches:
                 wanted.setdefault(doc.id, doc)
-    return list(wanted.values())
+    return list(wanted.values()), misses
+
+
+def _nothing_found(patterns: list[str], misses: list[QmddError]) -> QmddError:
+    if len(misses) == 1:
+        return misses[0]
+    return QmddError(ErrorCode.NOT_FOUND, f"nothing matches {', '.join(patterns)}",
+                     hints=("`qmdctl ls` lists the collections and their files.",),
+                     details={"missing": [miss.message for miss in misses]})
 
 
 async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
-    wanted = await _wanted(s, params["patterns"], params["cwd"])
+    """Streams a `missing` item (an error object) for each name that means nothing, then a `result` item
+    per document; fails with NOT_FOUND only when no document at all is found."""
+    wanted, misses = await _wanted(s, params["patterns"], params["cwd"])
+    if not wanted:
+        raise _nothing_found(params["patterns"], misses)
+    for miss in misses:
+        await call.emit("missing", miss.to_wire())
     contexts = ContextIndex(list_contexts(s.reader))
     max_bytes, max_lines = params["max_bytes"], params["max_lines"]
     sent = skipped = 0
@@ -161,25 +215,60 @@ async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str
             else:
                 body, _, remaining = slice_lines(text, None, max_lines)
                 if remaining and max_lines is not None:
-                    body += f"\n\n[... truncated {remaining} more lines]"
+                    # qmd's marker, in the body as qmd has it; `lines_after` lets a reader show it apart.
+                    body = body.removesuffix("\n") + f"\n\n[... truncated {remaining} more lines]"
+                    entry["lines_after"] = remaining
                 entry["body"] = body
                 sent += 1
         await call.emit("result", entry)
-    if not wanted:
-        raise QmddError(ErrorCode.NOT_FOUND, f"nothing matches {', '.join(params['patterns'])}")
-    return {"documents": sent, "skipped": skipped}
+    return {"documents": sent, "skipped": skipped, "missing": len(misses)}
+
+
+def _listing_target(target: str, collections: list[CollectionRow], cwd: str | None
+                    ) -> tuple[CollectionRow, str, bool]:
+    """(collection, path, whether the path is a prefix) that `ls` lists. As qmd: qmd://c/prefix, or
+    c/prefix where c is always a collection name, the prefix kept as written (`2026_06` also takes
+    `2026_06_01.md`; `dir/` only what is inside dir). Beyond qmd, a filesystem path (/..., ~..., ./...)
+    inside a collection: that folder or file."""
+    text = target.strip()
+    if text.startswith(("/", "~", "./", "../")) or text in (".", ".."):
+        resolved = resolve_target(text, collections, cwd)
+        if resolved.collection is None:
+            raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"{text!r} is not in any collection",
+                            hints=("Run `qmdctl ls` to see available collections.",))
+        return resolved.collection, resolved.path, False
+    rest = text.split("//", 1)[1] if text.startswith(("qmd://", "//")) else text
+    name, _, prefix = rest.lstrip("/").partition("/")
+    by_name = {c.name: c for c in collections}
+    if name not in by_name:
+        raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"Collection not found: {name}",
+                        hints=("Run `qmdctl ls` to see available collections.",))
+    return by_name[name], prefix.lstrip("/"), True
+
+
+def _listing(s: Services, target: str, cwd: str | None, after: str | None = None, limit: int | None = None
+             ) -> tuple[CollectionRow, str, list[DocRow]]:
+    """What `ls` lists; with `limit`, one page of it: the first `limit` paths after `after` (a page is one
+    index range, so paging through a big collection never reads it whole)."""
+    collection, path, is_prefix = _listing_target(target, docs.list_collections(s.reader), cwd)
+    if is_prefix:
+        found = lookups.docs_with_path_prefix(s.reader, collection.id, path, after or "",
+                                              -1 if limit is None else limit)
+    else:
+        found = lookups.docs_under(s.reader, collection.id, path)
+    if path and not found and after is None:
+        raise QmddError(ErrorCode.NOT_FOUND, f"No files found under qmd://{collection.name}/{path}",
+                        hints=(f"`qmdctl ls {collection.name}` lists the whole collection.",))
+    return collection, path, found
 
 
 async def ls(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     if not params["target"]:
         return {"collections": list_collections(s)}
-    resolved = resolve_target(params["target"], docs.list_collections(s.reader), params["cwd"])
-    if resolved.collection is None:
-        raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"{params['target']!r} is not in any collection")
-    prefix = resolved.path.strip("/")
-    answer = {"collection": resolved.collection.name, "prefix": prefix,
+    collection, prefix, found = first_spelling(
+        params["target"], lambda t: _listing(s, t, params["cwd"], params["after"], params["limit"]))
+    answer = {"collection": collection.name, "prefix": prefix,
               "files": [{"file": d.uri, "path": d.path, "size": d.size, "mtime": d.mtime_ns / 1e9,
-                         "docid": d.docid, "title": d.title}
-                        for d in lookups.docs_under(s.reader, resolved.collection.id, prefix)]}
+                         "docid": d.docid, "title": d.title} for d in found]}
     await stream_long_list(call, answer, "files")
     return answer

@@ -9,6 +9,7 @@ from qmdd.methods.call import Call, MethodHandler
 from qmdd.methods.keyword import finish
 from qmdd.methods.semantic import engines, warn_unembedded
 from qmdd.methods.services import Services
+from qmdd.search.fusion import split_intent
 from qmdd.search.hybrid import hybrid_search
 from qmdd.search.pipeline import search_request
 
@@ -20,7 +21,8 @@ def methods(s: Services) -> dict[str, MethodHandler]:
 
 
 async def query(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
-    request = search_request(params)
+    text, inline_intent = split_intent(params["query"])
+    request = search_request({**params, "query": text, "intent": params.get("intent") or inline_intent})
     answer, rows = await hybrid_search(engines(s), request, rerank=params["rerank"],
                                        candidates=max(1, min(params["candidates"], MAX_CANDIDATES)))
     await warn_unembedded(s, answer, params["collections"], "its results come from keywords alone")

@@ -9,9 +9,10 @@ from typing import Any
 import trio
 
 from qmdd.actors.messages import EmbedCollections, ModelStatus, SetFingerprint, UseModel
-from qmdd.methods.call import Call, MethodHandler
+from qmdd.methods.call import Call, MethodHandler, planned
 from qmdd.methods.progress import progress_pump
 from qmdd.methods.services import Services
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
 
@@ -24,12 +25,20 @@ def methods(s: Services) -> dict[str, MethodHandler]:
 async def embed(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     """Embed what lacks a vector in these collections (all, when none is named), and keep them embedded."""
     names = params["collections"]
+    for key in ("max_chunks_per_page", "max_page_bytes"):
+        if params[key] is not None and params[key] < 1:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{key} must be a positive integer, got {params[key]}",
+                            hints=("Leave it out for the default page.",))
+    if params["timeout_s"] is not None and params["timeout_s"] < 0:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"timeout_s must be 0 (no limit) or more, got {params['timeout_s']}")
     ids = [docs.collection_by_name(s.reader, n).id for n in names] if names else None
     send, receive = trio.open_memory_channel[dict[str, Any]](64)
     async with progress_pump(call.emit) as progress, trio.open_nursery() as nursery:
         nursery.start_soon(progress.follow, receive)
         async with send:
-            summary: dict[str, Any] = await s.actors.embed_jobs.call(EmbedCollections(ids, progress=send))
+            summary: dict[str, Any] = await s.actors.embed_jobs.call(EmbedCollections(
+                ids, progress=send, force=params["force"], page_chunks=params["max_chunks_per_page"],
+                page_bytes=params["max_page_bytes"], timeout_s=params["timeout_s"] or None))
     return summary
 
 
@@ -56,6 +65,9 @@ async def use(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
     role = params["role"]
     if role is None:
         role = "embedding" if name is None else s.registry.choice(name).kind
+    if params["dry_run"]:
+        chosen = await trio.to_thread.run_sync(s.registry.check_selection, role, name)
+        return planned({"role": role, "name": chosen})
     result: dict[str, Any] = await s.actors.embedder.call(UseModel(role, name))
     if role == "embedding":
         result["vectors"] = await s.actors.vectors.call(SetFingerprint(result["fingerprint"], result["dims"]))

@@ -29,7 +29,7 @@ from qmdd.actors.messages import (
     SetCollectionPlugins,
     SetPluginEnabled,
 )
-from qmdd.methods.call import Call, MethodHandler, stream_long_list, whole
+from qmdd.methods.call import Call, MethodHandler, planned, stream_long_list, whole
 from qmdd.methods.collections import scan
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -75,6 +75,9 @@ async def install(s: Services, params: dict[str, Any], call: Call) -> dict[str, 
 
 
 async def remove(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
+    if params["dry_run"]:
+        plugin = await info(s, {"name": params["name"]}, call)
+        return planned({"name": plugin["name"], "removed": True, "detached_from": plugin["collections"]})
     removed: dict[str, Any] = await s.actors.plugins.call(RemovePlugin(params["name"]))
     attached = _attached(s)
     for collection, names in attached.items():
@@ -85,6 +88,9 @@ async def remove(s: Services, params: dict[str, Any], call: Call) -> dict[str, A
 
 
 async def set_enabled(s: Services, enabled: bool, params: dict[str, Any], call: Call) -> dict[str, Any]:
+    if params["dry_run"]:
+        plugin = await info(s, {"name": params["name"]}, call)
+        return planned({"name": plugin["name"], "enabled": enabled})
     changed: dict[str, Any] = await s.actors.plugins.call(SetPluginEnabled(params["name"], enabled))
     changed["rescanned"] = await _rescan_for_transforms(s, changed["name"], changed["hooks"], call)
     return changed
@@ -95,6 +101,9 @@ async def attach(s: Services, attaching: bool, params: dict[str, Any], call: Cal
     plugin = await info(s, {"name": params["name"]}, call)
     collection = docs.collection_by_name(s.reader, params["collection"])
     names = [n for n in collection.plugins if n != plugin["name"]] + ([plugin["name"]] if attaching else [])
+    if params["dry_run"]:
+        return planned({"collection": collection.name, "plugins": names,
+                        "rescan": "transform" in plugin["hooks"]})
     answer: dict[str, Any] = await s.actors.indexer.call(SetCollectionPlugins(collection.name, names))
     answer["rescanned"] = []
     if "transform" in plugin["hooks"]:

@@ -145,15 +145,18 @@ class ModelRegistry:
         self._chosen = {"embedding": chosen.get("embedding") or DEFAULT_EMBEDDING, "reranker": chosen.get("reranker")}
         return dict(self._chosen)
 
-    def select(self, role: str, name: str | None) -> dict[str, str | None]:
-        chosen = self.selection()
+    def check_selection(self, role: str, name: str | None) -> str | None:
+        """The model `select(role, name)` would choose; MODEL_NOT_FOUND or INVALID_INPUT as it would fail."""
         if name is not None:
             choice = self.choice(name)
             if choice.kind != role:
                 raise QmddError(ErrorCode.INVALID_INPUT, f"{name} is a {choice.kind} model, not a {role}")
-        elif role == "embedding":
-            name = DEFAULT_EMBEDDING
-        chosen[role] = name
+            return name
+        return DEFAULT_EMBEDDING if role == "embedding" else None
+
+    def select(self, role: str, name: str | None) -> dict[str, str | None]:
+        chosen = self.selection()
+        chosen[role] = self.check_selection(role, name)
         temp = self._selection_file.with_name(self._selection_file.name + ".tmp")
         temp.write_text(json.dumps(chosen, indent=1))
         os.replace(temp, self._selection_file)

@@ -29,6 +29,7 @@ class ErrorCode(enum.StrEnum):
 
     INTERNAL = "INTERNAL"
     INVALID_INPUT = "INVALID_INPUT"
+    USAGE_ERROR = "USAGE_ERROR"
     QUERY_PARSE_ERROR = "QUERY_PARSE_ERROR"
     NOT_FOUND = "NOT_FOUND"
     COLLECTION_NOT_FOUND = "COLLECTION_NOT_FOUND"
@@ -64,6 +65,9 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
         "This is a bug in qmdd; the daemon log (qmdctl daemon status shows where) has the traceback.",)),
     ErrorCode.INVALID_INPUT: ErrorSpec(400, "Invalid input", 10, (
         "Check the arguments against `qmdctl COMMAND --help`.",)),
+    # Command-line syntax (unknown option, bad flag value): exit 2, as argparse, click and qmd use.
+    ErrorCode.USAGE_ERROR: ErrorSpec(400, "Usage error", 2, (
+        "Check the options and arguments against `qmdctl COMMAND --help`.",)),
     ErrorCode.QUERY_PARSE_ERROR: ErrorSpec(400, "Query could not be parsed", 11, (
         "Write a plain query, or one `lex:`/`vec:` line per sub-query.",)),
     ErrorCode.NOT_FOUND: ErrorSpec(404, "Not found", 12, (
@@ -72,8 +76,8 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
         "Run `qmdctl collection list` to see the collections.",)),
     ErrorCode.COLLECTION_EXISTS: ErrorSpec(409, "Collection already exists", 14, (
         "Pick another --name, or remove the old one with `qmdctl collection remove NAME`.",)),
-    ErrorCode.COLLECTION_OVERLAP: ErrorSpec(409, "Collection roots overlap", 15, (
-        "Collections may not contain each other; narrow with --mask instead of adding a nested root.",)),
+    ErrorCode.COLLECTION_OVERLAP: ErrorSpec(409, "Collection duplicates another", 15, (
+        "A collection of this folder with these masks exists: update it, or give other --mask patterns.",)),
     ErrorCode.PATH_NOT_FOUND: ErrorSpec(404, "Path not found", 16, (
         "Check that the directory exists and is spelled correctly.",)),
     ErrorCode.PERMISSION_DENIED: ErrorSpec(403, "Permission denied", 17, (
@@ -107,7 +111,7 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
     ErrorCode.TIMEOUT: ErrorSpec(504, "Timed out", 31, (
         "The daemon is busy or stuck; retry, or restart it with `qmdctl daemon stop`.",)),
     ErrorCode.FILE_UNREADABLE: ErrorSpec(422, "File unreadable", 32, (
-        "The file is binary, not UTF-8, or not readable; it is skipped until fixed.",)),
+        "The file is binary, in a text encoding not recognised, or not readable; it is skipped until fixed.",)),
     ErrorCode.UNAUTHORIZED: ErrorSpec(401, "Unauthorized", 33, (
         "Send `Authorization: Bearer TOKEN`; `qmdctl http token` prints the token.",)),
     ErrorCode.RATE_LIMITED: ErrorSpec(429, "Too many requests", 34, (

@@ -196,15 +196,18 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
                "full": (bool, False), "snippet_lines": (int, 4), "plugins": (_STR_LIST, None),
                "plugin_strict": (bool, False)},
     "get": {"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None), "cwd": (str, None)},
-    "multi_get": {"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 10 * 1024), "max_lines": (int, None),
+    "multi_get": {"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 64 * 1024), "max_lines": (int, None),
                   "cwd": (str, None)},  # streams one item per document
-    "ls": {"target": (str, None), "cwd": (str, None)},  # streams its files in batches when there are many
+    # Streams its files in batches when there are many; `after` and `limit` ask for one page (by path).
+    "ls": {"target": (str, None), "cwd": (str, None), "after": (str, None), "limit": (int, None)},
     "context.add": {"target": (str, REQUIRED), "text": (str, REQUIRED), "cwd": (str, None)},
     "context.list": {},
     "context.remove": {"target": (str, REQUIRED), "cwd": (str, None)},
     "cleanup": {},
     "metrics": {},  # the Prometheus text exposition, as {"text": ...}
-    "embed": {"collections": (_STR_LIST, None)},  # streams progress items
+    # Streams progress items. force: re-embed every chunk; the page caps and timeout bound one run.
+    "embed": {"collections": (_STR_LIST, None), "force": (bool, False), "max_chunks_per_page": (int, None),
+              "max_page_bytes": (int, None), "timeout_s": ((int, float), None)},
     "vsearch": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
                 "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
                 "full": (bool, False), "snippet_lines": (int, 4), "plugins": (_STR_LIST, None),
@@ -212,7 +215,9 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "query": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
               "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
               "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 100),
-              "plugins": (_STR_LIST, None), "plugin_strict": (bool, False)},
+              "plugins": (_STR_LIST, None), "plugin_strict": (bool, False),
+              # Background that steers reranking and snippets (as qmd's intent), never searched itself.
+              "intent": (str, None)},
     "model.list": {},
     "model.import": {"path": (str, REQUIRED), "name": (str, None), "kind": (str, None), "pooling": (str, None),
                      "max_length": (int, None)},
@@ -232,6 +237,13 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "plugin.attach": {"name": (str, REQUIRED), "collection": (str, REQUIRED)},  # streams progress items
     "plugin.detach": {"name": (str, REQUIRED), "collection": (str, REQUIRED)},
 }
+
+DRY_RUN_METHODS = ("collection.add", "collection.remove", "collection.rename", "context.add", "context.remove",
+                   "model.use", "plugin.remove", "plugin.enable", "plugin.disable", "plugin.attach", "plugin.detach")
+"""The methods that change something and take `dry_run: true`: they make every check they would (a
+missing collection, an unknown model, a duplicate collection) and change nothing, answering
+{"dry_run": true, "would": what they would do}. What `qmdctl --dry-run` asks a running daemon."""
+METHODS.update({method: {**METHODS[method], "dry_run": (bool, False)} for method in DRY_RUN_METHODS})
 
 
 def _is_unicode(text: str) -> bool:

@@ -45,6 +45,24 @@ def _parse_error(message: str) -> QmddError:
     return QmddError(ErrorCode.QUERY_PARSE_ERROR, message)
 
 
+_INTENT_LINE = re.compile(r"\s*intent\s*:(.*)", re.IGNORECASE)
+_EXPAND_LINE = re.compile(r"\s*expand\s*:(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def split_intent(text: str) -> tuple[str, str | None]:
+    """qmd's query document: an optional first `intent:` line (background, never searched) before the typed
+    lines, and `expand: TEXT` as an explicit plain query. Returns (the query, the intent or None)."""
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    intent = None
+    if first is not None and (found := _INTENT_LINE.fullmatch(lines[first])):
+        intent = found.group(1).strip() or None
+        text = "\n".join(lines[first + 1:])
+    if expand := _EXPAND_LINE.fullmatch(text):
+        text = expand.group(1).strip()
+    return text, intent
+
+
 def parse_query(text: str) -> list[SubQuery]:
     """Split a query into typed sub-queries; a plain query becomes one lex and one vec sub-query."""
     numbered = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]

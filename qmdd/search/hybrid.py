@@ -164,6 +164,8 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     order = [f.key for f in head]
     if rerank and head:
         query_text = next((s.text for s in subqueries if s.kind == "vec"), subqueries[0].text)
+        if request.intent:  # as qmd: the reranker judges relevance with the caller's background first
+            query_text = f"{request.intent}\n\n{query_text}"
         texts = _chunk_inputs(engines.conn, [chosen[key].chunk_id for key in order])
         reranked = await engines.retrievers.rerank(query_text, [texts.get(chosen[k].chunk_id, "") for k in order])
         if reranked is not None:

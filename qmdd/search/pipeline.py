@@ -46,11 +46,14 @@ class SearchRequest:
     query: str
     limit: int = 5
     collections: Sequence[str] | None = None
+    # A path inside the collections, matched whole folder names at a time ("pages/" and "pages" select
+    # what is in pages/, never pages.ru/); a partial name ("pag") selects nothing but a "pag" of its own.
     path_prefix: str | None = None
     min_score: float = 0.0
     explain: bool = False
     full: bool = False
     snippet_lines: int = 4
+    intent: str | None = None  # context for the reranker and snippets (query only), never searched
 
 
 class ContextIndex:
@@ -89,7 +92,8 @@ def search_request(params: dict[str, Any]) -> SearchRequest:
     """A SearchRequest from a search/vsearch/query RPC's validated params."""
     return SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
                          path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
-                         explain=params["explain"], full=params["full"], snippet_lines=params["snippet_lines"])
+                         explain=params["explain"], full=params["full"], snippet_lines=params["snippet_lines"],
+                         intent=params.get("intent"))
 
 
 def check_request(request: SearchRequest) -> None:
@@ -124,7 +128,8 @@ async def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: S
 def _with_snippets(tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit], chunks: dict[int, ChunkText],
                    rows: dict[int, DocRow], contexts: ContextIndex,
                    request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
-    snippets = Snippets(terms, tokenizer.index_terms)
+    background = set(tokenizer.query_terms(request.intent)) - set(terms) if request.intent else set()
+    snippets = Snippets(terms, tokenizer.index_terms, background)
     results = []
     result_docs = []
     for hit in hits:

@@ -14,6 +14,7 @@ LONG_LINE_CHARS = 2_000
 # hostile input reaches the bound, and it then costs milliseconds, not seconds.
 MAX_CANDIDATES = 64
 MAX_PROBES = 32  # query terms searched for in the text; a longer query still scores every term
+BACKGROUND_WEIGHT = 0.3  # an intent term's worth in a line, against a query term's 1 (qmd's weight)
 
 
 class Snippet:
@@ -45,10 +46,16 @@ def _excerpt(line: str, column: int) -> str:
 class Snippets:
     """Snippets for one query: the probe regex is compiled once and reused for every result."""
 
-    def __init__(self, terms: Collection[str], terms_of: Callable[[str], Collection[str]]) -> None:
+    def __init__(self, terms: Collection[str], terms_of: Callable[[str], Collection[str]],
+                 background: Collection[str] = ()) -> None:
         self._wanted = set(terms)
+        # Terms of the caller's intent: they count for a line at BACKGROUND_WEIGHT of a query term, so
+        # they break ties and steer toward the meaning meant, without outweighing the query.
+        self._background = set(background) - self._wanted
         self._terms_of = terms_of
-        self._probes = sorted({_probe(t) for t in self._wanted})[:MAX_PROBES]
+        query_probes = sorted({_probe(t) for t in self._wanted})
+        extra = sorted({_probe(t) for t in self._background} - set(query_probes))
+        self._probes = (query_probes + extra)[:MAX_PROBES]  # the query's own terms first
         longest_first = sorted(self._probes, key=len, reverse=True)
         self._probe_re = re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
 
@@ -74,7 +81,8 @@ class Snippets:
             pos = end
 
     def best_hit(self, lines: list[str]) -> tuple[int, int]:
-        """(line, column) of the line (or window of a long line) holding the most distinct query terms,
+        """(line, column) of the line (or window of a long line) holding the most distinct query terms
+        (intent terms counting less),
         the first on ties; (-1, 0) if none does.
 
         Tokenizing is what a snippet costs; one regex pass over the folded chunk finds the few lines
@@ -84,10 +92,11 @@ class Snippets:
         # casefold never adds or drops a newline; it can lengthen a line (ß → ss), which only moves
         # a long line's window a little.
         folded = "\n".join(lines).casefold()
-        best, best_column, best_hits = -1, 0, 0
+        best, best_column, best_hits = -1, 0, 0.0
         for i, column in itertools.islice(self._matches(folded), MAX_CANDIDATES):
             text = lines[i] if len(lines[i]) <= LONG_LINE_CHARS else _excerpt(lines[i], column)
-            hits = len(self._wanted.intersection(self._terms_of(text)))
+            found = set(self._terms_of(text))
+            hits = len(self._wanted & found) + BACKGROUND_WEIGHT * len(self._background & found)
             if hits > best_hits:
                 best, best_column, best_hits = i, column, hits
         return best, best_column

@@ -7,11 +7,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.store.documents import CollectionRow
+from qmdd.store.documents import CollectionRow, collection_not_found
+from qmdd.walk import masks_select
 
 # Longer than any path the OS can open (PATH_MAX): a longer target can only be a mistake or an
 # attack, and must not reach SQLite as a pattern.
@@ -58,6 +60,21 @@ def docid_prefix(target: str) -> str | None:
     return None
 
 
+def spellings(target: str) -> list[str]:
+    """What a target may mean: itself, then, for a qmd:// URI holding %XX escapes, the URI percent-decoded
+    (URIs handed out to MCP clients are encoded, `qmd://notes/my%20plan.md`, as qmd's are). The one
+    place the CLI, the MCP resource and every other door decode a URI; the literal spelling is tried
+    first, so a name that really holds `%20` (or one an MCP SDK has decoded already) still means itself."""
+    text = target.strip()
+    if not text.startswith(("qmd://", "//")) or "%" not in text:
+        return [target]
+    try:
+        decoded = urllib.parse.unquote(text, errors="strict")
+    except UnicodeDecodeError:  # escapes that are not UTF-8: only the literal spelling means anything
+        return [target]
+    return [target] if decoded == text else [target, decoded]
+
+
 def _clean(path: str) -> str:
     parts = [p for p in path.replace("\\", "/").split("/") if p and p != "."]
     if ".." in parts:
@@ -75,7 +92,7 @@ def resolve_target(target: str, collections: Sequence[CollectionRow], cwd: str |
         rest = text.split("//", 1)[1].lstrip("/")
         name, _, path = rest.partition("/")
         if name not in by_name:
-            raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
+            raise collection_not_found(name)
         return Target(by_name[name], _clean(path), exact=True)
     first, _, rest = text.partition("/")
     if first in by_name and not text.startswith("/"):
@@ -87,14 +104,19 @@ def resolve_target(target: str, collections: Sequence[CollectionRow], cwd: str |
             return Target(None, text)
         fs = os.path.join(cwd, fs)
     fs = os.path.realpath(fs)
-    best: CollectionRow | None = None
-    for c in collections:
-        if (fs == c.root or fs.startswith(c.root.rstrip("/") + "/")) and (
-                best is None or len(c.root) > len(best.root)):
-            best = c
-    if best is None:
+    # Of the collections whose roots hold the path (nested roots, or views of one folder with other
+    # masks), the innermost whose masks select the file; for a folder, or a file none selects, the
+    # innermost.
+    holding = sorted((c for c in collections if fs == c.root or fs.startswith(c.root.rstrip("/") + "/")),
+                     key=lambda c: len(c.root), reverse=True)
+    if not holding:
         return Target(None, text)
-    return Target(best, _clean(os.path.relpath(fs, best.root)) if fs != best.root else "")
+
+    def relpath(c: CollectionRow) -> str:
+        return _clean(os.path.relpath(fs, c.root)) if fs != c.root else ""
+
+    best = next((c for c in holding if relpath(c) and masks_select(c.masks, c.excludes, relpath(c))), holding[0])
+    return Target(best, relpath(best))
 
 
 def is_glob(pattern: str) -> bool:

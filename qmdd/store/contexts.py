@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import transaction
+
+
+def no_context(prefix: str) -> QmddError:
+    return QmddError(ErrorCode.NOT_FOUND, f"no context set for {prefix or '/'}")
 
 
 def set_context(conn: sqlite3.Connection, collection_id: int | None, prefix: str, text: str) -> None:

@@ -130,8 +130,13 @@ def list_collections(conn: sqlite3.Connection) -> list[CollectionRow]:
 def collection_by_name(conn: sqlite3.Connection, name: str) -> CollectionRow:
     row = conn.execute(f"SELECT {_COLLECTION_COLS} FROM collections WHERE name = ?", (name,)).fetchone()
     if row is None:
-        raise QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"no collection named {name!r}")
+        raise collection_not_found(name)
     return _collection(row)
+
+
+def collection_not_found(name: str) -> QmddError:
+    """qmd's own words ("Collection not found: NAME"), which scripts written for qmd look for."""
+    return QmddError(ErrorCode.COLLECTION_NOT_FOUND, f"Collection not found: {name}")
 
 
 def collection_by_id(conn: sqlite3.Connection, collection_id: int) -> CollectionRow | None:
@@ -388,15 +393,18 @@ def docs_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocRo
 
 def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] | None,
                         prefix: str | None) -> list[int]:
-    """Chunk ids of documents in the given collections and/or below a path prefix (for filters)."""
+    """Chunk ids of documents in the given collections and/or at or below a path (for filters).
+
+    The path is matched whole components at a time, as `ls` and contexts match it: "pages" selects
+    the file or folder "pages" and what is inside, never "pages.ru/" nor "pages2.md"."""
     clauses: list[str] = []
     args: list[object] = []
     if collection_ids is not None:
         clauses.append(f"d.collection_id IN ({placeholders(len(collection_ids))})")  # collections: few
         args.extend(collection_ids)
     if prefix:
-        clauses.append("substr(d.path, 1, ?) = ?")
-        args.extend([len(prefix), prefix])
+        clauses.append(AT_OR_BELOW.replace("path", "d.path"))
+        args.extend(at_or_below(prefix))
     where = " AND ".join(clauses) or "1"
     return [r[0] for r in conn.execute(
         f"SELECT k.id FROM chunks k JOIN documents d ON d.id = k.doc_id WHERE {where}", args)]

@@ -58,6 +58,15 @@ def pending_chunks(conn: sqlite3.Connection, fingerprint: str, after_id: int, li
                                  (fingerprint, after_id, *(collection_ids or ()), limit)))
 
 
+def chunks_after(conn: sqlite3.Connection, after_id: int, limit: int,
+                 collection_ids: Sequence[int] | None = None) -> list[PendingChunk]:
+    """Every chunk, vector or not, in id order after `after_id` (`embed -f` re-embeds them all)."""
+    return _pending(conn.execute(
+        "SELECT k.id, k.hash, d.title, k.heading, k.text FROM chunks k CROSS JOIN documents d ON d.id = k.doc_id"
+        f" WHERE k.id > ?{_collection_filter(collection_ids)} ORDER BY k.id ASC LIMIT ?",
+        (after_id, *(collection_ids or ()), limit)))
+
+
 def newest_pending_chunks(conn: sqlite3.Connection, fingerprint: str, above_id: int, below_id: int, limit: int,
                           collection_ids: Sequence[int]) -> list[PendingChunk]:
     """Chunks without a vector whose ids lie between `above_id` and `below_id`, newest first: chunk ids

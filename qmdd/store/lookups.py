@@ -38,6 +38,15 @@ def docs_under(conn: sqlite3.Connection, collection_id: int, prefix: str) -> lis
     return _find_docs(conn, f"d.collection_id = ? AND {AT_OR_BELOW}", [collection_id, *at_or_below(prefix)])
 
 
+def docs_with_path_prefix(conn: sqlite3.Connection, collection_id: int, prefix: str, after: str = "",
+                          limit: int = -1) -> list[DocRow]:
+    """A collection's documents whose path starts with `prefix` as text (`2026_06` takes `2026_06_01.md`
+    and `2026_06/a.md`, as qmd's `ls` does), in path order: one range of the (collection, path) index.
+    A page of them: the first `limit` (-1: all) whose path sorts after `after`."""
+    return _find_docs(conn, "d.collection_id = ? AND d.path >= ? AND d.path < ? AND d.path > ?",
+                      [collection_id, *_prefix_range(prefix), after], limit)
+
+
 def docs_with_path_suffix(conn: sqlite3.Connection, suffix: str, collection_id: int | None,
                           limit: int) -> list[DocRow]:
     """Documents whose path is `suffix` or ends with '/' + suffix, in one collection or any. Compared

@@ -61,10 +61,12 @@ class McpHost:
             lines.append("- none yet: the user adds them with `qmdctl collection add PATH`")
         lines += [
             "Tools: `query` (best default: keyword + semantic, fused) for questions in natural language;",
+            "give it `intent` (background that disambiguates; it is never searched by itself);",
             "`search` for exact words, names, error messages, identifiers; `vsearch` for meaning only;",
             "then `get` (a file, qmd:// URI or #docid, with line ranges) or `multi_get` (globs) to read.",
             "Results carry a docid (#abc123), the file as qmd://collection/path, a line and a snippet.",
-            "Documents are also resources: qmd://{collection}/{path}. Everything is read-only.",
+            "Documents are also resources: qmd://{collection}/{path}, listed a page at a time by",
+            "resources/list. Everything is read-only.",
         ]
         return "\n".join(lines)
 
@@ -141,7 +143,9 @@ class McpHost:
 def _build_server(table: MethodTable) -> Any:
     from qmdd.transports import mcp_tools
 
-    return mcp_tools.build_server(table)
+    server = mcp_tools.build_server(table)
+    mcp_tools.serve_document_list(session_server(server), table)
+    return server
 
 
 def session_server(server: Any) -> Any:

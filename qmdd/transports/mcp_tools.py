@@ -1,7 +1,8 @@
 """The MCP tools and resources qmdd offers agents, on the official SDK's MCPServer.
 
 Each tool validates its arguments (the SDK, from the type hints), calls the same in-daemon method a
-`qmdctl` command would, and returns structured content (with an output schema) plus readable text.
+`qmdctl` command would, and returns structured content (with an output schema) plus readable text:
+for `get` and `multi_get`, qmd's resource blocks (see mcp_documents), so a qmd client reads them as is.
 A typed qmdd error becomes a tool error (`isError: true`) whose text carries the stable code and the
 recovery hints, so an agent can act on it; the session itself never breaks.
 """
@@ -13,15 +14,35 @@ from typing import Annotated, Any, Literal
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, ToolAnnotations
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    ContentBlock,
+    ListResourcesResult,
+    PaginatedRequestParams,
+    ToolAnnotations,
+)
 from pydantic import BaseModel, Field, ValidationError
 
 from qmdd import __version__, faults
 from qmdd.methods.call import whole
+from qmdd.methods.hybrid import MAX_CANDIDATES
 from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.transports.mcp_documents import (
+    ASK_PROMPT,
+    MIME,
+    error_text,
+    for_mcp,
+    list_documents,
+    not_found_code,
+    resource_block,
+    skipped_block,
+    warning_texts,
+)
 
 MAX_RESULTS = 100
+MULTI_GET_MAX_BYTES = 64 * 1024  # qmd's default
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                             open_world_hint=False)
 
@@ -48,6 +69,22 @@ class TypedSearch(BaseModel):
                     "hyde: a hypothetical answer passage, searched by meaning.")
     query: str = Field(min_length=1)
 
+
+Limit = Annotated[int, Field(ge=1, description=(
+    f"Max results (default 10). More than {MAX_RESULTS} returns {MAX_RESULTS}, with a warning saying so."))]
+MinScore = Annotated[float, Field(ge=0.0, le=1.0, description="Min relevance 0-1 (default 0).")]
+LineNumbers = Annotated[bool, Field(description=(
+    "Add line numbers to the text (format: 'N: content'). On by default; false for raw content."))]
+
+CandidateLimit = Annotated[int | None, Field(ge=1, le=MAX_CANDIDATES, description=(
+    "Documents taken from each retrieval list before fusion and reranking (default 100; lower is faster "
+    "but may miss results)."))]
+Intent = Annotated[str | None, Field(description=(
+    "Background context to disambiguate the query, e.g. query='performance', intent='web page load times'. "
+    "Steers reranking and snippets; does not search on its own."))]
+
+TypedSearches = Annotated[list[TypedSearch] | None, Field(max_length=10, description=(
+    "Typed sub-queries, instead of `query`; the first gets twice the weight."))]
 
 PluginNames = Annotated[list[str] | None, Field(
     description="Installed scorer or filter plugins to run on the hits, in order (the user's `qmdctl plugin "
@@ -79,8 +116,7 @@ class MultiGetResult(BaseModel):
 
 
 def tool_error(err: QmddError) -> ToolError:
-    hints = "".join(f"\nhint: {h}" for h in err.hints)
-    return ToolError(f"{err.code}: {err.message}{hints}")
+    return ToolError(error_text(err))
 
 
 async def call_tool_method(table: MethodTable, method: str,
@@ -119,6 +155,24 @@ class QmddServer(MCPServer):
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
         return await super().get_prompt(name, arguments, context)
 
+    async def read_resource(self, uri: Any, context: Any = None) -> Any:
+        """A missing document answers the resource-not-found code of the session's protocol version
+        (the SDK answers -32602 whatever the version)."""
+        try:
+            return await super().read_resource(uri, context)
+        except ResourceNotFoundError as err:
+            code = not_found_code(context.protocol_version if context is not None else None)
+            raise MCPError(code, str(err), data={"uri": str(uri)}) from None
+
+
+def serve_document_list(lowlevel: Any, table: MethodTable) -> None:
+    """resources/list answers the indexed documents, a page at a time (MCPServer itself lists only
+    fixed resources, all at once): `lowlevel` is the SDK's low-level server under the MCPServer."""
+    async def list_resources(ctx: Any, params: PaginatedRequestParams) -> ListResourcesResult:
+        return await list_documents(table, params.cursor)
+
+    lowlevel.add_request_handler("resources/list", PaginatedRequestParams, list_resources)
+
 
 def build_server(table: MethodTable) -> MCPServer:
     server = QmddServer(name="qmdd", title="qmdd: local document search", version=__version__,
@@ -126,22 +180,24 @@ def build_server(table: MethodTable) -> MCPServer:
 
     async def run_search(method: str, query: str, limit: int, min_score: float, collections: list[str] | None,
                          plugins: list[str] | None, extra: dict[str, Any]) -> SearchResults:
-        params = {"query": query, "limit": max(1, min(limit, MAX_RESULTS)), "min_score": min_score,
+        capped = [f"LIMIT_CAPPED: limit {limit} is more than one MCP answer holds; at most {MAX_RESULTS} "
+                  "results are returned"] if limit > MAX_RESULTS else []
+        params = {"query": query, "limit": min(limit, MAX_RESULTS), "min_score": min_score,
                   "collections": collections or None, "plugins": plugins or None, **extra}
         answer, items = await call_tool_method(table, method, params)
-        warnings = [f"{w['code']}: {w['message']}" for w in answer.get("warnings", ())]
-        return SearchResults(query=query, results=_hits(answer, items), warnings=warnings)
+        return SearchResults(query=query, results=_hits(answer, items),
+                             warnings=capped + warning_texts(answer.get("warnings", ())))
 
     @server.tool(name="search", annotations=READ_ONLY, description=(
         "Keyword search (BM25) over the user's documents: best for exact words, names, identifiers and "
         "error messages. Words are OR-ed and ranked; CJK works without spaces."))
-    async def search(query: str, limit: int = 10, minScore: float = 0.0, collections: list[str] | None = None,
+    async def search(query: str, limit: Limit = 10, minScore: MinScore = 0.0, collections: list[str] | None = None,
                      plugins: PluginNames = None) -> SearchResults:
         return await run_search("search", query, limit, minScore, collections, plugins, {})
 
     @server.tool(name="vsearch", annotations=READ_ONLY, description=(
         "Semantic search: the document chunks nearest in meaning to the query (needs `qmdctl embed` once)."))
-    async def vsearch(query: str, limit: int = 10, minScore: float = 0.0, collections: list[str] | None = None,
+    async def vsearch(query: str, limit: Limit = 10, minScore: MinScore = 0.0, collections: list[str] | None = None,
                       plugins: PluginNames = None) -> SearchResults:
         return await run_search("vsearch", query, limit, minScore, collections, plugins, {})
 
@@ -149,36 +205,58 @@ def build_server(table: MethodTable) -> MCPServer:
         "Hybrid search, the best default: keyword and semantic retrieval fused (RRF), then reranked when a "
         "reranker model is configured. Give `query` as plain text, or `searches` as typed sub-queries "
         "(lex = keywords, vec = meaning, hyde = a hypothetical answer passage)."))
-    async def query(query: str | None = None, searches: list[TypedSearch] | None = None, limit: int = 10,
-                    minScore: float = 0.0, collections: list[str] | None = None,
-                    rerank: bool = True, plugins: PluginNames = None) -> SearchResults:
+    async def query(query: str | None = None, searches: TypedSearches = None,
+                    limit: Limit = 10, minScore: MinScore = 0.0, candidateLimit: CandidateLimit = None,
+                    collections: list[str] | None = None, intent: Intent = None, rerank: bool = True,
+                    plugins: PluginNames = None) -> SearchResults:
+        if query and searches:
+            raise ToolError("INVALID_INPUT: `query` and `searches` are mutually exclusive; give only one")
         if searches:
             text = "\n".join(f"{s.type}: {s.query}" for s in searches)
         elif query and query.strip():
             text = query
         else:
-            raise ToolError("INVALID_INPUT: give `query` or a non-empty `searches` list")
-        return await run_search("query", text, limit, minScore, collections, plugins, {"rerank": rerank})
+            raise ToolError("INVALID_INPUT: give `query` (plain text) or a non-empty `searches` list")
+        extra: dict[str, Any] = {"rerank": rerank, "intent": intent or None}
+        if candidateLimit is not None:
+            extra["candidates"] = candidateLimit
+        return await run_search("query", text, limit, minScore, collections, plugins, extra)
 
     @server.tool(name="get", annotations=READ_ONLY, description=(
         "Read a document: a qmd://collection/path URI, collection/path, a #docid from a result, or a path "
-        "suffix; optionally FILE:LINE or FILE:LINE:COUNT, or fromLine/maxLines."))
-    async def get(file: str, fromLine: int | None = None, maxLines: int | None = None) -> Document:
+        "suffix; optionally FILE:LINE or FILE:LINE:COUNT, or fromLine/maxLines. The text comes as a "
+        "text/markdown resource, line-numbered unless lineNumbers is false."))
+    async def get(file: str, fromLine: int | None = None, maxLines: Annotated[int | None, Field(ge=0)] = None,
+                  lineNumbers: LineNumbers = True) -> Annotated[CallToolResult, Document]:
         answer, _ = await call_tool_method(table, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
-        return Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
-                        context=answer["context"], from_line=answer["from_line"],
-                        lines_after=answer["lines_after"], body=answer["body"])
+        document = Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
+                            context=answer["context"], from_line=answer["from_line"],
+                            lines_after=answer["lines_after"], body=answer["body"])
+        block = resource_block(document.file, document.body, document.context, start_line=document.from_line,
+                               line_numbers=lineNumbers)
+        return CallToolResult(content=[block], structured_content=document.model_dump(mode="json"))
 
     @server.tool(name="multi_get", annotations=READ_ONLY, description=(
-        "Read several documents at once by glob (e.g. notes/2026-*.md) or comma-separated list; documents "
-        "larger than maxBytes are listed as skipped, with a reason, instead of being returned."))
-    async def multi_get(pattern: str, maxBytes: int = 10 * 1024,
-                        maxLines: int | None = None) -> MultiGetResult:
+        "Read several documents at once by glob (e.g. notes/2026-*.md) or comma-separated list of paths or "
+        "docids; documents larger than maxBytes (default 64 KiB) are listed as skipped, with a reason, "
+        "instead of being returned."))
+    async def multi_get(pattern: str, maxLines: Annotated[int | None, Field(ge=0)] = None,
+                        maxBytes: Annotated[int, Field(ge=1)] = MULTI_GET_MAX_BYTES,
+                        lineNumbers: LineNumbers = True) -> Annotated[CallToolResult, MultiGetResult]:
         _, items = await call_tool_method(table, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
-                                                   "max_lines": maxLines})
+                                                               "max_lines": maxLines})
         fields = MultiDocument.model_fields
-        return MultiGetResult(documents=[MultiDocument(**{k: v for k, v in doc.items() if k in fields})
-                                         for kind, doc in items if kind == "result"])
+        documents = [MultiDocument(**{k: v for k, v in doc.items() if k in fields})
+                     for kind, doc in items if kind == "result"]
+        content: list[ContentBlock] = []
+        for doc in documents:
+            if doc.skipped or doc.body is None:
+                doc.reason = for_mcp(doc.reason or "not read")
+                content.append(skipped_block(doc.file, doc.reason))
+            else:
+                content.append(resource_block(doc.file, doc.body, doc.context, line_numbers=lineNumbers))
+        structured = MultiGetResult(documents=documents).model_dump(mode="json")
+        return CallToolResult(content=content, structured_content=structured)
 
     @server.tool(name="status", annotations=READ_ONLY, description=(
         "The index: collections with document and chunk counts, whether they are watched (kept fresh "
@@ -196,14 +274,23 @@ def build_server(table: MethodTable) -> MCPServer:
                                                               "embedded")},
                 "problems": len(answer["problems"])}
 
-    @server.resource("qmd://{collection}/{+path}", name="document", mime_type="text/markdown",
-                     description="A document of a collection, by its path (sub-folders included).")
+    @server.resource("qmd://{collection}/{+path}", name="document", mime_type=MIME,
+                     description="A document of a collection, by its path (sub-folders included); "
+                                 "resources/list lists them all.")
     async def document(collection: str, path: str) -> str:
         try:
             answer, _ = await invoke(table, "get", {"target": f"qmd://{collection}/{path}"})
         except QmddError as err:
-            missing = err.code in (ErrorCode.NOT_FOUND, ErrorCode.COLLECTION_NOT_FOUND)
-            raise (ResourceNotFoundError if missing else ResourceError)(f"{err.code}: {err.message}") from None
+            if err.code in (ErrorCode.NOT_FOUND, ErrorCode.COLLECTION_NOT_FOUND):
+                raise ResourceNotFoundError(f"{err.code}: {err.message}") from None
+            if err.code == ErrorCode.INVALID_INPUT:
+                raise MCPError(INVALID_PARAMS, error_text(err)) from None
+            raise ResourceError(error_text(err)) from None
         return str(answer["body"])
+
+    @server.prompt(name="ask", title="Ask my documents", description=(
+        "Answer a question from the user's local documents, reading the sources and citing them."))
+    def ask(question: str) -> str:
+        return ASK_PROMPT.format(question=question)
 
     return server

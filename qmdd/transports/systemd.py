@@ -37,21 +37,23 @@ def _notify_address() -> str | None:
     return None
 
 
-def notify(*fields: str) -> bool:
+def notify(*fields: str, timeout: float = NOTIFY_TIMEOUT_S, log_failure: bool = True) -> bool:
     """Send sd_notify(3) fields ("READY=1", "STATUS=...") to the service manager. False when there is
-    none (NOTIFY_SOCKET unset) or the datagram could not be sent; that is logged, and the daemon goes on
-    serving: the manager's own timeouts deal with a daemon it never hears from."""
+    none (NOTIFY_SOCKET unset) or the datagram could not be sent within `timeout` (0: not at all if the
+    manager's queue is full); that is logged, and the daemon goes on serving: the manager's own timeouts
+    deal with a daemon it never hears from."""
     address = _notify_address()
     if address is None:
         return False
     message = "\n".join(field.replace("\n", " ") for field in fields).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(NOTIFY_TIMEOUT_S)
+            sock.settimeout(timeout)
             sock.sendto(message, address)
     except OSError as exc:
-        log.warning("could not notify systemd (%s) of %s: %s", os.environ.get("NOTIFY_SOCKET"),
-                    ", ".join(f.split("=", 1)[0] for f in fields), exc)
+        if log_failure:
+            log.warning("could not notify systemd (%s) of %s: %s", os.environ.get("NOTIFY_SOCKET"),
+                        ", ".join(f.split("=", 1)[0] for f in fields), exc)
         return False
     return True
 
@@ -91,20 +93,29 @@ def watchdog_period() -> float | None:
 async def keep_manager_informed(describe: Callable[[], str]) -> None:
     """While the daemon serves: WATCHDOG=1 every watchdog period, and STATUS= whenever `describe()`
     changes. The pings come from a trio task on purpose: an event loop that is stuck stops them, and
-    systemd restarts the daemon. Returns at once when no service manager listens."""
+    systemd restarts the daemon. Returns at once when no service manager listens.
+
+    Each report is sent without waiting: a manager whose queue is full (it is busy, or a test is not
+    reading) must not stall the event loop. A STATUS that could not be sent counts as not reported
+    and goes with the next tick; otherwise a change met by a full queue would never be told."""
     if _notify_address() is None:
         return
     period = watchdog_period()
     reported = describe()
+    failing = False
     while True:
         await trio.sleep(period or STATUS_REFRESH_S)
         fields = ["WATCHDOG=1"] if period else []
         current = describe()
         if current != reported:
             fields.append(f"STATUS={current}")
+        if not fields:
+            continue
+        # Logged once per run of failures, not at every tick.
+        sent = notify(*fields, timeout=0, log_failure=not failing)
+        failing = not sent
+        if sent:
             reported = current
-        if fields:
-            notify(*fields)
 
 
 def stderr_is_journal() -> bool:
