@@ -46,14 +46,14 @@ class Invocation:
 
 
 def output_format(args: dict[str, Any]) -> str:
-    """The shorthand flag, else --format, else --output-format, else AGENT_OUTPUT_FORMAT, else text."""
-    for name in _SHORTHANDS:
-        if args.get(name):
-            return name
-    fmt = args.get("format") or args.get("output_format") or os.environ.get("AGENT_OUTPUT_FORMAT") or "text"
-    if fmt not in FORMATS:
-        raise QmddError(ErrorCode.USAGE_ERROR, f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return "text" if fmt == "cli" else str(fmt)
+    """As qmd: --format, else a shorthand flag (--json ...); then ANEL's --output-format, else
+    AGENT_OUTPUT_FORMAT, else text. A format that is not one is a usage error wherever it was given."""
+    for given in (args.get("format"), args.get("output_format"), os.environ.get("AGENT_OUTPUT_FORMAT")):
+        if given and given not in FORMATS:
+            raise QmddError(ErrorCode.USAGE_ERROR, f"unknown format {given!r}; choose one of {', '.join(FORMATS)}")
+    shorthand = next((name for name in _SHORTHANDS if args.get(name)), None)
+    fmt = args.get("format") or shorthand or args.get("output_format") or os.environ.get("AGENT_OUTPUT_FORMAT")
+    return "text" if fmt in (None, "", "cli") else str(fmt)
 
 
 def requested_format(argv: list[str]) -> str:

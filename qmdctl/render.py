@@ -252,12 +252,13 @@ def problem_details(err: QmddError, instance: str | None = None, trace_id: str |
     return doc
 
 
-def report_error(output: Output, err: QmddError, command: str, trace_id: str) -> int:
+def report_error(output: Output, err: QmddError, command: str, trace_id: str, *, brief: bool = False) -> int:
     """An error goes to stderr in every format, so stdout holds results only (`… --json | jq '.[]'` never
     parses an error as a result): problem details as JSON for json, an NDJSON `error` record for ndjson (the
-    metadata record still opens stdout's stream), text lines otherwise. Returns the exit status."""
+    metadata record still opens stdout's stream), text lines otherwise. Returns the exit status.
+    `brief`: one of several (multi-get's misses): JSON on one line, text without hints and trace id."""
     if output.fmt == "json":
-        output.err.write(json_text(problem_details(err, command, trace_id), indent=2) + "\n")
+        output.err.write(json_text(problem_details(err, command, trace_id), indent=None if brief else 2) + "\n")
     elif output.fmt == "ndjson":
         output.start()
         output.err.write(json_text({"type": "error", "seq": output.next_seq(),
@@ -266,6 +267,8 @@ def report_error(output: Output, err: QmddError, command: str, trace_id: str) ->
         output.err_line(f"error: {err.code}: {err.message}")
         for candidate in err.details.get("candidates", ()):
             output.err_line(f"  candidate: {candidate}")
+        if brief:
+            return err.code.spec.exit_code
         for hint in err.hints:
             output.err_line(f"  hint: {hint}")
         output.err_line(f"  trace id: {trace_id} ({f'qmdctl {command}'.rstrip()}, exit {err.code.spec.exit_code})")

@@ -153,6 +153,10 @@ def test_messages_scripts_grep_say_what_qmd_says(env: Env, notes: Path) -> None:
     assert "(collection root)" in env.run("context", "add", "qmd://notes/", "All notes").stdout
     assert env.run("context", "add", "/", "Everything").stdout.startswith("✓ Set global context")
     assert env.run("context", "rm", "/").stdout.startswith("✓ Removed context for: /")
+    env.run("context", "rm", "qmd://notes/projects")
+    again = env.run("context", "rm", "qmd://notes/projects", check=False)
+    assert again.returncode == 12 and "no context set for qmd://notes/projects" in again.stderr
+    assert "qmdctl context list" in again.stderr
     assert env.run("collection", "rename", "notes", "n2").stdout == "✓ Renamed collection 'notes' to 'n2'\n"
     missing = env.run("collection", "remove", "notes", check=False)
     assert missing.returncode == 13 and "Collection not found: notes" in missing.stderr

@@ -7,7 +7,7 @@ import time
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
-from qmdctl.render import files_field, json_text, number_lines, problem_details, xml_escape
+from qmdctl.render import files_field, number_lines, report_error, xml_escape
 from qmdd.protocol.errors import QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from qmdctl.invocation import Invocation
-    from qmdctl.render import Output
 
 
 def _numbered(inv: Invocation) -> bool:
@@ -85,22 +84,6 @@ def _xml_document(e: dict[str, Any], indent: str = "    ") -> str:
     return "\n".join(parts) + f"\n{indent[:-2]}</document>"
 
 
-def _report_miss(out: Output, wire: Any, command: str, trace_id: str) -> None:
-    """A name that meant nothing, on stderr as qmd reports it, while the others are printed: problem
-    details (json), an NDJSON `error` record, or an error line with its candidates."""
-    err = QmddError.from_wire(wire)
-    if out.fmt == "json":
-        out.err.write(json_text(problem_details(err, command, trace_id)) + "\n")
-    elif out.fmt == "ndjson":
-        out.start()
-        out.err.write(json_text({"type": "error", "seq": out.next_seq(),
-                                 "payload": problem_details(err, command, trace_id)}) + "\n")
-    else:
-        out.err_line(f"error: {err.code}: {err.message}")
-        for candidate in err.details.get("candidates", ()):
-            out.err_line(f"  candidate: {candidate}")
-
-
 def multi_get(inv: Invocation) -> int:
     """Prints what was found and reports each name that was not (stderr); exit 0 when anything was found,
     as qmd; NOT_FOUND when nothing was."""
@@ -112,7 +95,8 @@ def multi_get(inv: Invocation) -> int:
 
     def on_item(kind: str, entry: Any) -> None:
         if kind == "missing":
-            _report_miss(out, entry, inv.command.name, inv.trace_id)
+            # A name that meant nothing, on stderr as qmd reports it, while the others are printed.
+            report_error(out, QmddError.from_wire(entry), inv.command.name, inv.trace_id, brief=True)
         elif kind == "result":
             if stream:
                 out.record("result", entry)

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from qmdctl.client import Client
 from qmdctl.render import terminal_safe
@@ -34,6 +35,8 @@ SESSION_METHOD = "mcp.session"
 DEFAULT_HTTP_PORT = 8181
 """qmd's `mcp --http` port."""
 MCP_STARTED_FILE = "mcp-http.pid"
+# How long the bridge waits, once stdin has ended, for the answers to what was asked before.
+DRAIN_S = 120.0
 """In the data dir: the pid of the daemon `mcp --http` started (qmd's `mcp --http --daemon` PID file)."""
 
 
@@ -169,9 +172,20 @@ class Bridge:
                 self.fail_message(line, f"{err.code}: {err.message}")
             except OSError as exc:
                 self.fail_message(line, f"lost the connection to the daemon ({exc})")
+        self.drain()
         if self.sock is not None:
             self.sock.close()
         return 0
+
+    def drain(self, timeout: float = DRAIN_S) -> None:
+        """At stdin's end, answer what was asked before it (`requests.jsonl | qmdctl mcp` gets its replies):
+        wait until no request is pending, the daemon is gone (`lost` answers the rest), or `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending or self.sock is None:
+                    return
+            time.sleep(0.01)
 
     def fail_message(self, line: bytes, why: str) -> None:
         with self.lock:

@@ -287,7 +287,7 @@ class IndexerActor(DatabaseActor):
         if message.text is None:
             removed: bool = await self._write(remove_context, self.conn, collection_id, message.prefix)
             if not removed:
-                raise no_context(message.prefix)
+                raise no_context(message.collection, message.prefix)
             await self._save_collections()
             return removed
         await self._write(set_context, self.conn, collection_id, message.prefix, message.text)

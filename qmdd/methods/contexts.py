@@ -51,7 +51,7 @@ async def remove(s: Services, params: dict[str, Any], call: Call) -> dict[str, A
     collection, prefix = _target(s, params)
     if params["dry_run"]:
         if not any(name == collection and path == prefix for name, _, path, _ in list_contexts(s.reader)):
-            raise no_context(prefix)
+            raise no_context(collection, prefix)
         return planned({"target": _uri(collection, prefix), "removed": True})
     await s.actors.indexer.call(SetContext(collection, prefix, None))
     return {"target": _uri(collection, prefix), "removed": True}

@@ -8,8 +8,10 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store.db import transaction
 
 
-def no_context(prefix: str) -> QmddError:
-    return QmddError(ErrorCode.NOT_FOUND, f"no context set for {prefix or '/'}")
+def no_context(collection: str | None, prefix: str) -> QmddError:
+    target = "/" if collection is None else f"qmd://{collection}/{prefix}"
+    return QmddError(ErrorCode.NOT_FOUND, f"no context set for {target}",
+                     hints=("Run `qmdctl context list` to see the contexts set.",))
 
 
 def set_context(conn: sqlite3.Connection, collection_id: int | None, prefix: str, text: str) -> None:

@@ -146,7 +146,9 @@ class QmddServer(MCPServer):
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):  # arguments that fail the input schema
-                raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: {exc.__cause__}", hints=(
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}"
+                                     for e in exc.__cause__.errors(include_url=False))
+                raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: {problems}", hints=(
                     f"Check the arguments against the inputSchema of {name!r} in tools/list.",))) from None
             raise
 
