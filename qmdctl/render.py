@@ -54,6 +54,15 @@ def json_text(value: Any, indent: int | None = None) -> str:
     return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def human_size(size: float) -> str:
+    """1536 → "1.5 KB": bytes for people (status, cleanup, ls)."""
+    for unit in ("B", "KB", "MB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
 def number_lines(text: str, first_line: int) -> str:
     """Prefix each line with its 1-based number, as `get --line-numbers` and `search --line-numbers` show."""
     return "\n".join(f"{first_line + i}: {line}" for i, line in enumerate(text.split("\n")))

@@ -5,20 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from qmdctl.render import human_size
+
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
     from typing import Any
 
     from qmdctl.invocation import Invocation
     from qmdctl.render import Output
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def status(inv: Invocation) -> int:
@@ -43,8 +37,8 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
         out.line(out.style(f"Degraded: {s['degraded_reason']}", "red"))
     out.line(f"Socket:  {s['socket']}\nData:    {s['data_dir']}  (log: {s['log_file']})")
     sizes = s["index_bytes"]
-    out.line(f"Index:   {_size(sum(sizes.values()))}  (sqlite {_size(sizes['database'] + sizes['wal'])}, "
-             f"bm25 {_size(sizes['bm25_snapshot'])})")
+    out.line(f"Index:   {human_size(sum(sizes.values()))}  (sqlite {human_size(sizes['database'] + sizes['wal'])}, "
+             f"bm25 {human_size(sizes['bm25_snapshot'])})")
     out.line(f"\n{out.style('Collections', 'bold')} ({len(s['collections'])})")
     for c in s["collections"]:
         out.line(f"  {out.style(c['name'], 'cyan')} (qmd://{c['name']}/)  {c['documents']} files, "
@@ -230,7 +224,7 @@ def metrics(inv: Invocation) -> int:
 def cleanup(inv: Invocation) -> int:
     answer = inv.client.call("cleanup")
     inv.output.value(answer, lambda a: inv.output.line(
-        f"database {_size(a['database_bytes_before'])} → {_size(a['database_bytes_after'])}; "
+        f"database {human_size(a['database_bytes_before'])} → {human_size(a['database_bytes_after'])}; "
         f"bm25 repaired: +{a['bm25_repaired']['added']} -{a['bm25_repaired']['removed']} chunks; "
         f"{a['embeddings_purged']} stale vector(s) purged"))
     return 0

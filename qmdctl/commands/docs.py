@@ -7,7 +7,7 @@ import time
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
-from qmdctl.render import files_field, number_lines, report_error, xml_escape
+from qmdctl.render import files_field, human_size, number_lines, report_error, xml_escape
 from qmdd.protocol.errors import QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -41,8 +41,7 @@ def get(inv: Invocation) -> int:
     if out.fmt in ("json", "ndjson"):
         out.value(doc, lambda _: None)
     elif out.fmt == "files":
-        out.line(",".join(files_field(f) for f in (doc.get("docid"), doc["file"]) if f)
-                 + ("," + files_field(doc["context"], quoted=True) if doc["context"] else ""))
+        out.line(_files_record(doc))
     elif out.fmt == "csv":
         out.csv(["docid", "file", "title", "context", "from_line", "body"],
                 [[doc.get("docid"), doc["file"], doc["title"], doc["context"], doc["from_line"], doc["body"]]])
@@ -68,6 +67,18 @@ def get(inv: Invocation) -> int:
         if args["lines"] is not None and doc["lines_after"]:
             out.line(out.style(f"[... {doc['lines_after']} more lines]", "dim"))
     return 0
+
+
+def _files_record(e: dict[str, Any]) -> str:
+    """qmd's headerless CSV record of a document (get, multi-get): docid,file[,"context"][,[SKIPPED]], one
+    line each (render.files_field); no docid under --full-path."""
+    fields = [e["docid"]] if e.get("docid") else []
+    fields.append(files_field(e["file"]))
+    if e.get("context"):
+        fields.append(files_field(e["context"], quoted=True))
+    if e.get("skipped"):
+        fields.append("[SKIPPED]")
+    return ",".join(fields)
 
 
 def _xml_document(e: dict[str, Any], indent: str = "    ") -> str:
@@ -116,15 +127,8 @@ def multi_get(inv: Invocation) -> int:
                 ([e.get("docid"), e["file"], e["title"], e["context"], "true" if e.get("skipped") else "false",
                   e["reason"] if e.get("skipped") else e["body"]] for e in entries))
     elif out.fmt == "files":
-        # qmd's headerless CSV record: docid,file[,"context"][,[SKIPPED]], one per line (render.files_field).
         for e in entries:
-            fields = [e["docid"]] if e.get("docid") else []
-            fields.append(files_field(e["file"]))
-            if e.get("context"):
-                fields.append(files_field(e["context"], quoted=True))
-            if e.get("skipped"):
-                fields.append("[SKIPPED]")
-            out.line(",".join(fields))
+            out.line(_files_record(e))
     elif out.fmt == "md":
         for e in entries:
             out.line(f"## {e['file']}\n")
@@ -166,15 +170,6 @@ def _multi_get_text(inv: Invocation, e: dict[str, Any]) -> None:
         out.line(out.style(marker, "dim"))
 
 
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
 def _when(ts: float) -> str:
     fmt = "%b %d %H:%M" if time.time() - ts < 180 * 86400 else "%b %d  %Y"
     return time.strftime(fmt, time.localtime(ts))
@@ -197,7 +192,7 @@ def ls(inv: Invocation) -> int:
         if not files:
             out.line(f"No files found in collection: {answer['collection']}")
         for f in files:
-            out.line(f"{_human_size(f['size']):>9}  {_when(f['mtime'])}  {f['file']}")
+            out.line(f"{human_size(f['size']):>9}  {_when(f['mtime'])}  {f['file']}")
     else:
         out.table(files, ["file", "docid", "size", "mtime", "title"])
     return 0
