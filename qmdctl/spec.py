@@ -104,6 +104,9 @@ _RESULT_OPTS: tuple[Opt, ...] = (
     Opt("full", ("--full",), "flag", False, "Print whole documents instead of snippets."),
     Opt("line_numbers", ("--line-numbers",), "flag", False, "Number the snippet lines."),
     Opt("explain", ("--explain",), "flag", False, "Show how each score was made."),
+    Opt("no_collapse", ("--no-collapse",), "flag", False,
+        "List every copy of a page (identical files, translations under pages.de/ and the like) as its own "
+        "hit; by default the best copy stands for them and lists the others."),
     Opt("full_path", ("--full-path",), "flag", False,
         "Show on-disk paths (./-prefixed under the working directory) instead of qmd:// URIs and docids."),
     Opt("plugin", ("--plugin",), "list", None,

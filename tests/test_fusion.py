@@ -10,12 +10,11 @@ from hypothesis import strategies as st
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.fusion import (
     MAX_SUBQUERIES,
-    Fused,
     RankedList,
     SubQuery,
     blend_rerank,
+    calibrate_cosine,
     fuse,
-    normalise_scores,
     parse_query,
     script_coverage,
 )
@@ -87,129 +86,75 @@ def test_parse_query_gives_valid_subqueries_or_a_parse_error(text: str) -> None:
 # --- fuse ----------------------------------------------------------------------------------------
 
 
-def by_key(fused: list[Fused[str]]) -> dict[str, Fused[str]]:
-    return {item.key: item for item in fused}
+def test_fuse_hand_computed() -> None:
+    fused = fuse([RankedList("lex:0", 0.7, ["a", "b", "c"], [0.9, 0.5, 0.1]),
+                  RankedList("vec:0", 0.3, ["b", "d"], [0.8, 0.2])])
+    by = {f.key: f for f in fused}
+    assert by["a"].score == pytest.approx(0.7 * 0.9)
+    assert by["b"].score == pytest.approx(0.7 * 0.5 + 0.3 * 0.8)
+    assert by["b"].contributions == pytest.approx({"lex:0": 0.35, "vec:0": 0.24})
+    assert by["d"].score == pytest.approx(0.3 * 0.2)
+    assert [f.key for f in fused] == ["a", "b", "c", "d"]
+    assert [(f.rank, f.best_rank) for f in fused] == [(1, 1), (2, 1), (3, 3), (4, 2)]
 
 
-def test_fuse_two_lists_hand_computed() -> None:
-    fused = fuse([RankedList("lex:0", 1.0, ["a", "b", "c"]), RankedList("vec:0", 1.0, ["b", "d"])])
-    assert [item.key for item in fused] == ["b", "a", "d", "c"]
-    assert [item.rank for item in fused] == [1, 2, 3, 4]
-    items = by_key(fused)
-    assert items["b"].score == pytest.approx(1 / 62 + 1 / 61 + 0.05)  # rank 1 in vec: first-place bonus
-    assert items["a"].score == pytest.approx(1 / 61 + 0.05)
-    assert items["d"].score == pytest.approx(1 / 62 + 0.02)  # rank 2: top-3 bonus
-    assert items["c"].score == pytest.approx(1 / 63 + 0.02)
-    assert items["b"].contributions == pytest.approx({"lex:0": 1 / 62, "vec:0": 1 / 61})
-    assert items["c"].contributions == pytest.approx({"lex:0": 1 / 63})
-    assert [items[key].best_rank for key in "abcd"] == [1, 1, 3, 2]
+def test_fuse_weights_are_shares_and_zero_switches_a_list_off() -> None:
+    doubled = fuse([RankedList("lex:0", 2.0, ["x"], [0.5]), RankedList("vec:0", 2.0, ["x"], [0.5])])
+    assert doubled[0].score == pytest.approx(0.5)  # a weighted mean: scores stay 0..1
+    off = fuse([RankedList("lex:0", 1.0, ["a"], [0.4]), RankedList("vec:0", 0.0, ["z"], [1.0])])
+    assert [(f.key, f.score) for f in off] == [("a", pytest.approx(0.4))]
 
 
-def test_fuse_bonus_only_for_top_three() -> None:
-    items = by_key(fuse([RankedList("lex:0", 1.0, ["a", "b", "c", "d", "e"])], k=10))
-    assert items["a"].score == pytest.approx(1 / 11 + 0.05)
-    assert items["b"].score == pytest.approx(1 / 12 + 0.02)
-    assert items["c"].score == pytest.approx(1 / 13 + 0.02)
-    assert items["d"].score == pytest.approx(1 / 14)
-    assert items["e"].score == pytest.approx(1 / 15)
+def test_fuse_counts_a_key_once_per_list_and_clamps_scores() -> None:
+    fused = fuse([RankedList("lex:0", 1.0, ["a", "a", "b"], [0.5, 0.9, 2.0]),
+                  RankedList("vec:0", 1.0, ["c"], [math.nan])])
+    by = {f.key: f for f in fused}
+    assert by["a"].score == pytest.approx(0.25) and by["b"].best_rank == 2
+    assert by["b"].score == pytest.approx(0.5) and by["c"].score == 0.0
 
 
-def test_fuse_custom_bonuses() -> None:
-    items = by_key(fuse([RankedList("lex:0", 1.0, ["a", "b"])], k=0, bonus_first=0.5, bonus_top3=0.25))
-    assert items["a"].score == pytest.approx(1.5)
-    assert items["b"].score == pytest.approx(0.75)
-
-
-def test_fuse_weights() -> None:
-    fused = fuse([RankedList("lex:0", 2.0, ["x", "y"]), RankedList("vec:0", 1.0, ["y", "x"])])
-    assert [item.key for item in fused] == ["x", "y"]
-    assert fused[0].score == pytest.approx(2 / 61 + 1 / 62 + 0.05)
-    assert fused[1].score == pytest.approx(2 / 62 + 1 / 61 + 0.05)
-    assert fused[0].contributions == pytest.approx({"lex:0": 2 / 61, "vec:0": 1 / 62})
-
-
-def test_fuse_zero_weight_list_is_switched_off() -> None:
-    fused = fuse([RankedList("lex:0", 1.0, ["a", "b"]), RankedList("vec:0", 0.0, ["b", "z"])])
-    assert [item.key for item in fused] == ["a", "b"]
-    assert fused[1].score == pytest.approx(1 / 62 + 0.02)
-    assert fused[1].best_rank == 2
-
-
-def test_fuse_duplicates_inside_a_list_count_once() -> None:
-    items = by_key(fuse([RankedList("lex:0", 1.0, ["a", "a", "b", "a"])]))
-    assert items["a"].score == pytest.approx(1 / 61 + 0.05)
-    assert items["b"].score == pytest.approx(1 / 62 + 0.02)  # the repeat does not push b down
-    assert items["b"].best_rank == 2
-
-
-def test_fuse_ties_break_on_first_appearance() -> None:
-    fused = fuse([RankedList("vec:0", 1.0, ["a"]), RankedList("vec:1", 1.0, ["b"]), RankedList("lex:0", 1.0, ["c"])])
-    assert [item.key for item in fused] == ["a", "b", "c"]
-    assert fused[0].score == fused[1].score == fused[2].score
-
-
-def test_fuse_ties_break_on_best_rank_before_appearance() -> None:
-    # k=0, no bonus: y scores 3/3 = 1.0 at rank 3, x scores 1/1 = 1.0 at rank 1; y appears first.
-    lists = [RankedList("lex:0", 3.0, ["p", "q", "y"]), RankedList("vec:0", 1.0, ["x"])]
-    fused = fuse(lists, k=0, bonus_first=0.0, bonus_top3=0.0)
-    assert [item.key for item in fused] == ["p", "q", "x", "y"]
-    assert fused[2].score == fused[3].score == 1.0
-    assert fuse(lists, k=0, bonus_first=0.0, bonus_top3=0.0) == fused
+def test_fuse_ties_break_on_best_rank_then_first_appearance() -> None:
+    fused = fuse([RankedList("vec:0", 1.0, ["a", "b"], [0.5, 0.5]), RankedList("lex:0", 1.0, ["c"], [0.5])])
+    assert [f.key for f in fused] == ["a", "c", "b"]
 
 
 def test_fuse_empty_inputs() -> None:
     assert fuse([]) == []
-    assert fuse([RankedList("lex:0", 1.0, []), RankedList("vec:0", 1.0, ())]) == []
-    assert normalise_scores([]) == []
+    assert fuse([RankedList("lex:0", 1.0, [], []), RankedList("vec:0", 1.0, (), ())]) == []
 
 
-@pytest.mark.parametrize(("weight", "k"), [(-1.0, 60), (math.nan, 60), (math.inf, 60), (1.0, -1)])
-def test_fuse_rejects_bad_parameters(weight: float, k: int) -> None:
+@pytest.mark.parametrize("weight", [-1.0, math.inf, math.nan])
+def test_fuse_rejects_bad_weights(weight: float) -> None:
     with pytest.raises(ValueError):
-        fuse([RankedList("lex:0", weight, ["a"])], k=k)
+        fuse([RankedList("lex:0", weight, ["a"], [0.5])])
+    with pytest.raises(ValueError):
+        fuse([RankedList("lex:0", 1.0, ["x", "y"], [1.0])])
 
 
-def test_normalise_hand_computed() -> None:
-    fused = fuse([RankedList("lex:0", 1.0, ["a", "b"]), RankedList("vec:0", 2.0, ["a", "c", "b"])])
-    ceiling = 1 / 61 + 2 / 61 + 0.05
-    assert normalise_scores(fused) == pytest.approx([
-        1.0,
-        (1 / 62 + 2 / 63 + 0.02) / ceiling,
-        (2 / 62 + 0.02) / ceiling,
-    ])
+def test_calibrate_cosine() -> None:
+    assert calibrate_cosine(0.2, 0.3) == 0.0
+    assert calibrate_cosine(0.65, 0.3) == pytest.approx(0.5)
+    assert calibrate_cosine(1.0, 0.3) == 1.0
 
 
-keys = st.lists(st.integers(min_value=0, max_value=30), max_size=20)
-ranked_lists = st.lists(
-    st.tuples(st.floats(min_value=0.01, max_value=5.0), keys), min_size=1, max_size=6,
-)
+scored_lists = st.lists(st.tuples(st.floats(min_value=0.1, max_value=5.0),
+                                  st.lists(st.tuples(st.integers(0, 20), st.floats(0.0, 1.0)), max_size=15)),
+                        min_size=1, max_size=4)
 
 
-@given(ranked_lists, st.integers(min_value=0, max_value=200))
-def test_winner_of_every_list_comes_first_with_normalised_score_one(
-        raw: list[tuple[float, list[int]]], k: int) -> None:
-    lists = [RankedList(f"l:{i}", weight, ["winner", *keys]) for i, (weight, keys) in enumerate(raw)]
-    fused = fuse(lists, k=k)
-    assert fused[0].key == "winner"
-    assert fused[0].best_rank == 1
-    assert len(fused) == 1 or fused[0].score > fused[1].score  # strictly: no tie-break needed
-    normalised = normalise_scores(fused)
-    assert normalised[0] == 1.0
-    assert all(0.0 <= score <= 1.0 for score in normalised)
-
-
-@given(ranked_lists, st.integers(min_value=0, max_value=200))
-def test_fused_order_is_consistent(raw: list[tuple[float, list[int]]], k: int) -> None:
-    fused = fuse([RankedList(f"l:{i}", weight, keys) for i, (weight, keys) in enumerate(raw)], k=k)
+@given(scored_lists)
+def test_fused_order_is_consistent(raw: list[tuple[float, list[tuple[int, float]]]]) -> None:
+    fused = fuse([RankedList(f"l:{i}", w, [k for k, _ in pairs], [s for _, s in pairs])
+                  for i, (w, pairs) in enumerate(raw)])
     assert [item.rank for item in fused] == list(range(1, len(fused) + 1))
-    assert len({item.key for item in fused}) == len(fused) == len({key for _, keys in raw for key in keys})
+    assert len({item.key for item in fused}) == len(fused) == len({k for _, pairs in raw for k, _ in pairs})
     assert all(earlier.score >= later.score for earlier, later in itertools.pairwise(fused))
-    assert all(0.0 <= score <= 1.0 for score in normalise_scores(fused))
+    assert all(0.0 <= item.score <= 1.0 + 1e-12 for item in fused)
 
 
 # --- blend_rerank --------------------------------------------------------------------------------
 
-TWELVE = fuse([RankedList("lex:0", 1.0, list("abcdefghijkl"))])
+TWELVE = fuse([RankedList("lex:0", 1.0, list("abcdefghijkl"), [1.0 - i / 20 for i in range(12)])])
 
 
 def test_blend_exact_values() -> None:
@@ -255,28 +200,6 @@ def test_blend_ties_break_on_fused_rank() -> None:
 def test_blend_rejects_scores_outside_unit_interval(bad: float) -> None:
     with pytest.raises(ValueError):
         blend_rerank(TWELVE, {"a": bad})
-
-
-def test_scores_weight_each_entry_by_its_share_of_the_list_best() -> None:
-    k = 60
-    lex = RankedList("lex:0", 1.0, ["a", "b"], [2.0, 0.5])
-    vec = RankedList("vec:1", 1.0, ["b", "a"], [0.8, 0.8])
-    fused = {f.key: f for f in fuse([lex, vec], k=k, bonus_first=0.0, bonus_top3=0.0)}
-    assert fused["a"].contributions["lex:0"] == pytest.approx(1.0 / (k + 1))
-    assert fused["b"].contributions["lex:0"] == pytest.approx(0.25 / (k + 2))  # far behind the winner
-    assert fused["a"].contributions["vec:1"] == pytest.approx(1.0 / (k + 2))  # a tie keeps full weight
-    assert [f.key for f in fuse([lex, vec], k=k, bonus_first=0.0, bonus_top3=0.0)] == ["a", "b"]
-    # Without scores the same ranks tie, and the earlier key wins.
-    plain = fuse([lex._replace(scores=None), vec._replace(scores=None)], k=k, bonus_first=0.0, bonus_top3=0.0)
-    assert plain[0].score == pytest.approx(plain[1].score)
-
-
-def test_scored_lists_still_normalise_to_one_for_a_unanimous_winner() -> None:
-    lists = [RankedList("lex:0", 1.0, ["x", "y"], [7.0, 1.0]), RankedList("vec:1", 1.0, ["x", "z"], [0.9, 0.1])]
-    fused = fuse(lists)
-    assert fused[0].key == "x" and normalise_scores(fused)[0] == pytest.approx(1.0)
-    with pytest.raises(ValueError):
-        fuse([RankedList("lex:0", 1.0, ["x", "y"], [1.0])])
 
 
 @pytest.mark.parametrize(("text", "latin_only", "expected"), [

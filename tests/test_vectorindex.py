@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from pyroaring import BitMap
 
 from qmdd.search import vectorindex
-from qmdd.search.vectorindex import EXACT_BELOW, VectorHit, VectorIndex, VectorSnapshotError
+from qmdd.search.vectorindex import (
+    EXACT_BELOW,
+    SNAPSHOT_FORMAT,
+    VectorHit,
+    VectorIndex,
+    VectorSnapshotError,
+    fingerprints,
+)
 
 DIM = 64
 TOL = 2e-3  # float16 storage: similarities are exact to about 1e-3
@@ -104,37 +113,65 @@ def test_exact_search_small_index() -> None:
     assert scaled[0].similarity == pytest.approx(1.0, abs=TOL)
 
 
-def test_hnsw_recall_on_a_larger_index() -> None:
-    vectors = embedding_like(8000, seed=3)
-    index = build(vectors)
-    assert len(index) > EXACT_BELOW  # the approximate path
-    everyone = list(range(8000))
-    queries = embedding_like(30, seed=4)
-    recalls = []
-    for query in queries:
-        hits = index.search(query, 10)
-        assert len(hits) == 10
-        for hit in hits:
-            assert abs(hit.similarity - float(vectors[hit.chunk_id] @ query)) < TOL
-        recalls.append(recall_at(hits, vectors, everyone, query, 10))
-    assert np.mean(recalls) >= 0.9, recalls
-    # A large filter (more than EXACT_BELOW keys) also goes through HNSW, oversampled and filtered.
-    allowed = BitMap(range(8000)) - BitMap(range(0, 8000, 7))
-    assert len(allowed) > EXACT_BELOW
-    members = allowed.to_array().tolist()
-    filtered = []
-    for query in queries[:10]:
-        hits = index.search(query, 10, allowed)
-        assert len(hits) == 10 and all(h.chunk_id in allowed for h in hits)
-        filtered.append(recall_at(hits, vectors, members, query, 10))
-    assert np.mean(filtered) >= 0.9, filtered
+def with_copies(n: int, distinct: int, seed: int) -> np.ndarray:
+    """n embedding-like vectors of which `distinct` differ; the others copy one of them, shuffled in."""
+    rng = np.random.default_rng(seed)
+    rows = embedding_like(distinct, seed)
+    return rows[rng.permutation(np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)]))]
+
+
+def tie_aware_recall(hits: list[VectorHit], vectors: np.ndarray, candidates: list[int], query: np.ndarray,
+                     k: int) -> float:
+    """Share of the k wanted hits that are among the best: a hit counts when it is as similar as the
+    k-th best candidate, so which of two identical vectors came back does not matter."""
+    truth = vectors[candidates] @ query
+    wanted = min(k, len(candidates))
+    kth = np.sort(truth)[-wanted]
+    return sum(float(vectors[h.chunk_id] @ query) >= kth - TOL for h in hits[:wanted]) / wanted
+
+
+def test_recall_against_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 20k chunks, half of them carrying another chunk's vector (issue 13: a tree indexed twice), in
+    # ten collections. The graph answers (EXACT_BELOW lowered): unfiltered, under a 50% filter, and
+    # under a 10% filter that would otherwise be answered by brute force.
+    monkeypatch.setattr(vectorindex, "EXACT_BELOW", 1000)
+    vectors = with_copies(20_000, 10_000, seed=3)
+    index = VectorIndex(DIM)
+    assert index.add(range(20_000), [i % 10 for i in range(20_000)], vectors, threads=0) == 20_000
+    assert len(index) == 20_000 and index.statistics()["distinct_vectors"] == 10_000
+    queries = embedding_like(40, seed=4)
+    half = index.allowed_keys([0, 1, 2, 3, 4], None)
+    tenth = index.allowed_keys([7], None)
+    assert half is not None and tenth is not None
+    for allowed, exact_per_candidate in ((None, 32), (half, 32), (tenth, 0)):
+        monkeypatch.setattr(vectorindex, "EXACT_PER_CANDIDATE", exact_per_candidate)
+        candidates = list(range(20_000)) if allowed is None else allowed.to_array().tolist()
+        recalls = []
+        for query in queries:
+            hits = index.search(query, 10, allowed)
+            assert len(hits) == 10 and len(set(ids_of(hits))) == 10
+            assert allowed is None or all(h.chunk_id in allowed for h in hits)
+            for hit in hits:
+                assert abs(hit.similarity - float(vectors[hit.chunk_id] @ query)) < TOL
+            recalls.append(tie_aware_recall(hits, vectors, candidates, query, 10))
+        assert np.mean(recalls) >= 0.99, (len(candidates), recalls)
 
 
 def test_sparse_filter_on_the_hnsw_path_widens_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
-    # With the exact thresholds lowered, a 5% filter must be met by widening the HNSW search.
-    monkeypatch.setattr(vectorindex, "EXACT_BELOW", 0)
+    # With brute force ruled out but for the whole graph, a 5% filter is met by widening the search.
+    for name, value in (("EXACT_BELOW", 0), ("EXACT_PER_CANDIDATE", 0), ("EXACT_FRACTION", 1.0),
+                        ("CANDIDATE_FLOOR", 10), ("CANDIDATES_PER_HIT", 0.25), ("FILTER_MARGIN", 1)):
+        monkeypatch.setattr(vectorindex, name, value)
     vectors = embedding_like(2000, seed=5)
     index = build(vectors)
+    counts: list[int] = []
+    graph_search = index._index.search
+
+    def spy(query: np.ndarray, count: int, **kwargs: Any) -> Any:
+        counts.append(count)
+        return graph_search(query, count, **kwargs)
+
+    monkeypatch.setattr(index._index, "search", spy)
     allowed = BitMap(range(0, 2000, 20))
     members = allowed.to_array().tolist()
     recalls = []
@@ -143,7 +180,8 @@ def test_sparse_filter_on_the_hnsw_path_widens_the_search(monkeypatch: pytest.Mo
         assert len(hits) == 10 and all(h.chunk_id in allowed for h in hits)
         recalls.append(recall_at(hits, vectors, members, query, 10))
     assert np.mean(recalls) >= 0.9
-    # Fewer allowed keys than the limit: all of them come back.
+    assert counts[0] == 50 and vectorindex.OVERSAMPLE * 50 in counts  # asked for 2.5 expected hits, then more
+    # Fewer allowed keys than the limit: the search widens to the whole graph, and all of them come back.
     few = BitMap([3, 500, 1999])
     assert sorted(ids_of(index.search(vectors[3], 10, few))) == [3, 500, 1999]
 
@@ -202,6 +240,138 @@ def test_removed_ids_never_come_back(monkeypatch: pytest.MonkeyPatch, approximat
     assert index.search(vectors[victim], 1)[0].chunk_id == victim
 
 
+# --- identical vectors -----------------------------------------------------------------------------------
+
+SHARED, COPIES, DISTINCT = 300, 10, 2000
+
+
+def shared_vectors_index() -> tuple[VectorIndex, np.ndarray, dict[int, int]]:
+    """3,000 chunks sharing 300 vectors (chunks 10g..10g+9 carry vector g) and 2,000 chunks with one of
+    their own, in 4 collections (chunk % 4), added in a shuffled order; with each group's owner: the
+    chunk added first."""
+    vectors = np.concatenate([np.repeat(embedding_like(SHARED, seed=30), COPIES, axis=0),
+                              embedding_like(DISTINCT, seed=31)])
+    order = np.random.default_rng(32).permutation(len(vectors)).tolist()
+    index = VectorIndex(DIM)
+    for start in range(0, len(order), 700):  # in batches: twins are found within one and across them
+        part = order[start:start + 700]
+        assert index.add(part, [i % 4 for i in part], vectors[part]) == len(part)
+    owners: dict[int, int] = {}
+    for chunk in order:
+        if chunk < SHARED * COPIES:
+            owners.setdefault(chunk // COPIES, chunk)
+    return index, vectors, owners
+
+
+def group(g: int) -> list[int]:
+    return list(range(g * COPIES, (g + 1) * COPIES))
+
+
+def assert_ordered(hits: list[VectorHit]) -> None:
+    """Best first; equal similarities (identical vectors) by chunk id."""
+    keys = [(-h.similarity, h.chunk_id) for h in hits]
+    assert keys == sorted(keys)
+
+
+def test_fingerprints_tell_identical_rows() -> None:
+    rows = random_vectors(50, seed=38).astype(np.float16)
+    again = fingerprints(np.concatenate([rows, rows[::-1]]))
+    assert np.array_equal(again[:50], again[50:][::-1]) and len(set(again[:50].tolist())) == 50
+    nudged = rows.copy()
+    nudged.view(np.uint16)[:, 7] ^= 1  # one bit of one value
+    assert not np.any(fingerprints(nudged) == fingerprints(rows))
+
+
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "hnsw"])
+def test_identical_vectors_are_stored_once_and_all_returned(monkeypatch: pytest.MonkeyPatch,
+                                                            approximate: bool) -> None:
+    if approximate:
+        monkeypatch.setattr(vectorindex, "EXACT_BELOW", 0)
+    index, vectors, _ = shared_vectors_index()
+    n = len(vectors)
+    assert len(index) == n and index.keys() == BitMap(range(n))
+    assert index.statistics()["vectors"] == n and index.statistics()["distinct_vectors"] == SHARED + DISTINCT
+    # A shared vector finds every chunk that carries it, in chunk order, at similarity 1.
+    hits = index.search(vectors[70], 15)
+    assert ids_of(hits[:COPIES]) == group(7) and hits[COPIES].chunk_id not in group(7)
+    assert all(h.similarity == pytest.approx(1.0, abs=TOL) for h in hits[:COPIES])
+    assert len({h.similarity for h in hits[:COPIES]}) == 1
+    # A limit inside a group cuts it by chunk id.
+    assert ids_of(index.search(vectors[70], 4)) == group(7)[:4]
+    # Every chunk reads its vector, twins from their owner's node.
+    chunks = [*group(7), 3005, 71]
+    np.testing.assert_allclose(index.stored_vectors(chunks), vectors[chunks], atol=TOL)
+    with pytest.raises(KeyError):
+        index.stored_vectors([70, n])
+    everyone = list(range(n))
+    for query in embedding_like(20, seed=33):
+        for limit in (10, 25):
+            hits = index.search(query, limit)
+            assert_exact_top(hits, vectors, everyone, query, limit)
+            assert_ordered(hits)
+
+
+def test_removing_shared_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vectorindex, "EXACT_BELOW", 0)
+    index, vectors, owners = shared_vectors_index()
+    distinct = SHARED + DISTINCT
+    # A twin: the others stay.
+    twin = next(c for c in group(7) if c != owners[7])
+    assert index.remove([twin]) == 1
+    assert ids_of(index.search(vectors[70], COPIES - 1)) == [c for c in group(7) if c != twin]
+    # The owner: its node passes to the smallest twin left.
+    assert index.remove([owners[7]]) == 1
+    left = [c for c in group(7) if c not in (twin, owners[7])]
+    assert ids_of(index.search(vectors[70], len(left))) == left
+    assert index.statistics()["distinct_vectors"] == distinct
+    # It comes back as a twin.
+    assert index.add([owners[7]], [0], vectors[70:71]) == 1
+    assert sorted(ids_of(index.search(vectors[70], COPIES - 1))) == sorted([*left, owners[7]])
+    assert index.statistics()["distinct_vectors"] == distinct
+    # All of a group, in one call: the vector is gone.
+    assert index.remove(group(8)) == COPIES
+    assert index.statistics()["distinct_vectors"] == distinct - 1
+    assert not set(ids_of(index.search(vectors[80], 20))) & set(group(8))
+    assert index.search(vectors[80], 1)[0].similarity < 0.999
+    # A chunk whose own node was removed (a tombstone in the graph under its id) returns as a twin, and
+    # then inherits the node: the graph key is reused for another vector.
+    loner = SHARED * COPIES  # chunk 3000 has a vector of its own
+    assert index.remove([loner]) == 1
+    assert index.add([loner], [0], vectors[90:91]) == 1
+    assert index.remove([c for c in group(9)]) == COPIES
+    assert index.statistics()["distinct_vectors"] == distinct - 2  # 3000's old vector, group 8's
+    assert ids_of(index.search(vectors[90], 2))[0] == loner
+    assert loner not in ids_of(index.search(vectors[loner], 5))
+    everyone = index.keys().to_array().tolist()
+    for query in embedding_like(10, seed=34):
+        hits = index.search(query, 20)
+        assert_exact_top(hits, np.concatenate([vectors[:loner], vectors[90:91], vectors[loner + 1:]]),
+                         everyone, query, 20)
+
+
+@pytest.mark.parametrize("approximate", [False, True], ids=["exact", "hnsw"])
+def test_filters_with_shared_vectors_across_collections(monkeypatch: pytest.MonkeyPatch, approximate: bool) -> None:
+    if approximate:  # the filtered graph search, not brute force over the allowed chunks
+        monkeypatch.setattr(vectorindex, "EXACT_BELOW", 0)
+        monkeypatch.setattr(vectorindex, "EXACT_PER_CANDIDATE", 0)
+    index, vectors, _ = shared_vectors_index()
+    ones = index.allowed_keys([1], None)
+    assert ones is not None
+    # Group 7 is chunks 70..79; 73 and 77 are in collection 1.
+    hits = index.search(vectors[70], 5, ones)
+    assert ids_of(hits[:2]) == [73, 77] and all(h.chunk_id % 4 == 1 for h in hits)
+    assert hits[2].similarity < 0.999
+    # An allowed bitmap that holds one twin of a group and not its owner.
+    only = BitMap([75, 3001, 3002])
+    assert ids_of(index.search(vectors[70], 10, only))[0] == 75
+    assert sorted(ids_of(index.search(vectors[70], 10, only))) == [75, 3001, 3002]
+    members = ones.to_array().tolist()
+    for query in embedding_like(15, seed=35):
+        hits = index.search(query, 10, ones)
+        assert_exact_top(hits, vectors, members, query, 10)
+        assert_ordered(hits)
+
+
 # --- filters ---------------------------------------------------------------------------------------------
 
 def test_collection_filter() -> None:
@@ -254,8 +424,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     loaded, meta = VectorIndex.load(path)
     assert meta == META
     stats = loaded.statistics()
-    assert set(stats) == {"vectors", "dims", "memory_mapped", "memory_bytes"}
-    assert stats == {"vectors": 540, "dims": DIM, "memory_mapped": True, "memory_bytes": 0}
+    assert stats == {"vectors": 540, "distinct_vectors": 540, "dims": DIM, "memory_mapped": True,
+                     "memory_bytes": 0}
     assert loaded.keys() == index.keys() and len(loaded) == 540
     assert {c: BitMap(m) for c, m in loaded.collections.items()} == index.collections
     queries = random_vectors(10, seed=16)
@@ -272,7 +442,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     stats = loaded.statistics()
     assert stats["memory_mapped"] is False and stats["memory_bytes"] > 0 and stats["vectors"] == 541
     assert loaded.search(extra[0], 1)[0].chunk_id == 5000
-    assert 5000 in loaded.allowed_keys([2], None)
+    assert 5000 in (loaded.allowed_keys([2], None) or BitMap())
     live = index.keys().to_array().tolist()
     for query in queries:  # the old vectors survived the copy
         assert_exact_top(loaded.search(query, 10, BitMap(range(600))), vectors, live, query, 10)
@@ -284,6 +454,76 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     # Removing from a viewed snapshot also copies first.
     assert again.remove([5000, 1]) == 2 and again.statistics()["memory_mapped"] is False
     assert len(again) == 539 and 5000 not in ids_of(again.search(extra[0], 5))
+
+
+def test_save_load_keeps_shared_vectors(tmp_path: Path) -> None:
+    index, vectors, owners = shared_vectors_index()
+    index.remove([owners[7], owners[8], *group(9)])  # two nodes renamed, one removed
+    path = tmp_path / "v.usearch"
+    index.save(path, META)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert sidecar["format"] == SNAPSHOT_FORMAT and sidecar["count"] == len(index)
+    loaded, meta = VectorIndex.load(path)
+    assert meta == META and loaded.keys() == index.keys()
+    assert loaded.statistics() == {**index.statistics(), "memory_mapped": True, "memory_bytes": 0}
+    ones = loaded.allowed_keys([1], None)
+    for query in [vectors[70], vectors[80], *embedding_like(5, seed=36)]:
+        for allowed in (None, ones):
+            before, after = index.search(query, 25, allowed), loaded.search(query, 25, allowed)
+            assert before == after
+    # The loaded copy still knows its twins: a new chunk with a known vector joins it, an owner's
+    # removal keeps the vector.
+    assert loaded.add([9000], [1], vectors[80:81]) == 1
+    assert loaded.statistics()["distinct_vectors"] == index.statistics()["distinct_vectors"]
+    left = [c for c in group(8) if c != owners[8]]
+    assert loaded.remove([min(left)]) == 1
+    assert ids_of(loaded.search(vectors[80], len(left))) == [*left[1:], 9000]
+    loaded.save(path, META)
+    again, _ = VectorIndex.load(path)
+    assert ids_of(again.search(vectors[80], len(left))) == [*left[1:], 9000]
+
+
+@pytest.fixture
+def shared_snapshot(tmp_path: Path) -> Path:
+    """300 chunks, 100 of them sharing 10 vectors."""
+    vectors = random_vectors(300, seed=37)
+    vectors[:100] = np.repeat(vectors[:10], 10, axis=0)
+    path = tmp_path / "v.usearch"
+    build(vectors).save(path, META)
+    return path
+
+
+def _twin_pairs(sidecar: dict[str, object]) -> np.ndarray:
+    raw = base64.b64decode(str(sidecar["twins"]))
+    return np.frombuffer(raw, dtype="<u8").reshape(-1, 2).copy()
+
+
+@pytest.mark.parametrize("damage", ["older-format", "twin-is-a-node", "owner-missing", "repeated-twin",
+                                    "count", "nodes", "torn-twins", "not-base64"])
+def test_inconsistent_twins_are_refused(shared_snapshot: Path, damage: str) -> None:
+    sidecar_path = shared_snapshot.with_name(shared_snapshot.name + ".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    pairs = _twin_pairs(sidecar)
+    assert len(pairs) == 90 and sidecar["nodes"] == 210
+    if damage == "older-format":
+        del sidecar["format"]
+    elif damage == "twin-is-a-node":
+        pairs[0, 0] = 299
+    elif damage == "owner-missing":
+        pairs[0, 1] = 10**6
+    elif damage == "repeated-twin":
+        pairs[1, 0] = pairs[0, 0]
+    elif damage in ("count", "nodes"):
+        sidecar[damage] += 1
+    elif damage == "torn-twins":
+        sidecar["twins"] = base64.b64encode(pairs.tobytes()[:-8]).decode()
+    else:
+        sidecar["twins"] = "not base64!"
+    if damage in ("twin-is-a-node", "owner-missing", "repeated-twin"):
+        sidecar["twins"] = base64.b64encode(pairs.tobytes()).decode()
+    sidecar_path.write_text(json.dumps(sidecar))
+    with pytest.raises(VectorSnapshotError):
+        VectorIndex.load(shared_snapshot)
 
 
 def test_save_of_a_viewed_snapshot_over_itself(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
     limit = args["limit"] or (ALL_LIMIT if args["all"] else (20 if fmt in ("json", "files") else 5))
     params = {"query": " ".join(args["query"]), "limit": limit, "collections": args["collection"],
               "path_prefix": args["path"], "min_score": args["min_score"], "explain": args["explain"],
-              "full": args["full"], "plugins": args["plugin"], "plugin_strict": args["strict_plugins"], **extra}
+              "full": args["full"], "plugins": args["plugin"], "plugin_strict": args["strict_plugins"],
+              "collapse": not args["no_collapse"], **extra}
     answer = call_collecting(inv.client, method, params, "results")
     for warning in answer.get("warnings", ()):
         # Degraded, not failed (e.g. `query` before `embed`): say so where a human or a log sees it.
@@ -63,6 +64,8 @@ def qmd_shape(result: dict[str, Any], line_numbers: bool, full: bool) -> dict[st
         if line_numbers and body:
             text = header + "\n" + number_lines(body, _snippet_first_line(header))
     shaped["body" if full else "snippet"] = text
+    if "copies" in result:
+        shaped["copies"] = result["copies"]
     if "explain" in result:
         shaped["explain"] = result["explain"]
     return shaped
@@ -126,6 +129,9 @@ def _render_text(out: Output, shaped: list[dict[str, Any]], min_score: float) ->
             out.line(f"Title: {out.style(s['title'], 'bold')}")
         if s.get("context"):
             out.line(f"Context: {s['context']}")
+        if s.get("copies"):
+            more = f" (+{len(s['copies']) - 3} more)" if len(s["copies"]) > 3 else ""
+            out.line(f"Copies: {', '.join(s['copies'][:3])}{more}")
         pct = round(s["score"] * 100)
         colour = "green" if s["score"] >= 0.7 else "yellow" if s["score"] >= 0.4 else "dim"
         out.line(f"Score: {out.style(f'{pct:>3}%', colour)}")

@@ -19,7 +19,7 @@ from pyroaring import BitMap
 from qmdd.actors.base import DerivedIndexActor, Generation, Handler
 from qmdd.actors.messages import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
 from qmdd.search.bm25index import BM25Index, ChunkHit, SnapshotError
-from qmdd.search.fields import index_chunks
+from qmdd.search.fields import index_chunks, query_name_keys, snapshot_meta
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText
@@ -34,8 +34,7 @@ class Bm25Actor(DerivedIndexActor):
                  k1: float = 1.3, b: float = 0.55, generation: Generation | None = None) -> None:
         super().__init__(database, snapshot, generation)
         self._tokenizer = Tokenizer(TokenizerConfig(stem=stem))
-        self._meta = {"database_id": database_id, "tokenizer": self._tokenizer.fingerprint,
-                      "k1": repr(k1), "b": repr(b)}
+        self._meta = snapshot_meta(database_id, self._tokenizer, k1, b)
         self.index = BM25Index(k1=k1, b=b)
         self.queries = 0
 
@@ -107,7 +106,8 @@ class Bm25Actor(DerivedIndexActor):
                                                       for cid in message.collection_ids))
             allowed = in_collections if allowed is None else allowed & in_collections
         return terms, self.index.search(terms, limit=message.limit, allowed=allowed, explain=message.explain,
-                                        term_weights=[float(w) for w in weighted.values()])
+                                        term_weights=[float(w) for w in weighted.values()],
+                                        names=query_name_keys(self._tokenizer, message.text))
 
     async def _query(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
         self.queries += 1

@@ -14,6 +14,7 @@ from qmdd.consistency.report import Facts, Report
 from qmdd.protocol.errors import QmddError
 from qmdd.search.bm25index import BM25Index, SnapshotError
 from qmdd.search.bm25store import read_snapshot
+from qmdd.search.fields import snapshot_meta
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.search.vectorindex import VectorIndex, VectorSnapshotError
 from qmdd.store import embeddings as emb
@@ -31,8 +32,8 @@ def check_bm25(report: Report, config: Config, facts: Facts, current: bool) -> N
     except SnapshotError as exc:  # snapshots are written atomically: a crash never leaves a torn one
         report.add(True, "bm25_snapshot_corrupt", "the BM25 snapshot cannot be loaded", exc)
         return
-    expected = {"database_id": facts.database_id, "tokenizer": Tokenizer(TokenizerConfig(stem=config.stem)).fingerprint,
-                "k1": repr(config.k1), "b": repr(config.b)}
+    # No database id (an unfinished database): "" matches no snapshot, which is then stale.
+    expected = snapshot_meta(facts.database_id or "", Tokenizer(TokenizerConfig(stem=config.stem)), config.k1, config.b)
     if meta != expected:
         report.add(current, "bm25_snapshot_stale", "the BM25 snapshot was made for other settings or another "
                    "database: the daemon rebuilds it (stale, would be rebuilt)", f"{meta} != {expected}")
@@ -119,29 +120,30 @@ def check_vectors(conn: sqlite3.Connection, report: Report, config: Config, fact
                 report.add(True, "vector_collection", "a vector is filed under another collection than its chunk",
                            chunk_id)
     if isinstance(fingerprint, str):
-        _compare_vectors(conn, report, path, index.ndim, fingerprint, facts, list(have & truth), sample, rng)
+        _compare_vectors(conn, report, path, index, fingerprint, facts, list(have & truth), sample, rng)
 
 
-def _compare_vectors(conn: sqlite3.Connection, report: Report, path: Path, ndim: int, fingerprint: str,
+def _compare_vectors(conn: sqlite3.Connection, report: Report, path: Path, index: VectorIndex, fingerprint: str,
                      facts: Facts, keys: list[int], sample: int, rng: random.Random) -> None:
     from usearch.index import Index
 
+    ndim = index.ndim
     lengths = facts.vector_bytes.get(fingerprint, set())
     if lengths and lengths != {ndim * 2}:
         report.add(True, "embedding_length", f"stored vectors are not {ndim} float16 values", sorted(lengths))
         return
-    raw = Index.restore(str(path), view=True)  # VectorIndex keeps its usearch index private; same file
+    raw = Index.restore(str(path), view=True)  # the graph as stored: each node once
     if raw is None:
         report.add(True, "vector_snapshot_corrupt", "usearch cannot restore the vector snapshot")
         return
     raw_keys = np.asarray(raw.keys, dtype=np.uint64)
     if np.unique(raw_keys).size != raw_keys.size:
-        report.add(True, "vector_duplicate_key", "the vector index holds a chunk id twice")
+        report.add(True, "vector_duplicate_key", "the vector index holds a node twice")
     chosen = sorted(rng.sample(keys, min(sample, len(keys))))
     if not chosen:
         return
     stored = {r.chunk_id: r.vector for r in emb.vectors_for_chunks(conn, fingerprint, chosen)}
-    served = np.asarray(raw.get(np.asarray(chosen, dtype=np.uint64), dtype="f32"), dtype=np.float32)
+    served = index.stored_vectors(chosen)  # chunks sharing a vector read it from its one node
     for chunk_id, vector in zip(chosen, served.reshape(len(chosen), -1), strict=True):
         truth = np.frombuffer(stored[chunk_id], dtype=emb.VECTOR_DTYPE).astype(np.float32)
         if not np.allclose(vector, truth, atol=2e-3):

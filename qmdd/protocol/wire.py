@@ -193,8 +193,8 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     # Streams its results in batches when there are many.
     "search": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
                "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-               "full": (bool, False), "snippet_lines": (int, 4), "plugins": (_STR_LIST, None),
-               "plugin_strict": (bool, False)},
+               "full": (bool, False), "snippet_lines": (int, 4), "collapse": (bool, True),
+               "plugins": (_STR_LIST, None), "plugin_strict": (bool, False)},
     "get": {"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None), "cwd": (str, None)},
     "multi_get": {"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 64 * 1024), "max_lines": (int, None),
                   "cwd": (str, None)},  # streams one item per document
@@ -210,11 +210,12 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
               "max_page_bytes": (int, None), "timeout_s": ((int, float), None)},
     "vsearch": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
                 "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-                "full": (bool, False), "snippet_lines": (int, 4), "plugins": (_STR_LIST, None),
-                "plugin_strict": (bool, False)},
+                "full": (bool, False), "snippet_lines": (int, 4), "collapse": (bool, True),
+                "plugins": (_STR_LIST, None), "plugin_strict": (bool, False)},
     "query": {"query": (str, REQUIRED), "limit": (int, 5), "collections": (_STR_LIST, None),
               "path_prefix": (str, None), "min_score": ((int, float), 0.0), "explain": (bool, False),
-              "full": (bool, False), "snippet_lines": (int, 4), "rerank": (bool, True), "candidates": (int, 100),
+              "full": (bool, False), "snippet_lines": (int, 4), "collapse": (bool, True), "rerank": (bool, True),
+              "candidates": (int, 100),
               "plugins": (_STR_LIST, None), "plugin_strict": (bool, False),
               # Background that steers reranking and snippets (as qmd's intent), never searched itself.
               "intent": (str, None)},

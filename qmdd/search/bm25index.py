@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import array
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -59,9 +59,10 @@ class IndexedChunk:
 class ChunkHit:
     doc_id: int
     chunk_id: int  # the best-scoring chunk of the document
-    score: float  # raw BM25 of the document (= its best chunk)
-    norm: float  # 0..1, score relative to the best any chunk could reach for this query
+    score: float  # raw BM25 of the document, its chunks' term frequencies summed
+    norm: float  # 0..1, the ranking score (`ranking.combine`)
     explain: dict[str, float] | None  # term -> contribution to the best chunk, when asked
+    name: float = 0.0  # share of the query's weight that the document's name covers (0: none)
 
 
 def _bitmap(values: Arr) -> BitMap:
@@ -204,10 +205,14 @@ class BM25Index:
         return members.copy() if members is not None else BitMap()
 
     def search(self, terms: Sequence[str], *, limit: int = 10, allowed: BitMap | None = None,
-               explain: bool = False, term_weights: Sequence[float] | None = None) -> list[ChunkHit]:
+               explain: bool = False, term_weights: Sequence[float] | None = None,
+               names: Mapping[str, tuple[float, Sequence[str]]] | None = None) -> list[ChunkHit]:
         """Top `limit` documents for the OR of `terms`, best first (ties: lower doc_id first).
 
-        Without `term_weights` every distinct term weighs 1; with them, weights of repeated terms add."""
+        Without `term_weights` every distinct term weighs 1; with them, weights of repeated terms add.
+        `names` maps name-key terms to (strength, the query terms each covers), see
+        `fields.query_name_keys`: a document holding a key is named by that part of the query, and gets
+        strength x that part's share of the query's weight. Scores: see `ranking.combine`."""
         weights = ranking.query_weights(terms, term_weights)
         n_live = len(self._live)
         if limit <= 0 or not weights or not n_live or (allowed is not None and not allowed):
@@ -220,24 +225,19 @@ class BM25Index:
         segments = [s for s in (self._main, self._delta) if len(s)]
         ranges = [s.ranges(qtids) for s in segments]
         k1p = self.k1 + 1.0
-        ceiling = 0.0
+        ceiling = chunk_ceiling = 0.0
+        mass: dict[str, float] = {}  # term -> its share of the ceiling, for name coverage
         matched: list[tuple[str, Arr]] = []
         for i, (term, w) in enumerate(weights.items()):
-            pieces: list[tuple[Arr, Arr]] = []
-            for seg, (starts, ends) in zip(segments, ranges, strict=True):
-                a, z = starts[i], ends[i]
-                if z > a:
-                    s, f = seg.slots[a:z], seg.tf[a:z]
-                    if self._dead_slots:
-                        keep = self._alive[s]
-                        s, f = s[keep], f[keep]
-                    pieces.append((s, f))
-            if not sum(p[0].size for p in pieces):
-                ceiling += math.log1p((doc.live - 0.5) / 0.5) * k1p * w
+            s, f = self._postings(segments, ranges, i)
+            if not s.size:
+                mass[term] = math.log1p((doc.live - 0.5) / 0.5) * k1p * w
+                ceiling += mass[term]
+                chunk_ceiling += math.log1p((n_live - 0.5) / 0.5) * k1p * w
                 continue
-            s, f = pieces[0] if len(pieces) == 1 else (np.concatenate(p) for p in zip(*pieces, strict=True))
             # Chunk level: picks each document's best chunk (snippets, and later fusion with vectors).
             idf = math.log1p((n_live - s.size + 0.5) / (s.size + 0.5))
+            chunk_ceiling += idf * k1p * w
             ff = f.astype(np.float32)
             part = knorm[s]
             part += ff
@@ -250,7 +250,8 @@ class BM25Index:
             # test collections where they differ, e.g. drcd 0.959 vs 0.952, cranfield 0.380 vs 0.373).
             touched, dtf_t = ranking.per_document(doc.slot[s], f, doc.n)
             didf = math.log1p((doc.live - touched.size + 0.5) / (touched.size + 0.5))
-            ceiling += didf * k1p * w
+            mass[term] = didf * k1p * w
+            ceiling += mass[term]
             contrib = dtf_t / (dtf_t + doc.knorm[touched]) * (didf * w * k1p)
             dacc[touched] += contrib
             matched.append((term, np.column_stack((touched, contrib)) if explain else touched))
@@ -261,15 +262,55 @@ class BM25Index:
             cand = cand[self._allowed_mask(cand, allowed)]
             if not cand.size:
                 return []
-        best = ranking.best_chunks(cand, doc.slot[cand], acc[cand], self._ids[cand], dacc, doc.ids, limit)
+        cand_docs = doc.slot[cand]
+        named = self._named(names or {}, mass, ceiling, doc) if names else None
+        final = ranking.combine(dacc, ceiling, ranking.best_per_document(cand_docs, acc[cand], doc.n),
+                                chunk_ceiling, named)
+        best = ranking.best_chunks(cand, cand_docs, acc[cand], self._ids[cand], final, doc.ids, limit)
         rows: list[ChunkHit] = []
         for slot in best:
             d = int(doc.slot[slot])
             parts = ranking.explained(matched, d) if explain else None
-            score = float(dacc[d])
-            norm = ranking.normalise(score, ceiling)
-            rows.append(ChunkHit(int(self._docs[slot]), int(self._ids[slot]), score, norm, parts))
+            name = float(named[d]) if named is not None else 0.0
+            rows.append(ChunkHit(int(self._docs[slot]), int(self._ids[slot]), float(dacc[d]), float(final[d]),
+                                 parts, name))
         return rows
+
+    def _postings(self, segments: Sequence[Postings], ranges: Sequence[tuple[Any, Any]], i: int) -> tuple[Arr, Arr]:
+        """Live (slots, tf) of the i-th looked-up term across the segments."""
+        pieces: list[tuple[Arr, Arr]] = []
+        for seg, (starts, ends) in zip(segments, ranges, strict=True):
+            a, z = starts[i], ends[i]
+            if z > a:
+                s, f = seg.slots[a:z], seg.tf[a:z]
+                if self._dead_slots:
+                    keep = self._alive[s]
+                    s, f = s[keep], f[keep]
+                pieces.append((s, f))
+        if not pieces:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint16)
+        if len(pieces) == 1:
+            return pieces[0]
+        return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+
+    def _named(self, names: Mapping[str, tuple[float, Sequence[str]]], mass: Mapping[str, float], ceiling: float,
+               doc: ranking.DocColumns) -> Arr:
+        """Per dense document: the largest share of the query's weight that a name of it covers."""
+        named = np.zeros(doc.n, np.float64)
+        keys = list(names)
+        qtids = np.fromiter((self._vocab.get(k, -1) for k in keys), np.int64, count=len(keys))
+        segments = [s for s in (self._main, self._delta) if len(s)]
+        ranges = [s.ranges(qtids) for s in segments]
+        for i, key in enumerate(keys):
+            if qtids[i] < 0:
+                continue
+            s, _ = self._postings(segments, ranges, i)
+            if s.size and ceiling > 0.0:
+                strength, covered = names[key]
+                share = ranking.name_evidence(strength, sum(mass.get(t, 0.0) for t in covered) / ceiling)
+                hit = doc.slot[s]
+                np.maximum.at(named, hit, share)
+        return named
 
     def statistics(self) -> dict[str, int | float]:
         arrays: list[Arr] = [self._ids, self._docs, self._colls, self._lens, self._nterms, self._alive]

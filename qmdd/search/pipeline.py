@@ -18,6 +18,7 @@ from pyroaring import BitMap
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
+from qmdd.search.collapse import collapse, enough, fetch_sizes
 from qmdd.search.ports import Retrievers
 from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
@@ -54,6 +55,7 @@ class SearchRequest:
     full: bool = False
     snippet_lines: int = 4
     intent: str | None = None  # context for the reranker and snippets (query only), never searched
+    collapse: bool = True  # one hit per page that exists in several copies (see qmdd.search.collapse)
 
 
 class ContextIndex:
@@ -93,7 +95,7 @@ def search_request(params: dict[str, Any]) -> SearchRequest:
     return SearchRequest(query=params["query"], limit=params["limit"], collections=params["collections"],
                          path_prefix=params["path_prefix"], min_score=float(params["min_score"]),
                          explain=params["explain"], full=params["full"], snippet_lines=params["snippet_lines"],
-                         intent=params.get("intent"))
+                         intent=params.get("intent"), collapse=params.get("collapse", True))
 
 
 def check_request(request: SearchRequest) -> None:
@@ -108,26 +110,42 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     """The reply (terms, results) and, for the caller's own use, each result's document row."""
     check_request(request)
     collection_ids, allowed = resolve_filters(conn, request)
-    terms, hits = await retrievers.keywords(request.query, request.limit, collection_ids, allowed, request.explain)
-    hits = [h for h in hits if h.norm >= request.min_score]
-    results, rows = await build_results(conn, tokenizer, terms, hits, request)
+    for fetch in fetch_sizes(request.limit, request.collapse):
+        terms, found = await retrievers.keywords(request.query, fetch, collection_ids, allowed, request.explain)
+        hits, copies = collapse_hits(conn, found, request.collapse)
+        if enough(len(hits), len(found), fetch, request.limit):
+            break
+    hits = [h for h in hits if h.norm >= request.min_score][:request.limit]
+    results, rows = await build_results(conn, tokenizer, terms, hits, request, copies)
     return {"terms": terms, "results": results}, rows
 
 
+def collapse_hits(conn: sqlite3.Connection, hits: Sequence[ChunkHit],
+                  enabled: bool) -> tuple[list[ChunkHit], dict[int, list[str]]]:
+    """Hits with copies of a better-ranked hit removed, and each kept hit's copies (as URIs)."""
+    if not enabled or len(hits) < 2:
+        return list(hits), {}
+    rows = docs.docs_by_ids(conn, [h.doc_id for h in hits])
+    by_doc = {h.doc_id: h for h in hits}
+    kept, others = collapse([h.doc_id for h in hits], rows.get)
+    return [by_doc[k] for k in kept], {k: [rows[o].uri for o in found] for k, found in others.items()}
+
+
 async def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str],
-                        hits: Sequence[ChunkHit], request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
+                        hits: Sequence[ChunkHit], request: SearchRequest,
+                        copies: dict[int, list[str]]) -> tuple[list[dict[str, Any]], list[DocRow]]:
     if not hits:
         return [], []
     chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, [h.chunk_id for h in hits])}
     rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
     contexts = ContextIndex(list_contexts(conn))
     return await trio.to_thread.run_sync(_with_snippets, tokenizer, terms, hits, chunks, rows, contexts, request,
-                                         limiter=cpu_limiter())
+                                         copies, limiter=cpu_limiter())
 
 
 def _with_snippets(tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit], chunks: dict[int, ChunkText],
-                   rows: dict[int, DocRow], contexts: ContextIndex,
-                   request: SearchRequest) -> tuple[list[dict[str, Any]], list[DocRow]]:
+                   rows: dict[int, DocRow], contexts: ContextIndex, request: SearchRequest,
+                   copies: dict[int, list[str]]) -> tuple[list[dict[str, Any]], list[DocRow]]:
     background = set(tokenizer.query_terms(request.intent)) - set(terms) if request.intent else set()
     snippets = Snippets(terms, tokenizer.index_terms, background)
     results = []
@@ -144,10 +162,12 @@ def _with_snippets(tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[Ch
             "heading": list(chunk.heading), "chunk_lines": [chunk.start_line, chunk.start_line +
                                                            chunk.text.count("\n")],
         }
+        if hit.doc_id in copies:
+            result["copies"] = copies[hit.doc_id]
         if request.explain:
             result["explain"] = {"bm25": round(hit.score, 4), "norm": round(hit.norm, 4),
                                  "terms": {t: round(v, 4) for t, v in (hit.explain or {}).items()},
-                                 "query_terms": list(terms)}
+                                 "query_terms": list(terms), "name_match": round(hit.name, 4)}
         results.append(result)
         result_docs.append(doc)
     return results, result_docs

@@ -28,6 +28,9 @@ Span analysis:
 - Terms longer than 64 characters are dropped. A compound over 64 characters whose atoms look like
   random data (base64, generated ids) is dropped with all its parts; otherwise (long URLs, paths)
   only the whole is dropped.
+- A bracketed run of one to three letters glued to the word after it is part of that word: tldr's
+  mnemonics ``[c]reate``, ``e[x]tract``, ``--[v]erbose`` are ``create``, ``extract``, ``verbose``
+  (else every such page would lack its own verbs). ``arr[i]``, ``[x] done`` and links are untouched.
 - CJK runs (Han, kana, Hangul, with their extension and compatibility blocks) are not words:
   documents index every character and every overlapping bigram; queries use the bigrams of a run
   of two or more characters, or the single character of a one-character run.
@@ -47,7 +50,7 @@ from operator import add, itemgetter
 import Stemmer
 
 # Bump whenever document-side tokenization changes in any way; it is part of the fingerprint.
-TOKENIZER_VERSION = 1
+TOKENIZER_VERSION = 2
 MAX_TERM_LEN = 64
 # Bounded memos (each at most ~20 MB), cleared wholesale when full: cheaper than LRU bookkeeping on
 # the hot path, and a vocabulary that outgrows them only costs re-analysis.
@@ -157,7 +160,14 @@ def _exact_scan_re() -> re.Pattern[str]:
     return re.compile(_CJK_CLASS + "+|" + _span_pattern(word, "'\u2019"))
 
 
+# Only a word character after the bracket joins: `arr[i]` and `[x] done` stay apart. Code such as
+# `a[i]j` is joined too, a rare loss beside every tldr page's verbs.
+_MNEMONIC_RE = re.compile(r"\[(\w{1,3})\](?=\w)")
+
+
 def _spans(text: str) -> list[str]:
+    if "[" in text:
+        text = _MNEMONIC_RE.sub(r"\1", text)
     if text.isascii():
         return _ASCII_SCAN_RE.findall(text)
     return _SCAN_RE.findall(unicodedata.normalize("NFKC", text))

@@ -1,0 +1,175 @@
+"""Known-item ranking: tldr's mnemonics, name keys, and scores that mean the same at any length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qmdd.search.bm25index import BM25Index
+from qmdd.search.collapse import collapse, sibling_path
+from qmdd.search.fields import document_name_keys, index_chunks, query_name_keys
+from qmdd.search.tokenize import Tokenizer
+from qmdd.store.documents import ChunkText, DocRow
+from tests.conftest import Env
+
+TOKENIZER = Tokenizer()
+
+
+@pytest.mark.parametrize(("text", "terms"), [
+    ("[c]reate an archive", ["creat", "an", "archiv"]),
+    ("e[x]tract files", ["extract", "file"]),
+    ("--[v]erbose", ["verbos"]),
+    ("[S]ync now", ["sync", "now"]),
+    ("arr[i] = 1", ["arr", "i", "1"]),
+    ("[x] done", ["x", "done"]),
+    ("see [a](b.md)", ["see", "a", "b.md", "b", "md"]),
+])
+def test_mnemonic_brackets_join_the_word(text: str, terms: list[str]) -> None:
+    assert TOKENIZER.index_terms(text) == terms
+
+
+def test_name_keys_of_title_stem_and_folder() -> None:
+    keys = document_name_keys(TOKENIZER, "git rebase", "common/git-rebase.md")
+    assert keys == {"\x02git rebase", "\x02git git-rebase rebase", "\x03git rebas", "\x03git git-rebase rebas"}
+    # A README is named by its folder, without the folder's numbering.
+    readme = document_name_keys(TOKENIZER, "1. Two Sum", "solution/0000-0099/0001.Two Sum/README_EN.md")
+    assert {"\x02sum two", "\x03sum two"} <= readme and not any("readm" in k for k in readme)
+    assert document_name_keys(TOKENIZER, "", "") == set()
+
+
+def test_query_name_keys_cover_subsets_and_runs() -> None:
+    short = query_name_keys(TOKENIZER, "create a tar archive")
+    assert short["\x02tar"] == (1.0, ("tar",))
+    assert short["\x02archive create"] == (1.0, ("creat", "archiv"))
+    assert short["\x03archiv creat"] == (0.5, ("creat", "archiv"))
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    long = query_name_keys(TOKENIZER, " ".join(words))
+    assert "\x02delta echo foxtrot" in long and "\x02bravo delta" not in long
+    assert "\x02" + " ".join(words) in long
+
+
+def test_exact_name_beats_a_name_with_the_same_stem() -> None:
+    index = indexed(page(1, 1, "linux/ports.md", "ports", "ports\nManage ports and port collections."),
+                    page(2, 2, "osx/port.md", "port", "port\nPackage manager."),
+                    *[page(10 + i, 10 + i, f"x/x{i}.md", f"x{i}", "filler text") for i in range(20)])
+    assert [doc for doc, _ in search(index, "port")][:2] == [2, 1]
+    assert [doc for doc, _ in search(index, "ports")][:2] == [1, 2]
+
+
+def page(chunk_id: int, doc_id: int, path: str, title: str, text: str) -> ChunkText:
+    return ChunkText(chunk_id, doc_id, 1, path, title, (), 1, text)
+
+
+def indexed(*chunks: ChunkText) -> BM25Index:
+    index = BM25Index(k1=1.3, b=0.55)
+    index.add(index_chunks(TOKENIZER, chunks))
+    return index
+
+
+def search(index: BM25Index, query: str, limit: int = 10) -> list[tuple[int, float]]:
+    terms = TOKENIZER.query_terms(query)
+    return [(h.doc_id, h.norm) for h in index.search(terms, limit=limit, names=query_name_keys(TOKENIZER, query))]
+
+
+def test_a_page_named_in_the_query_ranks_first() -> None:
+    filler = [page(100 + i, 100 + i, f"common/tool{i}.md", f"tool{i}", f"tool{i}\nUnrelated words {i}.")
+              for i in range(30)]
+    index = indexed(
+        page(1, 1, "common/tar.md", "tar", "tar\nArchiving utility.\n- [c]reate an archive from files:\n"
+             "`tar cf target.tar file1`\n- E[x]tract an archive:\n`tar xf source.tar`"),
+        page(2, 2, "linux/sqfstar.md", "sqfstar", "sqfstar\nCreate a squashfs filesystem from a tar archive.\n"
+             "- Create a filesystem from an uncompressed tar archive:\n`sqfstar fs.sqfs < archive.tar`"),
+        *filler)
+    ranked = search(index, "create a tar archive")
+    assert ranked[0][0] == 1
+    exact = search(index, "tar")
+    assert exact[0][0] == 1 and exact[0][1] >= 0.9
+    assert all(score < 0.9 for _, score in exact[1:])
+
+
+def test_one_rare_term_in_a_long_document_is_a_strong_hit() -> None:
+    # A transcript of many chunks mentions "zyzzyva" once; its score must not shrink with its length.
+    filler = "the meeting went on about budgets and plans and schedules " * 20
+    chunks = [page(i, 1, "talks/long.md", "long talk", filler) for i in range(1, 200)]
+    chunks.append(page(500, 1, "talks/long.md", "long talk", filler + " zyzzyva"))
+    chunks += [page(1000 + i, 10 + i, f"notes/n{i}.md", f"note {i}", "short note about plans") for i in range(20)]
+    index = indexed(*chunks)
+    [(doc, score)] = search(index, "zyzzyva")
+    assert doc == 1 and score >= 0.3
+    # A one-chunk note with the same passage scores higher (it is all about it), but not by a multiple:
+    # scored per document only, the transcript got 0.06.
+    index.add(index_chunks(TOKENIZER, [page(2000, 99, "notes/z.md", "long talk", filler + " zyzzyva")]))
+    scores = dict(search(index, "zyzzyva"))
+    assert scores[99] >= scores[1] >= 0.66 * scores[99]
+
+
+def test_short_page_about_a_term_beats_long_page_mentioning_it() -> None:
+    filler = "general remarks on many unrelated subjects and more " * 20
+    chunks = [page(i, 1, "long.md", "long", filler + (" rsync" if i == 5 else "")) for i in range(1, 40)]
+    chunks.append(page(100, 2, "rsync-notes.md", "notes", "rsync copies files. rsync over ssh. rsync flags."))
+    chunks += [page(200 + i, 10 + i, f"x{i}.md", f"x{i}", "other text entirely") for i in range(20)]
+    ranked = search(indexed(*chunks), "rsync")
+    assert [doc for doc, _ in ranked[:2]] == [2, 1]
+
+
+def doc(doc_id: int, path: str, content_hash: str, collection_id: int = 1) -> DocRow:
+    return DocRow(doc_id, collection_id, f"c{collection_id}", "/root", path, 1, 0, content_hash, "t", 1)
+
+
+def test_sibling_path_drops_variant_tags() -> None:
+    assert sibling_path("pages.de/common/tar.md") == "pages/common/tar.md"
+    assert sibling_path("pages.pt_BR/linux/ls.md") == "pages/linux/ls.md"
+    assert sibling_path("docs.zh-Hant/a.md") == "docs/a.md"
+    assert sibling_path("pages/common/tar.md") == "pages/common/tar.md"
+    assert sibling_path("v1.2/notes.md") == "v1.2/notes.md"  # a version, not a language
+    assert sibling_path("tar.de.md") == "tar.de.md"
+
+
+def test_collapse_groups_copies_under_the_best_ranked() -> None:
+    rows = {
+        1: doc(1, "pages.de/common/tar.md", "h1"),
+        2: doc(2, "pages/common/tar.md", "h2"),
+        3: doc(3, "pages/common/zip.md", "h3"),
+        4: doc(4, "pages.fr/common/tar.md", "h4"),
+        5: doc(5, "elsewhere/copy-of-zip.md", "h3"),  # identical content
+        6: doc(6, "pages/common/tar.md", "h6", collection_id=2),  # another collection: not a sibling
+    }
+    kept, others = collapse([1, 3, 2, 5, 4, 6, 99], rows.get)
+    assert kept == [1, 3, 6, 99]
+    assert others == {1: [2, 4], 3: [5]}
+
+
+def test_end_to_end_copies_collapse_and_names_rank_first(env: Env, tmp_path: Path) -> None:
+    tree = tmp_path / "tldr"
+    pages = {
+        "pages/common/tar.md": "# tar\n\n> Archiving utility.\n\n- [c]reate an archive from files:\n\n"
+                               "`tar cf t.tar f`\n",
+        "pages.de/common/tar.md": "# tar\n\n> Archivierungswerkzeug.\n\n- Erstelle ein Archiv:\n\n`tar cf t.tar f`\n",
+        "pages.fr/common/tar.md": "# tar\n\n> Utilitaire d'archivage.\n\n- Crée une archive:\n\n`tar cf t.tar f`\n",
+        "pages/linux/sqfstar.md": "# sqfstar\n\n> Create a squashfs filesystem from a tar archive.\n\n"
+                                  "- Create a filesystem from an uncompressed tar archive:\n\n`sqfstar fs < a.tar`\n",
+        "pages/common/zip.md": "# zip\n\n> Package and compress files into a zip archive.\n",
+        "copy/zip.md": "# zip\n\n> Package and compress files into a zip archive.\n",
+        "talks/long.md": "# All hands\n\n" + "".join(f"Part {i}. The meeting went on about budgets, plans and "
+                                                    f"schedules for the quarter.\n\n" for i in range(4000))
+                         + "Someone mentioned the zyzzyva once.\n\n" + "More budget talk follows here.\n\n" * 500,
+    }
+    for path, text in pages.items():
+        (tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path).write_text(text, encoding="utf-8")
+    env.json("collection", "add", str(tree), "--name", "t")
+
+    hits = env.json("search", "create a tar archive", "-n", "3")
+    assert hits[0]["file"] == "qmd://t/pages/common/tar.md"
+    assert sorted(hits[0]["copies"]) == ["qmd://t/pages.de/common/tar.md", "qmd://t/pages.fr/common/tar.md"]
+    assert not any(h["file"].endswith("/tar.md") for h in hits[1:])  # the translations are not hits of their own
+    every = env.json("search", "tar", "-n", "10", "--no-collapse")
+    assert {h["file"] for h in every} >= {f"qmd://t/{p}" for p in pages if p.endswith("/tar.md")}
+    assert all("copies" not in h for h in every)
+    zips = env.json("search", "zip", "-n", "5")
+    assert len([h for h in zips if h["file"].endswith("zip.md")]) == 1  # identical content: one hit
+
+    # One mention of a rare word in a large transcript survives qmd users' habitual --min-score 0.3.
+    rare = env.json("search", "zyzzyva", "--min-score", "0.3")
+    assert [h["file"] for h in rare] == ["qmd://t/talks/long.md"]
