@@ -278,7 +278,9 @@ class VectorIndex:
         nodes = len(self._owners)
         wanted = max(CANDIDATE_FLOOR, CANDIDATES_PER_HIT * limit)  # candidates to re-score
         if allowed is None:
-            found = self._index.search(query, min(nodes, wanted), exact=nodes <= EXACT_BELOW, threads=1).keys
+            # Brute force needs no spare candidates: its first `limit` nodes are the nearest (each has a chunk).
+            count = min(nodes, limit if nodes <= EXACT_BELOW else wanted)
+            found = self._index.search(query, count, exact=nodes <= EXACT_BELOW, threads=1).keys
             return self._best(np.asarray(found, dtype=np.uint64), query, None, limit)
         allowed = allowed & self._keys
         if not allowed:
