@@ -18,7 +18,7 @@ import trio
 from qmdd.chunking import embedding_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
-from qmdd.search.collapse import collapse, enough, fetch_sizes
+from qmdd.search.collapse import enough, fetch_sizes
 from qmdd.search.fusion import (
     Blended,
     Fused,
@@ -30,7 +30,14 @@ from qmdd.search.fusion import (
     parse_query,
     script_coverage,
 )
-from qmdd.search.pipeline import SearchRequest, build_results, check_request, collapse_hits, resolve_filters
+from qmdd.search.pipeline import (
+    SearchRequest,
+    build_results,
+    check_request,
+    collapse_documents,
+    collapse_hits,
+    resolve_filters,
+)
 from qmdd.search.ports import Retrievers
 from qmdd.search.tokenize import Tokenizer
 from qmdd.search.vectorindex import VectorHit
@@ -169,15 +176,12 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
     fused = fuse(_ranked_lists(lists, names, engines.latin_only()))
     by_source = {name: {c.doc_id: c for c in ranked} for name, (_, ranked) in zip(names, lists, strict=True)}
-    copies: dict[int, list[str]] = {}
-    if request.collapse and len(fused) > 1:
-        rows_of = docs.docs_by_ids(engines.conn, [f.key for f in fused])
-        kept, others = collapse([f.key for f in fused], rows_of.get)
+    kept, copies = collapse_documents(engines.conn, [f.key for f in fused], request.collapse)
+    if len(kept) < len(fused):
         keep = set(kept)
         fused = [f for f in fused if f.key in keep]
         for rank, item in enumerate(fused, 1):  # blending by position needs the ranks without the copies
             item.rank = rank
-        copies = {k: [rows_of[o].uri for o in found] for k, found in others.items()}
     head = fused[:max(request.limit, RERANK_DEPTH if rerank else request.limit)]
     chosen = {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head}
     scores = {f.key: f.score for f in head}

@@ -123,12 +123,20 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
 def collapse_hits(conn: sqlite3.Connection, hits: Sequence[ChunkHit],
                   enabled: bool) -> tuple[list[ChunkHit], dict[int, list[str]]]:
     """Hits with copies of a better-ranked hit removed, and each kept hit's copies (as URIs)."""
-    if not enabled or len(hits) < 2:
-        return list(hits), {}
-    rows = docs.docs_by_ids(conn, [h.doc_id for h in hits])
     by_doc = {h.doc_id: h for h in hits}
-    kept, others = collapse([h.doc_id for h in hits], rows.get)
-    return [by_doc[k] for k in kept], {k: [rows[o].uri for o in found] for k, found in others.items()}
+    kept, copies = collapse_documents(conn, [h.doc_id for h in hits], enabled)
+    return [by_doc[k] for k in kept], copies
+
+
+def collapse_documents(conn: sqlite3.Connection, doc_ids: Sequence[int],
+                       enabled: bool) -> tuple[list[int], dict[int, list[str]]]:
+    """Document ids in rank order with copies of a better-ranked one removed, and each kept one's copies
+    (as URIs)."""
+    if not enabled or len(doc_ids) < 2:
+        return list(doc_ids), {}
+    rows = docs.docs_by_ids(conn, doc_ids)
+    kept, others = collapse(doc_ids, rows.get)
+    return kept, {k: [rows[o].uri for o in found] for k, found in others.items()}
 
 
 async def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str],
