@@ -63,6 +63,7 @@ class ChunkHit:
     norm: float  # 0..1, the ranking score (`ranking.combine`)
     explain: dict[str, float] | None  # term -> contribution to the best chunk, when asked
     name: float = 0.0  # share of the query's weight that the document's name covers (0: none)
+    phrase: float = 0.0  # phrase evidence of the best chunk (`qmdd.search.phrases`), once re-scored
 
 
 def _bitmap(values: Arr) -> BitMap:

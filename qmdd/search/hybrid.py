@@ -1,8 +1,11 @@
 """Vector and hybrid search, orchestrated through the `Retrievers` port (embedder, vectors, BM25).
 
 `query`: every sub-query yields a ranked list of documents (BM25 for lex, nearest chunks for vec);
-the lists are fused by weighted RRF with a top-rank bonus; each document keeps the chunk that ranked
-best for it; an optional cross-encoder rescores the head of the list, blended by position.
+each list's 0..1 scores (BM25's calibrated score, the cosine above a floor) are summed with the list's
+weight (CombSUM: keyword lists 0.7, vector lists 0.3, scaled by how much of the query the model's
+script covers); each document keeps the chunk that ranked best for it; copies collapse; the head is
+re-scored by phrase evidence (`qmdd.search.phrases`), as `search` does; an optional cross-encoder
+rescores the head of the list, blended by position.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from qmdd.search.fusion import (
     parse_query,
     script_coverage,
 )
+from qmdd.search.phrases import PHRASE_DEPTH, with_phrase
 from qmdd.search.pipeline import (
     SearchRequest,
     build_results,
     check_request,
     collapse_documents,
     collapse_hits,
+    phrase_evidence,
     resolve_filters,
 )
 from qmdd.search.ports import Retrievers
@@ -180,8 +185,9 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     if len(kept) < len(fused):
         keep = set(kept)
         fused = [f for f in fused if f.key in keep]
-        for rank, item in enumerate(fused, 1):  # blending by position needs the ranks without the copies
-            item.rank = rank
+    phrases = await _with_phrases(engines, subqueries, fused, by_source)
+    for rank, item in enumerate(fused, 1):  # blending by position needs the ranks without the copies
+        item.rank = rank
     head = fused[:max(request.limit, RERANK_DEPTH if rerank else request.limit)]
     chosen = {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head}
     scores = {f.key: f.score for f in head}
@@ -202,13 +208,30 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     terms = sorted({t for sub in subqueries for t in engines.tokenizer.query_terms(sub.text)})
     results, rows = await build_results(engines.conn, engines.tokenizer, terms, hits, request, copies)
     if request.explain:
-        _explain(results, [r.id for r in rows], head, lists, names, by_source, blended)
+        _explain(results, [r.id for r in rows], head, lists, names, by_source, blended, phrases)
     answer: dict[str, Any] = {"terms": terms, "results": results,
                               "subqueries": [{"type": s.kind, "query": s.text} for s in subqueries],
                               "reranked": bool(blended)}
     if warnings:
         answer["warnings"] = warnings
     return answer, rows
+
+
+async def _with_phrases(engines: Engines, subqueries: Sequence[SubQuery], fused: list[Fused[int]],
+                        by_source: dict[str, dict[int, Candidate]]) -> dict[int, float]:
+    """Re-score (in place) and re-sort the first PHRASE_DEPTH fused documents by how closely their
+    chunk says the query (the first keyword sub-query's text), as `search` does its hits: once, after
+    fusion, so a phrase counts alike whatever the lists said. Returns each document's evidence."""
+    head = fused[:PHRASE_DEPTH]
+    text = next((s.text for s in subqueries if s.kind == "lex"), subqueries[0].text)
+    chunk_ids = [_best_candidate(f.contributions, by_source, f.key).chunk_id for f in head]
+    evidence = dict(zip([f.key for f in head], await phrase_evidence(engines.conn, engines.tokenizer, text, chunk_ids),
+                        strict=True))
+    for item in head:
+        item.score = with_phrase(item.score, evidence[item.key])
+    head.sort(key=lambda f: -f.score)  # stable: ties keep the fused order
+    fused[:PHRASE_DEPTH] = head
+    return evidence
 
 
 def _ranked_lists(lists: Sequence[tuple[SubQuery, list[Candidate]]], names: Sequence[str],
@@ -231,7 +254,8 @@ def _ranked_lists(lists: Sequence[tuple[SubQuery, list[Candidate]]], names: Sequ
 
 def _explain(results: list[dict[str, Any]], doc_ids: list[int], head: Sequence[Fused[int]],
              lists: Sequence[tuple[SubQuery, list[Candidate]]], names: Sequence[str],
-             by_source: dict[str, dict[int, Candidate]], blended: Sequence[Blended[int]]) -> None:
+             by_source: dict[str, dict[int, Candidate]], blended: Sequence[Blended[int]],
+             phrases: dict[int, float]) -> None:
     fused_by_key = {f.key: f for f in head}
     blended_by_key = {b.key: b for b in blended}
     for result, key in zip(results, doc_ids, strict=True):
@@ -242,6 +266,7 @@ def _explain(results: list[dict[str, Any]], doc_ids: list[int], head: Sequence[F
                              "share": round(f.contributions.get(name, 0.0), 5), "query": lists[i][0].text}
                       for i, name in enumerate(names) if key in by_source[name]},
             "chunk_from": _best_source(f.contributions),
+            "phrase_match": round(phrases.get(key, 0.0), 4),
         }
         b = blended_by_key.get(key)
         if b is not None:

@@ -8,9 +8,10 @@ so they are built in a worker thread.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -19,6 +20,8 @@ from pyroaring import BitMap
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.collapse import collapse, enough, fetch_sizes
+from qmdd.search.fields import document_name_keys, query_name_keys
+from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
 from qmdd.search.ports import Retrievers
 from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
@@ -111,13 +114,56 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     check_request(request)
     collection_ids, allowed = resolve_filters(conn, request)
     for fetch in fetch_sizes(request.limit, request.collapse):
-        terms, found = await retrievers.keywords(request.query, fetch, collection_ids, allowed, request.explain)
+        asked = max(fetch, PHRASE_DEPTH)
+        terms, found = await keyword_hits(conn, retrievers, tokenizer, request.query, asked, collection_ids, allowed,
+                                          request.explain)
         hits, copies = collapse_hits(conn, found, request.collapse)
-        if enough(len(hits), len(found), fetch, request.limit):
+        if enough(len(hits), len(found), asked, request.limit):
             break
     hits = [h for h in hits if h.norm >= request.min_score][:request.limit]
     results, rows = await build_results(conn, tokenizer, terms, hits, request, copies)
     return {"terms": terms, "results": results}, rows
+
+
+async def keyword_hits(conn: sqlite3.Connection, retrievers: Retrievers, tokenizer: Tokenizer, text: str, fetch: int,
+                       collection_ids: list[int] | None, allowed: BitMap | None,
+                       explain: bool) -> tuple[list[str], list[ChunkHit]]:
+    """BM25's query terms and `fetch` best hits for `text`, the first PHRASE_DEPTH re-scored by how
+    closely their best chunk says the text, and re-sorted."""
+    terms, found = await retrievers.keywords(text, fetch, collection_ids, allowed, explain)
+    head = found[:PHRASE_DEPTH]
+    evidence = await phrase_evidence(conn, tokenizer, text, [h.chunk_id for h in head])
+    rescored = [replace(h, norm=with_phrase(h.norm, e), phrase=e) if e else h
+                for h, e in zip(head, evidence, strict=True)]
+    # Re-scoring only raises scores, so every re-scored hit stays above the ones past the depth.
+    return terms, sorted(rescored, key=lambda h: -h.norm) + found[PHRASE_DEPTH:]
+
+
+async def phrase_evidence(conn: sqlite3.Connection, tokenizer: Tokenizer, text: str,
+                          chunk_ids: Sequence[int]) -> list[float]:
+    """How closely each chunk says `text` (`qmdd.search.phrases`), 0 for a chunk removed meanwhile."""
+    matcher = PhraseMatcher(text, tokenizer)
+    if not (chunk_ids and matcher.has_order):
+        return [0.0] * len(chunk_ids)
+
+    def evidence() -> list[float]:  # the read too: 20 chunk texts cost more than the thread hop
+        chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, chunk_ids)}
+        names = query_name_keys(tokenizer, text)
+        out = []
+        for chunk in map(chunks.get, chunk_ids):
+            if chunk is None:
+                out.append(0.0)
+                continue
+            named = {t for key in _name_keys(tokenizer, chunk.title, chunk.path) if key in names for t in names[key][1]}
+            out.append(matcher.evidence(chunk.text, named))
+        return out
+
+    return await trio.to_thread.run_sync(evidence, limiter=cpu_limiter())
+
+
+# A document's name keys, memoised: the same pages come back query after query, and analysing a title
+# and a path costs more than matching a chunk. Keyed by what they are computed from, so never stale.
+_name_keys = functools.lru_cache(maxsize=4096)(document_name_keys)
 
 
 def collapse_hits(conn: sqlite3.Connection, hits: Sequence[ChunkHit],
@@ -175,7 +221,8 @@ def _with_snippets(tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[Ch
         if request.explain:
             result["explain"] = {"bm25": round(hit.score, 4), "norm": round(hit.norm, 4),
                                  "terms": {t: round(v, 4) for t, v in (hit.explain or {}).items()},
-                                 "query_terms": list(terms), "name_match": round(hit.name, 4)}
+                                 "query_terms": list(terms), "name_match": round(hit.name, 4),
+                                 "phrase_match": round(hit.phrase, 4)}
         results.append(result)
         result_docs.append(doc)
     return results, result_docs

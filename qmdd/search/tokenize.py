@@ -139,6 +139,12 @@ _BMP_CJK_CLASS = f"[{_ranges_class(cp for cp in _CJK_CODEPOINTS if cp < 0x10000)
 _SCAN_RE = re.compile(_BMP_CJK_CLASS + "+|" + _span_pattern(_FAST_WORD_CLASS, "'\u2019"))
 # On ASCII text this finds exactly the spans _SCAN_RE finds (tested), several times faster.
 _ASCII_SCAN_RE = re.compile(_span_pattern("[A-Za-z0-9]", "'"))
+# Phrase matching reads a text as casefolded words (each CJK character a word of its own) and the
+# marks that end a sentence (a newline, a stop before a space, a CJK full stop).
+# A run of ends (": \n\n", a blank line) is one mark: fewer, longer sentences to visit.
+_ENDS = r"[.!?;:]*\n[\s.!?;:]*|[.!?;:](?=\s)"
+_PHRASE_TOKEN_RE = re.compile(_ENDS + r"|[\u3002\uff01\uff1f\uff1b]+|" + _CJK_CLASS + r"|\w+")
+_ASCII_PHRASE_TOKEN_RE = re.compile(_ENDS + r"|\w+")
 _ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
 _CJK_RE = re.compile(_CJK_CLASS)
 _BMP_CJK_RE = re.compile(_BMP_CJK_CLASS)
@@ -277,6 +283,20 @@ class Tokenizer:
     def index_terms(self, text: str) -> list[str]:
         """Every term occurrence in document order, with repetition."""
         return list(chain.from_iterable(map(self._cache.__getitem__, _spans(text))))
+
+    def phrase_tokens(self, text: str) -> list[str]:
+        """The text's casefolded, unstemmed words (`stem` gives their terms) and, between its
+        sentences, a token of the marks that end them (a full stop before a space, a newline, a CJK
+        full stop; a run of them is one): phrase matching's input, in one C-level scan."""
+        if "[" in text:
+            text = _MNEMONIC_RE.sub(r"\1", text)
+        if text.isascii():
+            return _ASCII_PHRASE_TOKEN_RE.findall(text.lower())
+        return _PHRASE_TOKEN_RE.findall(text.casefold())
+
+    def stem(self, word: str) -> str:
+        """The index form of one casefolded word."""
+        return self._stem(word)
 
     def count_terms(self, text: str) -> dict[str, int]:
         """Term frequencies of `index_terms(text)`, as a fresh dict the caller may mutate."""

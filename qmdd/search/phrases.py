@@ -1,0 +1,146 @@
+"""Phrase evidence: a sentence of the page that says what the query says, in the query's order.
+
+BM25 scores words one by one, so "create an archive and write it to a file" finds every page that uses
+those words; the page that holds that very sentence is only one of them. Recalling a line of a page is
+how people look for a page they have read (known-item search), and the line, found whole and in order,
+is what tells the page apart. The top keyword hits (`search`) and the top fused documents (`query`)
+are re-scored with it: a chunk's best sentence gives `evidence` = coverage^3 * precision^2, where
+coverage is the share of the query's words the sentence holds in the query's order (their longest
+common subsequence) and precision the share of the sentence those words make. A page's name is the
+subject of each of its lines, so the query's words that name the page count as said by every sentence
+of it ("create a tar archive" is said by tar's "create an archive"). Long natural-language queries (a
+paragraph asking for papers) cover little of any one sentence, so they keep their order; one-word
+queries have no order to find, and are left to BM25 and the name keys.
+
+Measured (bench/known_items.py, bench/eval_quality.py; Hit@1, nDCG@10 for the eval collections;
+search / query, before -> after): tldr task descriptions 0.695 / 0.705 -> 0.880 / 0.905, Spanish tldr
+tasks 0.875 / 0.845 -> 0.975 / 0.980, names, LeetCode and cpp-docs titles unchanged (1.000 or 0.995);
+the eight eval collections within -0.008 .. +0.008 (mean query nDCG@10 0.593 -> 0.592). Precision to
+the first power instead: tldr tasks 0.010 and Spanish 0.005 lower; stopwords left out: tldr tasks
+0.035 lower. It costs ~1-2 ms a search (20 chunks read and matched, bench/hybrid_speed.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+from qmdd.search.tokenize import Tokenizer
+
+PHRASE_WEIGHT = 0.5  # a sentence that is exactly the query closes half of the gap left to a score of 1
+PHRASE_DEPTH = 20  # hits re-scored, best first: 10 lifts 0.015 fewer tldr tasks (~1 ms faster), 30 none more
+# A chunk holds at most 256 model tokens (1-2 KB of prose), but that is an estimate, and one very long
+# line can be one chunk: only its start is read, so a planted multi-megabyte line costs what any chunk
+# costs (~0.2 ms for 4 KB of query words, the worst case; a 450-byte tldr chunk takes ~30 us).
+TEXT_LIMIT = 4_096
+ARTICLE = "a"  # what every article reads as
+END = "\n"  # what every sentence end reads as (a term is never a newline)
+_TERMS_MAX = 100_000  # memoised words (~15 MB at most), forgotten all at once past it
+_END_MARKS = frozenset(".!?;:\n\u3002\uff01\uff1f\uff1b")  # what `Tokenizer.phrase_tokens` ends sentences with
+_ARTICLES = frozenset(("a", "an", "the"))
+
+
+def common_subsequence(query: Sequence[str], terms: Sequence[str]) -> int:
+    """Length of the longest common subsequence of the query's terms and a sentence's terms."""
+    positions: dict[str, list[int]] = {}
+    for i, term in enumerate(query):
+        positions.setdefault(term, []).insert(0, i)
+    return _longest_increasing(positions.get(term, ()) for term in terms)
+
+
+def _longest_increasing(matches: Iterable[Sequence[int]]) -> int:
+    """Hunt-Szymanski: each sentence term, as the query positions it matches (latest first), extends
+    the longest strictly increasing run of positions: O(matches * log(query length)), so a long
+    sentence that shares few terms with the query costs little more than reading it."""
+    tails: list[int] = []
+    for positions in matches:
+        for i in positions:
+            k = bisect.bisect_left(tails, i)
+            if k == len(tails):
+                tails.append(i)
+            else:
+                tails[k] = i
+    return len(tails)
+
+
+def sentence_evidence(query: Sequence[str], terms: Sequence[str]) -> float:
+    """coverage^3 * precision^2 of one sentence (0 when either is empty)."""
+    if not query or not terms:
+        return 0.0
+    return _evidence(common_subsequence(query, terms), len(query), len(terms))
+
+
+def _evidence(common: int, query_length: int, sentence_length: int) -> float:
+    return (common / query_length) ** 3 * (common / sentence_length) ** 2
+
+
+class _Terms(dict[str, str]):
+    """phrase token -> its term, memoised across queries (`_terms_of`), so `map(terms.__getitem__,
+    tokens)` stays in C for the words seen before, as most words of a top hit are: a word's index term
+    (the articles one term), a sentence end END. Stemming afresh per query cost more than the rest."""
+
+    def __init__(self, stem: Callable[[str], str]) -> None:
+        super().__init__()
+        self._stem = stem
+
+    def __missing__(self, token: str) -> str:
+        if len(self) >= _TERMS_MAX:
+            self.clear()
+        if token[0] in _END_MARKS:  # no word starts so: a run of sentence ends
+            found = END
+        elif token in _ARTICLES:
+            found = ARTICLE
+        else:
+            found = self._stem(token)
+        self[token] = found
+        return found
+
+
+@functools.lru_cache(maxsize=8)  # a daemon has one tokenizer; tests make a few
+def _terms_of(tokenizer: Tokenizer) -> _Terms:
+    return _Terms(tokenizer.stem)
+
+
+class PhraseMatcher:
+    """A query, matched against texts sentence by sentence. `tokenizer` is the index's: sentences and
+    the query are split, casefolded and stemmed alike, stopwords kept (their order is the phrase), but
+    the articles are one word: people recall a line's words, not whether it said "a" or "the"."""
+
+    def __init__(self, query: str, tokenizer: Tokenizer) -> None:
+        self._tokens_of = tokenizer.phrase_tokens
+        self._terms = _terms_of(tokenizer)
+        self._query = [term for term in map(self._terms.__getitem__, tokenizer.phrase_tokens(query)) if term != END]
+        # One word has no order to find, and BM25 and the name keys already weigh where it occurs.
+        self.has_order = len(self._query) >= 2
+
+    def evidence(self, text: str, named: Collection[str] = ()) -> float:
+        """The best sentence's evidence in `text` (0..1). `named`: the query's terms that the name of
+        the text's document holds. A page's name is the subject of each of its lines ("create an
+        archive" on tar's page says "create a tar archive"), so those terms count as said by every
+        sentence, wherever the query has them, and are skipped in the sentence."""
+        query = [term for term in self._query if term not in named]
+        said = len(self._query) - len(query)
+        positions: dict[str, tuple[int, ...]] = {}
+        for i, term in enumerate(query):
+            positions[term] = (i, *positions.get(term, ()))  # latest first
+        terms = list(map(self._terms.__getitem__, self._tokens_of(text[:TEXT_LIMIT])))
+        terms.append(END)
+        best, start = 0.0, 0
+        while start < len(terms):  # sentence by sentence, each found by a C-level scan
+            end = terms.index(END, start)
+            sentence = terms[start:end]
+            start = end + 1
+            if not sentence:
+                continue
+            if said:
+                sentence = [term for term in sentence if term not in named]
+            common = said + _longest_increasing(filter(None, map(positions.get, sentence)))
+            if common:
+                best = max(best, _evidence(common, len(self._query), len(sentence) + said))
+        return best
+
+
+def with_phrase(score: float, evidence: float) -> float:
+    """A 0..1 score raised by phrase evidence: the gap left to 1 shrinks by PHRASE_WEIGHT * evidence."""
+    return 1.0 - (1.0 - score) * (1.0 - PHRASE_WEIGHT * evidence)
