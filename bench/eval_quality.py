@@ -8,7 +8,10 @@ embedded (`embed`) right after it is added. Collections are evaluated one at a t
 `query` runs without the reranker (none is installed by default), with `--candidates` per list.
 
     python bench/eval_quality.py [--data ../shared/data/eval] [--collections cranfield,cisi]
-                                 [--methods search,vsearch,query] [--out results.json]
+                                 [--methods search,vsearch,query] [--model NAME] [--out results.json]
+
+--model selects the embedding model (`qmdctl model use NAME`, e.g. multilingual-e5-small) before
+anything is embedded; the default is the daemon's.
 """
 
 from __future__ import annotations
@@ -207,6 +210,7 @@ def main() -> int:
     parser.add_argument("--candidates", type=int, default=LIMIT,
                         help=f"`query` candidates per ranked list (default {LIMIT}; the daemon uses "
                              "max(candidates, limit) anyway)")
+    parser.add_argument("--model", default=None, help="embedding model to use (default: the daemon's default)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON here")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -226,6 +230,8 @@ def main() -> int:
         if any(m in ("vsearch", "query") for m in methods):
             # Load (and on a fresh home convert) the model once, outside the per-collection timings.
             t0 = time.perf_counter()
+            if args.model:
+                client.call("model.use", {"name": args.model, "role": "embedding", "dry_run": False})
             client.call("embed", {})
             model = client.call("status")["model"]
             report["model"] = {k: model.get(k) for k in ("embedding", "fingerprint", "device", "compute_type")}

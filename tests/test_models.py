@@ -390,7 +390,7 @@ def test_import_errors_are_typed_and_leave_nothing(registry: ModelRegistry, tiny
     with raises_code(code):
         registry.import_checkpoint(src, "broken", None, None, None)
     assert imported_names(registry) == []
-    assert [m["name"] for m in registry.list_models()] == [DEFAULT_EMBEDDING]
+    assert [m["name"] for m in registry.list_models()] == list(PACKAGED)  # nothing imported
 
 
 def test_reranker_import_without_classifier(registry: ModelRegistry, tiny: Path) -> None:

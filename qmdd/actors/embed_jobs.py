@@ -115,7 +115,7 @@ class EmbedJobsActor(DatabaseActor):
         for chunk in page:  # identical texts (copies, boilerplate) are embedded once
             unique.setdefault(chunk.hash, embedding_text(chunk.title, chunk.heading_path, chunk.text))
         hashes = list(unique)
-        vectors = await self._embedder.call(EmbedTexts(list(unique.values()), "bulk"))
+        vectors = await self._embedder.call(EmbedTexts(list(unique.values()), "bulk", "passage"))
         await self._indexer.call(StoreEmbeddings(fingerprint, hashes, vectors))
         return len(hashes)
 

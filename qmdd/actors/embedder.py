@@ -23,7 +23,7 @@ import trio
 from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, concurrent, send_reply, typed_outcome
 from qmdd.actors.messages import EmbedTexts, ModelStatus, RerankPairs, UseModel
-from qmdd.models.registry import ModelChoice, ModelRegistry
+from qmdd.models.registry import ModelChoice, ModelRegistry, prefixed
 from qmdd.models.runtime import LoadedModel
 from qmdd.protocol.errors import ErrorCode, QmddError
 
@@ -177,11 +177,12 @@ class EmbedderActor(Actor):
         self._jobs.add(job)  # from now on the model is neither unloaded nor switched under it unnoticed
         try:
             query = message.priority == "query"
+            texts = prefixed(model.manifest, message.kind or ("query" if query else "passage"), message.texts)
             if query:
                 self._last_query = time.monotonic()
-                ids = model.token_ids(message.texts)
+                ids = model.token_ids(texts)
             else:
-                ids = await trio.to_thread.run_sync(model.token_ids, message.texts, limiter=self._tokenizing)
+                ids = await trio.to_thread.run_sync(model.token_ids, texts, limiter=self._tokenizing)
             if job in self._jobs:  # not failed by `model use` while it was tokenized
                 # Sorted by length, a bulk request's texts batch with little padding.
                 order = range(len(ids)) if query else sorted(range(len(ids)), key=lambda i: len(ids[i]))

@@ -169,10 +169,13 @@ class VectorCoverage:
 @dataclass(frozen=True, slots=True)
 class EmbedTexts:
     """Embedder: vectors (float32, L2-normalised, one row per text). `priority` is "query" (served
-    first, batched within a millisecond) or "bulk" (indexing; yields to queries)."""
+    first, batched within a millisecond) or "bulk" (indexing; yields to queries). `kind` says what the
+    texts are, "query" (searches) or "passage" (the documents' chunks), for models that want each
+    marked (e5's "query: " / "passage: " prefixes); empty: queries at query priority, else passages."""
 
     texts: list[str]
     priority: str = "query"
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)

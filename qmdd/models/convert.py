@@ -1,10 +1,13 @@
 """BERT-family checkpoint (safetensors) → CTranslate2 encoder model, without torch.
 
-This fills CTranslate2's encoder spec from the raw tensors the way its own BERT loader does
-(`ctranslate2.converters.transformers.BertLoader`), so the result is what `ct2-transformers-converter`
-would write, but with numpy only: no torch, no transformers. A sequence-classification head
+This fills CTranslate2's encoder spec from the raw tensors the way its own loaders do
+(`ctranslate2.converters.transformers.BertLoader`, `RobertaLoader`, `XLMRobertaLoader`), so the result
+is what `ct2-transformers-converter` would write, but with numpy only: no torch, no transformers.
+(XLM-)RoBERTa is BERT with "roberta." tensor names and positions that start after the padding index
+(its first padding_idx + 1 rows are never used, so they are dropped). A sequence-classification head
 (cross-encoder rerankers) is not part of the CTranslate2 model; it is saved beside it as numpy arrays
-and applied to the pooler output in `qmdd.models.runtime`.
+and applied to the pooler output in `qmdd.models.runtime`. RoBERTa's head (dense + tanh, then a
+projection, over the <s> state) is BERT's pooler + classifier under other names, so it maps onto them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "relu", "silu", "swish")
-SUPPORTED_TYPES = ("bert",)
+SUPPORTED_TYPES = ("bert", "roberta", "xlm-roberta")
+ROBERTA_TYPES = ("roberta", "xlm-roberta")
 HEAD_FILE = "head.npz"
 MANIFEST = "qmdd-model.json"
 
@@ -57,12 +61,25 @@ def read_checkpoint_config(src: Path) -> dict[str, Any]:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED,
-                        f"{src}: model_type {model_type!r} is not supported (only BERT-family checkpoints)")
+                        f"{src}: model_type {model_type!r} is not supported (BERT, RoBERTa and XLM-RoBERTa only)")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src}: only absolute position embeddings are supported")
     if config.get("hidden_act", "gelu") not in SUPPORTED_ACTIVATIONS:
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src}: activation {config.get('hidden_act')!r} unsupported")
     return config
+
+
+def position_offset(config: Mapping[str, Any]) -> int:
+    """Rows of the position table before the first real position: RoBERTa counts positions from
+    padding_idx + 1 (the padding token's id), BERT from 0."""
+    if config.get("model_type") in ROBERTA_TYPES:
+        return int(config.get("pad_token_id", 1)) + 1
+    return 0
+
+
+def usable_positions(config: Mapping[str, Any]) -> int:
+    """The longest input (special tokens included) the converted model has positions for."""
+    return int(config.get("max_position_embeddings", 512)) - position_offset(config)
 
 
 def load_tensors(src: Path) -> dict[str, np.ndarray]:
@@ -77,9 +94,11 @@ def load_tensors(src: Path) -> dict[str, np.ndarray]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{path} is not a readable safetensors file: {exc}") from None
-    # BertModel checkpoints name tensors "embeddings.*"; task models prefix the encoder with "bert.".
-    if any(name.startswith("bert.") for name in tensors):
-        tensors = {name.removeprefix("bert."): value for name, value in tensors.items()}
+    # BertModel checkpoints name tensors "embeddings.*"; task models prefix the encoder with "bert."
+    # or "roberta.".
+    for prefix in ("bert.", "roberta."):
+        if any(name.startswith(prefix) for name in tensors):
+            tensors = {name.removeprefix(prefix): value for name, value in tensors.items()}
     return {name: value.astype(np.float32) if value.dtype != np.float32 and value.dtype.kind == "f" else value
             for name, value in tensors.items()}
 
@@ -96,7 +115,7 @@ class _Weights:
             return self._tensors[name]
         except KeyError:
             raise QmddError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"{self._src}: tensor {name!r} is missing; not a BERT checkpoint?") from None
+                            f"{self._src}: tensor {name!r} is missing; not a BERT-family checkpoint?") from None
 
     def has(self, name: str) -> bool:
         return name in self._tensors
@@ -139,10 +158,12 @@ def build_spec(config: Mapping[str, Any], w: _Weights, vocabulary: list[str]) ->
         spec.encoder.embeddings[1].weight = w("embeddings.token_type_embeddings.weight")
     else:
         spec.encoder.embeddings[1].weight = np.zeros((2, int(config["hidden_size"])), dtype=np.float32)
-    spec.encoder.position_encodings.encodings = w("embeddings.position_embeddings.weight")
+    spec.encoder.position_encodings.encodings = w("embeddings.position_embeddings.weight")[position_offset(config):]
     _layer_norm(spec.encoder.layernorm_embedding, w, "embeddings.LayerNorm")
     if w.has("pooler.dense.weight"):
         _linear(spec.pooler_dense, w, "pooler.dense")
+    elif w.has("classifier.dense.weight"):  # a RoBERTa cross-encoder: its head's first half
+        _linear(spec.pooler_dense, w, "classifier.dense")
     else:  # sentence-embedding exports often drop the pooler; CTranslate2 still wants one
         hidden = int(config["hidden_size"])
         spec.pooler_dense.weight = np.eye(hidden, dtype=np.float32)
@@ -162,7 +183,7 @@ def build_spec(config: Mapping[str, Any], w: _Weights, vocabulary: list[str]) ->
     tokens = list(vocabulary)
     tokens.extend(f"<extra_id_{i}>" for i in range(int(config["vocab_size"]) - len(tokens)))
     spec.register_vocabulary(tokens)
-    spec.config.unk_token = "[UNK]"
+    spec.config.unk_token = "<unk>" if config.get("model_type") in ROBERTA_TYPES else "[UNK]"
     spec.config.layer_norm_epsilon = float(config.get("layer_norm_eps", 1e-12))
     return spec
 
@@ -172,20 +193,27 @@ def read_vocabulary(src: Path) -> list[str]:
     tokenizer_json = src / "tokenizer.json"
     if tokenizer_json.exists():
         try:
-            vocab: dict[str, int] = json.loads(tokenizer_json.read_text())["model"]["vocab"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            vocab = json.loads(tokenizer_json.read_text())["model"]["vocab"]
+            # WordPiece and BPE map token -> id; Unigram (SentencePiece) lists [token, score] in id order.
+            if isinstance(vocab, list):
+                return [str(token) for token, _ in vocab]
+            return [token for token, _ in sorted(vocab.items(), key=lambda item: int(item[1]))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{tokenizer_json}: {exc}") from None
-        return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
     vocab_txt = src / "vocab.txt"
     if vocab_txt.exists():
         return vocab_txt.read_text(encoding="utf-8").splitlines()
     raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"{src} has neither tokenizer.json nor vocab.txt")
 
 
+CLASSIFIER_NAMES = ("classifier.weight", "classifier.out_proj.weight")  # BERT's, RoBERTa's
+
+
 def classification_head(w: _Weights) -> dict[str, np.ndarray] | None:
-    if not w.has("classifier.weight"):
+    name = next((name for name in CLASSIFIER_NAMES if w.has(name)), None)
+    if name is None:
         return None
-    return {"weight": w("classifier.weight"), "bias": w("classifier.bias")}
+    return {"weight": w(name), "bias": w(name.removesuffix("weight") + "bias")}
 
 
 def _intact(dest: Path, manifest: Mapping[str, Any]) -> bool:
@@ -203,17 +231,29 @@ def has_classifier(src: Path) -> bool:
 
     try:
         with safe_open(str(src / "model.safetensors"), "np") as f:
-            return "classifier.weight" in f.keys()  # noqa: SIM118 - a safetensors handle, not a dict
+            return any(name in CLASSIFIER_NAMES for name in f.keys())  # noqa: SIM118 - a handle, not a dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise QmddError(ErrorCode.MODEL_LOAD_FAILED, f"{src / 'model.safetensors'}: {exc}") from None
 
 
 def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
                        extra_manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert `src` into `dest` atomically (a temp dir renamed into place); returns the manifest."""
+    """Convert the checkpoint folder `src` into `dest` atomically (a temp dir renamed into place);
+    returns the manifest."""
     config = read_checkpoint_config(src)
-    w = tensor_lookup(load_tensors(src), src)
-    spec = build_spec(config, w, read_vocabulary(src))
+    # CTranslate2 writes its own config.json; the checkpoint's is kept under another name.
+    files = {"source-config.json": src / "config.json"}
+    files.update({name: src / name for name in ("tokenizer.json", "vocab.txt") if (src / name).exists()})
+    return write_conversion(config, tensor_lookup(load_tensors(src), src), read_vocabulary(src), files, dest,
+                            quantization=quantization, extra_manifest=extra_manifest, src=src)
+
+
+def write_conversion(config: Mapping[str, Any], w: _Weights, vocabulary: list[str],
+                     files: Mapping[str, Path | bytes], dest: Path, *, quantization: str,
+                     extra_manifest: Mapping[str, Any], src: Path) -> dict[str, Any]:
+    """Build the spec, save it with `files` (name -> a file to copy, or the bytes to write) into a
+    temporary folder beside `dest`, then rename it over `dest`; returns the manifest."""
+    spec = build_spec(config, w, vocabulary)
     head = classification_head(w)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -226,13 +266,13 @@ def convert_checkpoint(src: Path, dest: Path, *, quantization: str,
         spec.save(str(work))
         if head is not None:
             np.savez(work / HEAD_FILE, weight=head["weight"], bias=head["bias"])
-        for name in ("tokenizer.json", "vocab.txt"):
-            if (src / name).exists():
-                shutil.copyfile(src / name, work / name)
-        # CTranslate2 writes its own config.json; the checkpoint's is kept under another name.
-        shutil.copyfile(src / "config.json", work / "source-config.json")
+        for name, content in files.items():
+            if isinstance(content, Path):
+                shutil.copyfile(content, work / name)
+            else:
+                (work / name).write_bytes(content)
         manifest = {**extra_manifest, "quantization": quantization, "hidden_size": int(config["hidden_size"]),
-                    "max_position_embeddings": int(config.get("max_position_embeddings", 512)),
+                    "max_position_embeddings": usable_positions(config),
                     "has_head": head is not None, "model_bin_sha256": sha256_file(work / "model.bin")}
         (work / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         fd = os.open(work, os.O_RDONLY)
