@@ -101,8 +101,11 @@ def test_only_health_is_public_and_every_operation_can_fail_with_a_problem() -> 
             statuses = operation["responses"]
             assert "500" in statuses and "403" in statuses
             assert ("401" in statuses and "429" in statuses) == (path != "/health")
-            problem = statuses["400" if "400" in statuses else "500"]["content"]["application/problem+json"]
-            assert problem["schema"]["allOf"][0] == {"$ref": "#/components/schemas/Problem"}
+            # OpenAI's clients read OpenAI's error object under /v1/; everything else is problem details.
+            content, schema = (("application/json", "OpenAIError") if path.startswith("/v1/") else
+                               ("application/problem+json", "Problem"))
+            problem = statuses["400" if "400" in statuses else "500"]["content"][content]
+            assert problem["schema"]["allOf"][0] == {"$ref": f"#/components/schemas/{schema}"}
 
 
 def test_search_bodies_are_the_parameters_the_daemon_validates() -> None:
@@ -112,6 +115,13 @@ def test_search_bodies_are_the_parameters_the_daemon_validates() -> None:
         assert set(body["properties"]) == set(METHODS[method]) | set(QMD_ALIASES)
         assert body["required"] == [name for name, (_, default) in METHODS[method].items() if default is REQUIRED]
         assert body["additionalProperties"] is False
+
+
+def test_the_embeddings_body_is_the_parameters_the_daemon_validates() -> None:
+    body = document()["components"]["schemas"]["EmbeddingsParams"]
+    assert set(body["properties"]) == set(METHODS["embeddings"])
+    assert body["required"] == [name for name, (_, default) in METHODS["embeddings"].items() if default is REQUIRED]
+    assert body["additionalProperties"] is False
 
 
 def test_replies_come_from_the_emit_spec_schemas() -> None:

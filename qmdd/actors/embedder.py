@@ -22,7 +22,7 @@ import trio
 
 from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, concurrent, send_reply, typed_outcome
-from qmdd.actors.messages import EmbedTexts, ModelStatus, RerankPairs, UseModel
+from qmdd.actors.messages import EmbedCounted, Embedded, EmbedTexts, ModelStatus, RerankPairs, UseModel
 from qmdd.models.registry import ModelChoice, ModelRegistry, prefixed
 from qmdd.models.runtime import LoadedModel
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -108,8 +108,8 @@ class EmbedderActor(Actor):
         self.batch_stats = BatchStats()
 
     def handlers(self) -> dict[type, Handler]:
-        return {EmbedTexts: concurrent(self._embed), RerankPairs: self._rerank, ModelStatus: self._status,
-                UseModel: self._use}
+        return {EmbedTexts: concurrent(self._embed), EmbedCounted: concurrent(self._embed_counted),
+                RerankPairs: self._rerank, ModelStatus: self._status, UseModel: self._use}
 
     async def setup(self) -> None:
         for _ in range(self._workers):
@@ -168,21 +168,28 @@ class EmbedderActor(Actor):
             log.warning("embedding model not preloaded: %s", loaded.error)
 
     async def _embed(self, message: EmbedTexts) -> np.ndarray:
+        return (await self._embedded(message.texts, message.priority, message.kind)).vectors
+
+    async def _embed_counted(self, message: EmbedCounted) -> Embedded:
+        return await self._embedded(message.texts, message.priority, message.kind)
+
+    async def _embedded(self, texts: list[str], priority: str, kind: str) -> Embedded:
         self.batch_stats.requests += 1
         model = await self.model("embedding")
+        name = str(model.manifest.get("name"))
         self._last_used = time.monotonic()
-        if not message.texts:
-            return np.zeros((0, model.dims), dtype=np.float32)
-        job = _Job(len(message.texts), model.dims)
+        if not texts:
+            return Embedded(np.zeros((0, model.dims), dtype=np.float32), 0, name)
+        job = _Job(len(texts), model.dims)
         self._jobs.add(job)  # from now on the model is neither unloaded nor switched under it unnoticed
         try:
-            query = message.priority == "query"
-            texts = prefixed(model.manifest, message.kind or ("query" if query else "passage"), message.texts)
+            query = priority == "query"
+            marked = prefixed(model.manifest, kind or ("query" if query else "passage"), texts)
             if query:
                 self._last_query = time.monotonic()
-                ids = model.token_ids(texts)
+                ids = model.token_ids(marked)
             else:
-                ids = await trio.to_thread.run_sync(model.token_ids, texts, limiter=self._tokenizing)
+                ids = await trio.to_thread.run_sync(model.token_ids, marked, limiter=self._tokenizing)
             if job in self._jobs:  # not failed by `model use` while it was tokenized
                 # Sorted by length, a bulk request's texts batch with little padding.
                 order = range(len(ids)) if query else sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -193,7 +200,7 @@ class EmbedderActor(Actor):
             self._jobs.discard(job)
         if job.error is not None:
             raise job.error
-        return job.vectors
+        return Embedded(job.vectors, sum(map(len, ids)), name)
 
     # --- batching ----------------------------------------------------------------------------------
 

@@ -179,6 +179,26 @@ class EmbedTexts:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedCounted:
+    """Embedder: EmbedTexts answered with what a caller billing by tokens needs beside the vectors: an
+    `Embedded` (the embeddings API of the HTTP door reports usage and the model that answered)."""
+
+    texts: list[str]
+    priority: str = "query"
+    kind: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """The answer to EmbedCounted: the vectors (as EmbedTexts'), the tokens the model read for them all
+    (its prefixes and special tokens included, each text cut at its max length) and the model's name."""
+
+    vectors: Any
+    tokens: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class RerankPairs:
     """Embedder: relevance of each text to the query (0..1) by the cross-encoder in use, or None
     when no reranker is configured."""

@@ -6,7 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from qmdd.methods import admin, collections, contexts, documents, hybrid, keyword, models, plugins, semantic
+from qmdd.methods import (
+    admin,
+    collections,
+    contexts,
+    documents,
+    embeddings,
+    hybrid,
+    keyword,
+    models,
+    plugins,
+    semantic,
+)
 from qmdd.methods.call import Call, MethodHandler
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -20,7 +31,7 @@ SESSION_METHODS = frozenset({"mcp.session"})
 
 def method_table(s: Services) -> dict[str, MethodHandler]:
     table: dict[str, MethodHandler] = {}
-    for module in (admin, collections, contexts, documents, keyword, semantic, hybrid, models, plugins):
+    for module in (admin, collections, contexts, documents, keyword, semantic, hybrid, models, embeddings, plugins):
         table.update(module.methods(s))
     for method in plugins.SEARCH_METHODS:
         table[method] = plugins.with_plugins(s, table[method])

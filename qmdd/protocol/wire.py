@@ -223,6 +223,11 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
     "model.import": {"path": (str, REQUIRED), "name": (str, None), "kind": (str, None), "pooling": (str, None),
                      "max_length": (int, None)},
     "model.use": {"name": (str, None), "role": (str, None)},
+    # OpenAI's embeddings request (the HTTP door's POST /v1/embeddings): `input` a text or a list of texts
+    # (the method refuses token arrays); `input_type` "query" or "passage"/"document" (the default), for
+    # models that mark each (e5); `user` is accepted as OpenAI's is, and unused.
+    "embeddings": {"input": ((str, list), REQUIRED), "model": (str, None), "encoding_format": (str, "float"),
+                   "dimensions": (int, None), "input_type": (str, None), "user": (str, None)},
     # Turns the connection into an MCP session: frames {"type": "mcp", "line": JSON-RPC text} from the
     # client, items of kind "mcp" (payload: JSON-RPC text) back, until the client closes.
     "mcp.session": {"client": (str, None)},
@@ -289,7 +294,9 @@ def validate_params(method: str, params: Any) -> dict[str, Any]:
         if kind is _STR_LIST and not all(isinstance(v, str) for v in value):  # type: ignore[attr-defined]
             raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: {name!r} must be a list of strings")
         # No parameter has a use for NUL, and paths with one make the OS calls raise ValueError.
-        strings: list[Any] = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        # The strings of a list that may hold other things (`embeddings`' input): the method refuses those.
+        strings = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] \
+            if isinstance(value, list) else []
         if any("\x00" in s for s in strings):
             raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: parameter {name!r} contains a NUL character")
         # JSON's "\ud800" escape makes a lone surrogate, which SQLite, the OS and the tokenizers cannot encode.

@@ -8,12 +8,13 @@ trio (Starlette routes; both are anyio underneath).
     POST /search /vsearch /query a JSON object of the method's parameters (qmd's `collection` and
                                  `minScore` too); the reply is the method's answer, streamed parts joined
     GET  /documents/{target}     get: COLLECTION/PATH or %23DOCID, ?from_line=&max_lines=
+    POST /v1/embeddings          embeddings, as OpenAI's API: its request, its reply, its error object
 
 Everything but /health needs `Authorization: Bearer TOKEN` (the token file, compared in constant time)
 and is rate-limited per client address (token buckets; the socket's clients are not limited).
 Bound to loopback, the door also refuses a Host or Origin that is not loopback: a web page the user
 visits cannot reach it through DNS rebinding. Errors are RFC 7807 problem details carrying qmdd's code,
-hints and trace id, with the status from the error catalogue.
+hints and trace id (OpenAI's error object under /v1/), with the status from the error catalogue.
 """
 
 from __future__ import annotations
@@ -47,14 +48,16 @@ from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.tokens import TokenFile
 from qmdd.tracing import new_span_id, trace_context, traceparent
 from qmdd.transports.ratelimit import RateLimiter
+from qmdd.transports.replies import ErrorReply, openai_error, problem
 from qmdd.transports.rest import SEARCH_METHODS, search_params
 
 log = logging.getLogger("qmdd.http")
 
 MAX_BODY_BYTES = 1 << 20
 """A search body is a query and a few options: a larger one is refused before it is read."""
-PROBLEM_TYPE = "urn:qmdd:error:"
-"""Followed by the code: one problem type per stable error code."""
+MAX_EMBEDDINGS_BODY_BYTES = 16 << 20
+"""An embeddings body: the method's 4 MiB of texts even as ASCII-only JSON (json.dumps' default), whose
+\\uXXXX escapes take up to three times a character's UTF-8 bytes."""
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 RESTART_PAUSE_S = 0.05
@@ -120,21 +123,6 @@ def check_tls(cert: str, key: str) -> tuple[str, str] | None:
     return cert, key
 
 
-def problem(error: QmddError, trace_id: str) -> JSONResponse:
-    spec = error.code.spec
-    body: dict[str, Any] = {"type": PROBLEM_TYPE + str(error.code), "title": spec.title, "status": spec.status,
-                            "detail": error.message, "code": str(error.code), "recovery_hints": list(error.hints),
-                            "trace_id": trace_id}
-    if error.details:
-        body["details"] = error.details
-    headers = {}
-    if error.code is ErrorCode.UNAUTHORIZED:
-        headers["www-authenticate"] = 'Bearer realm="qmdd"'
-    if error.code is ErrorCode.RATE_LIMITED:
-        headers["retry-after"] = str(int(error.details["retry_after"]))
-    return JSONResponse(body, status_code=spec.status, media_type="application/problem+json", headers=headers)
-
-
 def _host_name(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1:].partition("]")[0]
@@ -150,6 +138,7 @@ class HttpDoor:
         self.loopback = loopback
         self.limiter = limiter
         self.stats = HttpStats()
+        self._rendering = trio.CapacityLimiter(1)  # large replies written as JSON, one at a time
         # MCP over HTTP: the SDK's app, built on the first /mcp request (importing the SDK takes ~1 s).
         self._make_mcp_app = mcp_app
         self._mcp_app: Any = None
@@ -170,6 +159,7 @@ class HttpDoor:
                   Route("/documents/{target:path}", self._endpoint(self._document))]
         routes += [Route(f"/{method}", self._endpoint(self._search(method)), methods=["POST"])
                    for method in SEARCH_METHODS]
+        routes.append(Route("/v1/embeddings", self._endpoint(self._embeddings, errors=openai_error), methods=["POST"]))
         unrouted = self._endpoint(self._no_route, public=True)
 
         async def not_found(request: Request, exc: Exception) -> Response:
@@ -252,7 +242,8 @@ class HttpDoor:
 
     # --- the one per-request handler --------------------------------------------------------------
 
-    def _endpoint(self, fn: Endpoint, *, public: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, fn: Endpoint, *, public: bool = False,
+                  errors: ErrorReply = problem) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             self.stats.requests += 1
             trace_id = trace_context(request.headers)
@@ -270,7 +261,7 @@ class HttpDoor:
                     log.exception("HTTP %s %s failed", request.method, request.url.path)
                     error = QmddError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
                 self.stats.errors[str(error.code)] = self.stats.errors.get(str(error.code), 0) + 1
-                return _traced(problem(error, trace_id), trace_id)
+                return _traced(errors(error, trace_id), trace_id)
             return _traced(value if isinstance(value, Response) else JSONResponse(value), trace_id)
         return handle
 
@@ -314,6 +305,13 @@ class HttpDoor:
             return whole(*await invoke(self.table, method, search_params(method, body)))
         return search
 
+    async def _embeddings(self, request: Request) -> Response:
+        body = await self._json_body(request, MAX_EMBEDDINGS_BODY_BYTES)
+        answer = whole(*await invoke(self.table, "embeddings", body))
+        # 2048 vectors of 384 floats take ~0.4 s to write as JSON: in a thread, so the door's other
+        # requests go on meanwhile.
+        return await trio.to_thread.run_sync(JSONResponse, answer, limiter=self._rendering)
+
     async def _metrics(self, request: Request) -> Response:
         answer, _ = await invoke(self.table, "metrics", {})
         return Response(answer["text"], media_type=PROMETHEUS_TEXT)
@@ -338,14 +336,14 @@ class HttpDoor:
         answer, _ = await invoke(self.table, "get", params)
         return _tagged(JSONResponse(answer), request.headers.get("if-none-match"))
 
-    async def _json_body(self, request: Request) -> dict[str, Any]:
+    async def _json_body(self, request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
         # Read, not refused on its declared length: hypercorn's trio worker ends when a reply is sent
         # while the client half-closes with the body unsent (see `serve`).
         body = bytearray()
         async for part in request.stream():
             body += part
-            if len(body) > MAX_BODY_BYTES:
-                raise _too_large()
+            if len(body) > limit:
+                raise _too_large(limit)
         try:
             value = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -377,9 +375,10 @@ def _traced(response: Response, trace_id: str) -> Response:
     return response
 
 
-def _too_large() -> QmddError:
-    return QmddError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {MAX_BODY_BYTES} bytes",
-                     hints=("Send a query and its options only.",))
+def _too_large(limit: int) -> QmddError:
+    return QmddError(ErrorCode.FRAME_TOO_LARGE, f"request bodies are limited to {limit} bytes",
+                     hints=("Send a query and its options only." if limit == MAX_BODY_BYTES else
+                            "Split the texts into several requests.",))
 
 
 class _ReadyOnce:

@@ -5,7 +5,9 @@ answers, so that it cannot drift from the code or from `qmdctl --emit-spec`:
   (`wire.METHODS`), plus the qmd field names the door renames (`rest.QMD_ALIASES`);
 - the replies from the protocol's JSON Schemas (`qmdd/protocol/schemas`), the files `--emit-spec` prints;
 - the error replies from each command's error codes and the error catalogue: one problem+json response
-  per status, its `code` narrowed to the codes that have that status.
+  per status, its `code` narrowed to the codes that have that status;
+- POST /v1/embeddings from `_embeddings.json` (OpenAI's request, reply and error object), its error
+  replies' `type` and `code` narrowed by the door's own mapping (`replies.openai_type`, `openai_code`).
 
 JSON Schema 2020-12 is OpenAPI 3.1's own schema language, so the schemas are used as they are; each goes
 under components/schemas, with its local `$ref`s re-pointed there.
@@ -14,7 +16,7 @@ under components/schemas, with its local `$ref`s re-pointed there.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any
 
@@ -22,6 +24,7 @@ from qmdd import __version__
 from qmdd.protocol.errors import ERRORS, ErrorCode
 from qmdd.protocol.schemas import load_schema
 from qmdd.protocol.wire import METHODS, REQUIRED
+from qmdd.transports.replies import openai_code, openai_type
 from qmdd.transports.rest import ONE_OR_A_LIST, QMD_ALIASES, SEARCH_METHODS
 
 OPENAPI_VERSION = "3.1.0"
@@ -80,13 +83,15 @@ def document() -> dict[str, Any]:
     }
     for method in SEARCH_METHODS:
         paths[f"/{method}"] = {"post": search_operation(method, components)}
+    paths["/v1/embeddings"] = {"post": embeddings_operation(components)}
     return {
         "openapi": OPENAPI_VERSION,
         "jsonSchemaDialect": JSON_SCHEMA_DIALECT,
         "info": {"title": "qmdd", "version": __version__, "description": (
             "qmdd's HTTP door: search and read the indexed markdown collections. Every route but /health "
             "needs `Authorization: Bearer TOKEN` (`qmdctl http token` prints it). Errors are RFC 7807 problem "
-            "details with qmdd's stable error code, recovery hints and the trace id.")},
+            "details with qmdd's stable error code, recovery hints and the trace id; under /v1/, OpenAI's "
+            "error object.")},
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {"schemas": components,
@@ -195,8 +200,10 @@ def route_errors(slug: str | None, *extra: Iterable[ErrorCode]) -> list[ErrorCod
     return sorted(codes - CLIENT_ONLY, key=lambda code: ERRORS[code].exit_code)
 
 
-def responses(ok: dict[str, Any], errors: Iterable[ErrorCode]) -> dict[str, Any]:
-    """The 200 response and one problem-details response per error status."""
+def responses(ok: dict[str, Any], errors: Iterable[ErrorCode],
+              error_content: Callable[[int, list[ErrorCode]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The 200 response and one error response per status: problem details, unless `error_content` says
+    what the route answers instead (status, its codes -> the content)."""
     by_status: dict[int, list[ErrorCode]] = {}
     for code in errors:
         by_status.setdefault(ERRORS[code].status, []).append(code)
@@ -208,12 +215,23 @@ def responses(ok: dict[str, Any], errors: Iterable[ErrorCode]) -> dict[str, Any]
         answers[str(status)] = {
             "description": "; ".join(f"{ERRORS[code].title} ({code})" for code in codes),
             "headers": headers,
-            "content": {PROBLEM_JSON: {"schema": {"allOf": [
-                {"$ref": SCHEMAS + "Problem"},
-                {"properties": {"status": {"const": status}, "code": {"enum": [str(code) for code in codes]}}},
-            ]}}},
+            "content": (error_content or problem_content)(status, codes),
         }
     return answers
+
+
+def problem_content(status: int, codes: list[ErrorCode]) -> dict[str, Any]:
+    return {PROBLEM_JSON: {"schema": {"allOf": [
+        {"$ref": SCHEMAS + "Problem"},
+        {"properties": {"status": {"const": status}, "code": {"enum": [str(code) for code in codes]}}},
+    ]}}}
+
+
+def openai_error_content(status: int, codes: list[ErrorCode]) -> dict[str, Any]:
+    narrowed = {"type": {"enum": sorted({openai_type(code) for code in codes})},
+                "code": {"enum": sorted({openai_code(code) for code in codes})}}
+    return {JSON: {"schema": {"allOf": [{"$ref": SCHEMAS + "OpenAIError"},
+                                        {"properties": {"error": {"properties": narrowed}}}]}}}
 
 
 def json_reply(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +296,17 @@ def search_operation(method: str, components: dict[str, Any]) -> dict[str, Any]:
             "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
             "responses": responses(json_reply("The hits and what was searched.", reply),
                                    route_errors(method, ANY_ROUTE, GUARDED, BODY))}
+
+
+def embeddings_operation(components: dict[str, Any]) -> dict[str, Any]:
+    spec = load_schema("_embeddings")
+    body = component(components, "EmbeddingsParams", spec["request"])
+    reply = component(components, "EmbeddingsReply", spec["reply"])
+    component(components, "OpenAIError", spec["error"])
+    return {"operationId": "embeddings", "summary": "OpenAI's embeddings API, answered by the daemon's "
+            "embedding model (`embeddings`).", "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
+            "responses": responses(json_reply("One vector per text, in order, and the tokens read.", reply),
+                                   route_errors("_embeddings", ANY_ROUTE, GUARDED, BODY), openai_error_content)}
 
 
 def mcp_operation() -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """The JSON Schemas (draft 2020-12) of what qmdd answers, one file per qmdctl command, named by its slug
 (`collection-add.json`): the method it calls (`rpc`), the shape of its `--format json` output, the error
 codes it can return, and for the search commands the method's own reply (`reply`: the socket and HTTP
-answer, before qmdctl reshapes it into qmd's). `_problem.json` and `_ndjson.json` are shared by all.
+answer, before qmdctl reshapes it into qmd's). `_problem.json` and `_ndjson.json` are shared by all;
+`_embeddings.json` is the `embeddings` method's, which no command calls: OpenAI's request, reply and error
+object, as the HTTP door's POST /v1/embeddings takes and gives them.
 
 They live with the protocol because both sides read them: `qmdctl CMD --emit-spec` and the HTTP door's
 OpenAPI document (`qmdd.transports.openapi`), so the two cannot drift apart. Standard library only.
