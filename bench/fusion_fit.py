@@ -9,7 +9,13 @@ better of the two inputs (nDCG@10 on graded sets, Hit@1 on known-item sets), the
 in the worst set, and leave-one-set-out cross-validation: the pair chosen without a set, scored on it.
 
     python bench/fusion_fit.py dump --out /tmp/lists [--eval adi,cisi,...] [--known-home /tmp/ki-home]
-    python bench/fusion_fit.py fit /tmp/lists
+                                    [--queries 200 --sample-docs 1500] [--model NAME]
+    python bench/fusion_fit.py fit /tmp/lists [--shares 0.6,0.7] [--floors 0.3,0.7] [--all-scripts]
+
+--model dumps the eval collections with another embedding model (the known-item home keeps the one
+its `known_items.py --model` run chose); --queries/--sample-docs must be what that run used, or its
+samples are rebuilt. --all-scripts: the model reads every script (multilingual-e5), so the vector
+list keeps its weight on Chinese queries.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ def lists_of(client: Client, collection: str, query: str) -> dict[str, list[tupl
     return out
 
 
-def dump_eval(names: list[str], data: Path, out: Path) -> None:
+def dump_eval(names: list[str], data: Path, out: Path, model: str | None) -> None:
     with bench_daemon("fusionfit") as (client, home):
+        if model:
+            client.call("model.use", {"name": model, "role": "embedding", "dry_run": False})
         for name in names:
             corpus, queries, qrels = load_collection(data / name)
             root = home / "corpora" / name
@@ -65,10 +73,9 @@ def dump_eval(names: list[str], data: Path, out: Path) -> None:
             print(f"{name}: {len(rows)} queries", flush=True)
 
 
-def dump_known(home: Path, archives: Path, out: Path, seed: int, only: list[str] | None) -> None:
+def dump_known(home: Path, archives: Path, out: Path, args: argparse.Namespace, only: list[str] | None) -> None:
     """The known-item sets of every corpus (or those named) whose index `known_items.py --home HOME`
     built and embedded."""
-    args = argparse.Namespace(queries=200, seed=seed, sample_docs=1500)
     for corpus in corpora("es"):
         if only is not None and corpus.collection not in only:
             continue
@@ -91,16 +98,16 @@ def metric_of(name: str) -> Any:
     return hit_at_1 if name.startswith("known-") else ndcg_at
 
 
-def fused_ranking(row: Row, share: float, floor: float) -> list[str]:
+def fused_ranking(row: Row, share: float, floor: float, latin_only: bool) -> list[str]:
     """What `query` ranks for this row with these parameters (qmdd.search.hybrid._ranked_lists)."""
-    coverage = script_coverage(row["text"], latin_only=True)
+    coverage = script_coverage(row["text"], latin_only)
     lists = [RankedList("lex:0", share, [d for d, _ in row["search"]], [s for _, s in row["search"]]),
              RankedList("vec:1", (1.0 - share) * coverage, [d for d, _ in row["vsearch"]],
                         [calibrate_cosine(s, floor) for _, s in row["vsearch"]])]
     return [f.key for f in fuse(lists)]
 
 
-def fit(folder: Path) -> None:
+def fit(folder: Path, shares: tuple[float, ...], floors: tuple[float, ...], latin_only: bool) -> None:
     sets = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
     better: dict[str, float] = {}
     print(f"{'set':<22}{'queries':>8}{'search':>8}{'vsearch':>8}{'query':>8}  (nDCG@10; known-*: Hit@1)")
@@ -110,8 +117,9 @@ def fit(folder: Path) -> None:
                for m in ("search", "vsearch", "query")}
         better[name] = max(got["search"], got["vsearch"])
         print(f"{name:<22}{len(rows):>8}{got['search']:>8.3f}{got['vsearch']:>8.3f}{got['query']:>8.3f}")
-    grid = list(itertools.product(SHARES, FLOORS))
-    delta = {(share, floor, name): statistics.fmean(metric_of(name)(fused_ranking(r, share, floor), r["gains"])
+    grid = list(itertools.product(shares, floors))
+    delta = {(share, floor, name): statistics.fmean(metric_of(name)(fused_ranking(r, share, floor, latin_only),
+                                                                    r["gains"])
                                                     for r in rows) - better[name]
              for share, floor in grid for name, rows in sets.items()}
 
@@ -145,18 +153,25 @@ def main() -> int:
     dump.add_argument("--known", default=None, help="only these known-item collections (tldr-en,tldr-es,...)")
     dump.add_argument("--archives", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "md")
     dump.add_argument("--seed", type=int, default=13)
+    dump.add_argument("--queries", type=int, default=200)
+    dump.add_argument("--sample-docs", type=int, default=1500)
+    dump.add_argument("--model", default=None, help="embedding model for the eval collections")
     fitting = sub.add_parser("fit")
     fitting.add_argument("folder", type=Path)
+    fitting.add_argument("--shares", default=",".join(map(str, SHARES)))
+    fitting.add_argument("--floors", default=",".join(map(str, FLOORS)))
+    fitting.add_argument("--all-scripts", action="store_true", help="the model reads every script")
     args = parser.parse_args()
     if args.command == "fit":
-        fit(args.folder)
+        fit(args.folder, tuple(map(float, args.shares.split(","))), tuple(map(float, args.floors.split(","))),
+            latin_only=not args.all_scripts)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     if args.eval:
-        dump_eval([n for n in args.eval.split(",") if n], args.data, args.out)
+        dump_eval([n for n in args.eval.split(",") if n], args.data, args.out, args.model)
     if args.known_home is not None:
         only = [c for c in args.known.split(",") if c] if args.known else None
-        dump_known(args.known_home, args.archives, args.out, args.seed, only)
+        dump_known(args.known_home, args.archives, args.out, args, only)
     return 0
 
 

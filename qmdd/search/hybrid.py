@@ -50,7 +50,8 @@ from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 
 # Score fusion, fitted on the eval collections and the known-item sets (bench/fusion_fit.py): keyword
-# lists get 0.7 of the weight, and a cosine counts above 0.3 (what unrelated texts reach with MiniLM).
+# lists get 0.7 of the weight, and a cosine counts above 0.3 (what unrelated texts reach with MiniLM;
+# each packaged model has its own floor, `PackagedModel.cosine_floor`: 0.85 for multilingual-e5).
 # `query` minus the better of `search` and `vsearch`: +0.005 to +0.07 on eight of eleven sets, 0.000
 # on drcd (Chinese: the vector list gets no weight) and tldr names, -0.007 on medline (30 queries), and
 # -0.030 on Spanish tldr tasks, which the English-only model reads badly (vsearch Hit@1 0.34). Rank
@@ -67,6 +68,7 @@ class Engines:
     retrievers: Retrievers
     tokenizer: Tokenizer
     latin_only: Callable[[], bool] = lambda: False  # does the embedding model in use read only Latin script?
+    cosine_floor: Callable[[], float] = lambda: COSINE_FLOOR  # the cosine its unrelated texts reach
 
 
 @dataclass
@@ -179,7 +181,7 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     collection_ids, allowed = resolve_filters(engines.conn, request)
     lists, warnings = await retrieve(engines, subqueries, max(candidates, request.limit), collection_ids, allowed)
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
-    fused = fuse(_ranked_lists(lists, names, engines.latin_only()))
+    fused = fuse(_ranked_lists(lists, names, engines.latin_only(), engines.cosine_floor()))
     by_source = {name: {c.doc_id: c for c in ranked} for name, (_, ranked) in zip(names, lists, strict=True)}
     kept, copies = collapse_documents(engines.conn, [f.key for f in fused], request.collapse)
     if len(kept) < len(fused):
@@ -235,7 +237,7 @@ async def _with_phrases(engines: Engines, subqueries: Sequence[SubQuery], fused:
 
 
 def _ranked_lists(lists: Sequence[tuple[SubQuery, list[Candidate]]], names: Sequence[str],
-                  latin_only: bool) -> list[RankedList[int]]:
+                  latin_only: bool, cosine_floor: float) -> list[RankedList[int]]:
     """Keyword lists share LEX_SHARE of the weight, vector lists the rest (each scaled by how much of
     its text the model reads); a kind alone takes all of it."""
     n_lex = sum(1 for sub, _ in lists if sub.kind == "lex")
@@ -247,7 +249,7 @@ def _ranked_lists(lists: Sequence[tuple[SubQuery, list[Candidate]]], names: Sequ
             scores = [c.score for c in ranked]
         else:
             weight = (1.0 - LEX_SHARE if n_lex else 1.0) / n_vec * script_coverage(sub.text, latin_only)
-            scores = [calibrate_cosine(c.score, COSINE_FLOOR) for c in ranked]
+            scores = [calibrate_cosine(c.score, cosine_floor) for c in ranked]
         out.append(RankedList(name, weight, [c.doc_id for c in ranked], scores))
     return out
 
