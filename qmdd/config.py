@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -66,6 +67,31 @@ class Config:
     """The log file (qmdd.log) is rotated past this size (0: never). [log] max_bytes."""
     log_backups: int = 3
     """Rotated log files kept (qmdd.log.1 ... .N). [log] backups."""
+    remote_url: str = ""
+    """Base URL of an OpenAI-compatible embeddings API, /v1 included (POSTs go to it + /embeddings); empty:
+    the local models. [embed] url."""
+    remote_model: str = ""
+    """The `model` sent to remote_url (required with it). [embed] model."""
+    remote_key_env: str = ""
+    """Environment variable holding the API key (QMDD_*, or an auto-started daemon never sees it). [embed] key_env."""
+    remote_key_file: str = ""
+    """File holding the API key, readable by its owner only (as ssh wants its keys). [embed] key_file."""
+    remote_batch: int = 64
+    """Texts per request to remote_url. [embed] batch."""
+    remote_timeout_s: float = 30.0
+    """Longest one request to remote_url may take. [embed] timeout_s."""
+    remote_retries: int = 3
+    """Retries of a request refused for load (429, 5xx) or lost (timeout, connection). [embed] retries."""
+    remote_in_flight: int = 4
+    """Bulk requests in flight at once (queries have as many beside them). [embed] in_flight."""
+    remote_dims: int = 0
+    """Dimensions the remote model must answer with (0: whatever its first answer has). [embed] dims."""
+    remote_query_prefix: str = ""
+    """Put before each query sent to remote_url (e5's "query: "); none by default. [embed] query_prefix."""
+    remote_passage_prefix: str = ""
+    """Put before each passage sent to remote_url. [embed] passage_prefix."""
+    remote_cosine_floor: float = 0.3
+    """The cosine unrelated texts reach with the remote model (the hybrid counts from it). [embed] cosine_floor."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
@@ -75,6 +101,9 @@ _TABLES = {
     "cache": {"entries": "cache_entries", "ttl_s": "cache_ttl_s"},
     "log": {"format": "log_format", "max_bytes": "log_max_bytes", "backups": "log_backups",
             "level": "log_level"},
+    "embed": {key: f"remote_{key}" for key in ("url", "model", "key_env", "key_file", "batch", "timeout_s",
+                                               "retries", "in_flight", "dims", "query_prefix", "passage_prefix",
+                                               "cosine_floor")},
 }
 """The config file's tables beside [daemon]: table -> key there -> setting."""
 
@@ -121,6 +150,12 @@ _RANGES: dict[str, _Range] = {
     "cache_ttl_s": _Range(0.0, 30 * 86400.0, " (seconds)"),
     "log_max_bytes": _Range(0, 1 << 40, " (bytes; 0: never rotate)"),
     "log_backups": _Range(1, 100),
+    "remote_batch": _Range(1, 2048),
+    "remote_timeout_s": _Range(0.1, 3600.0, " (seconds)"),
+    "remote_retries": _Range(0, 20),
+    "remote_in_flight": _Range(1, 256),
+    "remote_dims": _Range(0, 65536, " (0: learned from the first answer)"),
+    "remote_cosine_floor": _Range(-1.0, 1.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),
@@ -142,6 +177,8 @@ def allowed_values(name: str) -> str:
         return "true or false (also 1/0, yes/no, on/off)"
     if name == "http_listen":
         return "HOST:PORT, e.g. 127.0.0.1:8181 or [::1]:8181 (empty: no HTTP)"
+    if name == "remote_url":
+        return "an http(s) base URL without credentials, e.g. http://127.0.0.1:11434/v1 (empty: local models)"
     return "text"
 
 
@@ -174,9 +211,13 @@ def _parse(kind: Any, value: Any) -> Any:
     return value.strip()
 
 
+_VERBATIM = frozenset({"remote_query_prefix", "remote_passage_prefix"})
+"""Text settings kept as given: a prefix such as "query: " ends in the space the model expects."""
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     try:
-        parsed = _parse(_TUNABLES[name], value)
+        parsed: Any = value if name in _VERBATIM and isinstance(value, str) else _parse(_TUNABLES[name], value)
         rule = _RANGES.get(name)
         if rule is not None and not (math.isfinite(parsed) and rule.allows(parsed)):
             raise ValueError(value)
@@ -186,6 +227,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 raise ValueError(value)
         if name == "http_listen" and parsed:
             listen_address(parsed)
+        if name == "remote_url" and parsed:
+            parsed = remote_base_url(parsed)
     except (TypeError, ValueError, OverflowError):
         raise QmddError(ErrorCode.CONFIG_ERROR, f"{source}: {name} = {value!r} is not allowed: "
                         f"{name} must be {allowed_values(name)}",
@@ -225,7 +268,32 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    return replace(Config(paths=paths), **values)
+    config = replace(Config(paths=paths), **values)
+    _check_remote(config)
+    return config
+
+
+def _check_remote(config: Config) -> None:
+    """The remote settings that only make sense together."""
+    if not config.remote_url:
+        return
+    if not config.remote_model:
+        raise QmddError(ErrorCode.CONFIG_ERROR, "remote_url is set but remote_model is not",
+                        hints=("Set remote_model ([embed] model) to the model name the server expects.",))
+    if config.remote_key_env and config.remote_key_file:
+        raise QmddError(ErrorCode.CONFIG_ERROR, "remote_key_env and remote_key_file are both set",
+                        hints=("Keep one: remote_key_file for a daemon qmdctl starts, or a QMDD_* variable.",))
+
+
+def remote_base_url(value: str) -> str:
+    """remote_url as the client uses it: the base URL (OpenAI clients' base_url) without its trailing '/'.
+    Credentials in it are refused: the URL is logged and shown, a key file is not."""
+    parts = urllib.parse.urlsplit(value)
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password
+            or parts.query or parts.fragment):
+        raise ValueError(value)
+    parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in range
+    return value.rstrip("/")
 
 
 def listen_address(value: str) -> tuple[str, int]:

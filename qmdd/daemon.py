@@ -130,7 +130,7 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
         registry, actors.embedder, loader, device=runtime.device, compute_type=runtime.compute_type,
         threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
         chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
-        preload=paths.vector_snapshot.exists()))
+        preload=paths.vector_snapshot.exists(), remote=runtime.remote))
     plugins = PluginRegistry(paths.plugins)
     await trio.to_thread.run_sync(plugins.load)
     await supervisor.start_actor(actors.plugins, lambda: PluginsActor(plugins, generation))

@@ -6,6 +6,9 @@ before bulk texts, and while queries are arriving one worker is kept free of bul
 `embed` never makes a search wait for a whole bulk batch. A request is handled beside the inbox and
 answered when its last text is done. If this actor crashes, the requests it held are put back into its
 inbox for the restarted instance (once), so a crash mid-batch costs a retry, not an answer.
+
+With remote_url set, embeddings come from that server instead (models/remote.py, which keeps queries
+apart from bulk texts with limiters of its own); the reranker stays local.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, concurrent, send_reply, typed_outcome
 from qmdd.actors.messages import EmbedCounted, Embedded, EmbedTexts, ModelStatus, RerankPairs, UseModel
 from qmdd.models.registry import ModelChoice, ModelRegistry, prefixed
+from qmdd.models.remote import RemoteEmbedder, RemoteSettings
 from qmdd.models.runtime import LoadedModel
 from qmdd.protocol.errors import ErrorCode, QmddError
 
@@ -82,8 +86,9 @@ class EmbedderActor(Actor):
     def __init__(self, registry: ModelRegistry, mailbox: Mailbox, loader: Callable[[str], LoadedModel], *,
                  device: str, compute_type: str,
                  threads: int, workers: int, batch_tokens: int, chunking: str, idle_unload_s: float,
-                 preload: bool = False) -> None:
+                 preload: bool = False, remote: RemoteSettings | None = None) -> None:
         super().__init__()
+        self._remote = RemoteEmbedder(remote) if remote is not None else None
         self._registry = registry
         self._mailbox = mailbox
         self._loader = loader  # model name -> loaded model; blocking, run in a thread
@@ -116,12 +121,15 @@ class EmbedderActor(Actor):
             self.nursery.start_soon(self._worker)
         if self._idle_unload_s > 0:
             self.nursery.start_soon(self._unload_when_idle)
-        if self._preload:
+        if self._preload and self._remote is None:
             self.nursery.start_soon(self._load_quietly)
 
     async def teardown(self) -> None:
         self._queries.clear()
         self._bulk.clear()
+        if self._remote is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):  # its sockets, even when cancelled
+                await self._remote.aclose()
 
     def abandon(self, envelope: Envelope) -> None:
         """Hand a request this instance held back to the inbox, for the next one (or fail it for good)."""
@@ -175,6 +183,8 @@ class EmbedderActor(Actor):
 
     async def _embedded(self, texts: list[str], priority: str, kind: str) -> Embedded:
         self.batch_stats.requests += 1
+        if self._remote is not None:
+            return await self._remote_embedded(self._remote, texts, priority, kind)
         model = await self.model("embedding")
         name = str(model.manifest.get("name"))
         self._last_used = time.monotonic()
@@ -201,6 +211,12 @@ class EmbedderActor(Actor):
         if job.error is not None:
             raise job.error
         return Embedded(job.vectors, sum(map(len, ids)), name)
+
+    async def _remote_embedded(self, remote: RemoteEmbedder, texts: list[str], priority: str, kind: str
+                               ) -> Embedded:
+        self._last_used = time.monotonic()
+        vectors, tokens = await remote.embed(texts, kind or ("query" if priority == "query" else "passage"), priority)
+        return Embedded(vectors, tokens, remote.settings.name)
 
     # --- batching ----------------------------------------------------------------------------------
 
@@ -294,6 +310,8 @@ class EmbedderActor(Actor):
         return scores
 
     def fingerprint(self) -> tuple[str | None, int]:
+        if self._remote is not None:
+            return self._remote.settings.fingerprint(self._chunking), self._remote.dims
         choice = self.choice("embedding")
         loaded = self._models.get("embedding")
         dims = loaded.dims if loaded is not None else 0
@@ -301,10 +319,12 @@ class EmbedderActor(Actor):
 
     async def _status(self, message: ModelStatus) -> dict[str, Any]:
         if message.load:
-            await self.model("embedding")
+            await (self._remote.learn_dims() if self._remote is not None else self.model("embedding"))
         fingerprint, dims = self.fingerprint()
         chosen = self._registry.selection()
-        return {"embedding": chosen["embedding"], "reranker": chosen["reranker"], "fingerprint": fingerprint,
+        remote = {} if self._remote is None else {"embedding": self._remote.settings.name,
+                                                  "remote": self._remote.stats.as_dict()}
+        return {"embedding": chosen["embedding"], "reranker": chosen["reranker"], **remote, "fingerprint": fingerprint,
                 "dims": dims, "device": self._device, "compute_type": self._compute_type,
                 "threads": self._threads, "workers": self._workers,
                 "loaded": {role: {"name": m.manifest.get("name"), "load_s": self._load_s.get(role),
@@ -314,6 +334,11 @@ class EmbedderActor(Actor):
                 "batching": self.batch_stats.as_dict(), "batch_tokens": self._batch_tokens}
 
     async def _use(self, message: UseModel) -> dict[str, Any]:
+        if self._remote is not None and message.role == "embedding":
+            raise QmddError(ErrorCode.CONFIG_ERROR, f"embeddings come from {self._remote.settings.url} "
+                            "(remote_url), not a local model",
+                            hints=("Unset remote_url ([embed] url) to use a local model; `model use` still picks "
+                                   "the reranker.",))
         async with self._loading:
             chosen = await trio.to_thread.run_sync(self._registry.select, message.role, message.name)
             self._models.pop(message.role, None)
@@ -329,4 +354,5 @@ class EmbedderActor(Actor):
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"device": self._device, "compute_type": self._compute_type, "loaded": sorted(self._models),
-                "queued": {"query": len(self._queries), "bulk": len(self._bulk)}, **self.batch_stats.as_dict()}
+                "queued": {"query": len(self._queries), "bulk": len(self._bulk)}, **self.batch_stats.as_dict(),
+                **({} if self._remote is None else {"remote": self._remote.stats.as_dict()})}

@@ -49,6 +49,9 @@ async def embeddings(s: Services, params: dict[str, Any], call: Call) -> dict[st
         raise _invalid("encoding_format", f"encoding_format must be one of {list(ENCODINGS)}, not {encoding!r:.40}")
     in_use = s.registry.selection()["embedding"]
     if params["model"] not in (None, *DEFAULT_MODEL, in_use):
+        # The name the embedder serves under: a remote model's (remote_url), else the selection's.
+        in_use = (await s.actors.embedder.call(ModelStatus()))["embedding"]
+    if params["model"] not in (None, *DEFAULT_MODEL, in_use):
         raise QmddError(ErrorCode.MODEL_NOT_FOUND, f"model {params['model']!r:.80} is not served here",
                         hints=(f"This daemon embeds with {in_use}: send \"model\": \"{in_use}\", or leave it out.",),
                         details={"param": "model"})

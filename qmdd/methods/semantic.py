@@ -23,6 +23,9 @@ def methods(s: Services) -> dict[str, MethodHandler]:
 
 
 def engines(s: Services) -> Engines:
+    if s.config.remote_url:  # a remote model: assumed to read every script, its floor from the settings
+        return Engines(s.reader, ActorRetrievers(s.actors), s.tokenizer, lambda: False,
+                       lambda: s.config.remote_cosine_floor)
     return Engines(s.reader, ActorRetrievers(s.actors), s.tokenizer, s.registry.selected_is_latin_only,
                    s.registry.selected_cosine_floor)
 

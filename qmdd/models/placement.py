@@ -11,6 +11,7 @@ import outcome
 from qmdd.chunking import ChunkerConfig
 from qmdd.config import Config
 from qmdd.models.registry import DEFAULT_EMBEDDING, ModelRegistry
+from qmdd.models.remote import RemoteSettings
 from qmdd.models.runtime import cpu_threads, pick_device
 
 log = logging.getLogger("qmdd.models")
@@ -23,10 +24,14 @@ class EmbeddingRuntime:
     threads: int
     workers: int
     chunking: str
+    remote: RemoteSettings | None = None
+    """Embeddings from this server (remote_url) in place of the selected local model."""
 
     def fingerprint(self, registry: ModelRegistry) -> str | None:
         """The fingerprint of the vectors to serve now (the selection may change at run time), or
         None when the selected model is unknown: then there is nothing to serve until it is fixed."""
+        if self.remote is not None:
+            return self.remote.fingerprint(self.chunking)
         choice = outcome.capture(registry.choice, registry.selection()["embedding"] or DEFAULT_EMBEDDING)
         if isinstance(choice, outcome.Error):
             log.warning("embedding model unavailable: %s", choice.error)
@@ -44,4 +49,5 @@ def embedding_runtime(config: Config, registry: ModelRegistry) -> EmbeddingRunti
     workers = 1 if device == "cuda" or threads < 2 else 2
     chunker = ChunkerConfig()
     chunking = f"chunks{chunker.target_tokens}-{chunker.max_tokens}-{chunker.overlap_tokens}"
-    return EmbeddingRuntime(device, compute_type, max(1, threads // workers), workers, chunking)
+    return EmbeddingRuntime(device, compute_type, max(1, threads // workers), workers, chunking,
+                            RemoteSettings.from_config(config))
