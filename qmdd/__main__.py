@@ -1,4 +1,5 @@
-"""`qmdd`: run the daemon in the foreground (qmdctl starts it in the background when needed)."""
+"""`qmdd`: run the daemon in the foreground (qmdctl starts it in the background when needed);
+`qmdd worker --nats URL`: embed bulk batches for daemons over NATS (qmdd/worker.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 import trio
 
-from qmdd import __version__
+from qmdd import __version__, worker
 from qmdd.config import load_config
 from qmdd.daemon import run_daemon
 from qmdd.logs import setup_logging
@@ -18,7 +19,11 @@ from qmdd.tracing import setup_otel, shutdown_otel
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qmdd", description="qmdd search daemon (foreground)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return worker.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="qmdd", description="qmdd search daemon (foreground)",
+                                     epilog="`qmdd worker --nats URL` embeds for daemons over NATS instead.")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     parser.add_argument("--no-watch", action="store_true",
                         help="do not watch collection roots (index changes with `qmdctl update`)")

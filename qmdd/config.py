@@ -92,6 +92,13 @@ class Config:
     """Put before each passage sent to remote_url. [embed] passage_prefix."""
     remote_cosine_floor: float = 0.3
     """The cosine unrelated texts reach with the remote model (the hybrid counts from it). [embed] cosine_floor."""
+    embed_nats: str = ""
+    """nats:// URL of a NATS server whose `qmdd worker`s embed bulk batches; empty: all local. [embed] nats."""
+    embed_nats_in_flight: int = 8
+    """Bulk batches at the worker pool at once. [embed] nats_in_flight."""
+    embed_nats_timeout_s: float = 30.0
+    """Longest a worker may take over a batch (its wait in the worker's queue included) before the batch
+    is sent again, once, and then embedded here. [embed] nats_timeout_s."""
 
 
 _TUNABLES = {f.name: f.type for f in fields(Config) if f.name != "paths"}
@@ -103,7 +110,8 @@ _TABLES = {
             "level": "log_level"},
     "embed": {key: f"remote_{key}" for key in ("url", "model", "key_env", "key_file", "batch", "timeout_s",
                                                "retries", "in_flight", "dims", "query_prefix", "passage_prefix",
-                                               "cosine_floor")},
+                                               "cosine_floor")}
+    | {key: f"embed_{key}" for key in ("nats", "nats_in_flight", "nats_timeout_s")},
 }
 """The config file's tables beside [daemon]: table -> key there -> setting."""
 
@@ -156,6 +164,8 @@ _RANGES: dict[str, _Range] = {
     "remote_in_flight": _Range(1, 256),
     "remote_dims": _Range(0, 65536, " (0: learned from the first answer)"),
     "remote_cosine_floor": _Range(-1.0, 1.0),
+    "embed_nats_in_flight": _Range(1, 1024),
+    "embed_nats_timeout_s": _Range(0.1, 3600.0, " (seconds)"),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "log_level": ("debug", "info", "warning", "error"),
@@ -179,6 +189,8 @@ def allowed_values(name: str) -> str:
         return "HOST:PORT, e.g. 127.0.0.1:8181 or [::1]:8181 (empty: no HTTP)"
     if name == "remote_url":
         return "an http(s) base URL without credentials, e.g. http://127.0.0.1:11434/v1 (empty: local models)"
+    if name == "embed_nats":
+        return "a nats:// or tls:// URL, e.g. nats://10.0.0.5:4222 (empty: no worker pool)"
     return "text"
 
 
@@ -229,6 +241,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             listen_address(parsed)
         if name == "remote_url" and parsed:
             parsed = remote_base_url(parsed)
+        if name == "embed_nats" and parsed:
+            nats_url(parsed)
     except (TypeError, ValueError, OverflowError):
         raise QmddError(ErrorCode.CONFIG_ERROR, f"{source}: {name} = {value!r} is not allowed: "
                         f"{name} must be {allowed_values(name)}",
@@ -277,6 +291,9 @@ def _check_remote(config: Config) -> None:
     """The remote settings that only make sense together."""
     if not config.remote_url:
         return
+    if config.embed_nats:
+        raise QmddError(ErrorCode.CONFIG_ERROR, "remote_url and embed_nats are both set",
+                        hints=("The worker pool embeds with the local model, which remote_url replaces: keep one.",))
     if not config.remote_model:
         raise QmddError(ErrorCode.CONFIG_ERROR, "remote_url is set but remote_model is not",
                         hints=("Set remote_model ([embed] model) to the model name the server expects.",))
@@ -294,6 +311,22 @@ def remote_base_url(value: str) -> str:
         raise ValueError(value)
     parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in range
     return value.rstrip("/")
+
+
+def nats_url(value: str) -> str:
+    """embed_nats checked: nats:// or tls://, a host, a port that is a number in range."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("nats", "tls") or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise ValueError(value)
+    parts.port  # noqa: B018 -- raises ValueError on a port that is not a number in range
+    return value
+
+
+def display_url(value: str) -> str:
+    """A NATS URL as logs and status show it: without the user, password or token it may hold."""
+    parts = urllib.parse.urlsplit(value)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def listen_address(value: str) -> tuple[str, int]:

@@ -37,6 +37,7 @@ from qmdd.methods.cache import cached
 from qmdd.methods.metrics import timed
 from qmdd.methods.services import Mailboxes, make_services
 from qmdd.methods.table import MethodTable, method_table
+from qmdd.models.natspool import PoolSettings
 from qmdd.models.placement import embedding_runtime
 from qmdd.models.registry import ModelRegistry, load_model
 from qmdd.paths import Paths, ensure_private_dir
@@ -130,7 +131,7 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
         registry, actors.embedder, loader, device=runtime.device, compute_type=runtime.compute_type,
         threads=runtime.threads, workers=runtime.workers, batch_tokens=config.embed_batch_tokens,
         chunking=runtime.chunking, idle_unload_s=config.model_idle_unload_s,
-        preload=paths.vector_snapshot.exists(), remote=runtime.remote))
+        preload=paths.vector_snapshot.exists(), remote=runtime.remote, pool=PoolSettings.from_config(config)))
     plugins = PluginRegistry(paths.plugins)
     await trio.to_thread.run_sync(plugins.load)
     await supervisor.start_actor(actors.plugins, lambda: PluginsActor(plugins, generation))

@@ -512,3 +512,27 @@ def test_service_install_with_a_user_manager_hands_over_the_running_daemon(env: 
     assert removed["ran"] == ["systemctl --user disable --now qmdd.socket qmdd.service",
                               "systemctl --user daemon-reload"]
     assert removed["removed"] and not list(unit_dir(variables).glob("qmdd.*"))
+
+
+def test_the_worker_unit_runs_qmdd_worker_and_passes_verify(tmp_path: Path) -> None:
+    """systemd/qmdd-worker.service (README, NATS pool): `qmdd worker` on QMDD_NATS from its EnvironmentFile."""
+    unit = (REPO / "systemd" / "qmdd-worker.service").read_text()
+    for line in ("ExecStart=/usr/bin/python3 -m qmdd worker --nats ${QMDD_NATS}",
+                 "EnvironmentFile=%h/.config/qmdd/worker.env", "Restart=on-failure", "RestartPreventExitStatus=24",
+                 "WantedBy=default.target"):
+        assert f"\n{line}\n" in unit
+    assert ErrorCode.CONFIG_ERROR.spec.exit_code == 24 and ErrorCode.BACKEND_UNAVAILABLE.spec.exit_code != 24
+    if SYSTEMD_ANALYZE is None:
+        pytest.skip("systemd-analyze is not installed")
+    home = tmp_path / "home"
+    (home / ".config" / "qmdd").mkdir(parents=True)
+    (home / ".config" / "qmdd" / "worker.env").write_text("QMDD_NATS=nats://127.0.0.1:4222\n")
+    copy = tmp_path / "qmdd-worker.service"
+    copy.write_text(unit.replace("/usr/bin/python3", sys.executable))
+    runtime = tmp_path / "verify-runtime"
+    runtime.mkdir(mode=0o700)
+    verified = subprocess.run([SYSTEMD_ANALYZE, "--user", "verify", str(copy)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(home)})
+    if verified.returncode != 0 and "Failed to" in verified.stderr and "qmdd-worker" not in verified.stderr:
+        pytest.skip(f"systemd-analyze --user verify cannot run here: {verified.stderr.strip()}")
+    assert verified.returncode == 0 and "qmdd-worker" not in verified.stderr, verified.stderr

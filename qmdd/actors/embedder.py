@@ -8,7 +8,9 @@ answered when its last text is done. If this actor crashes, the requests it held
 inbox for the restarted instance (once), so a crash mid-batch costs a retry, not an answer.
 
 With remote_url set, embeddings come from that server instead (models/remote.py, which keeps queries
-apart from bulk texts with limiters of its own); the reranker stays local.
+apart from bulk texts with limiters of its own); the reranker stays local. With embed_nats set, bulk
+texts go to `qmdd worker`s over NATS (models/natspool.py), each batch this embedder's own when no
+worker takes it; queries stay here.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import trio
 from qmdd import faults
 from qmdd.actors.base import Actor, Envelope, Handler, Mailbox, concurrent, send_reply, typed_outcome
 from qmdd.actors.messages import EmbedCounted, Embedded, EmbedTexts, ModelStatus, RerankPairs, UseModel
+from qmdd.models.natspool import NatsPool, PoolSettings
+from qmdd.models.natswire import subject_for
 from qmdd.models.registry import ModelChoice, ModelRegistry, prefixed
 from qmdd.models.remote import RemoteEmbedder, RemoteSettings
 from qmdd.models.runtime import LoadedModel
@@ -86,9 +90,11 @@ class EmbedderActor(Actor):
     def __init__(self, registry: ModelRegistry, mailbox: Mailbox, loader: Callable[[str], LoadedModel], *,
                  device: str, compute_type: str,
                  threads: int, workers: int, batch_tokens: int, chunking: str, idle_unload_s: float,
-                 preload: bool = False, remote: RemoteSettings | None = None) -> None:
+                 preload: bool = False, remote: RemoteSettings | None = None, pool: PoolSettings | None = None
+                 ) -> None:
         super().__init__()
         self._remote = RemoteEmbedder(remote) if remote is not None else None
+        self._pool = NatsPool(pool) if pool is not None else None
         self._registry = registry
         self._mailbox = mailbox
         self._loader = loader  # model name -> loaded model; blocking, run in a thread
@@ -123,6 +129,8 @@ class EmbedderActor(Actor):
             self.nursery.start_soon(self._unload_when_idle)
         if self._preload and self._remote is None:
             self.nursery.start_soon(self._load_quietly)
+        if self._pool is not None:
+            self._pool.start()
 
     async def teardown(self) -> None:
         self._queries.clear()
@@ -130,6 +138,9 @@ class EmbedderActor(Actor):
         if self._remote is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):  # its sockets, even when cancelled
                 await self._remote.aclose()
+        if self._pool is not None:
+            with trio.CancelScope(shield=True):  # its thread and connection; bounded by NatsBridge.close
+                await self._pool.aclose()
 
     def abandon(self, envelope: Envelope) -> None:
         """Hand a request this instance held back to the inbox, for the next one (or fail it for good)."""
@@ -185,6 +196,11 @@ class EmbedderActor(Actor):
         self.batch_stats.requests += 1
         if self._remote is not None:
             return await self._remote_embedded(self._remote, texts, priority, kind)
+        if self._pool is not None and priority == "bulk" and texts:
+            return await self._pooled(self._pool, texts, kind or "passage")
+        return await self._local(texts, priority, kind)
+
+    async def _local(self, texts: list[str], priority: str, kind: str) -> Embedded:
         model = await self.model("embedding")
         name = str(model.manifest.get("name"))
         self._last_used = time.monotonic()
@@ -211,6 +227,20 @@ class EmbedderActor(Actor):
         if job.error is not None:
             raise job.error
         return Embedded(job.vectors, sum(map(len, ids)), name)
+
+    async def _pooled(self, pool: NatsPool, texts: list[str], kind: str) -> Embedded:
+        # Loaded even when the pool takes everything: it is the fallback, and its dims check the replies.
+        model = await self.model("embedding")
+        fingerprint = self.fingerprint()[0]
+
+        async def here(part: list[str]) -> tuple[np.ndarray, int]:
+            embedded = await self._local(part, "bulk", kind)
+            return embedded.vectors, embedded.tokens
+
+        vectors, tokens = await pool.embed(subject_for(str(fingerprint)), model.dims, texts, kind, here)
+        if self.fingerprint()[0] != fingerprint:  # `model use` while the pool worked: old vectors
+            raise QmddError(ErrorCode.EMBEDDING_FAILED, "the embedding model changed; retry")
+        return Embedded(vectors, tokens, str(model.manifest.get("name")))
 
     async def _remote_embedded(self, remote: RemoteEmbedder, texts: list[str], priority: str, kind: str
                                ) -> Embedded:
@@ -324,6 +354,7 @@ class EmbedderActor(Actor):
         chosen = self._registry.selection()
         remote = {} if self._remote is None else {"embedding": self._remote.settings.name,
                                                   "remote": self._remote.stats.as_dict()}
+        remote.update({} if self._pool is None else {"nats": self._pool.status()})
         return {"embedding": chosen["embedding"], "reranker": chosen["reranker"], **remote, "fingerprint": fingerprint,
                 "dims": dims, "device": self._device, "compute_type": self._compute_type,
                 "threads": self._threads, "workers": self._workers,
@@ -355,4 +386,5 @@ class EmbedderActor(Actor):
     def extra_statistics(self) -> dict[str, Any]:
         return {"device": self._device, "compute_type": self._compute_type, "loaded": sorted(self._models),
                 "queued": {"query": len(self._queries), "bulk": len(self._bulk)}, **self.batch_stats.as_dict(),
-                **({} if self._remote is None else {"remote": self._remote.stats.as_dict()})}
+                **({} if self._remote is None else {"remote": self._remote.stats.as_dict()}),
+                **({} if self._pool is None else {"nats": self._pool.status()})}
