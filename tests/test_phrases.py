@@ -111,3 +111,11 @@ def test_a_pages_name_is_the_subject_of_its_lines_and_articles_are_one_word() ->
     assert matcher.evidence("Create a squashfs filesystem from a tar archive.") == pytest.approx(0.25)
     # The name's own word in a line is the subject again, not a word that dilutes it.
     assert PhraseMatcher("tar", TOKENIZER).evidence("# tar\n\n> Archiving utility.", {"tar"}) == 1.0
+
+
+def test_a_paragraph_or_a_planted_huge_query_looks_for_no_phrase() -> None:
+    assert PhraseMatcher("create a tar archive", TOKENIZER).has_order
+    assert not PhraseMatcher("tar", TOKENIZER).has_order  # one word has no order
+    assert not PhraseMatcher(" ".join(["word"] * 200), TOKENIZER).has_order  # a paragraph
+    huge = PhraseMatcher("axolotl " + "zz " * (4 << 18), TOKENIZER)  # 4 MiB: only its start is read
+    assert not huge.has_order and huge.evidence("axolotl zz zz zz") > 0.0

@@ -34,6 +34,8 @@ PHRASE_DEPTH = 20  # hits re-scored, best first: 10 lifts 0.015 fewer tldr tasks
 # line can be one chunk: only its start is read, so a planted multi-megabyte line costs what any chunk
 # costs (~0.2 ms for 4 KB of query words, the worst case; a 450-byte tldr chunk takes ~30 us).
 TEXT_LIMIT = 4_096
+QUERY_CHARS = 1_024  # longer queries are paragraphs (an abstract asking for papers): no phrase is looked for
+QUERY_WORDS = 64
 ARTICLE = "a"  # what every article reads as
 END = "\n"  # what every sentence end reads as (a term is never a newline)
 _TERMS_MAX = 100_000  # memoised words (~15 MB at most), forgotten all at once past it
@@ -43,10 +45,16 @@ _ARTICLES = frozenset(("a", "an", "the"))
 
 def common_subsequence(query: Sequence[str], terms: Sequence[str]) -> int:
     """Length of the longest common subsequence of the query's terms and a sentence's terms."""
-    positions: dict[str, list[int]] = {}
-    for i, term in enumerate(query):
-        positions.setdefault(term, []).insert(0, i)
+    positions = _positions(query)
     return _longest_increasing(positions.get(term, ()) for term in terms)
+
+
+def _positions(query: Sequence[str]) -> dict[str, list[int]]:
+    """Each query term's positions, latest first (as `_longest_increasing` reads them)."""
+    positions: dict[str, list[int]] = {}
+    for i in range(len(query) - 1, -1, -1):
+        positions.setdefault(query[i], []).append(i)
+    return positions
 
 
 def _longest_increasing(matches: Iterable[Sequence[int]]) -> int:
@@ -110,9 +118,12 @@ class PhraseMatcher:
     def __init__(self, query: str, tokenizer: Tokenizer) -> None:
         self._tokens_of = tokenizer.phrase_tokens
         self._terms = _terms_of(tokenizer)
-        self._query = [term for term in map(self._terms.__getitem__, tokenizer.phrase_tokens(query)) if term != END]
+        # Only a short query is read: a paragraph covers little of any one sentence, and a query of
+        # megabytes (a planted one) must cost no more than a short one.
+        tokens = tokenizer.phrase_tokens(query[:QUERY_CHARS])
+        self._query = [term for term in map(self._terms.__getitem__, tokens) if term != END]
         # One word has no order to find, and BM25 and the name keys already weigh where it occurs.
-        self.has_order = len(self._query) >= 2
+        self.has_order = 2 <= len(self._query) <= QUERY_WORDS and len(query) <= QUERY_CHARS
 
     def evidence(self, text: str, named: Collection[str] = ()) -> float:
         """The best sentence's evidence in `text` (0..1). `named`: the query's terms that the name of
@@ -121,9 +132,7 @@ class PhraseMatcher:
         sentence, wherever the query has them, and are skipped in the sentence."""
         query = [term for term in self._query if term not in named]
         said = len(self._query) - len(query)
-        positions: dict[str, tuple[int, ...]] = {}
-        for i, term in enumerate(query):
-            positions[term] = (i, *positions.get(term, ()))  # latest first
+        positions = _positions(query)
         terms = list(map(self._terms.__getitem__, self._tokens_of(text[:TEXT_LIMIT])))
         terms.append(END)
         best, start = 0.0, 0
