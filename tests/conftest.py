@@ -82,9 +82,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
-@pytest.fixture
-def env(model_cache: Path) -> Iterator[Env]:
-    home = Path(tempfile.mkdtemp(prefix="qmdd-", dir="/tmp"))
+@contextlib.contextmanager
+def open_env(model_cache: Path, prefix: str = "qmdd-") -> Iterator[Env]:
+    """A daemon's environment in a fresh home (the daemon stopped and the home removed after); tests that
+    need a second daemon beside `env` open another."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     variables = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "AGENT_", "XDG_"))}
     # The watcher is off unless a test turns it on (tests/test_watch.py): elsewhere a file written by a test
     # must be indexed by the `update` the test runs, not by a watcher racing it.
@@ -96,6 +98,12 @@ def env(model_cache: Path) -> Iterator[Env]:
     finally:
         e.stop_daemon()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def env(model_cache: Path) -> Iterator[Env]:
+    with open_env(model_cache) as e:
+        yield e
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import trio
 
 from qmdd.models.natspool import NatsPool, PoolSettings
 from qmdd.models.natswire import QUEUE_GROUP, encode_reply, subject_for
-from tests.conftest import Env
+from tests.conftest import Env, open_env
 
 nats = pytest.importorskip("nats", reason="nats-py is not installed (the test extra has it)")
 NATS_SERVER = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
@@ -207,15 +206,8 @@ def workers(env: Env, nats_url: str, tmp_path: Path) -> Iterator[Callable[[], Wo
 @pytest.fixture
 def local_env(model_cache: Path) -> Iterator[Env]:
     """A daemon without a pool, beside `env`'s."""
-    home = Path(tempfile.mkdtemp(prefix="qmdd-l-", dir="/tmp"))
-    variables = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "AGENT_", "XDG_"))}
-    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_CACHE_DIR=str(model_cache), QMDD_WATCH="0")
-    local = Env(home, variables)
-    try:
+    with open_env(model_cache, "qmdd-l-") as local:
         yield local
-    finally:
-        local.stop_daemon()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def corpus(root: Path, files: int, sentences: int = 3) -> Path:

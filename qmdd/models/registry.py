@@ -228,14 +228,18 @@ class ModelRegistry:
 
     # --- lookup --------------------------------------------------------------------------------------
 
+    def _selected_packaged(self) -> PackagedModel | None:
+        """The embedding model in use, when it is a packaged one (None: imported)."""
+        return PACKAGED.get(self.selection()["embedding"] or DEFAULT_EMBEDDING)
+
     def selected_is_latin_only(self) -> bool:
         """Whether the embedding model in use reads only Latin script (imported models: assumed not)."""
-        packaged = PACKAGED.get(self.selection()["embedding"] or DEFAULT_EMBEDDING)
+        packaged = self._selected_packaged()
         return packaged is not None and packaged.latin_only
 
     def selected_cosine_floor(self) -> float:
         """The cosine unrelated texts reach with the embedding model in use."""
-        packaged = PACKAGED.get(self.selection()["embedding"] or DEFAULT_EMBEDDING)
+        packaged = self._selected_packaged()
         return packaged.cosine_floor if packaged is not None else DEFAULT_COSINE_FLOOR
 
     def choice(self, name: str) -> ModelChoice:
