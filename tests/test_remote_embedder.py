@@ -141,6 +141,8 @@ def test_the_fingerprint_names_the_model_and_the_server() -> None:
     assert len(prints) == 4
     assert RemoteSettings("http://a:8181/v1", "m").fingerprint("c") == RemoteSettings("http://a:8181/x/v1", "m",
                                                                                      batch=1).fingerprint("c")
+    stated = {RemoteSettings("http://a:8181/v1", "m", dims=dims).fingerprint("c") for dims in (0, 384, 768)}
+    assert len(stated) == 3 and "remote:m@a:8181/c/dims:768" in stated  # another width: another model
 
 
 class ScriptedServer:
@@ -319,6 +321,10 @@ def test_b_embeds_through_a_and_gets_the_same_vectors(env: Env, other: Env, note
         answer = client.call("embeddings", {"input": ["packaging screenshots"], "model": b_model["embedding"]})
     assert answer["model"] == b_model["embedding"] and len(answer["data"][0]["embedding"]) == 384
     assert failed(other, "model", "use", MODEL)["code"] == "CONFIG_ERROR"
+    remote_first, *local = other.json("model", "list")["models"]  # the server's model is the one in use
+    assert (remote_first["name"], remote_first["source"], remote_first["in_use"]) == (b_model["embedding"], served,
+                                                                                       ["embedding"])
+    assert local and not any("embedding" in m["in_use"] for m in local)
 
     # Another model name (A serves its model as "default" too): another fingerprint, everything re-embedded.
     configure(other, served, read_token(env.paths) or "", model="default")

@@ -21,7 +21,8 @@ def list_(inv: Invocation) -> int:
         for m in a["models"]:
             use = f"  [{', '.join(m['in_use'])}]" if m["in_use"] else ""
             state = "" if m["installed"] else out.style("  not installed: " + m.get("install", ""), "yellow")
-            out.line(f"  {out.style(m['name'], 'cyan')} {m['kind']} ({m['pooling']}, {m['max_length']} tokens) "
+            shape = f"{m['pooling']}, {m['max_length']} tokens" if m["max_length"] else "a remote server's model"
+            out.line(f"  {out.style(m['name'], 'cyan')} {m['kind']} ({shape}) "
                      f"from {m['source']}{out.style(use, 'green')}{state}")
 
     out.value(answer, text)

@@ -45,6 +45,12 @@ async def embed(s: Services, params: dict[str, Any], call: Call) -> dict[str, An
 async def list_(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     models = await trio.to_thread.run_sync(s.registry.list_models)
     status = await s.actors.embedder.call(ModelStatus())
+    if "remote" in status:  # a server makes the embeddings: no local model does, whatever is selected
+        for model in models:
+            model["in_use"] = [role for role in model["in_use"] if role != "embedding"]
+        models.insert(0, {"name": status["embedding"], "kind": "embedding", "pooling": "server's",
+                          "max_length": None, "source": s.config.remote_url, "installed": True, "converted": False,
+                          "dims": status["dims"] or None, "in_use": ["embedding"]})
     return {"models": models, "device": status["device"], "compute_type": status["compute_type"],
             "fingerprint": status["fingerprint"]}
 

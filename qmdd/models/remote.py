@@ -72,10 +72,11 @@ class RemoteSettings:
         return f"remote:{self.model}@{urllib.parse.urlsplit(self.url).netloc}"
 
     def fingerprint(self, chunking: str) -> str:
-        """Names the remote model, so its vectors never mix with a local model's or another server's.
-        No dimensions in it: they are known only from the first answer, and the fingerprint is needed at
-        start, without the network; remote_dims checks them instead."""
-        base = f"{self.name}/{chunking}"
+        """Names the remote model, so its vectors never mix with a local model's or another server's,
+        and its dimensions when remote_dims states them (every answer is checked against them). Unstated,
+        they are known only from the first answer, while the fingerprint is needed at start, without the
+        network: then only the name tells one model from another."""
+        base = f"{self.name}/{chunking}" + (f"/dims:{self.dims}" if self.dims else "")
         if not (self.query_prefix or self.passage_prefix):
             return base
         return f"{base}/prefixes:{json.dumps([self.query_prefix, self.passage_prefix], ensure_ascii=False)}"
