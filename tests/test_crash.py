@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from qmdd.consistency import (
@@ -371,6 +372,33 @@ def test_checker_finds_what_a_crash_must_never_leave(env: Env, daemon: OwnDaemon
     damaged = run_checker(env)
     assert damaged.returncode == EXIT_INCONSISTENT
     assert "INCONSISTENT" in damaged.stdout and "[bm25_snapshot_corrupt]" in damaged.stdout
+
+
+@needs_model
+def test_checker_names_a_damaged_or_outdated_vector_snapshot(env: Env, daemon: OwnDaemon, notes: Path) -> None:
+    from usearch.index import Index
+
+    daemon.start()
+    env.run("collection", "add", str(notes), "--name", "notes")
+    env.run("embed")
+    daemon.stop()
+    clean = assert_consistent(env, "strict")
+    assert clean.counts["vector_chunks"] == clean.counts["vectors_compared"] > 0
+    snapshot = env.paths.vector_snapshot
+    sidecar = snapshot.with_name(snapshot.name + ".json")
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    snapshot.write_bytes(bytes(data))
+    assert "vector_snapshot_corrupt" in check_index(env.vars).codes()
+    # The usearch graph an older version saved: stale (the daemon rebuilds it), not damage.
+    meta = json.loads(sidecar.read_text())
+    graph = Index(ndim=meta["ndim"], metric="cos", dtype="f16")
+    graph.add(np.arange(3, dtype=np.uint64), np.eye(3, meta["ndim"], dtype=np.float32))
+    graph.save(str(snapshot))
+    sidecar.write_text(json.dumps({**meta, "format": 2}))
+    assert check_index(env.vars).codes() == {"vector_snapshot_stale"}
+    daemon.restart_and_stop()
+    assert assert_consistent(env, "strict").counts["vectors_compared"] == clean.counts["vectors_compared"]
 
 
 def test_a_temp_file_left_by_a_crash_during_a_snapshot_write_is_removed(env: Env, daemon: OwnDaemon,

@@ -1,4 +1,4 @@
-"""Vector actor: owns the usearch index of chunk vectors for the embedding model in use.
+"""Vector actor: owns the vector index of chunk vectors for the embedding model in use.
 
 Like BM25's index it is derived data. Truth is SQLite: a chunk is indexed exactly when its text hash
 has a vector under the current model fingerprint. On start (and on a model change) the snapshot is
@@ -36,7 +36,9 @@ from qmdd.store.embeddings import IndexedVector
 log = logging.getLogger("qmdd.vectors")
 
 READY_WAIT_S = 2.0
-ADD_SLICE = 32  # vectors added per hold of the index lock: ~25 ms at 100k vectors
+# Vectors added per hold of the index lock, which queries wait for: ~1.5 ms at 100k vectors (a
+# re-quantization, rare, takes 0.2 s there; see vectorindex).
+ADD_SLICE = 256
 
 
 class VectorsActor(DerivedIndexActor):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 from pyroaring import BitMap
@@ -17,6 +16,7 @@ from qmdd.search.bm25store import read_snapshot
 from qmdd.search.fields import snapshot_meta
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.search.vectorindex import VectorIndex, VectorSnapshotError
+from qmdd.search.vectorstore import OutdatedSnapshotError
 from qmdd.store import embeddings as emb
 
 
@@ -90,11 +90,12 @@ def check_vectors(conn: sqlite3.Connection, report: Report, config: Config, fact
         return
     try:
         index, meta = VectorIndex.load(path)
-    except VectorSnapshotError as exc:
-        # A file with most entries deleted is refused by design (older versions wrote them) and rebuilt.
-        refused = "deleted entries" in str(exc)
-        report.add(not refused, "vector_snapshot_stale" if refused else "vector_snapshot_corrupt",
-                   "the vector snapshot cannot be loaded", exc)
+    except OutdatedSnapshotError as exc:  # an older version's file (a usearch graph): rebuilt by design
+        report.add(current and bool(embedded), "vector_snapshot_stale", "the vector snapshot is of another "
+                   "format: the daemon rebuilds it (stale)", exc)
+        return
+    except VectorSnapshotError as exc:  # the checks in `load`: size, checksum, unique keys, twins
+        report.add(True, "vector_snapshot_corrupt", "the vector snapshot cannot be loaded", exc)
         return
     fingerprint = meta.get("fingerprint")
     if meta.get("database_id") != facts.database_id:
@@ -120,25 +121,16 @@ def check_vectors(conn: sqlite3.Connection, report: Report, config: Config, fact
                 report.add(True, "vector_collection", "a vector is filed under another collection than its chunk",
                            chunk_id)
     if isinstance(fingerprint, str):
-        _compare_vectors(conn, report, path, index, fingerprint, facts, list(have & truth), sample, rng)
+        _compare_vectors(conn, report, index, fingerprint, facts, list(have & truth), sample, rng)
 
 
-def _compare_vectors(conn: sqlite3.Connection, report: Report, path: Path, index: VectorIndex, fingerprint: str,
+def _compare_vectors(conn: sqlite3.Connection, report: Report, index: VectorIndex, fingerprint: str,
                      facts: Facts, keys: list[int], sample: int, rng: random.Random) -> None:
-    from usearch.index import Index
-
     ndim = index.ndim
     lengths = facts.vector_bytes.get(fingerprint, set())
     if lengths and lengths != {ndim * 2}:
         report.add(True, "embedding_length", f"stored vectors are not {ndim} float16 values", sorted(lengths))
         return
-    raw = Index.restore(str(path), view=True)  # the graph as stored: each node once
-    if raw is None:
-        report.add(True, "vector_snapshot_corrupt", "usearch cannot restore the vector snapshot")
-        return
-    raw_keys = np.asarray(raw.keys, dtype=np.uint64)
-    if np.unique(raw_keys).size != raw_keys.size:
-        report.add(True, "vector_duplicate_key", "the vector index holds a node twice")
     chosen = sorted(rng.sample(keys, min(sample, len(keys))))
     if not chosen:
         return
@@ -148,4 +140,7 @@ def _compare_vectors(conn: sqlite3.Connection, report: Report, path: Path, index
         truth = np.frombuffer(stored[chunk_id], dtype=emb.VECTOR_DTYPE).astype(np.float32)
         if not np.allclose(vector, truth, atol=2e-3):
             report.add(True, "vector_differs", "a served vector differs from the one stored in SQLite", chunk_id)
+    for chunk_id in index.misquantized(chosen):  # the int8 copy the search scans
+        report.add(True, "vector_code_differs", "a vector's int8 copy is not its float16 row quantized: "
+                   "searches rank it wrongly", chunk_id)
     report.counts["vectors_compared"] = len(chosen)

@@ -1,88 +1,62 @@
-"""The vector index: usearch HNSW over unit vectors (cosine, float16 storage), with exact-recall answers.
+"""The vector index: exact cosine nearest neighbours of float16 vectors, found by an int8 scan.
 
 Identical vectors are stored once. Chunks of the same text (a tree indexed twice, a repeated footer)
-carry byte-identical vectors, and as separate HNSW nodes they fill each other's neighbour lists and cut
-the graph apart (issue 13: tldr indexed twice lost a page at cosine 0.59 to one at 0.29). A graph node
-is one distinct float16 vector, keyed by one of its chunks, its *owner*; the other chunks are its
-*twins*, in two maps (twin -> owner, owner -> twins) that cost memory only where there are duplicates.
-Removing an owner that has twins renames its node to the smallest twin.
+carry byte-identical vectors; a *node* is one distinct float16 vector, keyed by one of its chunks, its
+*owner*; the other chunks are its *twins*, in two maps (twin -> owner, owner -> twins) that cost memory
+only where there are duplicates. Removing an owner that has twins renames its node to the smallest twin.
 
-A search gathers candidate nodes, re-scores them in numpy on the stored float16 values (so every path
-gives a chunk the same similarity), expands each node to its chunks within the filter and orders them
-by similarity, then chunk id. The candidates are:
-- every node, by brute force, in a small index (EXACT_BELOW);
-- the nodes of the allowed chunks, by brute force, where a filter leaves fewer of them than
-  EXACT_PER_CANDIDATE times the count the graph would be asked for, or that count reaches
-  EXACT_FRACTION of the graph;
-- otherwise the graph's nearest `count`: at least CANDIDATE_FLOOR and CANDIDATES_PER_HIT per wanted
-  hit, divided under a filter by the share of nodes it allows, and widened by OVERSAMPLE until `limit`
-  allowed chunks are among them. usearch's search list is as long as the count asked for (its
-  expansion is max(EXPANSION_SEARCH, count)), so the count is also the search effort.
+Each node is a row of a float16 matrix and of an int8 copy: the row at unit length, divided by a
+per-dimension scale, rounded to -127..127. The query times the scales, rounded alike, has with each row
+an int8 dot product proportional to the cosine, give or take the rounding (0.0045 at most at 1M). Rows
+stay dense (a removal moves the last row into the hole) and capacity doubles as they grow. `_row_of`,
+an int32 array indexed by chunk id, holds each chunk's row: 4 bytes per id up to the largest, where a
+dict of 1M ids takes 97 MB.
 
-Why so many candidates: real queries sit far from the chunks (all-MiniLM-L6-v2 on tldr's 9,425 English
-chunks, 400 queries of 1-4 title words: mean cosine of the best chunk 0.47, of the 10th 0.35), where
-HNSW wanders. There, with the old graph (connectivity 16, expansion_add 64), the true top 10 were among
-the graph's first 10 / 100 / 400 at recall 0.73 / 0.95 / 0.99; with this graph (32 / 128) and 256
-candidates recall@10 is 0.997. On harder synthetic vectors (bench/vector_recall.py, table there)
-recall@10 is 0.995 at 100k vectors (old: 0.88) but 0.88 at 1M (old: 0.53; 0.92 with 512 candidates),
-where brute force would cost ~70 ms. Brute force over EXACT_BELOW vectors costs ~1.3 ms.
+A search scans the int8 rows (usearch's exact search, one thread) for the best max(CANDIDATE_FLOOR,
+CANDIDATES_PER_HIT * limit) nodes, re-scores them in numpy on the float16 rows against the float32
+query (so every path gives a chunk the same similarity), expands each node to its chunks within the
+filter and orders them by similarity, then chunk id. A filter allowing under GATHER_BELOW of the nodes
+has their rows gathered and scanned alone; a wider one scans every row for proportionally more.
 
-The snapshot is usearch's own file plus a JSON sidecar that ties it to one database and one model
-fingerprint and holds the collections and the twins; both are written to temp files and renamed, the
-sidecar last, so a crash leaves either the old pair or a sidecar-less file that is ignored. A snapshot
-is opened memory-mapped (`view`) and copied into memory only when it must change.
+Why a scan: the HNSW graph it replaced (usearch, connectivity 32, 256+ candidates) reached recall@10
+0.99 at 100k vectors but 0.885 at 1M, where it took 588 s to build. With bench/vector_recall.py (table
+there: 384 dims, 30% duplicates, 2-core VM) recall is 1.000 for k = 10 and 100, with and without
+filters, and a query costs 1.7 ms at 100k vectors and 14 ms at 1M (70k / 700k nodes; the graph: 2.9 /
+3.5 ms). The true top 10 were always within the scan's best 12, and the 256th best cosine at least
+0.046 below the 10th: the candidate floor leaves a wide margin. Memory: 3 bytes per dimension and node
+(700k x 384: 778 MiB). A snapshot (vectorstore) loads memory-mapped (`memory_mapped`), 1M vectors in
+0.4 s, and is copied into memory on its first change (2.3 s there, with the twins' fingerprints).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import math
-import os
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from pyroaring import BitMap
-from usearch.index import Index, MetricKind
-from usearch.index import search as brute_force_search
+from usearch.index import MetricKind
+from usearch.index import search as exact_search
 
-EXACT_BELOW = 20_000  # distinct vectors; brute force over them costs ~1.3 ms and never misses
-CANDIDATE_FLOOR = 256  # the graph is asked for at least this many nodes
-CANDIDATES_PER_HIT = 4  # ... and for this many per wanted hit
-FILTER_MARGIN = 2  # ... and under a filter this many times that, divided by the share of nodes it allows
-OVERSAMPLE = 4  # a filtered search that found too few asks again for this many times more
-EXACT_PER_CANDIDATE = 32  # brute force over this many allowed vectors costs about one graph candidate
-# (at 100k: ~0.45 us a vector with the copy out of usearch, ~15 us a graph candidate; at 1M ~27 us)
-EXACT_FRACTION = 0.2  # a graph search this wide is no cheaper than brute force
-CONNECTIVITY = 32
-EXPANSION_ADD = 128
-EXPANSION_SEARCH = 96  # a floor only: usearch searches with max(this, count)
-SNAPSHOT_FORMAT = 2  # 2: graph keyed by owner chunks, twins in the sidecar
+from qmdd.search.vectorstore import VectorSnapshotError, read_snapshot, write_snapshot
+
+CANDIDATE_FLOOR = 256  # the int8 scan picks at least this many nodes to re-score
+CANDIDATES_PER_HIT = 4  # ... and this many per wanted hit
+GATHER_BELOW = 0.25  # a filter allowing fewer nodes than this share has its rows gathered and scanned
+# (700k x 384 nodes: 14% of them gathered and scanned in 7.0 ms, all scanned for 7x the candidates 16.9 ms;
+# 27%: 16.8 vs 16.3 ms; 38%: 22.7 vs 16.0 ms)
+FILTER_MARGIN = 2  # a wide filter's scan asks for this many times the candidates its share should hold
+HEADROOM = 1.25  # a (re)quantization sets each scale this far above the largest component seen
+CLIP_TOLERANCE = 0.005  # the most an int8 score may lose to saturation before every row is re-quantized
+_BLOCK = 16384  # rows converted at once: bounded temporaries
 
 
 class VectorHit(NamedTuple):
     chunk_id: int
     similarity: float  # cosine similarity, -1..1
-
-
-class VectorSnapshotError(Exception):
-    pass
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(path.suffix + ".json")
-
-
-def _crc(path: Path) -> int:
-    crc = 0
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            crc = zlib.crc32(block, crc)
-    return crc
 
 
 def fingerprints(rows: np.ndarray) -> np.ndarray:
@@ -101,32 +75,49 @@ def _odd_weights(ndim: int) -> np.ndarray:
     return np.random.default_rng(ndim).integers(1, 2**63, ndim, dtype=np.uint64) * 2 + 1
 
 
-class VectorIndex:
-    def __init__(self, ndim: int, index: Index | None = None, collections: dict[int, BitMap] | None = None,
-                 twins: dict[int, int] | None = None) -> None:
-        self.ndim = ndim
-        self._index = index if index is not None else self._new_index(ndim)
-        self._viewing = False  # set by load(): the index is a read-only view of the snapshot file
-        # Nodes removed but still in usearch's graph. usearch aborts the *process* restoring a file
-        # where most entries are deleted (seen with 2.21: malloc corruption above ~60%), so save()
-        # rebuilds first when they are many; `load` refuses such a file from older versions.
-        self._deleted = 0
-        self._owners = BitMap(np.asarray(self._index.keys, dtype=np.uint64).tolist()) if len(self._index) else BitMap()
-        self._owner_of: dict[int, int] = dict(twins or {})
-        self._twins: dict[int, list[int]] = {}
-        for twin, owner in self._owner_of.items():
-            self._twins.setdefault(owner, []).append(twin)
-        self._twin_ids = BitMap(self._owner_of)
-        self._keys = self._owners | self._twin_ids
-        # fingerprint -> owner, to find a new chunk's twin. Not in the snapshot: derived from the stored
-        # vectors on a loaded snapshot's first change.
-        self._owner_by_print: dict[int, int] | None = None if len(self._index) else {}
-        self.collections: dict[int, BitMap] = collections or {}
+def _unit(rows: np.ndarray) -> np.ndarray:
+    x = rows.astype(np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.float32(1e-30))
+    return x
 
-    @staticmethod
-    def _new_index(ndim: int) -> Index:
-        return Index(ndim=ndim, metric="cos", dtype="f16", connectivity=CONNECTIVITY,
-                     expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
+
+def _quantize(rows: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, float]:
+    """The int8 codes of these float16 rows, and the largest length saturation cut off a unit row: the
+    most it lowers or raises that row's int8 score for a unit query."""
+    x = _unit(rows)
+    x *= 127 / scales
+    clipped = np.clip(x, -127, 127)
+    cut = np.linalg.norm((x - clipped) * (scales / 127), axis=1).max(initial=0.0)
+    return np.rint(clipped).astype(np.int8), float(cut)
+
+
+def _resized(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
+    out = np.empty((capacity, *array.shape[1:]), dtype=array.dtype)  # untouched pages cost no memory
+    out[:used] = array[:used]
+    return out
+
+
+class VectorIndex:
+    def __init__(self, ndim: int) -> None:
+        self.ndim = ndim
+        self._n = 0  # nodes: rows 0.._n-1 of the arrays below are live
+        self._rows = np.empty((0, ndim), dtype=np.float16)
+        self._codes = np.empty((0, ndim), dtype=np.int8)
+        self._row_keys = np.empty(0, dtype=np.uint32)  # each row's owner
+        self._row_of = np.empty(0, dtype=np.int32)  # chunk id -> its node's row (twins too), -1 for none
+        # A component of a random unit vector: the first rows quantized raise the scales to their own.
+        # Scales only grow, so each re-quantization raises one by HEADROOM at least: they are few.
+        self._scales = np.full(ndim, 1 / math.sqrt(ndim), dtype=np.float32)
+        self._viewing = False  # set by load(): the arrays are read-only views of the snapshot file
+        self._owners = BitMap()
+        self._owner_of: dict[int, int] = {}
+        self._twins: dict[int, list[int]] = {}
+        self._twin_ids = BitMap()
+        self._keys = BitMap()
+        # fingerprint -> owner, to find a new chunk's twin. Not in the snapshot: derived from the stored
+        # rows on a loaded snapshot's first change.
+        self._owner_by_print: dict[int, int] | None = {}
+        self.collections: dict[int, BitMap] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -134,40 +125,64 @@ class VectorIndex:
     def keys(self) -> BitMap:
         return BitMap(self._keys)
 
-    def _stored(self, owners: np.ndarray) -> np.ndarray:
-        """The float16 rows of these nodes. Never ask for a removed key: usearch returns garbage."""
-        if not len(owners):
-            return np.zeros((0, self.ndim), dtype=np.float16)
-        return np.asarray(self._index.get(owners, dtype="f16"), dtype=np.float16).reshape(len(owners), self.ndim)
+    def _set_twins(self, twins: dict[int, int]) -> None:
+        self._owner_of = dict(twins)
+        self._twins = {}
+        for twin, owner in self._owner_of.items():
+            self._twins.setdefault(owner, []).append(twin)
+        self._twin_ids = BitMap(self._owner_of)
+        self._keys = self._owners | self._twin_ids
 
     def _writable(self) -> None:
-        if self._viewing:
-            # A viewed snapshot is read-only; copy it into memory on the first change: a memory copy
-            # of the graph, where rebuilding it would take minutes at 100k vectors.
-            self._index = self._index.copy()
+        if self._viewing:  # a viewed snapshot is read-only: copy it into memory on the first change
+            capacity = max(1024, 2 * self._n)
+            self._rows, self._codes, self._row_keys = (_resized(a, self._n, capacity)
+                                                       for a in (self._rows, self._codes, self._row_keys))
             self._viewing = False
         if self._owner_by_print is None:
-            owners = _uint64(self._owners)
-            self._owner_by_print = dict(zip(fingerprints(self._stored(owners)).tolist(), owners.tolist(), strict=True))
+            prints = fingerprints(self._rows[:self._n]).tolist()
+            self._owner_by_print = dict(zip(prints, self._row_keys[:self._n].tolist(), strict=True))
 
-    def _rebuild(self) -> None:
-        """A fresh graph of the live nodes only."""
-        copy = self._new_index(self.ndim)
-        owners = _uint64(self._owners)
-        rows = self._stored(owners)
-        if len(owners):
-            copy.add(owners, rows, threads=0)
-        self._index = copy
-        self._deleted = 0
+    def _map(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        if len(keys) and int(keys.max()) >= len(self._row_of):
+            self._row_of = np.concatenate([self._row_of, np.full(max(int(keys.max()) + 1, 2 * len(self._row_of))
+                                                                 - len(self._row_of), -1, dtype=np.int32)])
+        self._row_of[keys] = rows
 
-    def add(self, chunk_ids: Iterable[int], collection_ids: Iterable[int], vectors: np.ndarray, *,
-            threads: int = 1) -> int:
-        """Index these chunks' vectors; known chunk ids are skipped. One thread by default: additions
-        run beside searches (embed while querying); 0 uses every core, for bulk loads."""
+    def _append(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        start, stop = self._n, self._n + len(keys)
+        if stop > len(self._rows):
+            capacity = max(stop, 2 * len(self._rows), 1024)
+            self._rows, self._codes, self._row_keys = (_resized(a, start, capacity)
+                                                       for a in (self._rows, self._codes, self._row_keys))
+        self._rows[start:stop] = rows
+        self._row_keys[start:stop] = keys
+        self._map(keys, np.arange(start, stop))
+        self._n = stop
+        codes, cut = _quantize(rows, self._scales)
+        # A component beyond its scale saturates. A little of that the candidate margin absorbs (at 1M,
+        # rounding moved an int8 cosine by 0.0045 at most, and the 256th best cosine was >= 0.046 below
+        # the 10th); more, and a row could sink below the candidates: all rows are quantized again.
+        if cut > CLIP_TOLERANCE:
+            self._requantize()
+        else:
+            self._codes[start:stop] = codes
+
+    def _requantize(self) -> None:
+        rows, codes = self._rows[:self._n], self._codes[:self._n]
+        top = np.zeros(self.ndim, dtype=np.float32)
+        for start in range(0, self._n, _BLOCK):
+            np.maximum(top, np.abs(_unit(rows[start:start + _BLOCK])).max(axis=0), out=top)
+        self._scales = np.maximum(self._scales, HEADROOM * top)
+        for start in range(0, self._n, _BLOCK):
+            codes[start:start + _BLOCK] = _quantize(rows[start:start + _BLOCK], self._scales)[0]
+
+    def add(self, chunk_ids: Iterable[int], collection_ids: Iterable[int], vectors: np.ndarray) -> int:
+        """Index these chunks' vectors; known chunk ids are skipped."""
         ids = list(chunk_ids)
         seen: set[int] = set()
         fresh = []
-        for i, cid in enumerate(ids):  # new ids only, each once: usearch would fail half-way on a repeat
+        for i, cid in enumerate(ids):  # new ids only, each once
             if cid not in self._keys and cid not in seen:
                 seen.add(cid)
                 fresh.append(i)
@@ -189,7 +204,7 @@ class VectorIndex:
             new_rows[cid] = row
             new_prints.setdefault(fingerprint, cid)  # on a collision (astronomically rare): another node
         if new_rows:
-            self._index.add(_uint64(new_rows), rows[list(new_rows.values())], threads=threads)
+            self._append(np.asarray(list(new_rows), dtype=np.uint32), rows[list(new_rows.values())])
             self._owners.update(new_rows)
             for fingerprint, owner in new_prints.items():
                 self._owner_by_print.setdefault(fingerprint, owner)
@@ -197,13 +212,16 @@ class VectorIndex:
             self._owner_of[twin] = owner
             self._twins.setdefault(owner, []).append(twin)
             self._twin_ids.add(twin)
+        if twins:
+            found, owners = (np.asarray(side, dtype=np.uint32) for side in zip(*twins, strict=True))
+            self._map(found, self._row_of[owners])
         for i in fresh:
             self._keys.add(ids[i])
             self.collections.setdefault(cols[i], BitMap()).add(ids[i])
         return len(fresh)
 
     def _same_vector(self, owner: int, rows: np.ndarray, row: int, new_rows: dict[int, int]) -> bool:
-        stored = rows[new_rows[owner]] if owner in new_rows else self._stored(_uint64([owner]))[0]
+        stored = rows[new_rows[owner]] if owner in new_rows else self._rows[self._row_of[owner]]
         return bool(np.array_equal(stored.view(np.uint16), rows[row].view(np.uint16)))
 
     def remove(self, chunk_ids: Iterable[int]) -> int:
@@ -213,17 +231,18 @@ class VectorIndex:
         self._writable()
         assert self._owner_by_print is not None
         twins_gone = gone & self._twin_ids
+        self._row_of[_keys_array(twins_gone)] = -1
         for twin in twins_gone:
             owner = self._owner_of.pop(twin)
             self._twins[owner].remove(twin)
             if not self._twins[owner]:
                 del self._twins[owner]
         self._twin_ids -= twins_gone
-        owners_gone = _uint64(gone - twins_gone)
+        owners_gone = _keys_array(gone - twins_gone)
         renamed: list[tuple[int, int]] = []
         dropped: list[int] = []
-        for owner, fingerprint in zip(owners_gone.tolist(), fingerprints(self._stored(owners_gone)).tolist(),
-                                      strict=True):
+        prints = fingerprints(self._rows[self._row_of[owners_gone]]).tolist()
+        for owner, fingerprint in zip(owners_gone.tolist(), prints, strict=True):
             heirs = self._twins.pop(owner, None)
             successor = None
             if heirs:  # the vector stays: its node passes to the smallest twin
@@ -242,26 +261,52 @@ class VectorIndex:
                     del self._owner_by_print[fingerprint]
                 else:
                     self._owner_by_print[fingerprint] = successor
-        if renamed:
-            self._index.rename(_uint64([old for old, _ in renamed]), _uint64([new for _, new in renamed]))
-            self._twin_ids -= BitMap(new for _, new in renamed)
-            self._owners.update(new for _, new in renamed)
+        if renamed:  # the successors, twins until now, already point at the row
+            old, new = (np.asarray(side, dtype=np.uint32) for side in zip(*renamed, strict=True))
+            self._row_keys[self._row_of[old]] = new
+            self._row_of[old] = -1
+            self._twin_ids -= BitMap(new)
+            self._owners.update(new.tolist())
         if dropped:
-            self._index.remove(_uint64(dropped))
-            self._deleted += len(dropped)
-        self._owners -= BitMap(owners_gone.tolist())
+            self._delete(np.asarray(dropped, dtype=np.uint32))
+        self._owners -= BitMap(owners_gone)
         self._keys -= gone
         for members in self.collections.values():
             members -= gone
         return len(gone)
 
+    def _delete(self, owners: np.ndarray) -> None:
+        """Drop these nodes' rows; the last rows move into the holes, so the live rows stay dense."""
+        rows = self._row_of[owners].astype(np.int64)
+        self._row_of[owners] = -1
+        stop = self._n - len(rows)
+        holes = rows[rows < stop]
+        movers = np.setdiff1d(np.arange(stop, self._n), rows, assume_unique=True)
+        for array in (self._rows, self._codes, self._row_keys):
+            array[holes] = array[movers]
+        moved = self._row_keys[holes]
+        self._row_of[moved] = holes
+        for owner, row in zip(moved.tolist(), holes.tolist(), strict=True):
+            if twins := self._twins.get(owner):
+                self._row_of[twins] = row
+        self._n = stop
+
     def stored_vectors(self, chunk_ids: Iterable[int]) -> np.ndarray:
         """These chunks' vectors as stored (float16, returned as float32), one row each; KeyError for a
-        chunk the index lacks. Twins read their owner's node: their ids are not keys of the graph."""
+        chunk the index lacks. Twins read their owner's row."""
         ids = list(chunk_ids)
         if missing := BitMap(ids) - self._keys:
             raise KeyError(f"no vector for chunks {missing.to_array().tolist()[:5]}")
-        return self._stored(_uint64(self._owner_of.get(c, c) for c in ids)).astype(np.float32)
+        return self._rows[self._row_of[ids]].astype(np.float32).reshape(len(ids), self.ndim)
+
+    def misquantized(self, chunk_ids: Iterable[int]) -> list[int]:
+        """Those of these indexed chunks whose int8 row is not their float16 row quantized (beyond a
+        rounding): the scan would rank them wrongly. For `qmdctl doctor`."""
+        ids = list(chunk_ids)
+        rows = self._row_of[ids]
+        expected = _quantize(self._rows[rows], self._scales)[0].astype(np.int16)
+        off = np.abs(expected - self._codes[rows]).max(axis=1, initial=0) > 1
+        return [c for c, bad in zip(ids, off.tolist(), strict=True) if bad]
 
     def allowed_keys(self, collection_ids: list[int] | None, allowed: BitMap | None) -> BitMap | None:
         if collection_ids is None:
@@ -275,53 +320,60 @@ class VectorIndex:
         if not self._keys or limit <= 0:
             return []
         query = np.ascontiguousarray(query, dtype=np.float32)
-        nodes = len(self._owners)
-        wanted = max(CANDIDATE_FLOOR, CANDIDATES_PER_HIT * limit)  # candidates to re-score
-        if allowed is None:
-            # Brute force needs no spare candidates: its first `limit` nodes are the nearest (each has a chunk).
-            count = min(nodes, limit if nodes <= EXACT_BELOW else wanted)
-            found = self._index.search(query, count, exact=nodes <= EXACT_BELOW, threads=1).keys
-            return self._best(np.asarray(found, dtype=np.uint64), query, None, limit)
+        wanted = max(CANDIDATE_FLOOR, CANDIDATES_PER_HIT * limit)  # nodes to re-score
+        if allowed is None:  # every node has a chunk: the best `wanted` nodes hold the best chunks
+            return self._best(self._nearest(None, query, wanted), query, None, limit)
         allowed = allowed & self._keys
         if not allowed:
             return []
-        allowed_nodes = self._nodes_of(allowed)
-        count = max(wanted, math.ceil(FILTER_MARGIN * CANDIDATES_PER_HIT * limit * nodes / len(allowed_nodes)))
-        while True:
-            if (nodes <= EXACT_BELOW or len(allowed_nodes) <= EXACT_PER_CANDIDATE * count
-                    or count >= EXACT_FRACTION * nodes):
-                return self._best(self._brute_force(_uint64(allowed_nodes), query, wanted), query, allowed, limit)
-            found = self._index.search(query, count, threads=1).keys
-            hits = self._best(_uint64(BitMap(found.tolist()) & allowed_nodes), query, allowed, limit)
-            if len(hits) >= limit:
-                return hits
-            count *= OVERSAMPLE
+        chosen = np.zeros(self._n, dtype=bool)  # the rows of the allowed chunks' nodes
+        chosen[self._row_of[_keys_array(allowed)]] = True
+        rows = np.flatnonzero(chosen)  # in row order: a gather that reads forward
+        found = self._scan_for(chosen, len(rows), query, wanted) if len(rows) >= GATHER_BELOW * self._n else None
+        if found is None:
+            found = self._nearest(rows, query, wanted)
+        return self._best(found, query, allowed, limit)
 
-    def _nodes_of(self, chunks: BitMap) -> BitMap:
-        twins = chunks & self._twin_ids
-        return (chunks - twins) | BitMap(self._owner_of[t] for t in twins)
+    def _scan_for(self, chosen: np.ndarray, count: int, query: np.ndarray, wanted: int) -> np.ndarray | None:
+        """The best `wanted` of the `count` chosen rows, from a scan of all rows asked for enough candidates;
+        None where that is every row, or too few of them were chosen (the filter is far from the query)."""
+        scan = math.ceil(FILTER_MARGIN * wanted * self._n / count)
+        if scan >= self._n:
+            return None
+        found = self._nearest(None, query, scan)  # best first
+        inside = found[chosen[found]]
+        return inside[:wanted] if len(inside) >= min(wanted, count) else None
 
-    def _brute_force(self, owners: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:
-        """The nearest `count` of these nodes, by usearch's brute force over their float16 rows (~10x
-        faster than numpy, which converts float16 slowly)."""
-        if len(owners) <= count:
-            return owners
-        found = brute_force_search(self._stored(owners), query.astype(np.float16), count, MetricKind.Cos,
-                                   exact=True, threads=1)
-        return owners[np.asarray(found.keys, dtype=np.int64)]
+    def _nearest(self, rows: np.ndarray | None, query: np.ndarray, count: int) -> np.ndarray:
+        """The `count` rows, of these or of all, with the best int8 scores; all of them if no more."""
+        if rows is None:
+            if self._n <= count:
+                return np.arange(self._n)
+            codes = self._codes[:self._n]
+        else:
+            if len(rows) <= count:
+                return rows
+            codes = np.take(self._codes, rows, axis=0)  # twice as fast as codes[rows]
+        scaled = query * self._scales  # the int8 dot product then follows the float one
+        top = float(np.abs(scaled).max())
+        code = np.rint(scaled * (127 / top) if top > 0 else scaled).astype(np.int8)
+        found = exact_search(codes, code, count, MetricKind.IP, exact=True, threads=1).keys
+        found = np.asarray(found, dtype=np.int64)
+        return found if rows is None else rows[found]
 
-    def _best(self, owners: np.ndarray, query: np.ndarray, allowed: BitMap | None, limit: int) -> list[VectorHit]:
-        """The best `limit` chunks of these nodes, each of which has a chunk in `allowed`."""
-        if not len(owners):
+    def _best(self, rows: np.ndarray, query: np.ndarray, allowed: BitMap | None, limit: int) -> list[VectorHit]:
+        """The best `limit` chunks of these rows' nodes, each of which has a chunk in `allowed`."""
+        if not len(rows):
             return []
-        rows = np.asarray(self._index.get(owners, dtype="f32"), dtype=np.float32).reshape(len(owners), self.ndim)
-        norms = np.maximum(np.linalg.norm(rows, axis=1) * np.linalg.norm(query), 1e-12)
-        similarity = rows @ query / norms
-        if len(owners) > limit:  # every node yields a chunk: the best `limit` nodes, and any tied with them
-            kth = np.partition(similarity, len(owners) - limit)[len(owners) - limit]
+        owners = self._row_keys[rows]
+        x = self._rows[rows].astype(np.float32)
+        norms = np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(query), 1e-12)
+        similarity = x @ query / norms
+        if len(rows) > limit:  # every node yields a chunk: the best `limit` nodes, and any tied with them
+            kth = np.partition(similarity, len(rows) - limit)[len(rows) - limit]
             chosen = np.flatnonzero(similarity >= kth)
         else:
-            chosen = np.arange(len(owners))
+            chosen = np.arange(len(rows))
         hits = [VectorHit(chunk, float(similarity[i])) for i in chosen.tolist()
                 for chunk in (int(owners[i]), *self._twins.get(int(owners[i]), ()))
                 if allowed is None or chunk in allowed]
@@ -329,65 +381,42 @@ class VectorIndex:
         return hits[:limit]
 
     def statistics(self) -> dict[str, Any]:
-        return {"vectors": len(self._keys), "distinct_vectors": len(self._owners), "dims": self.ndim,
-                "memory_mapped": self._viewing,
-                "memory_bytes": int(self._index.memory_usage) if not self._viewing else 0}
+        held = self._row_of.nbytes + (0 if self._viewing else self._n * (3 * self.ndim + 4))
+        return {"vectors": len(self._keys), "distinct_vectors": self._n, "dims": self.ndim,
+                "memory_mapped": self._viewing, "memory_bytes": held}
 
-    # --- persistence --------------------------------------------------------------------------------
+    # --- persistence (the format: vectorstore) ----------------------------------------------------
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
-        if self._deleted * 3 > len(self._owners) and not self._viewing:
-            self._rebuild()
-        temp = path.with_name(path.name + ".tmp")
-        self._index.save(str(temp))
-        with temp.open("rb+") as f:
-            os.fsync(f.fileno())
-        twins = np.asarray(list(self._owner_of.items()), dtype="<u8").reshape(-1, 2)
-        sidecar = {**meta, "format": SNAPSHOT_FORMAT, "ndim": self.ndim, "count": len(self._keys),
-                   "nodes": len(self._owners), "deleted": self._deleted, "crc32": _crc(temp),
-                   "collections": {str(c): m.serialize().hex() for c, m in self.collections.items() if m},
-                   "twins": base64.b64encode(twins.tobytes()).decode()}
-        temp_meta = _sidecar(temp)
-        temp_meta.write_text(json.dumps(sidecar))
-        _sidecar(path).unlink(missing_ok=True)  # never a new sidecar beside an old index, or vice versa
-        os.replace(temp, path)
-        os.replace(temp_meta, _sidecar(path))
+        arrays: dict[str, np.ndarray] = {"keys": self._row_keys[:self._n], "scales": self._scales, "rows": self._rows,
+                                         "codes": self._codes}
+        write_snapshot(path, arrays, self.collections, self._owner_of, len(self._keys), meta)
 
     @classmethod
     def load(cls, path: Path) -> tuple[VectorIndex, dict[str, Any]]:
+        snapshot = read_snapshot(path)
+        arrays, pairs = snapshot.arrays, snapshot.twins
+        index = cls(len(arrays["scales"]))
+        index._scales = arrays["scales"].astype(np.float32)
+        if not np.all(np.isfinite(index._scales) & (index._scales > 0)):
+            raise VectorSnapshotError("quantization scales that are not positive")
+        index._rows, index._codes, index._row_keys = arrays["rows"], arrays["codes"], arrays["keys"]
+        index._n = len(index._row_keys)
+        index._owners = BitMap(index._row_keys)
+        if len(index._owners) != index._n:
+            raise VectorSnapshotError("a chunk id owns two rows")
+        index._map(index._row_keys, np.arange(index._n))
         try:
-            meta: dict[str, Any] = json.loads(_sidecar(path).read_text())
-            if meta.get("format") != SNAPSHOT_FORMAT:
-                raise ValueError(f"snapshot format {meta.get('format')!r}, not {SNAPSHOT_FORMAT}")
-            collections = {int(c): BitMap.deserialize(bytes.fromhex(m)) for c, m in meta.pop("collections").items()}
-            pairs = np.frombuffer(base64.b64decode(meta.pop("twins"), validate=True), dtype="<u8").reshape(-1, 2)
-            twins = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), strict=True))
-            deleted, count, nodes, ndim = (int(meta[k]) for k in ("deleted", "count", "nodes", "ndim"))
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise VectorSnapshotError(f"no usable sidecar: {exc!r}") from None
-        if deleted * 3 > nodes + 1:
-            raise VectorSnapshotError("too many deleted entries to restore safely")
-        if _crc(path) != meta.get("crc32"):
-            raise VectorSnapshotError("checksum mismatch")
-        try:
-            # The expansions are not in the file; connectivity is.
-            index = Index.restore(str(path), view=True, expansion_add=EXPANSION_ADD,
-                                  expansion_search=EXPANSION_SEARCH)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise VectorSnapshotError(str(exc)) from None
-        if index is None or len(index) != nodes or index.ndim != ndim:
-            raise VectorSnapshotError("size or dimensions differ from the sidecar")
-        try:
-            vectors = cls(ndim, index, collections, twins)
+            index._set_twins(dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist(), strict=True)))
         except OverflowError as exc:  # a chunk id beyond 32 bits
             raise VectorSnapshotError(str(exc)) from None
-        if not vectors._consistent(count, len(pairs)):
+        index.collections = snapshot.collections
+        if not index._consistent(snapshot.chunks, len(pairs)):
             raise VectorSnapshotError("the twins in the sidecar disagree with the index")
-        vectors._viewing = True
-        vectors._deleted = deleted
-        for key in ("format", "ndim", "count", "nodes", "crc32", "deleted"):
-            meta.pop(key, None)
-        return vectors, meta
+        index._map(pairs[:, 0].astype(np.uint32), index._row_of[pairs[:, 1].astype(np.uint32)])
+        index._owner_by_print = None
+        index._viewing = True
+        return index, snapshot.meta
 
     def _consistent(self, count: int, twin_count: int) -> bool:
         """Every twin named once, none of them a node, each owned by a node; and the chunks counted."""
@@ -395,5 +424,5 @@ class VectorIndex:
                 and BitMap(self._twins) <= self._owners and len(self._keys) == count)
 
 
-def _uint64(keys: Iterable[int]) -> np.ndarray:
-    return np.asarray(keys.to_array() if isinstance(keys, BitMap) else list(keys), dtype=np.uint64)
+def _keys_array(keys: BitMap) -> np.ndarray:
+    return np.asarray(keys.to_array(), dtype=np.uint32)
