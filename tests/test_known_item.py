@@ -88,6 +88,28 @@ def test_a_page_named_in_the_query_ranks_first() -> None:
     assert all(score < 0.9 for _, score in exact[1:])
 
 
+def test_hits_tell_which_query_terms_their_name_says() -> None:
+    # What phrase evidence would otherwise work out from each page's title and path, per hit.
+    chunks = [page(1, 1, "common/tar.md", "tar", "tar\nArchiving utility."),
+              page(2, 2, "common/git-archive.md", "git archive", "git archive\nCreate an archive of files."),
+              page(3, 3, "linux/Create Archive.md", "create archive", "Create an archive, quickly."),
+              page(4, 4, "common/zip.md", "zip", "zip\nPackage and compress files.")]
+    index = indexed(*chunks)
+    for query in ("create a tar archive", "git archive create", "tar", "zip the archive"):
+        names = query_name_keys(TOKENIZER, query)
+        hits = index.search(TOKENIZER.query_terms(query), limit=10, names=names)
+        assert hits, query
+        for hit in hits:
+            chunk = chunks[hit.doc_id - 1]
+            said = {t for key in document_name_keys(TOKENIZER, chunk.title, chunk.path) if key in names
+                    for t in names[key][1]}
+            assert set(hit.named) == said, (query, hit)
+    named = index.search(TOKENIZER.query_terms("git archive create"), limit=2,
+                         names=query_name_keys(TOKENIZER, "git archive create"))
+    assert [(h.doc_id, h.named) for h in named] == [(2, ("archiv", "git")), (3, ("archiv", "creat"))]
+    assert {h.doc_id: h.named for h in index.search(["tar", "archiv"], limit=10)} == {1: (), 2: (), 3: ()}
+
+
 def test_one_rare_term_in_a_long_document_is_a_strong_hit() -> None:
     # A transcript of many chunks mentions "zyzzyva" once; its score must not shrink with its length.
     filler = "the meeting went on about budgets and plans and schedules " * 20

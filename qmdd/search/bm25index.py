@@ -63,6 +63,7 @@ class ChunkHit:
     norm: float  # 0..1, the ranking score (`ranking.combine`)
     explain: dict[str, float] | None  # term -> contribution to the best chunk, when asked
     name: float = 0.0  # share of the query's weight that the document's name covers (0: none)
+    named: tuple[str, ...] = ()  # the query terms that a name of the document says (`names` in search)
     phrase: float = 0.0  # phrase evidence of the best chunk (`qmdd.search.phrases`), once re-scored
 
 
@@ -264,17 +265,27 @@ class BM25Index:
             if not cand.size:
                 return []
         cand_docs = doc.slot[cand]
-        named = self._named(names or {}, mass, ceiling, doc) if names else None
+        named, naming = self._named(names, mass, ceiling, doc) if names else (None, [])
         final = ranking.combine(dacc, ceiling, ranking.best_per_document(cand_docs, acc[cand], doc.n),
                                 chunk_ceiling, named)
         best = ranking.best_chunks(cand, cand_docs, acc[cand], self._ids[cand], final, doc.ids, limit)
+        best_docs = doc.slot[best]
+        # Which query terms each hit's name says, for phrase evidence: the keys' postings are at hand here,
+        # where working them out again from the title and path would cost more than this search.
+        said: list[set[str]] = [set() for _ in best]
+        order = np.argsort(best_docs)
+        ranked_docs = best_docs[order]
+        for covered, holders in naming:  # (best is never empty here) np.isin would sort both sides, per key
+            at = np.minimum(np.searchsorted(ranked_docs, holders), ranked_docs.size - 1)
+            for i in order[at[ranked_docs[at] == holders]].tolist():
+                said[i].update(covered)
         rows: list[ChunkHit] = []
-        for slot in best:
-            d = int(doc.slot[slot])
+        for i, slot in enumerate(best):
+            d = int(best_docs[i])
             parts = ranking.explained(matched, d) if explain else None
             name = float(named[d]) if named is not None else 0.0
             rows.append(ChunkHit(int(self._docs[slot]), int(self._ids[slot]), float(dacc[d]), float(final[d]),
-                                 parts, name))
+                                 parts, name, tuple(sorted(said[i]))))
         return rows
 
     def _postings(self, segments: Sequence[Postings], ranges: Sequence[tuple[Any, Any]], i: int) -> tuple[Arr, Arr]:
@@ -295,9 +306,11 @@ class BM25Index:
         return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
     def _named(self, names: Mapping[str, tuple[float, Sequence[str]]], mass: Mapping[str, float], ceiling: float,
-               doc: ranking.DocColumns) -> Arr:
-        """Per dense document: the largest share of the query's weight that a name of it covers."""
+               doc: ranking.DocColumns) -> tuple[Arr, list[tuple[Sequence[str], Arr]]]:
+        """Per dense document: the largest share of the query's weight that a name of it covers; and
+        per key some document holds, (the query terms it covers, the dense documents holding it)."""
         named = np.zeros(doc.n, np.float64)
+        naming: list[tuple[Sequence[str], Arr]] = []
         keys = list(names)
         qtids = np.fromiter((self._vocab.get(k, -1) for k in keys), np.int64, count=len(keys))
         segments = [s for s in (self._main, self._delta) if len(s)]
@@ -311,7 +324,8 @@ class BM25Index:
                 share = ranking.name_evidence(strength, sum(mass.get(t, 0.0) for t in covered) / ceiling)
                 hit = doc.slot[s]
                 np.maximum.at(named, hit, share)
-        return named
+                naming.append((covered, hit))
+        return named, naming
 
     def statistics(self) -> dict[str, int | float]:
         arrays: list[Arr] = [self._ids, self._docs, self._colls, self._lens, self._nterms, self._alive]

@@ -44,6 +44,7 @@ from qmdd.search.pipeline import (
     resolve_filters,
 )
 from qmdd.search.ports import Retrievers
+from qmdd.search.reads import Reads
 from qmdd.search.tokenize import Tokenizer
 from qmdd.search.vectorindex import VectorHit
 from qmdd.store import documents as docs
@@ -77,6 +78,7 @@ class Candidate:
     chunk_id: int
     rank: int
     score: float  # BM25 norm or cosine similarity
+    named: tuple[str, ...] | None = None  # the query terms its name says, where BM25 found it
 
 
 def best_chunk_per_doc(conn: sqlite3.Connection, hits: Sequence[VectorHit]) -> list[Candidate]:
@@ -113,16 +115,17 @@ async def vector_search(engines: Engines, request: SearchRequest) -> tuple[dict[
     check_request(request)
     collection_ids, allowed = resolve_filters(engines.conn, request)
     vectors = await engines.retrievers.embed_queries([request.query])
+    reads = Reads(engines.conn)
     for fetch in fetch_sizes(request.limit, request.collapse):
         [ranked] = await _nearest_documents(engines, vectors, fetch, collection_ids, allowed)
-        hits, copies = collapse_hits(engines.conn, _to_hits(ranked, [max(c.score, 0.0) for c in ranked]),
+        hits, copies = collapse_hits(reads, _to_hits(ranked, [max(c.score, 0.0) for c in ranked]),
                                      request.collapse)
         if enough(len(hits), len(ranked), fetch, request.limit):
             break
     kept = {h.doc_id for h in hits}
     ranked = [c for c in ranked if c.doc_id in kept and max(c.score, 0.0) >= request.min_score][:request.limit]
     terms = engines.tokenizer.query_terms(request.query)
-    results, rows = await build_results(engines.conn, engines.tokenizer, terms,
+    results, rows = await build_results(reads, engines.tokenizer, terms,
                                         _to_hits(ranked, [max(c.score, 0.0) for c in ranked]), request, copies)
     if request.explain:
         for result, cand in zip(results, ranked, strict=False):
@@ -135,7 +138,7 @@ async def _lexical_lists(engines: Engines, texts: Sequence[str], depth: int, col
     lists = []
     for text in texts:
         _, hits = await engines.retrievers.keywords(text, depth, collection_ids, allowed)
-        lists.append([Candidate(h.doc_id, h.chunk_id, i + 1, h.norm) for i, h in enumerate(hits)])
+        lists.append([Candidate(h.doc_id, h.chunk_id, i + 1, h.norm, h.named) for i, h in enumerate(hits)])
     return lists
 
 
@@ -183,11 +186,12 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
     fused = fuse(_ranked_lists(lists, names, engines.latin_only(), engines.cosine_floor()))
     by_source = {name: {c.doc_id: c for c in ranked} for name, (_, ranked) in zip(names, lists, strict=True)}
-    kept, copies = collapse_documents(engines.conn, [f.key for f in fused], request.collapse)
+    reads = Reads(engines.conn)
+    kept, copies = collapse_documents(reads, [f.key for f in fused], request.collapse)
     if len(kept) < len(fused):
         keep = set(kept)
         fused = [f for f in fused if f.key in keep]
-    phrases = await _with_phrases(engines, subqueries, fused, by_source)
+    phrases = await _with_phrases(engines, reads, subqueries, fused, by_source)
     for rank, item in enumerate(fused, 1):  # blending by position needs the ranks without the copies
         item.rank = rank
     head = fused[:max(request.limit, RERANK_DEPTH if rerank else request.limit)]
@@ -208,7 +212,7 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     kept = [key for key in order if scores[key] >= request.min_score][:request.limit]
     hits = [ChunkHit(key, chosen[key].chunk_id, chosen[key].score, min(scores[key], 1.0), None) for key in kept]
     terms = sorted({t for sub in subqueries for t in engines.tokenizer.query_terms(sub.text)})
-    results, rows = await build_results(engines.conn, engines.tokenizer, terms, hits, request, copies)
+    results, rows = await build_results(reads, engines.tokenizer, terms, hits, request, copies)
     if request.explain:
         _explain(results, [r.id for r in rows], head, lists, names, by_source, blended, phrases)
     answer: dict[str, Any] = {"terms": terms, "results": results,
@@ -219,7 +223,7 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     return answer, rows
 
 
-async def _with_phrases(engines: Engines, subqueries: Sequence[SubQuery], fused: list[Fused[int]],
+async def _with_phrases(engines: Engines, reads: Reads, subqueries: Sequence[SubQuery], fused: list[Fused[int]],
                         by_source: dict[str, dict[int, Candidate]]) -> dict[int, float]:
     """Re-score (in place) and re-sort the first PHRASE_DEPTH fused documents by how closely their
     chunk says the query (the first keyword sub-query's text), as `search` does its hits: once, after
@@ -227,8 +231,10 @@ async def _with_phrases(engines: Engines, subqueries: Sequence[SubQuery], fused:
     head = fused[:PHRASE_DEPTH]
     text = next((s.text for s in subqueries if s.kind == "lex"), subqueries[0].text)
     chunk_ids = [_best_candidate(f.contributions, by_source, f.key).chunk_id for f in head]
-    evidence = dict(zip([f.key for f in head], await phrase_evidence(engines.conn, engines.tokenizer, text, chunk_ids),
-                        strict=True))
+    keyword = by_source.get("lex:0", {})  # the list of `text` when it is a keyword sub-query: lists start with them
+    named = [keyword[f.key].named if f.key in keyword else None for f in head]
+    evidence = dict(zip([f.key for f in head],
+                        await phrase_evidence(reads, engines.tokenizer, text, chunk_ids, named), strict=True))
     for item in head:
         item.score = with_phrase(item.score, evidence[item.key])
     head.sort(key=lambda f: -f.score)  # stable: ties keep the fused order

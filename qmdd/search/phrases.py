@@ -116,6 +116,7 @@ class PhraseMatcher:
     the articles are one word: people recall a line's words, not whether it said "a" or "the"."""
 
     def __init__(self, query: str, tokenizer: Tokenizer) -> None:
+        self.text = query
         self._tokens_of = tokenizer.phrase_tokens
         self._terms = _terms_of(tokenizer)
         # Only a short query is read: a paragraph covers little of any one sentence, and a query of

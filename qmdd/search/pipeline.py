@@ -1,16 +1,16 @@
-"""Keyword search orchestration: filters → BM25 (through the `Retrievers` port) → documents, contexts,
-snippets.
+"""Keyword search orchestration: filters → BM25 (through the `Retrievers` port) → phrase evidence,
+collapsed copies, documents, contexts, snippets.
 
-SQLite reads here are a handful of rows by primary key,
-cheap enough to run on the event loop. Snippets are not: a chunk may be one multi-megabyte line,
-so they are built in a worker thread.
+After BM25, everything a search does runs in one worker thread: snippets must (a chunk may be one
+multi-megabyte line), and the rest (a few dozen rows read by primary key, phrase matching) costs less
+there than another thread hop would (bench/hybrid_speed.py).
 """
 
 from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,11 +23,12 @@ from qmdd.search.collapse import collapse, enough, fetch_sizes
 from qmdd.search.fields import document_name_keys, query_name_keys
 from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
 from qmdd.search.ports import Retrievers
+from qmdd.search.reads import Reads
 from qmdd.search.snippets import Snippets
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store import documents as docs
 from qmdd.store.contexts import list_contexts
-from qmdd.store.documents import ChunkText, CollectionRow, DocRow
+from qmdd.store.documents import CollectionRow, DocRow
 
 # CPU work of one request (snippets, multi-get's glob matching) runs in worker threads, this many at
 # once: the event loop keeps answering, and the actors' own threads keep a core.
@@ -113,52 +114,68 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     """The reply (terms, results) and, for the caller's own use, each result's document row."""
     check_request(request)
     collection_ids, allowed = resolve_filters(conn, request)
-    for fetch in fetch_sizes(request.limit, request.collapse):
+    reads = Reads(conn)
+    matcher = PhraseMatcher(request.query, tokenizer)
+    sizes = fetch_sizes(request.limit, request.collapse)
+    for i, fetch in enumerate(sizes):
         asked = max(fetch, PHRASE_DEPTH)
-        terms, found = await keyword_hits(conn, retrievers, tokenizer, request.query, asked, collection_ids, allowed,
-                                          request.explain)
-        hits, copies = collapse_hits(conn, found, request.collapse)
-        if enough(len(hits), len(found), asked, request.limit):
-            break
-    hits = [h for h in hits if h.norm >= request.min_score][:request.limit]
-    results, rows = await build_results(conn, tokenizer, terms, hits, request, copies)
-    return {"terms": terms, "results": results}, rows
+        terms, found = await retrievers.keywords(request.query, asked, collection_ids, allowed, request.explain)
+        # Re-scoring, collapsing and snippets in one worker-thread hop: a hop costs more than any of them.
+        answer = await trio.to_thread.run_sync(_rank_and_render, reads, tokenizer, matcher, request, terms, found,
+                                               asked, i == len(sizes) - 1, limiter=cpu_limiter())
+        if answer is not None:
+            return answer
+    raise AssertionError("the last fetch always answers")
 
 
-async def keyword_hits(conn: sqlite3.Connection, retrievers: Retrievers, tokenizer: Tokenizer, text: str, fetch: int,
-                       collection_ids: list[int] | None, allowed: BitMap | None,
-                       explain: bool) -> tuple[list[str], list[ChunkHit]]:
-    """BM25's query terms and `fetch` best hits for `text`, the first PHRASE_DEPTH re-scored by how
-    closely their best chunk says the text, and re-sorted."""
-    terms, found = await retrievers.keywords(text, fetch, collection_ids, allowed, explain)
+def _rank_and_render(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, request: SearchRequest,
+                     terms: list[str], found: list[ChunkHit], asked: int,
+                     last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
+    """BM25's hits, the first PHRASE_DEPTH re-scored by how closely their best chunk says the query,
+    re-sorted, copies collapsed, and rendered; None when copies left too few and a larger fetch may
+    give more."""
     head = found[:PHRASE_DEPTH]
-    evidence = await phrase_evidence(conn, tokenizer, text, [h.chunk_id for h in head])
+    evidence = phrase_scores(reads, tokenizer, matcher, [h.chunk_id for h in head], [h.named for h in head])
     rescored = [replace(h, norm=with_phrase(h.norm, e), phrase=e) if e else h
                 for h, e in zip(head, evidence, strict=True)]
     # Re-scoring only raises scores, so every re-scored hit stays above the ones past the depth.
-    return terms, sorted(rescored, key=lambda h: -h.norm) + found[PHRASE_DEPTH:]
+    hits, copies = collapse_hits(reads, sorted(rescored, key=lambda h: -h.norm) + found[PHRASE_DEPTH:],
+                                 request.collapse)
+    if not (last or enough(len(hits), len(found), asked, request.limit)):
+        return None
+    shown = [h for h in hits if h.norm >= request.min_score][:request.limit]
+    results, rows = render_results(reads, tokenizer, terms, shown, request, copies)
+    return {"terms": terms, "results": results}, rows
 
 
-async def phrase_evidence(conn: sqlite3.Connection, tokenizer: Tokenizer, text: str,
-                          chunk_ids: Sequence[int]) -> list[float]:
-    """How closely each chunk says `text` (`qmdd.search.phrases`), 0 for a chunk removed meanwhile."""
+async def phrase_evidence(reads: Reads, tokenizer: Tokenizer, text: str, chunk_ids: Sequence[int],
+                          named: Sequence[Collection[str] | None]) -> list[float]:
+    """`phrase_scores` of `text`, in a worker thread when there is a phrase to look for."""
     matcher = PhraseMatcher(text, tokenizer)
     if not (chunk_ids and matcher.has_order):
         return [0.0] * len(chunk_ids)
+    return await trio.to_thread.run_sync(phrase_scores, reads, tokenizer, matcher, chunk_ids, named,
+                                         limiter=cpu_limiter())
 
-    def evidence() -> list[float]:  # the read too: 20 chunk texts cost more than the thread hop
-        chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, chunk_ids)}
-        names = query_name_keys(tokenizer, text)
-        out = []
-        for chunk in map(chunks.get, chunk_ids):
-            if chunk is None:
-                out.append(0.0)
-                continue
-            named = {t for key in _name_keys(tokenizer, chunk.title, chunk.path) if key in names for t in names[key][1]}
-            out.append(matcher.evidence(chunk.text, named))
-        return out
 
-    return await trio.to_thread.run_sync(evidence, limiter=cpu_limiter())
+def phrase_scores(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, chunk_ids: Sequence[int],
+                  named: Sequence[Collection[str] | None]) -> list[float]:
+    """How closely each chunk says the matcher's query (`qmdd.search.phrases`), 0 for a chunk removed
+    meanwhile. `named`: per chunk, the query terms its document's name says, where BM25 told them
+    (None: not known, worked out here from the title and path)."""
+    if not (chunk_ids and matcher.has_order):
+        return [0.0] * len(chunk_ids)
+    chunks = reads.chunk_texts(chunk_ids)
+    names = query_name_keys(tokenizer, matcher.text) if None in named else {}
+    out = []
+    for chunk, said in zip(map(chunks.get, chunk_ids), named, strict=True):
+        if chunk is None:
+            out.append(0.0)
+            continue
+        if said is None:
+            said = {t for key in _name_keys(tokenizer, chunk.title, chunk.path) if key in names for t in names[key][1]}
+        out.append(matcher.evidence(chunk.text, said))
+    return out
 
 
 # A document's name keys, memoised: the same pages come back query after query, and analysing a title
@@ -166,40 +183,43 @@ async def phrase_evidence(conn: sqlite3.Connection, tokenizer: Tokenizer, text: 
 _name_keys = functools.lru_cache(maxsize=4096)(document_name_keys)
 
 
-def collapse_hits(conn: sqlite3.Connection, hits: Sequence[ChunkHit],
+def collapse_hits(reads: Reads, hits: Sequence[ChunkHit],
                   enabled: bool) -> tuple[list[ChunkHit], dict[int, list[str]]]:
     """Hits with copies of a better-ranked hit removed, and each kept hit's copies (as URIs)."""
     by_doc = {h.doc_id: h for h in hits}
-    kept, copies = collapse_documents(conn, [h.doc_id for h in hits], enabled)
+    kept, copies = collapse_documents(reads, [h.doc_id for h in hits], enabled)
     return [by_doc[k] for k in kept], copies
 
 
-def collapse_documents(conn: sqlite3.Connection, doc_ids: Sequence[int],
+def collapse_documents(reads: Reads, doc_ids: Sequence[int],
                        enabled: bool) -> tuple[list[int], dict[int, list[str]]]:
     """Document ids in rank order with copies of a better-ranked one removed, and each kept one's copies
     (as URIs)."""
     if not enabled or len(doc_ids) < 2:
         return list(doc_ids), {}
-    rows = docs.docs_by_ids(conn, doc_ids)
+    rows = reads.documents(doc_ids)
     kept, others = collapse(doc_ids, rows.get)
     return kept, {k: [rows[o].uri for o in found] for k, found in others.items()}
 
 
-async def build_results(conn: sqlite3.Connection, tokenizer: Tokenizer, terms: Sequence[str],
+async def build_results(reads: Reads, tokenizer: Tokenizer, terms: Sequence[str],
                         hits: Sequence[ChunkHit], request: SearchRequest,
                         copies: dict[int, list[str]]) -> tuple[list[dict[str, Any]], list[DocRow]]:
     if not hits:
         return [], []
-    chunks = {c.chunk_id: c for c in docs.chunk_texts(conn, [h.chunk_id for h in hits])}
-    rows: dict[int, DocRow] = docs.docs_by_ids(conn, [h.doc_id for h in hits])
-    contexts = ContextIndex(list_contexts(conn))
-    return await trio.to_thread.run_sync(_with_snippets, tokenizer, terms, hits, chunks, rows, contexts, request,
-                                         copies, limiter=cpu_limiter())
+    return await trio.to_thread.run_sync(render_results, reads, tokenizer, terms, hits, request, copies,
+                                         limiter=cpu_limiter())
 
 
-def _with_snippets(tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit], chunks: dict[int, ChunkText],
-                   rows: dict[int, DocRow], contexts: ContextIndex, request: SearchRequest,
-                   copies: dict[int, list[str]]) -> tuple[list[dict[str, Any]], list[DocRow]]:
+def render_results(reads: Reads, tokenizer: Tokenizer, terms: Sequence[str], hits: Sequence[ChunkHit],
+                   request: SearchRequest, copies: dict[int, list[str]]) -> tuple[list[dict[str, Any]], list[DocRow]]:
+    """The hits as results, with snippets (a chunk may be one multi-megabyte line: a worker thread's
+    work), and their document rows."""
+    if not hits:
+        return [], []
+    chunks = reads.chunk_texts(h.chunk_id for h in hits)
+    rows = reads.documents(h.doc_id for h in hits)
+    contexts = ContextIndex(list_contexts(reads.conn))
     background = set(tokenizer.query_terms(request.intent)) - set(terms) if request.intent else set()
     snippets = Snippets(terms, tokenizer.index_terms, background)
     results = []
