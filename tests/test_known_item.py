@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from qmdd.search.bm25index import BM25Index
 from qmdd.search.collapse import collapse, sibling_path
 from qmdd.search.fields import document_name_keys, index_chunks, query_name_keys
+from qmdd.search.pipeline import collapse_documents
+from qmdd.search.reads import Reads
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store.documents import ChunkText, DocRow
 from tests.conftest import Env
@@ -137,6 +141,33 @@ def test_short_page_about_a_term_beats_long_page_mentioning_it() -> None:
 
 def doc(doc_id: int, path: str, content_hash: str, collection_id: int = 1) -> DocRow:
     return DocRow(doc_id, collection_id, f"c{collection_id}", "/root", path, 1, 0, content_hash, "t", 1)
+
+
+class RowsRead(Reads):
+    """Reads from a dict, counting the rows asked for."""
+
+    def __init__(self, rows: dict[int, DocRow]) -> None:
+        super().__init__(sqlite3.connect(":memory:"))
+        self.rows, self.asked = rows, 0
+
+    def documents(self, ids: Iterable[int]) -> dict[int, DocRow]:
+        wanted = list(ids)
+        self.asked = max(self.asked, len(wanted))
+        return {i: self.rows[i] for i in wanted if i in self.rows}
+
+
+def test_collapsing_the_head_of_a_long_list_reads_only_what_it_needs() -> None:
+    langs = ["de", "fr", "es", "it", "pt", "ru", "ja", "ko", "zh", "nl", "pl", "sv", "tr", "uk", "cs", "da"]
+    rows = {i: doc(i, f"pages.{lang}/common/tar.md", f"t{i}") for i, lang in enumerate(langs, 1)}  # 16 copies
+    rows |= {100 + i: doc(100 + i, f"pages/common/tool{i}.md", f"h{i}") for i in range(200)}
+    ranked = [*range(1, 17), *range(100, 300)]
+    reads = RowsRead(rows)
+    kept, copies = collapse_documents(reads, ranked, True, wanted=5)
+    assert kept[:5] == [1, 100, 101, 102, 103] and copies[1] == [rows[i].uri for i in range(2, 17)]
+    assert reads.asked == 30  # 5 + FIRST_EXTRA, doubled once: the copies filled the first window
+    everything = RowsRead(rows)
+    assert collapse_documents(everything, ranked, True) == (kept + list(range(100 + len(kept) - 1, 300)), copies)
+    assert everything.asked == len(ranked)
 
 
 def test_sibling_path_drops_variant_tags() -> None:

@@ -187,7 +187,8 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     fused = fuse(_ranked_lists(lists, names, engines.latin_only(), engines.cosine_floor()))
     by_source = {name: {c.doc_id: c for c in ranked} for name, (_, ranked) in zip(names, lists, strict=True)}
     reads = Reads(engines.conn)
-    kept, copies = collapse_documents(reads, [f.key for f in fused], request.collapse)
+    kept, copies = collapse_documents(reads, [f.key for f in fused], request.collapse,
+                                      max(PHRASE_DEPTH, request.limit, RERANK_DEPTH if rerank else 0))
     if len(kept) < len(fused):
         keep = set(kept)
         fused = [f for f in fused if f.key in keep]

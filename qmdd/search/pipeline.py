@@ -19,7 +19,7 @@ from pyroaring import BitMap
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
-from qmdd.search.collapse import collapse, enough, fetch_sizes
+from qmdd.search.collapse import FIRST_EXTRA, collapse, enough, fetch_sizes
 from qmdd.search.fields import document_name_keys, query_name_keys
 from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
 from qmdd.search.ports import Retrievers
@@ -191,15 +191,21 @@ def collapse_hits(reads: Reads, hits: Sequence[ChunkHit],
     return [by_doc[k] for k in kept], copies
 
 
-def collapse_documents(reads: Reads, doc_ids: Sequence[int],
-                       enabled: bool) -> tuple[list[int], dict[int, list[str]]]:
+def collapse_documents(reads: Reads, doc_ids: Sequence[int], enabled: bool,
+                       wanted: int | None = None) -> tuple[list[int], dict[int, list[str]]]:
     """Document ids in rank order with copies of a better-ranked one removed, and each kept one's copies
-    (as URIs)."""
+    (as URIs). With `wanted`, only as many of the first ids as give that many documents (copies further
+    down go unlisted): a hybrid answer fuses a few hundred, and reading all their rows cost ~1 ms."""
     if not enabled or len(doc_ids) < 2:
         return list(doc_ids), {}
-    rows = reads.documents(doc_ids)
-    kept, others = collapse(doc_ids, rows.get)
-    return kept, {k: [rows[o].uri for o in found] for k, found in others.items()}
+    window = len(doc_ids) if wanted is None else wanted + FIRST_EXTRA
+    while True:
+        head = doc_ids[:window]
+        rows = reads.documents(head)
+        kept, others = collapse(head, rows.get)
+        if len(kept) >= (wanted or 0) or window >= len(doc_ids):
+            return kept, {k: [rows[o].uri for o in found] for k, found in others.items()}
+        window *= 2
 
 
 async def build_results(reads: Reads, tokenizer: Tokenizer, terms: Sequence[str],

@@ -13,8 +13,9 @@ an int32 array indexed by chunk id, holds each chunk's row: 4 bytes per id up to
 dict of 1M ids takes 97 MB.
 
 A search scans the int8 rows (usearch's exact search, one thread) for the best max(CANDIDATE_FLOOR,
-CANDIDATES_PER_HIT * limit) nodes, re-scores them in numpy on the float16 rows against the float32
-query (so every path gives a chunk the same similarity), expands each node to its chunks within the
+CANDIDATES_PER_HIT * limit) nodes, re-scores them on their float16 rows (usearch's float16 cosine, the
+query rounded to float16: within 1e-4 of float32 arithmetic; every path gives a chunk the same
+similarity), expands each node to its chunks within the
 filter and orders them by similarity, then chunk id. A filter allowing under GATHER_BELOW of the nodes
 has their rows gathered and scanned alone; a wider one scans every row for proportionally more.
 
@@ -365,16 +366,14 @@ class VectorIndex:
         """The best `limit` chunks of these rows' nodes, each of which has a chunk in `allowed`."""
         if not len(rows):
             return []
-        owners = self._row_keys[rows]
-        x = self._rows[rows].astype(np.float32)
-        norms = np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(query), 1e-12)
-        similarity = x @ query / norms
-        if len(rows) > limit:  # every node yields a chunk: the best `limit` nodes, and any tied with them
-            kth = np.partition(similarity, len(rows) - limit)[len(rows) - limit]
-            chosen = np.flatnonzero(similarity >= kth)
-        else:
-            chosen = np.arange(len(rows))
-        hits = [VectorHit(chunk, float(similarity[i])) for i in chosen.tolist()
+        # usearch's float16 kernel, best first: numpy converts float16 slowly (1,200 rows: 0.15 vs 0.7 ms)
+        found = exact_search(np.take(self._rows, rows, axis=0), query.astype(np.float16), len(rows),
+                             MetricKind.Cos, exact=True, threads=1)
+        owners = self._row_keys[rows[np.asarray(found.keys, dtype=np.int64)]]
+        similarity = 1.0 - np.asarray(found.distances, dtype=np.float64)
+        # Every node yields a chunk: the best `limit` nodes, and any tied with them.
+        chosen = range(int(np.searchsorted(-similarity, -similarity[min(limit, len(rows)) - 1], side="right")))
+        hits = [VectorHit(chunk, float(similarity[i])) for i in chosen
                 for chunk in (int(owners[i]), *self._twins.get(int(owners[i]), ()))
                 if allowed is None or chunk in allowed]
         hits.sort(key=lambda hit: (-hit.similarity, hit.chunk_id))
