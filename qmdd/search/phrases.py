@@ -17,7 +17,8 @@ search / query, before -> after): tldr task descriptions 0.695 / 0.705 -> 0.880 
 tasks 0.875 / 0.845 -> 0.975 / 0.980, names, LeetCode and cpp-docs titles unchanged (1.000 or 0.995);
 the eight eval collections within -0.008 .. +0.008 (mean query nDCG@10 0.593 -> 0.592). Precision to
 the first power instead: tldr tasks 0.010 and Spanish 0.005 lower; stopwords left out: tldr tasks
-0.035 lower. It costs ~1-2 ms a search (20 chunks read and matched, bench/hybrid_speed.py).
+0.035 lower. It costs ~0.45 ms a search (20 chunks read and matched; A/B in the daemon against
+PHRASE_DEPTH 10).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from qmdd.search.tokenize import Tokenizer
 
 PHRASE_WEIGHT = 0.5  # a sentence that is exactly the query closes half of the gap left to a score of 1
-PHRASE_DEPTH = 20  # hits re-scored, best first: 10 lifts 0.015 fewer tldr tasks (~1 ms faster), 30 none more
+PHRASE_DEPTH = 20  # hits re-scored, best first: 10 lifts 0.015 fewer tldr tasks (0.45 ms faster), 30 none more
 # A chunk holds at most 256 model tokens (1-2 KB of prose), but that is an estimate, and one very long
 # line can be one chunk: only its start is read, so a planted multi-megabyte line costs what any chunk
 # costs (~0.2 ms for 4 KB of query words, the worst case; a 450-byte tldr chunk takes ~30 us).
