@@ -73,6 +73,9 @@ def open_index(paths: Paths) -> tuple[str, str | None]:
         walguard.save_collections(conn, paths.database, changed=False)
     finally:
         conn.close()
+    legacy = paths.legacy_vector_snapshot  # hundreds of MB no version reads any more: rebuilt as vector_snapshot
+    for stale in (legacy, legacy.with_name(legacy.name + ".json")):
+        stale.unlink(missing_ok=True)
     return db_id, wal_lost
 
 

@@ -101,6 +101,11 @@ class Paths:
 
     @property
     def vector_snapshot(self) -> Path:
+        return self.data_dir / "vectors.snapshot"
+
+    @property
+    def legacy_vector_snapshot(self) -> Path:
+        """Where versions before the exact vector index kept their usearch graph: removed at start."""
         return self.data_dir / "vectors.usearch"
 
     @property

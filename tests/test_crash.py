@@ -397,8 +397,13 @@ def test_checker_names_a_damaged_or_outdated_vector_snapshot(env: Env, daemon: O
     graph.save(str(snapshot))
     sidecar.write_text(json.dumps({**meta, "format": 2}))
     assert check_index(env.vars).codes() == {"vector_snapshot_stale"}
+    # Where older versions kept it: removed at the next start.
+    legacy = env.paths.legacy_vector_snapshot
+    snapshot.rename(legacy)
+    sidecar.rename(legacy.with_name(legacy.name + ".json"))
     daemon.restart_and_stop()
     assert assert_consistent(env, "strict").counts["vectors_compared"] == clean.counts["vectors_compared"]
+    assert not legacy.exists() and not legacy.with_name(legacy.name + ".json").exists() and snapshot.exists()
 
 
 def test_a_temp_file_left_by_a_crash_during_a_snapshot_write_is_removed(env: Env, daemon: OwnDaemon,

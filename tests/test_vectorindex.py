@@ -512,9 +512,9 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     vectors = random_vectors(600, seed=15)
     index = build(vectors, collections=3)
     index.remove(range(0, 600, 10))
-    path = tmp_path / "vectors.usearch"
+    path = tmp_path / "vectors.snapshot"
     index.save(path, META)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.usearch", "vectors.usearch.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors.snapshot", "vectors.snapshot.json"]
 
     loaded, meta = VectorIndex.load(path)
     assert meta == META
@@ -707,7 +707,7 @@ def test_a_graph_snapshot_is_refused_as_outdated(tmp_path: Path) -> None:
 
     graph = Index(ndim=DIM, metric="cos", dtype="f16")
     graph.add(np.arange(50, dtype=np.uint64), random_vectors(50, seed=24))
-    path = tmp_path / "vectors.usearch"
+    path = tmp_path / "vectors.snapshot"
     graph.save(str(path))
     path.with_name(path.name + ".json").write_text(json.dumps(
         {**META, "format": 2, "ndim": DIM, "count": 50, "nodes": 50, "deleted": 0, "crc32": 0, "collections": {},
