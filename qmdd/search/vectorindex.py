@@ -10,7 +10,8 @@ per-dimension scale, rounded to -127..127. The query times the scales, rounded a
 an int8 dot product proportional to the cosine, give or take the rounding (0.0045 at most at 1M). Rows
 stay dense (a removal moves the last row into the hole) and capacity doubles as they grow. `_row_of`,
 an int32 array indexed by chunk id, holds each chunk's row: 4 bytes per id up to the largest, where a
-dict of 1M ids takes 97 MB.
+dict of 1M ids takes 97 MB. SQLite never reuses a chunk id, so a tree edited for years carries ids far
+above its chunk count: 10M ids ever made cost 40 MB here (`memory_bytes` counts it).
 
 A search scans the int8 rows (usearch's exact search, one thread) for the best max(CANDIDATE_FLOOR,
 CANDIDATES_PER_HIT * limit) nodes, re-scores them on their float16 rows (usearch's float16 cosine, the
@@ -22,7 +23,7 @@ has their rows gathered and scanned alone; a wider one scans every row for propo
 Why a scan: the HNSW graph it replaced (usearch, connectivity 32, 256+ candidates) reached recall@10
 0.99 at 100k vectors but 0.885 at 1M, where it took 588 s to build. With bench/vector_recall.py (table
 there: 384 dims, 30% duplicates, 2-core VM) recall is 1.000 for k = 10 and 100, with and without
-filters, and a query costs 1.7 ms at 100k vectors and 14 ms at 1M (70k / 700k nodes; the graph: 2.9 /
+filters, and a query costs 1.5 ms at 100k vectors and 13 ms at 1M (70k / 700k nodes; the graph: 2.9 /
 3.5 ms). The true top 10 were always within the scan's best 12, and the 256th best cosine at least
 0.046 below the 10th: the candidate floor leaves a wide margin. Memory: 3 bytes per dimension and node
 (700k x 384: 778 MiB). A snapshot (vectorstore) loads memory-mapped (`memory_mapped`), 1M vectors in
