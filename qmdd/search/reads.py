@@ -9,10 +9,13 @@ them read. A request's steps run one after another (some in a worker thread), ne
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, DocRow
+
+R = TypeVar("R")
 
 
 class Reads:
@@ -22,15 +25,18 @@ class Reads:
         self._docs: dict[int, DocRow | None] = {}
 
     def chunk_texts(self, ids: Iterable[int]) -> dict[int, ChunkText]:
-        wanted = list(dict.fromkeys(ids))
-        if missing := [i for i in wanted if i not in self._chunks]:
-            found = {c.chunk_id: c for c in docs.chunk_texts(self.conn, missing)}
-            self._chunks.update((i, found.get(i)) for i in missing)
-        return {i: chunk for i in wanted if (chunk := self._chunks[i]) is not None}
+        return _read_through(self._chunks, ids, lambda missing: {c.chunk_id: c for c in
+                                                                 docs.chunk_texts(self.conn, missing)})
 
     def documents(self, ids: Iterable[int]) -> dict[int, DocRow]:
-        wanted = list(dict.fromkeys(ids))
-        if missing := [i for i in wanted if i not in self._docs]:
-            found = docs.docs_by_ids(self.conn, missing)
-            self._docs.update((i, found.get(i)) for i in missing)
-        return {i: row for i in wanted if (row := self._docs[i]) is not None}
+        return _read_through(self._docs, ids, lambda missing: docs.docs_by_ids(self.conn, missing))
+
+
+def _read_through(read: dict[int, R | None], ids: Iterable[int],
+                  fetch: Callable[[list[int]], dict[int, R]]) -> dict[int, R]:
+    """The rows of `ids` that exist, fetching only those not read yet (and remembering the absent)."""
+    wanted = list(dict.fromkeys(ids))
+    if missing := [i for i in wanted if i not in read]:
+        found = fetch(missing)
+        read.update((i, found.get(i)) for i in missing)
+    return {i: row for i in wanted if (row := read[i]) is not None}

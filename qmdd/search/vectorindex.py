@@ -137,13 +137,16 @@ class VectorIndex:
 
     def _writable(self) -> None:
         if self._viewing:  # a viewed snapshot is read-only: copy it into memory on the first change
-            capacity = max(1024, 2 * self._n)
-            self._rows, self._codes, self._row_keys = (_resized(a, self._n, capacity)
-                                                       for a in (self._rows, self._codes, self._row_keys))
+            self._reserve(max(1024, 2 * self._n))
             self._viewing = False
         if self._owner_by_print is None:
             prints = fingerprints(self._rows[:self._n]).tolist()
             self._owner_by_print = dict(zip(prints, self._row_keys[:self._n].tolist(), strict=True))
+
+    def _reserve(self, capacity: int) -> None:
+        """Room for `capacity` rows, the live ones copied into fresh arrays."""
+        self._rows, self._codes, self._row_keys = (_resized(a, self._n, capacity)
+                                                   for a in (self._rows, self._codes, self._row_keys))
 
     def _map(self, keys: np.ndarray, rows: np.ndarray) -> None:
         if len(keys) and int(keys.max()) >= len(self._row_of):
@@ -154,9 +157,7 @@ class VectorIndex:
     def _append(self, keys: np.ndarray, rows: np.ndarray) -> None:
         start, stop = self._n, self._n + len(keys)
         if stop > len(self._rows):
-            capacity = max(stop, 2 * len(self._rows), 1024)
-            self._rows, self._codes, self._row_keys = (_resized(a, start, capacity)
-                                                       for a in (self._rows, self._codes, self._row_keys))
+            self._reserve(max(stop, 2 * len(self._rows), 1024))
         self._rows[start:stop] = rows
         self._row_keys[start:stop] = keys
         self._map(keys, np.arange(start, stop))
