@@ -150,7 +150,8 @@ class SetFingerprint:
 
 @dataclass(frozen=True, slots=True)
 class VectorQuery:
-    """Vectors: the nearest chunks to each of `vectors` (one hit list per vector)."""
+    """Vectors: the nearest `limit` chunks to each of `vectors`, each document's best only (one list of
+    `NearChunk`s per vector, best first)."""
 
     vectors: Any
     limit: int

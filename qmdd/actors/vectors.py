@@ -29,7 +29,9 @@ from qmdd.actors.messages import (
     VerifyIndex,
 )
 from qmdd.protocol.errors import ErrorCode, QmddError
-from qmdd.search.vectorindex import VectorHit, VectorIndex, VectorSnapshotError
+from qmdd.search.chunkdocs import ChunkDocs, NearChunk
+from qmdd.search.vectorindex import VectorIndex, VectorSnapshotError
+from qmdd.store import documents as docs
 from qmdd.store import embeddings as emb
 from qmdd.store.embeddings import IndexedVector
 
@@ -51,6 +53,7 @@ class VectorsActor(DerivedIndexActor):
         self._database_id = database_id
         self.fingerprint = fingerprint
         self.index = VectorIndex(dims) if dims else None
+        self._chunk_docs = ChunkDocs()  # hits are answered per document
         # Set once the snapshot is loaded and reconciled. Until then the daemon already serves
         # everything else: rebuilding 100k vectors from SQLite takes ~15 s, and keyword search must
         # not wait for it.
@@ -84,11 +87,20 @@ class VectorsActor(DerivedIndexActor):
         seconds = await self.load()
         self._ready.set()
         log.info("vectors ready: %s, %d vectors in %.2fs", self.loaded_from, len(self.index or ()), seconds)
+        await self._learn_chunk_documents()
+
+    async def _learn_chunk_documents(self) -> None:
+        """Every chunk's document, read once after the index is ready: then queries never wait on
+        SQLite for it (chunks indexed later are asked about on their first hit)."""
+        chunk_ids, doc_ids = await trio.to_thread.run_sync(docs.chunk_documents, self.conn, limiter=self._cpu)
+        async with self._lock:
+            self._chunk_docs.learn(chunk_ids, doc_ids)
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"queries": self.queries, "ready": self._ready.is_set(), "loaded_from": self.loaded_from,
                 "dirty": self._dirty,
-                "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0})}
+                "fingerprint": self.fingerprint, **(self.index.statistics() if self.index else {"vectors": 0}),
+                **self._chunk_docs.statistics()}
 
     async def _coverage(self, _: VectorCoverage) -> dict[int, int]:
         """collection id -> chunks with a vector in the index."""
@@ -149,8 +161,10 @@ class VectorsActor(DerivedIndexActor):
         return await self._verify(VerifyIndex())
 
     def _apply_sync(self, message: ApplyChunks) -> None:
-        if self.index is not None and message.removed:
-            self.index.remove(message.removed)
+        if message.removed:
+            self._chunk_docs.forget(message.removed)
+            if self.index is not None:
+                self.index.remove(message.removed)
         if self.fingerprint is not None and message.added and self._stored_vectors():
             # Chunks whose text was embedded before (a rename, a copy, an edit elsewhere in the file)
             # get their vector back without the model.
@@ -190,12 +204,14 @@ class VectorsActor(DerivedIndexActor):
             self._changed()
         return added
 
-    def _search_sync(self, message: VectorQuery) -> list[list[VectorHit]]:
+    def _search_sync(self, message: VectorQuery) -> list[list[NearChunk]]:
         assert self.index is not None
         allowed = self.index.allowed_keys(message.collection_ids, message.allowed)
-        return [self.index.search(vector, message.limit, allowed) for vector in np.atleast_2d(message.vectors)]
+        return [self._chunk_docs.best_per_document(self.index.search(vector, message.limit, allowed),
+                                                   lambda ids: docs.chunk_owners(self.conn, ids))
+                for vector in np.atleast_2d(message.vectors)]
 
-    async def _query(self, message: VectorQuery) -> list[list[VectorHit]]:
+    async def _query(self, message: VectorQuery) -> list[list[NearChunk]]:
         with trio.move_on_after(READY_WAIT_S):  # a snapshot loads in well under this
             await self._ready.wait()
         if not self._ready.is_set():

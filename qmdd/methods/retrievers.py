@@ -11,7 +11,7 @@ from pyroaring import BitMap
 from qmdd.actors.messages import Bm25Query, EmbedTexts, RerankPairs, VectorQuery
 from qmdd.methods.services import Mailboxes
 from qmdd.search.bm25index import ChunkHit
-from qmdd.search.vectorindex import VectorHit
+from qmdd.search.chunkdocs import NearChunk
 
 
 class ActorRetrievers:
@@ -29,8 +29,8 @@ class ActorRetrievers:
         return vectors
 
     async def nearest(self, vectors: np.ndarray[Any, Any], limit: int, collection_ids: list[int] | None,
-                      allowed: BitMap | None) -> list[list[VectorHit]]:
-        found: list[list[VectorHit]] = await self._actors.vectors.call(
+                      allowed: BitMap | None) -> list[list[NearChunk]]:
+        found: list[list[NearChunk]] = await self._actors.vectors.call(
             VectorQuery(vectors, limit, collection_ids=collection_ids, allowed=allowed))
         return found
 

@@ -21,6 +21,7 @@ import trio
 from qmdd.chunking import embedding_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
+from qmdd.search.chunkdocs import NearChunk
 from qmdd.search.collapse import enough, fetch_sizes
 from qmdd.search.fusion import (
     Blended,
@@ -33,20 +34,21 @@ from qmdd.search.fusion import (
     parse_query,
     script_coverage,
 )
-from qmdd.search.phrases import PHRASE_DEPTH, with_phrase
+from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
 from qmdd.search.pipeline import (
     SearchRequest,
     build_results,
     check_request,
     collapse_documents,
     collapse_hits,
-    phrase_evidence,
+    cpu_limiter,
+    phrase_scores,
+    render_results,
     resolve_filters,
 )
 from qmdd.search.ports import Retrievers
 from qmdd.search.reads import Reads
 from qmdd.search.tokenize import Tokenizer
-from qmdd.search.vectorindex import VectorHit
 from qmdd.store import documents as docs
 from qmdd.store.documents import DocRow
 
@@ -81,18 +83,8 @@ class Candidate:
     named: tuple[str, ...] | None = None  # the query terms its name says, where BM25 found it
 
 
-def best_chunk_per_doc(conn: sqlite3.Connection, hits: Sequence[VectorHit]) -> list[Candidate]:
-    """Nearest chunks → documents ranked by their best chunk."""
-    owners = docs.chunk_owners(conn, [h.chunk_id for h in hits])
-    ranked: list[Candidate] = []
-    seen: set[int] = set()
-    for hit in hits:
-        doc_id = owners.get(hit.chunk_id)
-        if doc_id is None or doc_id in seen:
-            continue
-        seen.add(doc_id)
-        ranked.append(Candidate(doc_id, hit.chunk_id, len(ranked) + 1, hit.similarity))
-    return ranked
+def _candidates(nearest: Sequence[NearChunk]) -> list[Candidate]:
+    return [Candidate(n.doc_id, n.chunk_id, rank, n.similarity) for rank, n in enumerate(nearest, 1)]
 
 
 async def _vector_lists(engines: Engines, texts: Sequence[str], depth: int, collection_ids: list[int] | None,
@@ -104,7 +96,7 @@ async def _vector_lists(engines: Engines, texts: Sequence[str], depth: int, coll
 async def _nearest_documents(engines: Engines, vectors: Any, depth: int, collection_ids: list[int] | None,
                              allowed: Any) -> list[list[Candidate]]:
     found = await engines.retrievers.nearest(vectors, depth * CHUNKS_PER_DOC, collection_ids, allowed)
-    return [best_chunk_per_doc(engines.conn, hits) for hits in found]
+    return [_candidates(nearest) for nearest in found]
 
 
 def _to_hits(candidates: Sequence[Candidate], scores: Sequence[float]) -> list[ChunkHit]:
@@ -116,19 +108,32 @@ async def vector_search(engines: Engines, request: SearchRequest) -> tuple[dict[
     collection_ids, allowed = resolve_filters(engines.conn, request)
     vectors = await engines.retrievers.embed_queries([request.query])
     reads = Reads(engines.conn)
-    for fetch in fetch_sizes(request.limit, request.collapse):
-        [ranked] = await _nearest_documents(engines, vectors, fetch, collection_ids, allowed)
-        hits, copies = collapse_hits(reads, _to_hits(ranked, [max(c.score, 0.0) for c in ranked]),
-                                     request.collapse)
-        if enough(len(hits), len(ranked), fetch, request.limit):
-            break
-    kept = {h.doc_id for h in hits}
-    ranked = [c for c in ranked if c.doc_id in kept and max(c.score, 0.0) >= request.min_score][:request.limit]
     terms = engines.tokenizer.query_terms(request.query)
-    results, rows = await build_results(reads, engines.tokenizer, terms,
-                                        _to_hits(ranked, [max(c.score, 0.0) for c in ranked]), request, copies)
+    sizes = fetch_sizes(request.limit, request.collapse)
+    for i, fetch in enumerate(sizes):
+        [ranked] = await _nearest_documents(engines, vectors, fetch, collection_ids, allowed)
+        # Collapsing reads the documents' rows, snippets their chunks: one worker-thread job.
+        answer = await trio.to_thread.run_sync(_collapse_and_render, reads, engines.tokenizer, terms, ranked,
+                                               request, fetch, i == len(sizes) - 1, limiter=cpu_limiter())
+        if answer is not None:
+            return answer
+    raise AssertionError("the last fetch always answers")
+
+
+def _collapse_and_render(reads: Reads, tokenizer: Tokenizer, terms: list[str], ranked: list[Candidate],
+                         request: SearchRequest, fetch: int,
+                         last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
+    """The nearest documents with copies collapsed, rendered; None when copies left too few and a
+    larger fetch may give more."""
+    hits, copies = collapse_hits(reads, _to_hits(ranked, [max(c.score, 0.0) for c in ranked]), request.collapse)
+    if not (last or enough(len(hits), len(ranked), fetch, request.limit)):
+        return None
+    kept = {h.doc_id for h in hits}
+    shown = [c for c in ranked if c.doc_id in kept and max(c.score, 0.0) >= request.min_score][:request.limit]
+    results, rows = render_results(reads, tokenizer, terms, _to_hits(shown, [max(c.score, 0.0) for c in shown]),
+                                   request, copies)
     if request.explain:
-        for result, cand in zip(results, ranked, strict=False):
+        for result, cand in zip(results, shown, strict=False):
             result["explain"] = {"cosine": round(cand.score, 4), "vector_rank": cand.rank}
     return {"terms": terms, "results": results}, rows
 
@@ -184,17 +189,11 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     collection_ids, allowed = resolve_filters(engines.conn, request)
     lists, warnings = await retrieve(engines, subqueries, max(candidates, request.limit), collection_ids, allowed)
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
-    fused = fuse(_ranked_lists(lists, names, engines.latin_only(), engines.cosine_floor()))
-    by_source = {name: {c.doc_id: c for c in ranked} for name, (_, ranked) in zip(names, lists, strict=True)}
     reads = Reads(engines.conn)
-    kept, copies = collapse_documents(reads, [f.key for f in fused], request.collapse,
-                                      max(PHRASE_DEPTH, request.limit, RERANK_DEPTH if rerank else 0))
-    if len(kept) < len(fused):
-        keep = set(kept)
-        fused = [f for f in fused if f.key in keep]
-    phrases = await _with_phrases(engines, reads, subqueries, fused, by_source)
-    for rank, item in enumerate(fused, 1):  # blending by position needs the ranks without the copies
-        item.rank = rank
+    weighed = _ranked_lists(lists, names, engines.latin_only(), engines.cosine_floor())
+    fused, by_source, copies, phrases = await trio.to_thread.run_sync(
+        _fuse_and_rescore, engines.tokenizer, reads, subqueries, lists, weighed, request,
+        max(PHRASE_DEPTH, request.limit, RERANK_DEPTH if rerank else 0), limiter=cpu_limiter())
     head = fused[:max(request.limit, RERANK_DEPTH if rerank else request.limit)]
     chosen = {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head}
     scores = {f.key: f.score for f in head}
@@ -224,8 +223,28 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     return answer, rows
 
 
-async def _with_phrases(engines: Engines, reads: Reads, subqueries: Sequence[SubQuery], fused: list[Fused[int]],
-                        by_source: dict[str, dict[int, Candidate]]) -> dict[int, float]:
+def _fuse_and_rescore(tokenizer: Tokenizer, reads: Reads, subqueries: Sequence[SubQuery],
+                      lists: Sequence[tuple[SubQuery, list[Candidate]]], weighed: Sequence[RankedList[int]],
+                      request: SearchRequest, wanted: int) -> tuple[list[Fused[int]], dict[str, dict[int, Candidate]],
+                                                                    dict[int, list[str]], dict[int, float]]:
+    """The lists fused, copies collapsed (enough for `wanted` documents), the head re-scored by phrase
+    evidence, and ranked: the fused documents, each list's candidates by document, each kept document's
+    copies, and the head's phrase evidence. One worker-thread job: ~1 ms of CPU for a few hundred
+    documents, which on the event loop would hold up every other request."""
+    fused = fuse(weighed)
+    by_source = {ranked.source: {c.doc_id: c for c in found} for ranked, (_, found) in zip(weighed, lists, strict=True)}
+    kept, copies = collapse_documents(reads, [f.key for f in fused], request.collapse, wanted)
+    if len(kept) < len(fused):
+        keep = set(kept)
+        fused = [f for f in fused if f.key in keep]
+    phrases = _with_phrases(tokenizer, reads, subqueries, fused, by_source)
+    for rank, item in enumerate(fused, 1):  # blending by position needs the ranks without the copies
+        item.rank = rank
+    return fused, by_source, copies, phrases
+
+
+def _with_phrases(tokenizer: Tokenizer, reads: Reads, subqueries: Sequence[SubQuery], fused: list[Fused[int]],
+                  by_source: dict[str, dict[int, Candidate]]) -> dict[int, float]:
     """Re-score (in place) and re-sort the first PHRASE_DEPTH fused documents by how closely their
     chunk says the query (the first keyword sub-query's text), as `search` does its hits: once, after
     fusion, so a phrase counts alike whatever the lists said. Returns each document's evidence."""
@@ -234,8 +253,8 @@ async def _with_phrases(engines: Engines, reads: Reads, subqueries: Sequence[Sub
     chunk_ids = [_best_candidate(f.contributions, by_source, f.key).chunk_id for f in head]
     keyword = by_source.get("lex:0", {})  # the list of `text` when it is a keyword sub-query: lists start with them
     named = [keyword[f.key].named if f.key in keyword else None for f in head]
-    evidence = dict(zip([f.key for f in head],
-                        await phrase_evidence(reads, engines.tokenizer, text, chunk_ids, named), strict=True))
+    evidence = dict(zip([f.key for f in head], phrase_scores(reads, tokenizer, PhraseMatcher(text, tokenizer),
+                                                             chunk_ids, named), strict=True))
     for item in head:
         item.score = with_phrase(item.score, evidence[item.key])
     head.sort(key=lambda f: -f.score)  # stable: ties keep the fused order

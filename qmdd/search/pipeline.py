@@ -148,16 +148,6 @@ def _rank_and_render(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher,
     return {"terms": terms, "results": results}, rows
 
 
-async def phrase_evidence(reads: Reads, tokenizer: Tokenizer, text: str, chunk_ids: Sequence[int],
-                          named: Sequence[Collection[str] | None]) -> list[float]:
-    """`phrase_scores` of `text`, in a worker thread when there is a phrase to look for."""
-    matcher = PhraseMatcher(text, tokenizer)
-    if not (chunk_ids and matcher.has_order):
-        return [0.0] * len(chunk_ids)
-    return await trio.to_thread.run_sync(phrase_scores, reads, tokenizer, matcher, chunk_ids, named,
-                                         limiter=cpu_limiter())
-
-
 def phrase_scores(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, chunk_ids: Sequence[int],
                   named: Sequence[Collection[str] | None]) -> list[float]:
     """How closely each chunk says the matcher's query (`qmdd.search.phrases`), 0 for a chunk removed

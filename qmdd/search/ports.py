@@ -10,7 +10,7 @@ import numpy as np
 from pyroaring import BitMap
 
 from qmdd.search.bm25index import ChunkHit
-from qmdd.search.vectorindex import VectorHit
+from qmdd.search.chunkdocs import NearChunk
 
 
 class Retrievers(Protocol):
@@ -24,8 +24,8 @@ class Retrievers(Protocol):
         ...
 
     async def nearest(self, vectors: np.ndarray[Any, Any], limit: int, collection_ids: list[int] | None,
-                      allowed: BitMap | None) -> list[list[VectorHit]]:
-        """The nearest chunks to each vector."""
+                      allowed: BitMap | None) -> list[list[NearChunk]]:
+        """Per vector, its nearest `limit` chunks reduced to each document's best, best first."""
         ...
 
     async def rerank(self, query: str, texts: Sequence[str]) -> list[float] | None:

@@ -10,7 +10,10 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple, Protocol
+
+import numpy as np
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import RootKey
@@ -377,6 +380,12 @@ def chunk_texts(conn: sqlite3.Connection, ids: Sequence[int]) -> list[ChunkText]
 def chunk_owners(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, int]:
     """chunk id -> document id, for the chunks that still exist."""
     return dict(select_in(conn, "SELECT id, doc_id FROM chunks WHERE id IN ({in})", ids))
+
+
+def chunk_documents(conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
+    """Every chunk's id and its document's, as two arrays."""
+    pairs = np.fromiter(chain.from_iterable(conn.execute("SELECT id, doc_id FROM chunks")), dtype=np.int64)
+    return pairs[0::2], pairs[1::2]
 
 
 def all_chunk_ids(conn: sqlite3.Connection) -> list[int]:
