@@ -26,7 +26,7 @@ from qmdd.actors.base import Generation, Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embed_jobs import EmbedJobsActor
 from qmdd.actors.embedder import EmbedderActor
-from qmdd.actors.indexer import IndexerActor
+from qmdd.actors.indexer import IndexerActor, PhraseTerms
 from qmdd.actors.messages import ScanCollections
 from qmdd.actors.plugins import PluginsActor
 from qmdd.actors.supervisor import Supervisor
@@ -43,6 +43,7 @@ from qmdd.models.registry import ModelRegistry, load_model
 from qmdd.paths import Paths, ensure_private_dir
 from qmdd.sandbox.registry import PluginRegistry
 from qmdd.search.fields import index_chunks
+from qmdd.search.phrases import stored_terms, stored_version
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from qmdd.store import documents as docs
 from qmdd.store import walguard
@@ -138,10 +139,11 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
     plugins = PluginRegistry(paths.plugins)
     await trio.to_thread.run_sync(plugins.load)
     await supervisor.start_actor(actors.plugins, lambda: PluginsActor(plugins, generation))
-    prepare = partial(index_chunks, Tokenizer(TokenizerConfig(stem=config.stem)))
+    tokenizer = Tokenizer(TokenizerConfig(stem=config.stem))
+    phrase_terms = PhraseTerms(partial(stored_terms, tokenizer), stored_version(tokenizer))
     await supervisor.start_actor(actors.indexer, lambda: IndexerActor(
-        paths.database, actors.bm25, prepare, max_file_bytes=config.max_file_bytes,
-        batch_files=config.index_batch_files, vectors=actors.vectors, plugins=plugins))
+        paths.database, actors.bm25, partial(index_chunks, tokenizer), max_file_bytes=config.max_file_bytes,
+        batch_files=config.index_batch_files, vectors=actors.vectors, plugins=plugins, phrase_terms=phrase_terms))
     await supervisor.start_actor(actors.embed_jobs, lambda: EmbedJobsActor(
         paths.database, actors.embedder, actors.indexer, actors.vectors,
         background=config.auto_embed and config.watch))

@@ -8,14 +8,20 @@ from pathlib import Path
 import pytest
 
 from qmdd.search.phrases import (
+    END,
     PHRASE_WEIGHT,
     TEXT_LIMIT,
     PhraseMatcher,
     common_subsequence,
+    read_terms,
     sentence_evidence,
+    stored_terms,
+    stored_version,
+    term_id,
+    text_terms,
     with_phrase,
 )
-from qmdd.search.tokenize import Tokenizer
+from qmdd.search.tokenize import Tokenizer, TokenizerConfig
 from tests.conftest import Env
 
 TOKENIZER = Tokenizer()
@@ -66,6 +72,26 @@ def test_only_the_start_of_a_huge_chunk_is_read() -> None:
     matcher = PhraseMatcher("needle in the hay", TOKENIZER)
     assert matcher.evidence("hay " * (TEXT_LIMIT // 4) + ". needle in the hay") < 0.001
     assert matcher.evidence("needle in the hay. " + "hay " * 100_000) == 1.0
+
+
+def test_stored_terms_match_as_the_text_does() -> None:
+    texts = ["- [c]reate an archive from files:\n\n`tar cf target.tar file1 file2`\n",
+             "It rained all day long. The cat sat on the mat. Nobody came.", "给定一个整数数组。求两数之和。", "",
+             "hay " * TEXT_LIMIT + ". needle in the hay"]
+    for query in ("create a tar archive", "the cat sat on the mat", "两数之和", "needle in the hay"):
+        matcher = PhraseMatcher(query, TOKENIZER)
+        for text in texts:
+            stored = stored_terms(TOKENIZER, text)
+            assert len(stored) == 4 * len(text_terms(TOKENIZER, text)) <= 4 * TEXT_LIMIT
+            assert read_terms(stored) == text_terms(TOKENIZER, text)
+            for named in ((), {"tar"}):
+                assert matcher.evidence_of(read_terms(stored), named) == matcher.evidence(text, named)
+    # Sentence ends and articles read alike however written; a term's id is never a sentence end.
+    assert text_terms(TOKENIZER, "The cat. A cat!\nan cat") == [term_id("a"), term_id("cat"), END] * 2 + \
+        [term_id("a"), term_id("cat")]
+    assert END not in {term_id(t) for t in ("", "a", "tar", "两数")}
+    # Terms made by another tokenizer are another version: the indexer then makes them again.
+    assert stored_version(TOKENIZER) != stored_version(Tokenizer(TokenizerConfig(stem=False)))
 
 
 def test_phrase_raises_a_score_within_zero_to_one() -> None:

@@ -3,12 +3,16 @@
 Scans run in a worker thread; every committed batch is announced to the BM25 actor, and a scan ends
 with a snapshot request to it, which doubles as a barrier: when `update` returns, what it indexed is
 searchable and persisted. Embedded vectors, likewise, are committed and then handed to the vectors actor.
+Each new chunk's phrase terms are stored beside it (`store.chunkterms`); chunks without them are given
+theirs in the background.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +51,34 @@ from qmdd.indexing import (
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.sandbox.registry import PluginRegistry
 from qmdd.sandbox.runtime import PluginCallFailed
+from qmdd.store import chunkterms, walguard
 from qmdd.store import documents as docs
-from qmdd.store import walguard
 from qmdd.store.contexts import no_context, remove_context, set_context
-from qmdd.store.db import compact
+from qmdd.store.db import compact, connect
 from qmdd.store.documents import ChunkText, CollectionRow, collection_not_found
 from qmdd.store.embeddings import VECTOR_DTYPE, choose_collections, purge_embeddings, store_vectors
 from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
 
 log = logging.getLogger("qmdd.indexer")
 
+FILL_BATCH = 512  # chunks given phrase terms per transaction of the background fill (~15 ms of work)
+
+
+@dataclass(frozen=True)
+class PhraseTerms:
+    """How chunks' phrase terms are made (`qmdd.search.phrases.stored_terms`), and by which version."""
+
+    make: Callable[[str], bytes]
+    version: str
+
+
 class IndexerActor(DatabaseActor):
     name = "indexer"
 
     def __init__(self, database: Path, bm25: Mailbox, prepare: Callable[[list[ChunkText]], list[Any]], *,
                  max_file_bytes: int, batch_files: int, chunker: ChunkerConfig | None = None,
-                 vectors: Mailbox | None = None, plugins: PluginRegistry | None = None) -> None:
+                 vectors: Mailbox | None = None, plugins: PluginRegistry | None = None,
+                 phrase_terms: PhraseTerms | None = None) -> None:
         super().__init__(database)
         self._bm25 = bm25
         self._vectors = vectors
@@ -70,6 +86,8 @@ class IndexerActor(DatabaseActor):
         # Tokenizes a committed batch for BM25 in this actor's worker thread, while the text is at
         # hand: one CPU-bound thread at a time (two would fight over the GIL and stall the I/O).
         self._prepare = prepare
+        self._phrase_terms = phrase_terms
+        self.phrase_terms_filled = 0
         self._max_file_bytes = max_file_bytes
         self._batch_files = batch_files
         self._chunker = chunker or ChunkerConfig()
@@ -91,7 +109,35 @@ class IndexerActor(DatabaseActor):
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"scans": self.scans, "path_updates": self.path_updates, "files_indexed": self.files_indexed,
-                "scanning": self.current}
+                "scanning": self.current, "phrase_terms_filled": self.phrase_terms_filled}
+
+    async def setup(self) -> None:
+        await super().setup()
+        if self._phrase_terms is not None:
+            await trio.to_thread.run_sync(chunkterms.forget_other_versions, self.conn, self._phrase_terms.version)
+            self.nursery.start_soon(self._fill_phrase_terms, self._phrase_terms.make)
+
+    async def _fill_phrase_terms(self, make: Callable[[str], bytes]) -> None:
+        """Chunks without stored phrase terms (indexed before they were stored, or by another
+        tokenizer) get them, a batch at a time between scans, on a connection of its own (handlers
+        use this actor's). New chunks get theirs as they are indexed (`_batch_sink`)."""
+        conn = await trio.to_thread.run_sync(connect, self._database)
+        started, after = time.monotonic(), 0
+
+        def fill() -> int | None:
+            rows = chunkterms.without_terms(conn, after, FILL_BATCH)
+            chunkterms.store_terms(conn, [(chunk, make(text)) for chunk, text in rows])
+            self.phrase_terms_filled += len(rows)
+            return rows[-1][0] if rows else None
+
+        try:
+            while (last := await trio.to_thread.run_sync(fill, limiter=self._writer)) is not None:
+                after = last
+        finally:
+            conn.close()
+        if self.phrase_terms_filled:
+            log.info("phrase terms stored for %d chunks in %.1fs", self.phrase_terms_filled,
+                     time.monotonic() - started)
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
@@ -137,9 +183,12 @@ class IndexerActor(DatabaseActor):
 
     def _batch_sink(self) -> BatchSink:
         """Announces a committed batch to BM25 and vectors; called from the scan's worker thread."""
-        bm25, vectors, prepare = self._bm25, self._vectors, self._prepare
+        bm25, vectors, prepare, conn = self._bm25, self._vectors, self._prepare, self.conn
+        make = self._phrase_terms.make if self._phrase_terms is not None else None
 
         def on_batch(added: list[ChunkText], removed: list[int]) -> None:
+            if make is not None and added:
+                chunkterms.store_terms(conn, [(c.chunk_id, make(c.text)) for c in added])
             # Awaited, for back-pressure: queued batches of term-frequency dicts would otherwise
             # pile up in BM25's inbox (hundreds of MB on a large tree). BM25 only adds arrays here.
             added_ids = [c.chunk_id for c in added]

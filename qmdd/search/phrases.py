@@ -17,15 +17,23 @@ search / query, before -> after): tldr task descriptions 0.695 / 0.705 -> 0.880 
 tasks 0.875 / 0.845 -> 0.975 / 0.980, names, LeetCode and cpp-docs titles unchanged (1.000 or 0.995);
 the eight eval collections within -0.008 .. +0.008 (mean query nDCG@10 0.593 -> 0.592). Precision to
 the first power instead: tldr tasks 0.010 and Spanish 0.005 lower; stopwords left out: tldr tasks
-0.035 lower. It costs ~0.45 ms a search (20 chunks read and matched; A/B in the daemon against
-PHRASE_DEPTH 10).
+0.035 lower.
+
+Cost: matching 20 chunks took ~0.45 ms a search, two thirds of it tokenizing them. The indexer now
+stores each chunk's terms beside it (`stored_terms`: 32-bit ids, 4 bytes a word, ~65% of the text's
+size), and a search reads those: ~0.15 ms. A chunk stored before, or by another tokenizer, is matched
+from its text until the indexer has stored its terms again (`qmdd.store.chunkterms`).
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
-from collections.abc import Callable, Collection, Iterable, Sequence
+import sys
+import zlib
+from array import array
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
+from typing import TypeVar
 
 from qmdd.search.tokenize import Tokenizer
 
@@ -37,11 +45,24 @@ PHRASE_DEPTH = 20  # hits re-scored, best first: 10 lifts 0.015 fewer tldr tasks
 TEXT_LIMIT = 4_096
 QUERY_CHARS = 1_024  # longer queries are paragraphs (an abstract asking for papers): no phrase is looked for
 QUERY_WORDS = 64
-ARTICLE = "a"  # what every article reads as
-END = "\n"  # what every sentence end reads as (a term is never a newline)
+# Bump whenever what `stored_terms` gives for a text changes: with the tokenizer's fingerprint it names
+# the stored terms (`stored_version`), and the indexer recomputes them when it differs.
+TERMS_FORMAT = 1
+END = 0  # what every sentence end reads as (no term's id)
 _TERMS_MAX = 100_000  # memoised words (~15 MB at most), forgotten all at once past it
 _END_MARKS = frozenset(".!?;:\n\u3002\uff01\uff1f\uff1b")  # what `Tokenizer.phrase_tokens` ends sentences with
 _ARTICLES = frozenset(("a", "an", "the"))
+T = TypeVar("T", bound=Hashable)
+
+
+def term_id(term: str) -> int:
+    """A term as 32 bits, the CRC-32 of its UTF-8 (never END). Two of a million distinct terms share an
+    id about once in 4,000 pairs; a chunk's word is mistaken for one of a query's few terms about once
+    in 100 million, and then only raises a phrase score."""
+    return zlib.crc32(term.encode()) or 1
+
+
+ARTICLE = term_id("a")  # what every article reads as
 
 
 def common_subsequence(query: Sequence[str], terms: Sequence[str]) -> int:
@@ -50,9 +71,9 @@ def common_subsequence(query: Sequence[str], terms: Sequence[str]) -> int:
     return _longest_increasing(positions.get(term, ()) for term in terms)
 
 
-def _positions(query: Sequence[str]) -> dict[str, list[int]]:
+def _positions(query: Sequence[T]) -> dict[T, list[int]]:
     """Each query term's positions, latest first (as `_longest_increasing` reads them)."""
-    positions: dict[str, list[int]] = {}
+    positions: dict[T, list[int]] = {}
     for i in range(len(query) - 1, -1, -1):
         positions.setdefault(query[i], []).append(i)
     return positions
@@ -84,16 +105,17 @@ def _evidence(common: int, query_length: int, sentence_length: int) -> float:
     return (common / query_length) ** 3 * (common / sentence_length) ** 2
 
 
-class _Terms(dict[str, str]):
-    """phrase token -> its term, memoised across queries (`_terms_of`), so `map(terms.__getitem__,
-    tokens)` stays in C for the words seen before, as most words of a top hit are: a word's index term
-    (the articles one term), a sentence end END. Stemming afresh per query cost more than the rest."""
+class _Terms(dict[str, int]):
+    """phrase token -> its term's id, memoised across queries and chunks (`_terms_of`), so
+    `map(terms.__getitem__, tokens)` stays in C for the words seen before, as most words are: a word's
+    index term (the articles one term), a sentence end END. Stemming afresh per query cost more than
+    the rest."""
 
     def __init__(self, stem: Callable[[str], str]) -> None:
         super().__init__()
         self._stem = stem
 
-    def __missing__(self, token: str) -> str:
+    def __missing__(self, token: str) -> int:
         if len(self) >= _TERMS_MAX:
             self.clear()
         if token[0] in _END_MARKS:  # no word starts so: a run of sentence ends
@@ -101,7 +123,7 @@ class _Terms(dict[str, str]):
         elif token in _ARTICLES:
             found = ARTICLE
         else:
-            found = self._stem(token)
+            found = term_id(self._stem(token))
         self[token] = found
         return found
 
@@ -111,6 +133,33 @@ def _terms_of(tokenizer: Tokenizer) -> _Terms:
     return _Terms(tokenizer.stem)
 
 
+def text_terms(tokenizer: Tokenizer, text: str) -> list[int]:
+    """The ids of a text's phrase terms (its first TEXT_LIMIT characters), END between sentences."""
+    return list(map(_terms_of(tokenizer).__getitem__, tokenizer.phrase_tokens(text[:TEXT_LIMIT])))
+
+
+def stored_terms(tokenizer: Tokenizer, text: str) -> bytes:
+    """`text_terms` as the indexer stores them beside a chunk (little-endian uint32): a search then
+    reads them instead of tokenizing the chunk again (two thirds of matching it)."""
+    ids = array("I", text_terms(tokenizer, text))
+    if sys.byteorder == "big":
+        ids.byteswap()
+    return ids.tobytes()
+
+
+def read_terms(stored: bytes) -> list[int]:
+    """What `stored_terms` stored."""
+    ids = array("I", stored)
+    if sys.byteorder == "big":
+        ids.byteswap()
+    return ids.tolist()
+
+
+def stored_version(tokenizer: Tokenizer) -> str:
+    """What stored terms were made with: the indexer recomputes them when this changes."""
+    return f"phrase{TERMS_FORMAT}/{tokenizer.fingerprint}"
+
+
 class PhraseMatcher:
     """A query, matched against texts sentence by sentence. `tokenizer` is the index's: sentences and
     the query are split, casefolded and stemmed alike, stopwords kept (their order is the phrase), but
@@ -118,12 +167,10 @@ class PhraseMatcher:
 
     def __init__(self, query: str, tokenizer: Tokenizer) -> None:
         self.text = query
-        self._tokens_of = tokenizer.phrase_tokens
-        self._terms = _terms_of(tokenizer)
+        self._tokenizer = tokenizer
         # Only a short query is read: a paragraph covers little of any one sentence, and a query of
         # megabytes (a planted one) must cost no more than a short one.
-        tokens = tokenizer.phrase_tokens(query[:QUERY_CHARS])
-        self._query = [term for term in map(self._terms.__getitem__, tokens) if term != END]
+        self._query = [term for term in text_terms(tokenizer, query[:QUERY_CHARS]) if term != END]
         # One word has no order to find, and BM25 and the name keys already weigh where it occurs.
         self.has_order = 2 <= len(self._query) <= QUERY_WORDS and len(query) <= QUERY_CHARS
 
@@ -132,10 +179,14 @@ class PhraseMatcher:
         the text's document holds. A page's name is the subject of each of its lines ("create an
         archive" on tar's page says "create a tar archive"), so those terms count as said by every
         sentence, wherever the query has them, and are skipped in the sentence."""
-        query = [term for term in self._query if term not in named]
+        return self.evidence_of(text_terms(self._tokenizer, text), named)
+
+    def evidence_of(self, terms: list[int], named: Collection[str] = ()) -> float:
+        """`evidence` of a text given as its `text_terms` (which this may extend)."""
+        ids = {term_id(term) for term in named}
+        query = [term for term in self._query if term not in ids]
         said = len(self._query) - len(query)
         positions = _positions(query)
-        terms = list(map(self._terms.__getitem__, self._tokens_of(text[:TEXT_LIMIT])))
         terms.append(END)
         best, start = 0.0, 0
         while start < len(terms):  # sentence by sentence, each found by a C-level scan
@@ -145,7 +196,7 @@ class PhraseMatcher:
             if not sentence:
                 continue
             if said:
-                sentence = [term for term in sentence if term not in named]
+                sentence = [term for term in sentence if term not in ids]
             common = said + _longest_increasing(filter(None, map(positions.get, sentence)))
             if common:
                 best = max(best, _evidence(common, len(self._query), len(sentence) + said))

@@ -21,7 +21,7 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.collapse import FIRST_EXTRA, collapse, enough, fetch_sizes
 from qmdd.search.fields import document_name_keys, query_name_keys
-from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
+from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, read_terms, with_phrase
 from qmdd.search.ports import Retrievers
 from qmdd.search.reads import Reads
 from qmdd.search.snippets import Snippets
@@ -152,19 +152,30 @@ def phrase_scores(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, ch
                   named: Sequence[Collection[str] | None]) -> list[float]:
     """How closely each chunk says the matcher's query (`qmdd.search.phrases`), 0 for a chunk removed
     meanwhile. `named`: per chunk, the query terms its document's name says, where BM25 told them
-    (None: not known, worked out here from the title and path)."""
+    (None: not known, worked out here from the title and path). A chunk's terms are read as the
+    indexer stored them, or worked out from its text where it has not yet."""
     if not (chunk_ids and matcher.has_order):
         return [0.0] * len(chunk_ids)
-    chunks = reads.chunk_texts(chunk_ids)
+    stored = reads.phrase_terms(chunk_ids)
+    wanted = {c for c, said in zip(chunk_ids, named, strict=True)  # texts needed: no terms stored, or no name known
+              if c in stored and (stored[c] is None or said is None)}
+    chunks = reads.chunk_texts(wanted)
     names = query_name_keys(tokenizer, matcher.text) if None in named else {}
     out = []
-    for chunk, said in zip(map(chunks.get, chunk_ids), named, strict=True):
-        if chunk is None:
+    for chunk_id, said in zip(chunk_ids, named, strict=True):
+        chunk = chunks.get(chunk_id)
+        if chunk_id not in stored or (chunk_id in wanted and chunk is None):  # removed meanwhile
             out.append(0.0)
             continue
         if said is None:
+            assert chunk is not None
             said = {t for key in _name_keys(tokenizer, chunk.title, chunk.path) if key in names for t in names[key][1]}
-        out.append(matcher.evidence(chunk.text, said))
+        terms = stored[chunk_id]
+        if terms is not None:
+            out.append(matcher.evidence_of(read_terms(terms), said))
+        else:
+            assert chunk is not None
+            out.append(matcher.evidence(chunk.text, said))
     return out
 
 

@@ -1,7 +1,8 @@
 """One request's reads of chunks and documents: each row read from SQLite once, however many of the
 request's steps need it (phrase evidence, collapsing, results).
 
-A search reads its top chunks to re-score them, the documents of its hits to collapse copies, then the
+A search reads its top chunks' phrase terms (their texts where none are stored) to re-score them, the
+documents of its hits to collapse copies, then the
 shown hits' chunks and documents again for their snippets; read through this, the later steps find
 them read. A request's steps run one after another (some in a worker thread), never at once.
 """
@@ -12,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from qmdd.store import chunkterms
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, DocRow
 
@@ -23,6 +25,7 @@ class Reads:
         self.conn = conn
         self._chunks: dict[int, ChunkText | None] = {}  # None: no such chunk (removed meanwhile)
         self._docs: dict[int, DocRow | None] = {}
+        self._terms: dict[int, tuple[bytes | None] | None] = {}  # a chunk's row: (its stored terms,)
 
     def chunk_texts(self, ids: Iterable[int]) -> dict[int, ChunkText]:
         return _read_through(self._chunks, ids, lambda missing: {c.chunk_id: c for c in
@@ -30,6 +33,12 @@ class Reads:
 
     def documents(self, ids: Iterable[int]) -> dict[int, DocRow]:
         return _read_through(self._docs, ids, lambda missing: docs.docs_by_ids(self.conn, missing))
+
+    def phrase_terms(self, ids: Iterable[int]) -> dict[int, bytes | None]:
+        """Each existing chunk's stored phrase terms (None: not stored yet)."""
+        rows = _read_through(self._terms, ids, lambda missing: {i: (terms,) for i, terms in
+                                                                chunkterms.read_terms(self.conn, missing).items()})
+        return {i: row[0] for i, row in rows.items()}
 
 
 def _read_through(read: dict[int, R | None], ids: Iterable[int],

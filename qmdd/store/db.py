@@ -106,6 +106,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE collections ADD COLUMN plugins TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE collections ADD COLUMN transform_key TEXT NOT NULL DEFAULT '';
     """,
+    # Each chunk's phrase terms, stored by the indexer for searches to read (see store.chunkterms);
+    # NULL until then.
+    """
+    ALTER TABLE chunks ADD COLUMN phrase BLOB;
+    """,
 )
 
 
