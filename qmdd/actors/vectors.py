@@ -91,7 +91,7 @@ class VectorsActor(DerivedIndexActor):
 
     async def _learn_chunk_documents(self) -> None:
         """Every chunk's document, read once after the index is ready: then queries never wait on
-        SQLite for it (chunks indexed later are asked about on their first hit)."""
+        SQLite for it (chunks embedded later are learned with their vectors)."""
         chunk_ids, doc_ids = await trio.to_thread.run_sync(docs.chunk_documents, self.conn, limiter=self._cpu)
         async with self._lock:
             self._chunk_docs.learn(chunk_ids, doc_ids)
@@ -127,6 +127,8 @@ class VectorsActor(DerivedIndexActor):
         if vectors.shape[1] != self.index.ndim:
             raise QmddError(ErrorCode.INDEX_NOT_READY, "stored vectors do not match the index dimensions",
                             hints=("Run `qmdctl embed` to re-embed with the current model.",))
+        self._chunk_docs.learn(np.array([r.chunk_id for r in rows], dtype=np.int64),
+                               np.array([r.doc_id for r in rows], dtype=np.int64))
         return self.index.add([r.chunk_id for r in rows], [r.collection_id for r in rows],
                               vectors.astype(np.float32))
 
@@ -190,7 +192,7 @@ class VectorsActor(DerivedIndexActor):
                                                  limiter=self._cpu)
         if not carriers:
             return 0
-        vectors = np.asarray(message.vectors, dtype=np.float32)[[position[h] for _, _, h in carriers]]
+        vectors = np.asarray(message.vectors, dtype=np.float32)[[position[h] for *_, h in carriers]]
         if self.index is None:
             self.index = VectorIndex(vectors.shape[1])
         index, added = self.index, 0
@@ -198,8 +200,7 @@ class VectorsActor(DerivedIndexActor):
             part = carriers[start:start + ADD_SLICE]
             async with self._lock:
                 added += await trio.to_thread.run_sync(
-                    _replace, index, [c for c, _, _ in part], [col for _, col, _ in part],
-                    vectors[start:start + ADD_SLICE])
+                    _replace, index, self._chunk_docs, part, vectors[start:start + ADD_SLICE])
         if added:
             self._changed()
         return added
@@ -225,8 +226,11 @@ class VectorsActor(DerivedIndexActor):
             return await trio.to_thread.run_sync(self._search_sync, message)
 
 
-def _replace(index: VectorIndex, chunk_ids: list[int], collection_ids: list[int], vectors: np.ndarray) -> int:
-    """Give these chunks these vectors: an `embed -f` re-embeds chunks the index has (for a plain embed
-    none of them is there, and the removal costs a bitmap intersection)."""
+def _replace(index: VectorIndex, chunk_docs: ChunkDocs, carriers: list[tuple[int, int, int, str]],
+             vectors: np.ndarray) -> int:
+    """Give these chunks (id, document, collection, hash) these vectors: an `embed -f` re-embeds chunks
+    the index has (for a plain embed none of them is there, and the removal costs a bitmap intersection)."""
+    chunk_ids = [chunk for chunk, *_ in carriers]
+    chunk_docs.learn(np.array(chunk_ids, dtype=np.int64), np.array([doc for _, doc, _, _ in carriers], dtype=np.int64))
     index.remove(chunk_ids)
-    return index.add(chunk_ids, collection_ids, vectors)
+    return index.add(chunk_ids, [collection for _, _, collection, _ in carriers], vectors)

@@ -4,9 +4,10 @@ while `vsearch` and `query` rank documents.
 A chunk's document never changes: chunk ids are never reused (SQLite AUTOINCREMENT) and no chunk is
 ever moved (an edited document gets new chunks). So what SQLite said of a chunk once stays true, and a
 chunk found gone stays gone. Asking SQLite afresh on every query read ~150 rows by primary key per
-`query` (0.35 ms, plus 0.2 ms building the answer, on the event loop); an array indexed by chunk id,
-filled from SQLite once in the background, answers them in microseconds: 8 bytes per id up to the
-largest (1M chunks: 8 MB, read in ~0.5 s).
+`query` (0.35 ms, plus 0.2 ms building the answer, on the event loop); an array indexed by chunk id
+answers them in microseconds: 8 bytes per id up to the largest (1M chunks: 8 MB). The vectors actor
+fills it from SQLite once after loading, and as vectors arrive (their rows name the document anyway);
+a chunk it still lacks is asked about on its first hit.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ class PendingChunk(NamedTuple):
 
 class IndexedVector(NamedTuple):
     chunk_id: int
+    doc_id: int
     collection_id: int
     vector: bytes
 
@@ -147,14 +148,14 @@ def embedded_chunk_ids(conn: sqlite3.Connection, fingerprint: str) -> list[int]:
 
 def vectors_for_chunks(conn: sqlite3.Connection, fingerprint: str, chunk_ids: Sequence[int]) -> list[IndexedVector]:
     return [IndexedVector(*r) for r in select_in(
-        conn, "SELECT k.id, d.collection_id, e.vector FROM chunks k JOIN documents d ON d.id = k.doc_id"
+        conn, "SELECT k.id, k.doc_id, d.collection_id, e.vector FROM chunks k JOIN documents d ON d.id = k.doc_id"
         " JOIN embeddings e ON e.hash = k.hash AND e.fingerprint = ? WHERE k.id IN ({in})", chunk_ids, (fingerprint,))]
 
 
-def chunks_with_hashes(conn: sqlite3.Connection, hashes: Sequence[str]) -> list[tuple[int, int, str]]:
-    """(chunk id, collection id, hash) of every chunk carrying one of `hashes`."""
-    return [(r[0], r[1], r[2]) for r in select_in(
-        conn, "SELECT k.id, d.collection_id, k.hash FROM chunks k JOIN documents d ON d.id = k.doc_id"
+def chunks_with_hashes(conn: sqlite3.Connection, hashes: Sequence[str]) -> list[tuple[int, int, int, str]]:
+    """(chunk id, document id, collection id, hash) of every chunk carrying one of `hashes`."""
+    return [(r[0], r[1], r[2], r[3]) for r in select_in(
+        conn, "SELECT k.id, k.doc_id, d.collection_id, k.hash FROM chunks k JOIN documents d ON d.id = k.doc_id"
         " WHERE k.hash IN ({in})", hashes)]
 
 
