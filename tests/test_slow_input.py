@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from qmdctl.client import Client
 from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.search.pipeline import MAX_QUERY_CHARS
 from qmdd.search.snippets import MAX_SNIPPET_CHARS, Snippets
 from qmdd.search.targets import MAX_GLOB_CHARS, MAX_TARGET_CHARS, Glob
 from qmdd.search.tokenize import Tokenizer
@@ -151,3 +152,17 @@ def test_a_target_too_long_for_a_path_is_invalid_input(env: Env, huge_line: Path
                 client.call("get", {"target": target})
             assert caught.value.code is ErrorCode.NOT_FOUND
         assert client.call("get", {"target": "small.md"})["file"] == "qmd://huge/small.md"
+
+
+def test_a_query_of_megabytes_is_refused_at_once_and_one_at_the_bound_answers(env: Env, huge_line: Path) -> None:
+    env.run("collection", "add", str(huge_line), "--name", "huge")
+    words = " ".join(f"w{i}" for i in range(400_000))  # ~3 MB of distinct words: seconds of BM25 lookups
+    with Client(env.paths, environ=env.vars, reply_timeout=DEADLINE_S) as client:
+        for method in ("search", "vsearch", "query"):
+            started = time.monotonic()
+            with pytest.raises(QmddError) as caught:
+                client.call(method, {"query": words, "limit": 2})
+            assert caught.value.code is ErrorCode.INVALID_INPUT and f"{MAX_QUERY_CHARS:,}" in caught.value.message
+            assert time.monotonic() - started < DEADLINE_S
+        bound = ("lorem needle " * MAX_QUERY_CHARS)[:MAX_QUERY_CHARS]
+        assert client.call("search", {"query": bound, "limit": 2})["results"]

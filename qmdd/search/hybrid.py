@@ -231,7 +231,9 @@ def _fuse_and_rescore(tokenizer: Tokenizer, reads: Reads, subqueries: Sequence[S
     evidence, and ranked: the fused documents, each list's candidates by document, each kept document's
     copies, and the head's phrase evidence. One worker-thread job: ~1 ms of CPU for a few hundred
     documents, which on the event loop would hold up every other request."""
-    fused = fuse(weighed)
+    # A document no list gave any evidence for (a cosine at or below the floor, no keyword) is not an
+    # answer: listed, it padded a short answer with unrelated pages scored 0.
+    fused = [f for f in fuse(weighed) if f.score > 0.0]
     by_source = {ranked.source: {c.doc_id: c for c in found} for ranked, (_, found) in zip(weighed, lists, strict=True)}
     kept, copies = collapse_documents(reads, [f.key for f in fused], request.collapse, wanted)
     if len(kept) < len(fused):

@@ -102,9 +102,19 @@ def search_request(params: dict[str, Any]) -> SearchRequest:
                          intent=params.get("intent"), collapse=params.get("collapse", True))
 
 
+MAX_QUERY_CHARS = 32_768
+"""A query is a question, a sentence, a pasted paragraph or a hypothetical document (`hyde:`), not a
+file: one of megabytes cost seconds of BM25 (a term lookup per distinct word) and slowed every other
+request meanwhile."""
+
+
 def check_request(request: SearchRequest) -> None:
     if not request.query.strip():
         raise QmddError(ErrorCode.INVALID_INPUT, "the query is empty")
+    if len(request.query) > MAX_QUERY_CHARS:
+        raise QmddError(ErrorCode.INVALID_INPUT,
+                        f"the query has {len(request.query):,} characters; a query may have {MAX_QUERY_CHARS:,}",
+                        hints=("Search for a sentence or a paragraph of the text you are looking for.",))
     if not 1 <= request.limit <= 100_000:
         raise QmddError(ErrorCode.INVALID_INPUT, "limit must be between 1 and 100000")
 
