@@ -209,3 +209,15 @@ def test_upgrading_chooses_the_collections_that_were_embedded(tmp_path: Path) ->
     chosen = [r[0] for r in conn.execute(
         "SELECT c.name FROM embed_choices x JOIN collections c ON c.id = x.collection_id ORDER BY c.name")]
     assert chosen == ["done"]  # a collection only begun (by the old background job) is not a choice
+
+
+def test_a_backlog_left_by_a_stopped_run_is_embedded_at_start(watching: Env, en: Path) -> None:
+    watching.run("collection", "add", str(en), "--name", "en")
+    watching.run("embed", "-c", "en")
+    watching.stop_daemon()
+    with sqlite3.connect(watching.paths.database) as conn:  # a run killed before its last page
+        conn.execute("DELETE FROM embeddings WHERE hash = (SELECT hash FROM chunks ORDER BY id LIMIT 1)")
+    assert _coverage(watching)["en"] == (2, 1)
+    with watching.client() as c:  # no file changes: only the start can wake the background
+        c.call("status")
+        wait_for(lambda: _coverage(watching)["en"] == (2, 2), "the backlog to be embedded after the start", 60)

@@ -6,12 +6,13 @@ killed mid-run still makes progress, and a run started again does only what is l
 
 `qmdctl embed -c X` chooses X, a bare `embed` every collection there is; the choice is kept in SQLite
 (`embed_choices`). In the background (with the watcher), each chosen collection with chunks that lack a
-vector is embedded when the watcher has indexed new chunks: the chunks indexed last first, and chunks
-indexed while it runs before the older backlog, so a note just saved never waits behind a checkout of
-thousands. One writer of vectors at a time: a manual run holds the lock for its whole run (a second one
-waits, then finds the work done), the background for one page; the lock is fair, so a manual embed
-waits for one background page at most. Nothing runs in the background until vectors exist for the
-model in use: after a model change the user says when to pay for re-embedding.
+vector is embedded at start (what a stopped or killed run left) and whenever the watcher has indexed
+new chunks: the chunks indexed last first, and chunks indexed while it runs before the older backlog,
+so a note just saved never waits behind a checkout of thousands. One writer of vectors at a time: a
+manual run holds the lock for its whole run (a second one waits, then finds the work done), the
+background for one page; the lock is fair, so a manual embed waits for one background page at most.
+Nothing runs in the background until vectors exist for the model in use: after a model change the user
+says when to pay for re-embedding.
 
 `embed -f` re-embeds every chunk of its collections in place: each page replaces vectors (old ones serve
 until then), and `embed-force.json` beside the database records how far it got, so the same run started
@@ -94,6 +95,9 @@ class EmbedJobsActor(DatabaseActor):
     async def setup(self) -> None:
         await super().setup()
         if self._background:
+            # What a stopped or killed run left of a chosen collection's backlog is taken up at start,
+            # not only at the next change of its files.
+            self._wake.set()
             self.nursery.start_soon(self._keep_embedded)
 
     def extra_statistics(self) -> dict[str, Any]:
