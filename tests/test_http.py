@@ -202,7 +202,7 @@ def test_mcp_over_http_serves_the_same_tools(door: httpx.Client) -> None:
                     ClientSession(streams[0], streams[1]) as client:
                 init = await client.initialize()
                 tools = await client.list_tools()
-                found = await client.call_tool("search", {"query": "sqlite wal", "collection": "notes"})
+                found = await client.call_tool("search", {"query": "sqlite wal", "collections": ["notes"]})
                 return init.instructions or "", [t.name for t in tools.tools], found.structured_content
 
     instructions, tools, found = trio.run(session)

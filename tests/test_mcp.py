@@ -68,6 +68,7 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             for tool in tools.values():
                 assert tool.annotations is not None and tool.annotations.read_only_hint is True
                 assert tool.output_schema is not None and tool.output_schema["type"] == "object"
+                assert tool.input_schema["additionalProperties"] is False
 
             found = await client.call_tool("search", {"query": "quokka-7", "limit": 3})
             assert not found.is_error
@@ -110,6 +111,14 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             assert unknown.is_error and "INVALID_INPUT" in unknown.content[0].text
             no_collection = await client.call_tool("search", {"query": "x", "collections": ["nope"]})
             assert no_collection.is_error and "COLLECTION_NOT_FOUND" in no_collection.content[0].text
+            misspelt = await client.call_tool("search", {"query": "x", "colections": ["kb"]})  # not ignored
+            assert misspelt.is_error and "INVALID_INPUT: search: no argument 'colections'" in misspelt.content[0].text
+            assert "collections" in misspelt.content[0].text  # the hint names what it takes
+            for old_name in ("nope", ["nope"]):  # qmd 1.x's `collection`: one name, or a list
+                refused = await client.call_tool("search", {"query": "quokka-7", "collection": old_name})
+                assert refused.is_error and "COLLECTION_NOT_FOUND" in refused.content[0].text
+            kept = await client.call_tool("search", {"query": "quokka-7", "collection": "kb"})
+            assert not kept.is_error and kept.structured_content["results"]
             # Unknown names are invalid params (-32602), as the spec says; a missing document is the
             # 2025-11-25 resource-not-found code (tests/test_mcp_qmd_shapes.py has more).
             for attempt, code in ((client.call_tool("nope", {}), INVALID_PARAMS),

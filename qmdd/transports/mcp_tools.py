@@ -140,8 +140,19 @@ class QmddServer(MCPServer):
     params (-32602), not a tool result or an error without a code."""
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
-        if self._tool_manager.get_tool(name) is None:
+        tool = self._tool_manager.get_tool(name)
+        if tool is None:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
+        known = tool.parameters.get("properties", {})
+        arguments = dict(arguments or {})
+        if "collection" in arguments and "collections" in known:  # qmd 1.x's name: one collection, or a list
+            named = arguments.pop("collection")
+            arguments["collections"] = [*(arguments.get("collections") or []),
+                                        *([named] if isinstance(named, str) else named)]
+        # The SDK drops arguments its schema lacks: a misspelt `collections` would search everything.
+        if unknown := sorted(set(arguments) - set(known)):
+            raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: no argument {', '.join(map(repr, unknown))}",
+                                       hints=(f"{name} takes {', '.join(known)}.",)))
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -295,4 +306,6 @@ def build_server(table: MethodTable) -> MCPServer:
     def ask(question: str) -> str:
         return ASK_PROMPT.format(question=question)
 
+    for tool in server._tool_manager.list_tools():  # said in the schemas too (see QmddServer.call_tool)
+        tool.parameters["additionalProperties"] = False
     return server
