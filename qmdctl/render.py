@@ -255,10 +255,18 @@ def problem_details(err: QmddError, instance: str | None = None, trace_id: str |
     spec = err.code.spec
     doc: dict[str, Any] = {"type": f"urn:qmdd:error:{err.code}", "title": spec.title, "status": spec.status,
                            "detail": err.message, "instance": instance, "code": str(err.code),
-                           "recovery_hints": list(err.hints), "trace_id": trace_id, "exit_code": spec.exit_code}
+                           "recovery_hints": hints_for(err, instance), "trace_id": trace_id,
+                           "exit_code": spec.exit_code}
     if err.details:
         doc["details"] = err.details
     return doc
+
+
+def hints_for(err: QmddError, command: str | None) -> list[str]:
+    """The error's hints, the catalogue's `qmdctl COMMAND` naming the command that failed."""
+    if not command:
+        return list(err.hints)
+    return [hint.replace("`qmdctl COMMAND ", f"`qmdctl {command} ") for hint in err.hints]
 
 
 def report_error(output: Output, err: QmddError, command: str, trace_id: str, *, brief: bool = False) -> int:
@@ -278,7 +286,7 @@ def report_error(output: Output, err: QmddError, command: str, trace_id: str, *,
             output.err_line(f"  candidate: {candidate}")
         if brief:
             return err.code.spec.exit_code
-        for hint in err.hints:
+        for hint in hints_for(err, command):
             output.err_line(f"  hint: {hint}")
         output.err_line(f"  trace id: {trace_id} ({f'qmdctl {command}'.rstrip()}, exit {err.code.spec.exit_code})")
     return err.code.spec.exit_code

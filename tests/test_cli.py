@@ -154,6 +154,8 @@ def test_errors_have_stable_codes_and_exit_codes(env: Env, notes: Path, tmp_path
         assert problem["code"] == str(code) and problem["recovery_hints"] and problem["status"] >= 400
     text = env.run("get", "notes/missing.md", check=False)
     assert text.stderr.startswith("error: NOT_FOUND") and "hint:" in text.stderr
+    empty = env.run("search", "   ", check=False)  # the catalogue's hint names the command that failed
+    assert "`qmdctl search --help`" in empty.stderr and "COMMAND" not in empty.stderr
     # The daemon is still serving after all of that.
     assert env.json("search", "alpha")
 
