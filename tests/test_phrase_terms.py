@@ -1,4 +1,4 @@
-"""Chunks' phrase terms stored by the indexer: made as chunks are indexed, filled in for chunks indexed
+"""Chunks' phrase terms stored by the indexer: made after chunks are indexed, filled in for chunks indexed
 before (or by another tokenizer), and matched exactly as the chunk's text would be."""
 
 from __future__ import annotations
@@ -38,10 +38,25 @@ def stored(database: Path) -> list[tuple[int, str, bytes | None]]:
         conn.close()
 
 
-def test_indexed_chunks_carry_their_terms_and_old_ones_get_them(env: Env, tmp_path: Path) -> None:
-    env.json("collection", "add", str(make_tree(tmp_path / "docs")), "--name", "docs")
+def wait_filled(env: Env, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while (filled := env.json("status")["actors"]["indexer"]["phrase_terms_filled"]) < count:
+        assert time.monotonic() < deadline, filled
+        time.sleep(0.1)
+
+
+def test_indexed_chunks_get_their_terms_and_old_ones_too(env: Env, tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "docs")
+    env.json("collection", "add", str(tree), "--name", "docs")
+    rows = stored(env.paths.database)
+    wait_filled(env, len(rows))  # in the background, after indexing
     rows = stored(env.paths.database)
     assert len(rows) >= 3 and all(terms == stored_terms(TOKENIZER, text) for _, text, terms in rows)
+    (tree / "more.md").write_text("# More\n\nWrite the contents of the clipboard to a file.\n")
+    env.run("update")  # a later change: its chunk gets terms too
+    wait_filled(env, len(rows) + 1)
+    rows = stored(env.paths.database)
+    assert all(terms == stored_terms(TOKENIZER, text) for _, text, terms in rows)
 
     # A database from before (no terms), or one whose terms another tokenizer made: all made again.
     env.stop_daemon()
@@ -51,10 +66,7 @@ def test_indexed_chunks_carry_their_terms_and_old_ones_get_them(env: Env, tmp_pa
     conn.execute("UPDATE meta SET value = 'phrase0/tok0:other' WHERE key = ?", (VERSION_KEY,))
     conn.commit()
     conn.close()
-    deadline = time.monotonic() + 30
-    while (filled := env.json("status")["actors"]["indexer"]["phrase_terms_filled"]) < len(rows):
-        assert time.monotonic() < deadline, filled
-        time.sleep(0.1)
+    wait_filled(env, len(rows))  # a new daemon counts from 0
     assert stored(env.paths.database) == rows
     hits = env.json("search", "create a tar archive", "--explain")
     assert hits[0]["file"] == "qmd://docs/tar.md" and hits[0]["explain"]["phrase_match"] > 0.4

@@ -3,8 +3,7 @@
 Scans run in a worker thread; every committed batch is announced to the BM25 actor, and a scan ends
 with a snapshot request to it, which doubles as a barrier: when `update` returns, what it indexed is
 searchable and persisted. Embedded vectors, likewise, are committed and then handed to the vectors actor.
-Each new chunk's phrase terms are stored beside it (`store.chunkterms`); chunks without them are given
-theirs in the background.
+Chunks' phrase terms are stored beside them in the background, after they are indexed (`store.chunkterms`).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ from qmdd.walk import DEFAULT_MASKS, PathFilter, WalkConfig
 log = logging.getLogger("qmdd.indexer")
 
 FILL_BATCH = 512  # chunks given phrase terms per transaction of the background fill (~15 ms of work)
+BACKLOG_LOGGED = 10_000  # a fill of this many chunks is logged (an upgraded index, another tokenizer)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class IndexerActor(DatabaseActor):
         # hand: one CPU-bound thread at a time (two would fight over the GIL and stall the I/O).
         self._prepare = prepare
         self._phrase_terms = phrase_terms
+        self._terms_wanted = trio.Event()  # chunks were added: the fill has work
         self.phrase_terms_filled = 0
         self._max_file_bytes = max_file_bytes
         self._batch_files = batch_files
@@ -118,11 +119,14 @@ class IndexerActor(DatabaseActor):
             self.nursery.start_soon(self._fill_phrase_terms, self._phrase_terms.make)
 
     async def _fill_phrase_terms(self, make: Callable[[str], bytes]) -> None:
-        """Chunks without stored phrase terms (indexed before they were stored, or by another
-        tokenizer) get them, a batch at a time between scans, on a connection of its own (handlers
-        use this actor's). New chunks get theirs as they are indexed (`_batch_sink`)."""
+        """Chunks get their phrase terms stored here, after they are indexed (making them while
+        indexing slowed a full index by a fifth: 30 us a chunk, most of it Python's regex engine):
+        those indexed before terms were stored, or by another tokenizer, at start; new ones after each
+        scan or change. A batch at a time, between scans, on a connection of its own (handlers use this
+        actor's). Until a chunk has its terms a search works them out from its text, with the same
+        result. Chunk ids only grow, so walking them forward finds every chunk once."""
         conn = await trio.to_thread.run_sync(connect, self._database)
-        started, after = time.monotonic(), 0
+        after = 0
 
         def fill() -> int | None:
             rows = chunkterms.without_terms(conn, after, FILL_BATCH)
@@ -131,13 +135,20 @@ class IndexerActor(DatabaseActor):
             return rows[-1][0] if rows else None
 
         try:
-            while (last := await trio.to_thread.run_sync(fill, limiter=self._writer)) is not None:
-                after = last
+            while True:
+                started, before = time.monotonic(), self.phrase_terms_filled
+                while (last := await trio.to_thread.run_sync(fill, limiter=self._writer)) is not None:
+                    after = last
+                if self.phrase_terms_filled - before >= BACKLOG_LOGGED:
+                    log.info("phrase terms stored for %d chunks in %.1fs", self.phrase_terms_filled - before,
+                             time.monotonic() - started)
+                await self._terms_wanted.wait()
+                self._terms_wanted = trio.Event()
         finally:
             conn.close()
-        if self.phrase_terms_filled:
-            log.info("phrase terms stored for %d chunks in %.1fs", self.phrase_terms_filled,
-                     time.monotonic() - started)
+
+    def _want_terms(self) -> None:
+        self._terms_wanted.set()  # in trio's thread: never the event the fill has just replaced
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._writer)
@@ -183,12 +194,11 @@ class IndexerActor(DatabaseActor):
 
     def _batch_sink(self) -> BatchSink:
         """Announces a committed batch to BM25 and vectors; called from the scan's worker thread."""
-        bm25, vectors, prepare, conn = self._bm25, self._vectors, self._prepare, self.conn
-        make = self._phrase_terms.make if self._phrase_terms is not None else None
+        bm25, vectors, prepare = self._bm25, self._vectors, self._prepare
 
         def on_batch(added: list[ChunkText], removed: list[int]) -> None:
-            if make is not None and added:
-                chunkterms.store_terms(conn, [(c.chunk_id, make(c.text)) for c in added])
+            if added:
+                trio.from_thread.run_sync(self._want_terms)
             # Awaited, for back-pressure: queued batches of term-frequency dicts would otherwise
             # pile up in BM25's inbox (hundreds of MB on a large tree). BM25 only adds arrays here.
             added_ids = [c.chunk_id for c in added]
