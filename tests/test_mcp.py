@@ -119,6 +119,9 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
                 assert refused.is_error and "COLLECTION_NOT_FOUND" in refused.content[0].text
             kept = await client.call_tool("search", {"query": "quokka-7", "collection": "kb"})
             assert not kept.is_error and kept.structured_content["results"]
+            for odd in ({"collection": 5}, {"collection": "kb", "collections": ["kb"]}):  # typed, as REST's
+                refused = await client.call_tool("search", {"query": "quokka-7", **odd})
+                assert refused.is_error and "INVALID_INPUT" in refused.content[0].text, refused.content[0].text
             # Unknown names are invalid params (-32602), as the spec says; a missing document is the
             # 2025-11-25 resource-not-found code (tests/test_mcp_qmd_shapes.py has more).
             for attempt, code in ((client.call_tool("nope", {}), INVALID_PARAMS),

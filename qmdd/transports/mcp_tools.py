@@ -40,6 +40,7 @@ from qmdd.transports.mcp_documents import (
     skipped_block,
     warning_texts,
 )
+from qmdd.transports.rest import QMD_ALIASES, qmd_renamed
 
 MAX_RESULTS = 100
 MULTI_GET_MAX_BYTES = 64 * 1024  # qmd's default
@@ -144,11 +145,10 @@ class QmddServer(MCPServer):
         if tool is None:
             raise MCPError(INVALID_PARAMS, f"Unknown tool: {name}")
         known = tool.parameters.get("properties", {})
-        arguments = dict(arguments or {})
-        if "collection" in arguments and "collections" in known:  # qmd 1.x's name: one collection, or a list
-            named = arguments.pop("collection")
-            arguments["collections"] = [*(arguments.get("collections") or []),
-                                        *([named] if isinstance(named, str) else named)]
+        try:  # qmd's names the tool lacks (qmd 1.x's `collection`: a name or a list), as the REST door reads them
+            arguments = qmd_renamed(name, arguments or {}, {k: v for k, v in QMD_ALIASES.items() if v in known})
+        except QmddError as err:
+            raise tool_error(err) from None
         # The SDK drops arguments its schema lacks: a misspelt `collections` would search everything.
         if unknown := sorted(set(arguments) - set(known)):
             raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: no argument {', '.join(map(repr, unknown))}",

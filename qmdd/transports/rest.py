@@ -7,6 +7,7 @@ once the method is called), where qmd's HTTP field names are accepted beside our
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -20,16 +21,23 @@ ONE_OR_A_LIST = frozenset({"collection"})
 """qmd aliases of a list parameter that also take a single value, meaning a list of one."""
 
 
+def qmd_renamed(where: str, body: Mapping[str, Any], aliases: Mapping[str, str] = QMD_ALIASES) -> dict[str, Any]:
+    """`body` with qmd's names (`aliases`: qmd's -> ours) renamed to ours, a single value of a list
+    alias made a list of one. A value given under both names is refused: one would be dropped unchecked."""
+    params: dict[str, Any] = {}
+    for key, value in body.items():
+        name = aliases.get(key, key)
+        if name in params:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"{where}: {name!r} is given twice, under two names; "
+                            "send one of them")
+        params[name] = [value] if key in ONE_OR_A_LIST and isinstance(value, str) else value
+    return params
+
+
 def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
     """The method's parameters from a request body: aliases renamed, unknown fields refused here (with
     the HTTP field names the caller used); types and defaults are the method call's to check."""
-    params: dict[str, Any] = {}
-    for key, value in body.items():
-        name = QMD_ALIASES.get(key, key)
-        if name in params:  # one of the two values would be dropped unchecked
-            raise QmddError(ErrorCode.INVALID_INPUT, f"{method}: {name!r} is given twice, under two names; "
-                            "send one of them")
-        params[name] = [value] if key in ONE_OR_A_LIST and isinstance(value, str) else value
+    params = qmd_renamed(method, body)
     unknown = set(params) - set(METHODS[method])
     if unknown:
         raise QmddError(ErrorCode.INVALID_INPUT, f"unknown field(s) for {method}: {sorted(unknown)}")
