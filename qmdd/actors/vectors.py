@@ -127,10 +127,9 @@ class VectorsActor(DerivedIndexActor):
         if vectors.shape[1] != self.index.ndim:
             raise QmddError(ErrorCode.INDEX_NOT_READY, "stored vectors do not match the index dimensions",
                             hints=("Run `qmdctl embed` to re-embed with the current model.",))
-        self._chunk_docs.learn(np.array([r.chunk_id for r in rows], dtype=np.int64),
-                               np.array([r.doc_id for r in rows], dtype=np.int64))
-        return self.index.add([r.chunk_id for r in rows], [r.collection_id for r in rows],
-                              vectors.astype(np.float32))
+        chunk_ids = [r.chunk_id for r in rows]
+        self._chunk_docs.learn(np.array(chunk_ids, dtype=np.int64), np.array([r.doc_id for r in rows], dtype=np.int64))
+        return self.index.add(chunk_ids, [r.collection_id for r in rows], vectors.astype(np.float32))
 
     def _reconcile(self) -> tuple[int, int]:
         if self.fingerprint is None:

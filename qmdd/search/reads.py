@@ -2,9 +2,9 @@
 request's steps need it (phrase evidence, collapsing, results).
 
 A search reads its top chunks' phrase terms (their texts where none are stored) to re-score them, the
-documents of its hits to collapse copies, then the
-shown hits' chunks and documents again for their snippets; read through this, the later steps find
-them read. A request's steps run one after another (some in a worker thread), never at once.
+documents of its hits to collapse copies, then the shown hits' chunks and documents again for their
+snippets; read through this, the later steps find them read. A request's steps run one after another
+(some in a worker thread), never at once.
 """
 
 from __future__ import annotations
