@@ -119,6 +119,15 @@ def check_request(request: SearchRequest) -> None:
         raise QmddError(ErrorCode.INVALID_INPUT, "limit must be between 1 and 100000")
 
 
+def no_words(query: str) -> QmddError:
+    """A keyword query with nothing to look up ("?!", "---", emoji): "No results" would read as "no page
+    says this", which it never asked."""
+    shown = query if len(query) <= 40 else query[:40] + "…"
+    return QmddError(ErrorCode.INVALID_INPUT,
+                     f"the query {shown!r} has no words or numbers: keyword search ignores punctuation and symbols",
+                     hints=("Search for a word the page contains; vsearch and query also search by meaning.",))
+
+
 async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, tokenizer: Tokenizer,
                          request: SearchRequest) -> tuple[dict[str, Any], list[DocRow]]:
     """The reply (terms, results) and, for the caller's own use, each result's document row."""
@@ -130,6 +139,8 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     for i, fetch in enumerate(sizes):
         asked = max(fetch, PHRASE_DEPTH)
         terms, found = await retrievers.keywords(request.query, asked, collection_ids, allowed, request.explain)
+        if not terms:
+            raise no_words(request.query)
         # Re-scoring, collapsing and snippets in one worker-thread hop: a hop costs more than any of them.
         answer = await trio.to_thread.run_sync(_rank_and_render, reads, tokenizer, matcher, request, terms, found,
                                                asked, i == len(sizes) - 1, limiter=cpu_limiter())
