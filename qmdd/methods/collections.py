@@ -35,16 +35,22 @@ def methods(s: Services) -> dict[str, MethodHandler]:
             "update": partial(update, s)}
 
 
-def list_collections(s: Services) -> list[dict[str, Any]]:
-    counts = docs.counts(s.reader)
+async def counts(s: Services) -> dict[int, tuple[int, int]]:
+    """collection id -> (documents, chunks): a pass over every chunk (~1.5 ms per 10k), off the event loop."""
+    found: dict[int, tuple[int, int]] = await trio.to_thread.run_sync(docs.counts, s.reader)
+    return found
+
+
+async def list_collections(s: Services) -> list[dict[str, Any]]:
+    counts_of = await counts(s)
     return [{"name": c.name, "root": c.root, "masks": list(c.masks), "excludes": list(c.excludes),
-             "documents": counts.get(c.id, (0, 0))[0], "chunks": counts.get(c.id, (0, 0))[1],
+             "documents": counts_of.get(c.id, (0, 0))[0], "chunks": counts_of.get(c.id, (0, 0))[1],
              "updated_at": c.updated_at, "uri": f"qmd://{c.name}/"}
             for c in docs.list_collections(s.reader)]
 
 
 async def list_(s: Services, params: dict[str, Any], call: Call) -> list[dict[str, Any]]:
-    return list_collections(s)
+    return await list_collections(s)
 
 
 async def add(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
@@ -61,7 +67,7 @@ async def add(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
             collection = docs.collection_by_name(s.reader, added["name"])
             total = await trio.to_thread.run_sync(selected_files, collection, s.config.max_file_bytes,
                                                   limiter=s.files)
-            indexed = docs.counts(s.reader).get(collection.id, (0, 0))[0]
+            indexed = (await counts(s)).get(collection.id, (0, 0))[0]
             raise incomplete_add_error(added["name"], indexed, total, failure) from None
         added["update"] = scanned.unwrap()
     return added
@@ -70,7 +76,7 @@ async def add(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
 async def remove(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     if params["dry_run"]:
         collection = docs.collection_by_name(s.reader, params["name"])
-        documents, chunks = docs.counts(s.reader).get(collection.id, (0, 0))
+        documents, chunks = (await counts(s)).get(collection.id, (0, 0))
         return planned({"name": collection.name, "root": collection.root, "documents": documents, "chunks": chunks})
     result: dict[str, Any] = await s.actors.indexer.call(RemoveCollection(params["name"]))
     await _sync_watches(s)
@@ -117,7 +123,7 @@ async def _sync_watches(s: Services) -> None:
 
 async def with_watch_state(s: Services) -> list[dict[str, Any]]:
     """The collections, each with its watch state (for `status`)."""
-    collections = list_collections(s)
+    collections = await list_collections(s)
     watch = await typed_outcome(s.actors.watcher.call, WatchStatus())
     # A watcher that is down must not take `status` (the place to see that it is down) with it.
     watched = watch.unwrap() if isinstance(watch, outcome.Value) else {"enabled": None, "collections": {}}

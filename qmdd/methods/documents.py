@@ -264,7 +264,7 @@ def _listing(s: Services, target: str, cwd: str | None, after: str | None = None
 
 async def ls(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     if not params["target"]:
-        return {"collections": list_collections(s)}
+        return {"collections": await list_collections(s)}
     collection, prefix, found = first_spelling(
         params["target"], lambda t: _listing(s, t, params["cwd"], params["after"], params["limit"]))
     answer = {"collection": collection.name, "prefix": prefix,
