@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from qmdctl.client import Client
+from qmdd.methods.semantic import RUN_WARNING_CHUNKS
 from qmdd.store.db import MIGRATIONS, migrate
 from tests.conftest import Env
 from tests.test_mcp import run, session
@@ -221,3 +222,41 @@ def test_a_backlog_left_by_a_stopped_run_is_embedded_at_start(watching: Env, en:
     with watching.client() as c:  # no file changes: only the start can wake the background
         c.call("status")
         wait_for(lambda: _coverage(watching)["en"] == (2, 2), "the backlog to be embedded after the start", 60)
+
+
+def test_searches_say_which_collection_a_run_is_still_embedding(env: Env, en: Path, tmp_path: Path) -> None:
+    big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of apples.\n"
+                                    for i in range(RUN_WARNING_CHUNKS + 20)})
+    env.run("collection", "add", str(en), "--name", "en")
+    env.run("embed", "-c", "en")
+    env.run("collection", "add", str(big), "--name", "big")
+    env.stop_daemon()
+    env.vars.update(QMDD_FAULT_PAUSES="embed.page=8")  # the run's first page waits: searches meet it half done
+    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big", "--json"], env=env.vars,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with env.client() as c:
+            wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
+            manual = c.call("status")["auto_embed"]["manual"]
+            assert manual["total"] == RUN_WARNING_CHUNKS + 20 and manual["done"] == 0 and not manual["force"]
+
+            def running_warnings(method: str, collections: list[str] | None) -> list[str]:
+                params: dict[str, Any] = {"query": "crate of apples", "limit": 3, "collections": collections}
+                return [w["message"] for w in c.call(method, params).get("warnings", ())
+                        if "being embedded" in w["message"]]
+
+            for method in ("vsearch", "query"):
+                for collections in (["big"], None, ["en", "big"]):
+                    assert running_warnings(method, collections) == [
+                        f"collection 'big' is being embedded ({RUN_WARNING_CHUNKS + 20:,} chunks to go), "
+                        "so vector results from it are incomplete"], (method, collections)
+                assert running_warnings(method, ["en"]) == []  # the run is not embedding what was searched
+        _, err = embedding.communicate(timeout=90)
+        assert embedding.returncode == 0, err
+        with env.client() as c:
+            assert c.call("status")["auto_embed"]["manual"] is None
+            assert "warnings" not in c.call("vsearch", {"query": "crate of apples", "limit": 3,
+                                                        "collections": ["big"]})
+    finally:
+        embedding.kill()
+        embedding.communicate()

@@ -82,6 +82,9 @@ class EmbedJobsActor(DatabaseActor):
         self.since: float | None = None
         self.last_run: dict[str, Any] | None = None
         self.last_error: str | None = None
+        # The manual run in progress: its collections (None: all), whether it re-embeds (`-f`: old vectors
+        # serve meanwhile), the chunks it embeds and how many are done.
+        self.manual: dict[str, Any] | None = None
         # (fingerprint, collection id) -> a chunk id up to which every chunk of the collection has a vector,
         # so a wake-up after one saved note counts the chunks above it, not the whole collection again.
         self._embedded_through: dict[tuple[str, int], int] = {}
@@ -110,7 +113,8 @@ class EmbedJobsActor(DatabaseActor):
         busy = self.state in ("embedding", "paused")
         return {"state": self.state, "collection": self.collection if busy else None,
                 "done": self.done if busy else None, "total": self.total if busy else None,
-                "since": self.since if busy else None, "last_run": self.last_run, "last_error": self.last_error}
+                "since": self.since if busy else None, "last_run": self.last_run, "last_error": self.last_error,
+                "manual": dict(self.manual) if self.manual else None}
 
     async def _embed_page(self, fingerprint: str, page: Sequence[PendingChunk]) -> int:
         """Embed, store and index one page of chunks (at bulk priority); returns the texts embedded."""
@@ -156,6 +160,8 @@ class EmbedJobsActor(DatabaseActor):
             todo = total if run.force else total - embedded
             offer_progress(progress, {"phase": "embed", "done": 0, "total": todo, "model": name})
             stopped = None
+            running = self.manual = {"collection_ids": collection_ids, "force": run.force, "done": 0, "total": todo,
+                                     "since": time.time()}
             try:
                 while True:
                     page = _cap_bytes(await self._read(_next_page, fingerprint, after, run, collection_ids),
@@ -167,6 +173,7 @@ class EmbedJobsActor(DatabaseActor):
                     if run.force:
                         await trio.to_thread.run_sync(self._force_progress.advance, after)
                     done += len(page)
+                    running["done"] = done
                     elapsed = time.monotonic() - started
                     offer_progress(progress, {"phase": "embed", "done": done, "total": todo, "model": name,
                                               "chunks_per_s": round(done / elapsed, 1) if elapsed else None})
@@ -180,6 +187,8 @@ class EmbedJobsActor(DatabaseActor):
                 if run.force:
                     await self._vectors.call(SuspendSnapshots(False))
                 raise
+            finally:
+                self.manual = None
             if run.force:
                 if stopped is None:
                     await trio.to_thread.run_sync(self._force_progress.finish)

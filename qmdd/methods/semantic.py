@@ -6,7 +6,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from qmdd.actors.messages import VectorCoverage
+import outcome
+
+from qmdd.actors.base import typed_outcome
+from qmdd.actors.messages import EmbedJobsStatus, VectorCoverage
 from qmdd.methods.call import Call, MethodHandler
 from qmdd.methods.keyword import finish
 from qmdd.methods.retrievers import ActorRetrievers
@@ -42,7 +45,10 @@ async def warn_unembedded(s: Services, answer: dict[str, Any], names: Sequence[s
     """A collection searched by name without a single vector answers by keywords or not at all: say so,
     and how to fix it. (An unfiltered search spans collections left unembedded on purpose: `status`
     shows each collection's coverage.)"""
-    if not names or any(w["code"] == ErrorCode.INDEX_NOT_READY.value for w in answer.get("warnings", ())):
+    if any(w["code"] == ErrorCode.INDEX_NOT_READY.value for w in answer.get("warnings", ())):
+        return
+    await _warn_running(s, answer, names)
+    if not names:
         return
     indexed: dict[int, int] = await s.actors.vectors.call(VectorCoverage())
     for name in dict.fromkeys(names):
@@ -53,3 +59,36 @@ async def warn_unembedded(s: Services, answer: dict[str, Any], names: Sequence[s
                 "message": f"collection {name!r} has no vectors for the model in use, so {consequence}",
                 "hints": [f"Run `qmdctl embed -c {name}` to embed it (new changes are then embedded "
                           "in the background)."]})
+
+
+# A run with fewer chunks than this to go ends within seconds (~45 chunks/s on 2 cores): the note saved a
+# moment ago is not worth a warning on every answer, the first embedding of a collection is.
+RUN_WARNING_CHUNKS = 100
+
+
+async def _warn_running(s: Services, answer: dict[str, Any], names: Sequence[str] | None) -> None:
+    """A searched collection whose vectors an embedding run is still making answers from part of
+    them: say which, and how far the run is. (`embed -f` replaces vectors, the old ones serve meanwhile.)"""
+    jobs = await typed_outcome(s.actors.embed_jobs.call, EmbedJobsStatus())
+    if not isinstance(jobs, outcome.Value):  # a stopped embed_jobs actor is status's to report
+        return
+    runs: list[tuple[list[str] | None, int]] = []
+    manual = jobs.value["manual"]
+    if manual and not manual["force"]:
+        ids = manual["collection_ids"]
+        runs.append((None if ids is None else [c.name for c in docs.list_collections(s.reader) if c.id in ids],
+                     manual["total"] - manual["done"]))
+    if jobs.value["state"] in ("embedding", "paused"):
+        runs.append(([jobs.value["collection"]], jobs.value["total"] - jobs.value["done"]))
+    searched = None if not names else set(names)
+    for embedding, left in runs:
+        if embedding is None:
+            embedding = [c.name for c in docs.list_collections(s.reader)]
+        hit = [name for name in embedding if searched is None or name in searched]
+        if left < RUN_WARNING_CHUNKS or not hit:
+            continue
+        which = f"collection {hit[0]!r} is" if len(hit) == 1 else f"collections {', '.join(map(repr, hit))} are"
+        answer.setdefault("warnings", []).append({
+            "code": ErrorCode.INDEX_NOT_READY.value,
+            "message": f"{which} being embedded ({left:,} chunks to go), so vector results from it are incomplete",
+            "hints": ["`qmdctl status` shows the run's progress; answers are complete once it ends."]})
