@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from qmdctl.client import Client
-from qmdd.methods.semantic import RUN_WARNING_CHUNKS
 from qmdd.store.db import MIGRATIONS, migrate
 from tests.conftest import Env
 from tests.test_mcp import run, session
@@ -224,39 +223,74 @@ def test_a_backlog_left_by_a_stopped_run_is_embedded_at_start(watching: Env, en:
         wait_for(lambda: _coverage(watching)["en"] == (2, 2), "the backlog to be embedded after the start", 60)
 
 
-def test_searches_say_which_collection_a_run_is_still_embedding(env: Env, en: Path, tmp_path: Path) -> None:
+def test_searches_warn_about_chosen_collections_with_missing_vectors(env: Env, en: Path, other: Path,
+                                                                      tmp_path: Path) -> None:
     big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of apples.\n"
-                                    for i in range(RUN_WARNING_CHUNKS + 20)})
+                                    for i in range(60)})
     env.run("collection", "add", str(en), "--name", "en")
     env.run("embed", "-c", "en")
+    env.run("collection", "add", str(other), "--name", "other")  # left unembedded on purpose
     env.run("collection", "add", str(big), "--name", "big")
     env.stop_daemon()
-    env.vars.update(QMDD_FAULT_PAUSES="embed.page=8")  # the run's first page waits: searches meet it half done
-    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big", "--json"], env=env.vars,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env.vars.update(QMDD_FAULT_PAUSES="embed.page=8")  # the run's first page waits: searches meet it
+    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big", "--json"],
+                                 env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def warnings(c: Client, method: str, collections: list[str] | None) -> list[str]:
+        params: dict[str, Any] = {"query": "crate of apples", "limit": 3, "collections": collections}
+        return [w["message"] for w in c.call(method, params).get("warnings", ())]
+
     try:
         with env.client() as c:
             wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
             manual = c.call("status")["auto_embed"]["manual"]
-            assert manual["total"] == RUN_WARNING_CHUNKS + 20 and manual["done"] == 0 and not manual["force"]
-
-            def running_warnings(method: str, collections: list[str] | None) -> list[str]:
-                params: dict[str, Any] = {"query": "crate of apples", "limit": 3, "collections": collections}
-                return [w["message"] for w in c.call(method, params).get("warnings", ())
-                        if "being embedded" in w["message"]]
-
-            for method in ("vsearch", "query"):
-                for collections in (["big"], None, ["en", "big"]):
-                    assert running_warnings(method, collections) == [
-                        f"collection 'big' is being embedded ({RUN_WARNING_CHUNKS + 20:,} chunks to go), "
-                        "so vector results from it are incomplete"], (method, collections)
-                assert running_warnings(method, ["en"]) == []  # the run is not embedding what was searched
+            assert (manual["total"], manual["done"], manual["force"]) == (60, 0, False)
+            assert "embed run on big: 0 of 60 chunks, started" in env.run("status").stdout
+            for method, consequence in (("vsearch", "vector search finds nothing in it"),
+                                        ("query", "its results come from keywords alone")):
+                for collections in (["big"], None, ["en", "big"]):  # chosen by the run: warned unfiltered too
+                    assert warnings(c, method, collections) == [
+                        f"collection 'big' has no vectors for the model in use, so {consequence}"]
+                assert warnings(c, method, ["en"]) == []
         _, err = embedding.communicate(timeout=90)
         assert embedding.returncode == 0, err
-        with env.client() as c:
-            assert c.call("status")["auto_embed"]["manual"] is None
-            assert "warnings" not in c.call("vsearch", {"query": "crate of apples", "limit": 3,
-                                                        "collections": ["big"]})
     finally:
         embedding.kill()
         embedding.communicate()
+    with env.client() as c:
+        assert c.call("status")["auto_embed"]["manual"] is None
+        assert warnings(c, "vsearch", ["big"]) == warnings(c, "vsearch", None) == []
+    env.stop_daemon()
+    with sqlite3.connect(env.paths.database) as conn:  # an embed interrupted two thirds short of the end
+        conn.execute("DELETE FROM embeddings WHERE hash IN (SELECT k.hash FROM chunks k JOIN documents d"
+                     " ON d.id = k.doc_id JOIN collections c ON c.id = d.collection_id WHERE c.name = 'big'"
+                     " ORDER BY k.id LIMIT 40)")
+    with env.client() as c:
+        partial = "collection 'big' has vectors for 20 of its 60 chunks, so vector results from it are incomplete"
+        for method, consequence in (("vsearch", "vector search finds nothing in it"),
+                                    ("query", "its results come from keywords alone")):
+            assert warnings(c, method, None) == warnings(c, method, ["big"]) == [partial]
+            assert warnings(c, method, ["other"]) == [  # named: warned; unfiltered: unembedded on purpose
+                f"collection 'other' has no vectors for the model in use, so {consequence}"]
+    proc = env.run("vsearch", "crate of apples", "--json")
+    assert "has vectors for 20 of its 60 chunks" in proc.stderr and "qmdctl embed -c big" in proc.stderr
+    env.run("embed", "-c", "big")
+    with env.client() as c:
+        assert warnings(c, "query", None) == []
+
+
+def test_the_background_takes_up_what_an_interrupted_embed_left(watching: Env, tmp_path: Path) -> None:
+    big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of pears.\n"
+                                    for i in range(200)})  # more than one page of a manual run
+    watching.run("collection", "add", str(big), "--name", "big")
+    watching.stop_daemon()
+    watching.vars.update(QMDD_FAULT_PAUSES="embed.page=4")
+    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big", "--json"],
+                                 env=watching.vars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with watching.client() as c:
+        wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
+        embedding.kill()  # Ctrl-C: the run ends after its first page
+        embedding.wait()
+        wait_for(lambda: c.call("status")["auto_embed"]["manual"] is None, "the run to stop")
+        # No file changed and the daemon did not restart: only the end of the run wakes the background.
+        wait_for(lambda: _coverage(watching)["big"] == (200, 200), "the rest to be embedded in the background", 60)

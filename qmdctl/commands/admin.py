@@ -60,6 +60,11 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
              f"errors {rpc['errors'] or 0}")
     _model_text(out, s.get("model") or {})
     if s.get("auto_embed"):
+        run = s["auto_embed"].get("manual")
+        if run:
+            started = _ago(max(0.0, s["time"] - run["since"]))
+            out.line(f"  embed run{' -f' if run['force'] else ''} on {', '.join(run['collections'])}: "
+                     f"{run['done']:,} of {run['total']:,} chunks, started {started} ago")
         out.line(f"  background embedder: {_auto_embed_text(s['auto_embed'], s['time'])}")
     if s["problems"]:
         out.line(f"\n{out.style('Skipped files', 'yellow')} ({len(s['problems'])} shown)")

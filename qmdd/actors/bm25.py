@@ -16,8 +16,8 @@ from typing import Any
 import trio
 from pyroaring import BitMap
 
-from qmdd.actors.base import DerivedIndexActor, Generation, Handler
-from qmdd.actors.messages import ApplyChunks, Bm25Query, SaveSnapshot, VerifyIndex
+from qmdd.actors.base import DerivedIndexActor, Generation, Handler, concurrent
+from qmdd.actors.messages import ApplyChunks, Bm25Query, ChunkCounts, SaveSnapshot, VerifyIndex
 from qmdd.search.bm25index import BM25Index, ChunkHit, SnapshotError
 from qmdd.search.fields import index_chunks, query_name_keys, snapshot_meta
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
@@ -37,19 +37,27 @@ class Bm25Actor(DerivedIndexActor):
         self._meta = snapshot_meta(database_id, self._tokenizer, k1, b)
         self.index = BM25Index(k1=k1, b=b)
         self.queries = 0
+        # collection id -> live chunks, as of the last change searches can see: replaced, never mutated,
+        # so it is answered at once, even while a batch is being applied in a worker thread.
+        self._sizes: dict[int, int] = {}
 
     def handlers(self) -> dict[type, Handler]:
-        return {ApplyChunks: self._apply, Bm25Query: self._query, SaveSnapshot: self._save,
-                VerifyIndex: self._verify}
+        return {ApplyChunks: self._apply, Bm25Query: self._query, ChunkCounts: concurrent(self._counts),
+                SaveSnapshot: self._save, VerifyIndex: self._verify}
 
     async def setup(self) -> None:
         await super().setup()
         seconds = await self.load()
+        self._sizes = self.index.collection_sizes()
         log.info("bm25 ready: %s, %d chunks in %.2fs", self.loaded_from, len(self.index.chunk_ids()), seconds)
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
                 **self.index.statistics()}
+
+    def _changed(self) -> None:
+        super()._changed()
+        self._sizes = self.index.collection_sizes()
 
     def _open_snapshot(self) -> tuple[BM25Index, dict[str, Any]]:
         return BM25Index.load(self._snapshot)
@@ -108,6 +116,9 @@ class Bm25Actor(DerivedIndexActor):
         return terms, self.index.search(terms, limit=message.limit, allowed=allowed, explain=message.explain,
                                         term_weights=[float(w) for w in weighted.values()],
                                         names=query_name_keys(self._tokenizer, message.text))
+
+    async def _counts(self, _: ChunkCounts) -> dict[int, int]:
+        return self._sizes
 
     async def _query(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
         self.queries += 1

@@ -82,8 +82,8 @@ class EmbedJobsActor(DatabaseActor):
         self.since: float | None = None
         self.last_run: dict[str, Any] | None = None
         self.last_error: str | None = None
-        # The manual run in progress: its collections (None: all), whether it re-embeds (`-f`: old vectors
-        # serve meanwhile), the chunks it embeds and how many are done.
+        # The manual run in progress (for `status`): its collections, whether it re-embeds (`-f`), the chunks
+        # it embeds and how many are done.
         self.manual: dict[str, Any] | None = None
         # (fingerprint, collection id) -> a chunk id up to which every chunk of the collection has a vector,
         # so a wake-up after one saved note counts the chunks above it, not the whole collection again.
@@ -134,12 +134,17 @@ class EmbedJobsActor(DatabaseActor):
         offer_progress(progress, {"phase": "embed", "done": 0, "total": None, "waiting": "loading the model"})
         model = await self._embedder.call(ModelStatus(load=True))
         ids = message.collection_ids or None  # none named: all of them
-        chosen = ids if ids is not None else [c.id for c in await self._read(docs.list_collections)]
+        names = {c.id: c.name for c in await self._read(docs.list_collections) if ids is None or c.id in ids}
         # The user's choice, kept: the background keeps these collections embedded from now on.
-        await self._indexer.call(ChooseForEmbedding(chosen))
-        return await self._embed_pending(model, ids, message)
+        await self._indexer.call(ChooseForEmbedding(list(names)))
+        try:
+            return await self._embed_pending(model, ids, list(names.values()), message)
+        finally:
+            # What a run stopped short left (Ctrl-C, --timeout, a failed page) is the background's from
+            # now on, as a killed run's is at the next start: these collections are chosen.
+            self._wake.set()
 
-    async def _embed_pending(self, model: dict[str, Any], collection_ids: list[int] | None,
+    async def _embed_pending(self, model: dict[str, Any], collection_ids: list[int] | None, names: list[str],
                              run: EmbedCollections) -> dict[str, Any]:
         """Embed every chunk without a vector for `model` (with `run.force`, every chunk) of these
         collections (or of all), a page at a time, each page committed."""
@@ -160,7 +165,7 @@ class EmbedJobsActor(DatabaseActor):
             todo = total if run.force else total - embedded
             offer_progress(progress, {"phase": "embed", "done": 0, "total": todo, "model": name})
             stopped = None
-            running = self.manual = {"collection_ids": collection_ids, "force": run.force, "done": 0, "total": todo,
+            running = self.manual = {"collections": names, "force": run.force, "done": 0, "total": todo,
                                      "since": time.time()}
             try:
                 while True:

@@ -132,6 +132,11 @@ class Bm25Query:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkCounts:
+    """BM25: collection id -> how many of its chunks the index holds, now."""
+
+
+@dataclass(frozen=True, slots=True)
 class IndexEmbedded:
     """Vectors: these text hashes now have vectors in SQLite; index every chunk that carries one."""
 

@@ -202,6 +202,10 @@ class BM25Index:
     def chunk_ids(self) -> BitMap:
         return self._live.copy()
 
+    def collection_sizes(self) -> dict[int, int]:
+        """collection id -> its live chunks."""
+        return {cid: len(members) for cid, members in self._by_coll.items()}
+
     def collection_chunks(self, collection_id: int) -> BitMap:
         members = self._by_coll.get(collection_id)
         return members.copy() if members is not None else BitMap()

@@ -87,11 +87,6 @@ def count_pending(conn: sqlite3.Connection, fingerprint: str, collection_ids: Se
         (above_id, through_id, *collection_ids, fingerprint)).fetchone()[0])
 
 
-def has_chunks(conn: sqlite3.Connection, collection_id: int) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM documents d JOIN chunks k ON k.doc_id = d.id"
-                        " WHERE d.collection_id = ?)", (collection_id,)).fetchone()[0] == 1
-
-
 def last_chunk_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0])
 
