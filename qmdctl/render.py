@@ -168,7 +168,7 @@ class Output:
             self.line("| " + " | ".join(columns) + " |")
             self.line("|" + "---|" * len(columns))
             for r in rows:
-                self.line("| " + " | ".join(str(_cell(r.get(c))).replace("|", "\\|") for c in columns) + " |")
+                self.line("| " + " | ".join(one_line(str(_cell(r.get(c)))).replace("|", "\\|") for c in columns) + " |")
         elif self.fmt == "xml":
             self.line('<?xml version="1.0" encoding="UTF-8"?>\n<items>')
             for r in rows:
@@ -179,10 +179,11 @@ class Output:
             for r in rows:
                 self.line(files_field(str(r.get("file") or r.get("uri") or r.get(columns[0]))))
         else:
-            widths = [max([len(c), *(len(str(_cell(r.get(c)))) for r in rows)]) for c in columns]
+            cells = [[one_line(str(_cell(r.get(c)))) for c in columns] for r in rows]
+            widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
             self.line("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-            for r in rows:
-                self.line("  ".join(str(_cell(r.get(c))).ljust(w) for c, w in zip(columns, widths, strict=True)))
+            for line in cells:
+                self.line("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
 
     def value(self, value: Any, text: Callable[[Any], None],
               rows: Callable[[Any], tuple[list[dict[str, Any]], list[str]]] | None = None) -> None:
@@ -230,6 +231,12 @@ def xml_escape(text: str) -> str:
     """Text for an XML element or attribute; what XML cannot carry is shown as a visible `\\x1b` escape."""
     text = _NOT_XML.sub(_visible_escape, text)
     return re.sub(r"[&<>\"']", lambda m: _XML_ESCAPES[m.group()], text)
+
+
+def one_line(text: str) -> str:
+    """A name or label on its line of text or md output, a line break in it (a file name may have one)
+    written as `\\n` (`\\r`): it cannot start what reads as another result or row."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def files_field(text: str, quoted: bool = False) -> str:

@@ -77,6 +77,22 @@ def test_text_output_and_errors_show_escapes_instead_of_sending_them(hostile: En
         assert_inert(proc.stdout, f"qmdctl {' '.join(args)!r} (stdout)")
 
 
+def test_a_line_break_in_a_name_cannot_fake_a_line_of_output(env: Env, tmp_path: Path) -> None:
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "two\nqmd:__notes_fake.md").write_text("# Wombat\n\nwombat burrows\n")
+    env.run("collection", "add", str(root), "--name", "notes")
+    env.run("context", "add", "qmd://notes/", "line one\nScore: 100%")
+    for args in [("search", "wombat"), ("search", "wombat", "--md"), ("ls", "notes"), ("ls", "notes", "--md"),
+                 ("multi-get", "notes/*.md"), ("multi-get", "notes/*.md", "--md"), ("status",)]:
+        shown = env.run(*args).stdout
+        lines = shown.splitlines()
+        assert not any(line.startswith(("qmd:__notes_fake", "Score: 100%")) for line in lines), (args, shown)
+        assert "two\\nqmd:__notes_fake.md" in shown or args == ("status",), (args, shown)
+    assert "Context: line one\\nScore: 100%" in env.run("search", "wombat").stdout
+    assert env.json("search", "wombat")[0]["file"] == "qmd://notes/two\nqmd:__notes_fake.md"  # JSON: exact
+
+
 def test_program_formats_are_exact_when_redirected(hostile: Env) -> None:
     raw = hostile.run("search", "wombat", "--json").stdout
     assert_inert(raw, "search --json")  # the same values, with \\u escapes for what JSON leaves raw

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from qmdctl.render import human_size
+from qmdctl.render import human_size, one_line
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
@@ -69,7 +69,8 @@ def _status_text(out: Output, s: dict[str, Any]) -> None:
     if s["problems"]:
         out.line(f"\n{out.style('Skipped files', 'yellow')} ({len(s['problems'])} shown)")
         for p in s["problems"][:20]:
-            out.line(f"  qmd://{p['collection']}/{p['path']}: {p['code']}: {p['message']}")
+            where = one_line(f"qmd://{p['collection']}/{p['path']}")
+            out.line(f"  {where}: {p['code']}: {one_line(p['message'])}")
 
 
 def _watch_text(out: Output, w: dict[str, Any], s: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ import time
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
-from qmdctl.render import files_field, human_size, number_lines, report_error, xml_escape
+from qmdctl.render import files_field, human_size, number_lines, one_line, report_error, xml_escape
 from qmdd.protocol.errors import QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -29,7 +29,7 @@ def _numbered_body(body: str, first_line: int) -> str:
 
 def _ident(entry: dict[str, Any], sep: str = "  ") -> str:
     """The file, then its docid when it has one (not under --full-path)."""
-    return entry["file"] + (f"{sep}{entry['docid']}" if entry.get("docid") else "")
+    return one_line(entry["file"]) + (f"{sep}{entry['docid']}" if entry.get("docid") else "")
 
 
 def get(inv: Invocation) -> int:
@@ -46,13 +46,13 @@ def get(inv: Invocation) -> int:
         out.csv(["docid", "file", "title", "context", "from_line", "body"],
                 [[doc.get("docid"), doc["file"], doc["title"], doc["context"], doc["from_line"], doc["body"]]])
     elif out.fmt == "md":
-        out.line(f"## {doc['file']}\n")
+        out.line(f"## {one_line(doc['file'])}\n")
         if doc.get("docid"):
-            out.line(f"**docid:** `{doc['docid']}`  \n**Title:** {doc['title']}")
+            out.line(f"**docid:** `{doc['docid']}`  \n**Title:** {one_line(doc['title'])}")
         else:
-            out.line(f"**Title:** {doc['title']}")
+            out.line(f"**Title:** {one_line(doc['title'])}")
         if doc["context"]:
-            out.line(f"**Context:** {doc['context']}")
+            out.line(f"**Context:** {one_line(doc['context'])}")
         out.line(f"\n````markdown\n{doc['body'].removesuffix(chr(10))}\n````")
     elif out.fmt == "xml":
         out.line('<?xml version="1.0" encoding="UTF-8"?>')
@@ -60,7 +60,7 @@ def get(inv: Invocation) -> int:
     else:
         out.line(out.style(_ident(doc), "cyan"))
         if doc["context"]:
-            out.line(f"Folder Context: {doc['context']}")
+            out.line(f"Folder Context: {one_line(doc['context'])}")
         out.line("---\n")
         body = doc["body"]
         out.line(_numbered_body(body, doc["from_line"]) if _numbered(inv) else body.removesuffix("\n"))
@@ -131,12 +131,12 @@ def multi_get(inv: Invocation) -> int:
             out.line(_files_record(e))
     elif out.fmt == "md":
         for e in entries:
-            out.line(f"## {e['file']}\n")
+            out.line(f"## {one_line(e['file'])}\n")
             if e.get("docid"):
                 out.line(f"**docid:** `{e['docid']}`\n")
-            out.line(f"**Title:** {e['title']}\n")
+            out.line(f"**Title:** {one_line(e['title'])}\n")
             if e.get("context"):
-                out.line(f"**Context:** {e['context']}\n")
+                out.line(f"**Context:** {one_line(e['context'])}\n")
             body = e.get("body", "").removesuffix("\n")
             out.line(f"> {e['reason']}\n" if e.get("skipped") else f"````markdown\n{body}\n````\n")
     elif out.fmt == "xml":
@@ -154,13 +154,14 @@ def _multi_get_text(inv: Invocation, e: dict[str, Any]) -> None:
     """qmd's block per document; -l's truncation marker stands on its own line, unnumbered."""
     out = inv.output
     out.line("\n" + "=" * 60)
-    out.line(f"File: {out.style(e['file'], 'cyan')}" + (f"  {out.style(e['docid'], 'dim')}" if e.get("docid") else ""))
+    out.line(f"File: {out.style(one_line(e['file']), 'cyan')}"
+             + (f"  {out.style(e['docid'], 'dim')}" if e.get("docid") else ""))
     out.line("=" * 60 + "\n")
     if e.get("skipped"):
         out.line(out.style(f"[SKIPPED: {e['reason']}]", "yellow"))
         return
     if e.get("context"):
-        out.line(f"Folder Context: {e['context']}\n---\n")
+        out.line(f"Folder Context: {one_line(e['context'])}\n---\n")
     body, marker = e["body"], ""
     if e.get("lines_after"):
         marker = f"[... truncated {e['lines_after']} more lines]"
@@ -192,7 +193,7 @@ def ls(inv: Invocation) -> int:
         if not files:
             out.line(f"No files found in collection: {answer['collection']}")
         for f in files:
-            out.line(f"{human_size(f['size']):>9}  {_when(f['mtime'])}  {f['file']}")
+            out.line(f"{human_size(f['size']):>9}  {_when(f['mtime'])}  {one_line(f['file'])}")
     else:
         out.table(files, ["file", "docid", "size", "mtime", "title"])
     return 0

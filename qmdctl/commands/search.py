@@ -6,7 +6,7 @@ import json
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
-from qmdctl.render import files_field, number_lines, xml_escape
+from qmdctl.render import files_field, number_lines, one_line, xml_escape
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
@@ -108,9 +108,9 @@ def render_results(out: Output, shaped: list[dict[str, Any]], query: str, *, min
     elif out.fmt == "md":
         for s in shaped:
             docid = f"\n**docid:** `{s['docid']}`" if "docid" in s else ""
-            out.line(f"---\n# {s['title'] or s['file']}\n**file:** `{s['file']}`{docid}")
+            out.line(f"---\n# {one_line(s['title'] or s['file'])}\n**file:** `{one_line(s['file'])}`{docid}")
             if s.get("context"):
-                out.line(f"**context:** {s['context']}")
+                out.line(f"**context:** {one_line(s['context'])}")
             out.line(f"\n{s.get('body', s.get('snippet'))}\n")
     else:
         _render_text(out, shaped, min_score)
@@ -124,14 +124,14 @@ def _render_text(out: Output, shaped: list[dict[str, Any]], min_score: float) ->
         if i:
             out.line()
         docid = f" {out.style(s['docid'], 'dim')}" if "docid" in s else ""
-        out.line(f"{out.style(s['file'] + ':' + str(s['line']), 'cyan')}{docid}")
+        out.line(f"{out.style(one_line(s['file']) + ':' + str(s['line']), 'cyan')}{docid}")
         if s["title"]:
-            out.line(f"Title: {out.style(s['title'], 'bold')}")
+            out.line(f"Title: {out.style(one_line(s['title']), 'bold')}")
         if s.get("context"):
-            out.line(f"Context: {s['context']}")
+            out.line(f"Context: {one_line(s['context'])}")
         if s.get("copies"):
             more = f" (+{len(s['copies']) - 3} more)" if len(s["copies"]) > 3 else ""
-            out.line(f"Copies: {', '.join(s['copies'][:3])}{more}")
+            out.line(f"Copies: {', '.join(map(one_line, s['copies'][:3]))}{more}")
         pct = round(s["score"] * 100)
         colour = "green" if s["score"] >= 0.7 else "yellow" if s["score"] >= 0.4 else "dim"
         out.line(f"Score: {out.style(f'{pct:>3}%', colour)}")
