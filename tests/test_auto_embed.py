@@ -292,5 +292,7 @@ def test_the_background_takes_up_what_an_interrupted_embed_left(watching: Env, t
         embedding.kill()  # Ctrl-C: the run ends after its first page
         embedding.wait()
         wait_for(lambda: c.call("status")["auto_embed"]["manual"] is None, "the run to stop")
+        log = watching.paths.log_file.read_text()
+        assert "embed via socket: CLIENT_GONE" in log and "embed via socket: INTERNAL" not in log  # ended, not failed
         # No file changed and the daemon did not restart: only the end of the run wakes the background.
         wait_for(lambda: _coverage(watching)["big"] == (200, 200), "the rest to be embedded in the background", 60)

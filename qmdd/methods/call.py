@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 Emit = Callable[[str, Any], Awaitable[None]]
 Receive = Callable[[], Awaitable[Mapping[str, Any] | None]]
 """The client's next frame, decoded (a map with a string type) but unchecked: a session method decides
@@ -27,6 +29,14 @@ class Call:
 
 
 MethodHandler = Callable[[dict[str, Any], Call], Awaitable[Any]]
+
+
+def client_gone(exc: BaseException) -> bool:
+    """True when every failure inside `exc` is the client's stream breaking (it disconnected): an ended
+    call, not a failed one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(client_gone(e) for e in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 STREAM_BATCH = 500
 

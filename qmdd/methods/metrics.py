@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from qmdd.methods.call import Call, MethodHandler
+from qmdd.methods.call import Call, MethodHandler, client_gone
 from qmdd.protocol.errors import unwrap_error
 from qmdd.tracing import span
 
@@ -62,7 +62,8 @@ def timed(table: Mapping[str, MethodHandler], metrics: Metrics, door: str) -> di
                     return await handler(params, call)
             except Exception as exc:  # recorded and raised again: the door's handler answers it
                 typed = unwrap_error(exc)
-                error = str(typed.code) if typed is not None else "INTERNAL"
+                # A client that hung up (Ctrl-C on a long embed) ended its call: no daemon error to count.
+                error = str(typed.code) if typed is not None else "CLIENT_GONE" if client_gone(exc) else "INTERNAL"
                 raise
             finally:
                 seconds = time.perf_counter() - started

@@ -125,7 +125,7 @@ def no_words(query: str) -> QmddError:
     shown = query if len(query) <= 40 else query[:40] + "…"
     return QmddError(ErrorCode.INVALID_INPUT,
                      f"the query {shown!r} has no words or numbers: keyword search ignores punctuation and symbols",
-                     hints=("Search for a word the page contains; vsearch and query also search by meaning.",))
+                     hints=("Search for a word or a number that the page contains.",))
 
 
 async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, tokenizer: Tokenizer,

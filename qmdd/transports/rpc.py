@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from qmdd import ownfiles
-from qmdd.methods.call import Call, MethodHandler
+from qmdd.methods.call import Call, MethodHandler, client_gone
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.protocol.framing import FrameReader, FrameStalled, FrameTooLarge
@@ -103,13 +103,6 @@ def redact_identity(token: Any) -> str | None:
     if not isinstance(token, str):
         raise QmddError(ErrorCode.PROTOCOL_ERROR, "a request's identity must be a string")
     return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-
-
-def _client_gone(exc: BaseException) -> bool:
-    """True when every failure inside `exc` is the client's stream breaking (it disconnected)."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_client_gone(e) for e in exc.exceptions)
-    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 async def read_frame(reader: FrameReader, stall_s: float) -> bytes | None:
@@ -278,7 +271,7 @@ class RpcServer:
                       f" identity={identity}" if identity else "")
             value = await handler(params, Call(emit, receive, trace_id))
         except Exception as exc:
-            if _client_gone(exc):
+            if client_gone(exc):
                 raise trio.BrokenResourceError("client went away mid-stream") from None
             typed = unwrap_error(exc)
             if typed is not None:
