@@ -56,6 +56,7 @@ class FileProblem:
     path: str
     code: str
     message: str
+    file: bool = True  # False: a directory, an ignore file or an entry not told apart (not among `skipped`)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class ScanSummary:
                 "removed": self.removed, "chunks_added": self.chunks_added,
                 # Bounded, so a tree of a million unreadable files still fits in one reply frame;
                 # `qmdctl status` lists the recorded problems.
-                "problems": [{"path": p.path, "code": p.code, "message": p.message}
+                "problems": [{"path": p.path, "code": p.code, "message": p.message, "file": p.file}
                              for p in self.problems[:MAX_REPORTED_PROBLEMS]],
                 "problems_total": len(self.problems),
                 "seconds": round(self.seconds, 3)}
@@ -186,7 +187,7 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
         if collection.root_key is None:
             docs.pin_root(conn, collection.id, root.key)
         walk = walk_collection(root, config)
-        summary.problems.extend(FileProblem(p.relpath, p.code, p.message) for p in walk.problems)
+        summary.problems.extend(FileProblem(p.relpath, p.code, p.message, p.file) for p in walk.problems)
         summary.skipped = sum(p.file for p in walk.problems)
         summary.files = len(walk.files) + summary.skipped
         states = docs.doc_states(conn, collection.id)

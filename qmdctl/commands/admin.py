@@ -161,8 +161,9 @@ def print_summaries(out: Output, summaries: list[dict[str, Any]]) -> None:
             out.line(f"{out.style(s['collection'], 'cyan')}: {s['files']} files in {s['seconds']:.2f}s")
             out.line(f"Indexed: {s['new']} new, {s['updated']} updated, {s['unchanged']} unchanged, "
                      f"{s['removed']} removed" + (f", {s['skipped']} skipped" if s["skipped"] else ""))
-            for p in s["problems"][:10]:
-                out.line(out.style(f"  skipped {p['path']}: {p['code']}: {p['message']}", "yellow"))
+            for p in s["problems"][:10]:  # what is not a file (a folder, a symlink to one) is not counted above
+                what = "skipped" if p.get("file", True) else "left out"
+                out.line(out.style(f"  {what} {one_line(p['path'])}: {p['code']}: {one_line(p['message'])}", "yellow"))
             if s["problems_total"] > 10:
                 out.line(out.style(f"  … and {s['problems_total'] - 10} more (qmdctl status)", "yellow"))
 
