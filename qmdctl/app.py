@@ -44,7 +44,7 @@ def _callback(command: Command) -> Any:
 def build_app() -> typer.Typer:
     # Help texts are plain text with literal brackets (COLLECTION[/path]): no rich markup parsing.
     app = typer.Typer(name="qmdctl", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                      help="qmdctl: keyword search over your markdown, through the warm qmdd daemon.\n\n"
+                      help="qmdctl: keyword, vector and hybrid search of your markdown, by the warm qmdd daemon.\n\n"
                            "Global options (before or after the command): --index NAME uses a named index "
                            "(its own data and daemon; `qmdctl init` makes one for a project folder); "
                            "-v/--version prints the version.",
