@@ -103,10 +103,12 @@ class VectorsActor(DerivedIndexActor):
                 **self._chunk_docs.statistics()}
 
     async def _coverage(self, _: VectorCoverage) -> dict[int, int]:
-        """collection id -> chunks with a vector in the index."""
-        if self.index is None:
-            return {}
-        return {cid: len(members) for cid, members in self.index.collections.items()}
+        """collection id -> chunks with a vector in the index: read under the lock, as a query is, since a
+        worker thread may be changing the index (a new collection's first vectors add a key)."""
+        async with self._lock:
+            if self.index is None:
+                return {}
+            return {cid: len(members) for cid, members in self.index.collections.items()}
 
     def _open_snapshot(self) -> tuple[VectorIndex, dict[str, Any]]:
         return VectorIndex.load(self._snapshot)
