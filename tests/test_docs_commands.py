@@ -85,6 +85,10 @@ def test_multi_get_prints_what_it_found_and_reports_each_miss(env: Env, diary: P
         proc = env.run("multi-get", pattern, "--json", check=False)
         assert proc.returncode == ErrorCode.NOT_FOUND.spec.exit_code and proc.stdout == ""
         assert json.loads(proc.stderr)["code"] == "NOT_FOUND"
+    for pattern in ("", " , ,"):  # names nothing: a mistake to say, not a search that found nothing
+        proc = env.run("multi-get", pattern, "--json", check=False)
+        assert proc.returncode == ErrorCode.INVALID_INPUT.spec.exit_code
+        assert "the pattern is empty" in json.loads(proc.stderr)["detail"]
 
 
 def test_ls_lists_by_path_prefix_and_refuses_what_is_not_there(env: Env, diary: Path) -> None:

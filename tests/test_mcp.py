@@ -114,6 +114,8 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             misspelt = await client.call_tool("search", {"query": "x", "colections": ["kb"]})  # not ignored
             assert misspelt.is_error and "INVALID_INPUT: search: no argument 'colections'" in misspelt.content[0].text
             assert "collections" in misspelt.content[0].text  # the hint names what it takes
+            extra = await client.call_tool("status", {"verbose": True})
+            assert extra.is_error and "hint: status takes no arguments." in extra.content[0].text
             for old_name in ("nope", ["nope"]):  # qmd 1.x's `collection`: one name, or a list
                 refused = await client.call_tool("search", {"query": "quokka-7", "collection": old_name})
                 assert refused.is_error and "COLLECTION_NOT_FOUND" in refused.content[0].text

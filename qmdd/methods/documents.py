@@ -191,6 +191,9 @@ def _nothing_found(patterns: list[str], misses: list[QmddError]) -> QmddError:
 async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
     """Streams a `missing` item (an error object) for each name that means nothing, then a `result` item
     per document; fails with NOT_FOUND only when no document at all is found."""
+    if not any(pattern.replace(",", "").strip() for pattern in params["patterns"]):
+        raise QmddError(ErrorCode.INVALID_INPUT, "the pattern is empty: it names no file",
+                        hints=("Name files by a glob (notes/2026-*.md) or as a comma-separated list of paths.",))
     wanted, misses = await _wanted(s, params["patterns"], params["cwd"])
     if not wanted:
         raise _nothing_found(params["patterns"], misses)

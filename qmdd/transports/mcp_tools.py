@@ -152,7 +152,8 @@ class QmddServer(MCPServer):
         # The SDK drops arguments its schema lacks: a misspelt `collections` would search everything.
         if unknown := sorted(set(arguments) - set(known)):
             raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: no argument {', '.join(map(repr, unknown))}",
-                                       hints=(f"{name} takes {', '.join(known)}.",)))
+                                       hints=(f"{name} takes {', '.join(known)}." if known
+                                              else f"{name} takes no arguments.",)))
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
