@@ -274,6 +274,14 @@ def test_searches_warn_about_chosen_collections_with_missing_vectors(env: Env, e
                 f"collection 'other' has no vectors for the model in use, so {consequence}"]
     proc = env.run("vsearch", "crate of apples", "--json")
     assert "has vectors for 20 of its 60 chunks" in proc.stderr and "qmdctl embed -c big" in proc.stderr
+
+    async def over_mcp() -> None:  # an agent is told the same, with the tool that shows a run
+        async with session(env) as client:
+            found = await client.call_tool("vsearch", {"query": "crate of apples", "collections": ["big"]})
+            [warning] = found.structured_content["warnings"]
+            assert warning.startswith("INDEX_NOT_READY: " + partial) and "which the `status` tool shows" in warning
+
+    run(over_mcp)
     env.run("embed", "-c", "big")
     with env.client() as c:
         assert warnings(c, "query", None) == []

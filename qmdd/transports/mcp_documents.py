@@ -45,6 +45,7 @@ _MCP_WORDING: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), r)
     (r"Run `qmdctl collection list` to see the collections\.",
      "Call the `status` tool to see the collections."),
     (r"\s*Use 'qmdctl get [^']*' to retrieve\.", ""),
+    (r"which `qmdctl status` shows", "which the `status` tool shows"),
 ))
 _USER_COMMAND = re.compile(r"`qmdctl [^`]+`")
 
