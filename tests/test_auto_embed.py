@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from qmdctl.client import Client
+from qmdd.actors.embed_jobs import EMBED_PAGE
 from qmdd.store.db import MIGRATIONS, migrate
 from tests.conftest import Env
 from tests.test_mcp import run, session
@@ -304,3 +305,24 @@ def test_the_background_takes_up_what_an_interrupted_embed_left(watching: Env, t
         assert "embed via socket: CLIENT_GONE" in log and "embed via socket: INTERNAL" not in log  # ended, not failed
         # No file changed and the daemon did not restart: only the end of the run wakes the background.
         wait_for(lambda: _coverage(watching)["big"] == (200, 200), "the rest to be embedded in the background", 60)
+
+
+def test_an_embed_says_how_much_of_its_work_was_removed_while_it_ran(env: Env, tmp_path: Path) -> None:
+    big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of plums.\n"
+                                    for i in range(200)})  # more than one page of a manual run
+    env.run("collection", "add", str(big), "--name", "big")
+    env.stop_daemon()
+    env.vars.update(QMDD_FAULT_PAUSES="embed.page=4")
+    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big"],
+                                 env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with env.client() as c:
+            wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
+        env.run("collection", "remove", "big")  # while the first page waits
+        out, err = embedding.communicate(timeout=90)
+    finally:
+        embedding.kill()
+        embedding.communicate()
+    assert embedding.returncode == 0, err
+    assert f"embedded {EMBED_PAGE} chunk(s)" in out  # the page read before the removal
+    assert f"; {200 - EMBED_PAGE} left the index while it ran (files removed or changed)" in out

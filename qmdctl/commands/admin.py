@@ -278,6 +278,8 @@ def _embed_text(a: dict[str, Any]) -> str:
     else:
         text = (f"{a['model']}: embedded {a['embedded']} chunk(s) in {a['seconds']:.1f}s{rate}; "
                 f"{a['already_embedded']} already had vectors; {a['chunks']} in all")
+    if a.get("removed_meanwhile"):
+        text += f"; {a['removed_meanwhile']} left the index while it ran (files removed or changed)"
     if a.get("complete") is False:
         text += f"\nstopped before the end (timeout); `qmdctl embed{' -f' if a.get('force') else ''}` goes on"
     return text

@@ -204,7 +204,10 @@ class EmbedJobsActor(DatabaseActor):
         return {"model": name, "fingerprint": fingerprint, "chunks": total,
                 "already_embedded": embedded, "embedded": done, "texts_embedded": texts,
                 "seconds": round(elapsed, 3), "chunks_per_s": round(done / elapsed, 1) if done and elapsed else None,
-                "force": run.force, "complete": stopped is None}
+                "force": run.force, "complete": stopped is None,
+                # Pages go by chunk id, so a chunk re-indexed meanwhile (a new id) is still embedded: those
+                # missing at the end were removed.
+                "removed_meanwhile": max(0, todo - done) if stopped is None else 0}
 
     # --- the background ------------------------------------------------------------------------
 
