@@ -126,6 +126,15 @@ def test_embedder_crash_mid_batch_is_retried_after_restart(env: Env, corpus: Pat
     assert env.json("vsearch", "spaghetti", "-n", "1")[0]["file"] == "qmd://kb/cooking.md"
 
 
+def test_a_vector_search_does_not_fail_with_the_keyword_index(env: Env, corpus: Path) -> None:
+    env.vars["QMDD_FAULTS"] = "actor.bm25.ChunkCounts=1"  # asked for the coverage warning: it crashes once
+    env.run("collection", "add", str(corpus), "--name", "kb")
+    env.json("embed")
+    assert env.json("vsearch", "spaghetti", "-n", "1")[0]["file"] == "qmd://kb/cooking.md"
+    assert env.json("status")["actors"]["bm25"]["restarts"] == 1  # it did fail, and was restarted
+    assert env.json("search", "spaghetti")[0]["file"] == "qmd://kb/cooking.md"
+
+
 def test_embedder_failing_twice_gives_a_typed_error_and_search_keeps_working(env: Env, corpus: Path) -> None:
     env.vars["QMDD_FAULTS"] = "embedder.query_batch=2"
     env.run("collection", "add", str(corpus), "--name", "kb")

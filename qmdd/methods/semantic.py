@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import outcome
+
+from qmdd.actors.base import typed_outcome
 from qmdd.actors.messages import ChunkCounts, VectorCoverage
 from qmdd.methods.call import Call, MethodHandler
 from qmdd.methods.keyword import finish
@@ -51,7 +54,10 @@ async def warn_unembedded(s: Services, answer: dict[str, Any], names: Sequence[s
     if any(w["code"] == ErrorCode.INDEX_NOT_READY.value for w in answer.get("warnings", ())):
         return
     vectors: dict[int, int] = await s.actors.vectors.call(VectorCoverage())
-    chunks: dict[int, int] = await s.actors.bm25.call(ChunkCounts())
+    counted = await typed_outcome(s.actors.bm25.call, ChunkCounts())
+    if not isinstance(counted, outcome.Value):  # the keyword index restarting must not fail a vector search
+        return
+    chunks: dict[int, int] = counted.value
     chosen = emb.chosen_collections(s.reader)
     named = None if not names else set(names)
     for collection in docs.list_collections(s.reader):
