@@ -73,6 +73,23 @@ def _ndjson(env: Env, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
+def _items(root: Path, count: int, what: str) -> Path:
+    return _write(root, {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of {what}.\n"
+                         for i in range(count)})
+
+
+def _held_embed(env: Env, name: str, pause_s: int) -> subprocess.Popen[str]:
+    """`qmdctl embed -c NAME`, begun on a fresh daemon whose first embed page waits `pause_s` seconds: what
+    searches, status and the user meet while a run is under way."""
+    env.stop_daemon()
+    env.vars.update(QMDD_FAULT_PAUSES=f"embed.page={pause_s}")
+    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", name], env=env.vars,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with env.client() as c:
+        wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
+    return embedding
+
+
 def test_embed_c_counts_only_that_collection_and_marks_only_it(env: Env, en: Path, other: Path) -> None:
     env.run("collection", "add", str(en), "--name", "en")
     env.run("collection", "add", str(other), "--name", "other")
@@ -226,16 +243,12 @@ def test_a_backlog_left_by_a_stopped_run_is_embedded_at_start(watching: Env, en:
 
 def test_searches_warn_about_chosen_collections_with_missing_vectors(env: Env, en: Path, other: Path,
                                                                       tmp_path: Path) -> None:
-    big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of apples.\n"
-                                    for i in range(60)})
+    big = _items(tmp_path / "big", 60, "apples")
     env.run("collection", "add", str(en), "--name", "en")
     env.run("embed", "-c", "en")
     env.run("collection", "add", str(other), "--name", "other")  # left unembedded on purpose
     env.run("collection", "add", str(big), "--name", "big")
-    env.stop_daemon()
-    env.vars.update(QMDD_FAULT_PAUSES="embed.page=8")  # the run's first page waits: searches meet it
-    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big", "--json"],
-                                 env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    embedding = _held_embed(env, "big", 8)  # searches meet its first page waiting
 
     def warnings(c: Client, method: str, collections: list[str] | None) -> list[str]:
         params: dict[str, Any] = {"query": "crate of apples", "limit": 3, "collections": collections}
@@ -243,7 +256,6 @@ def test_searches_warn_about_chosen_collections_with_missing_vectors(env: Env, e
 
     try:
         with env.client() as c:
-            wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
             manual = c.call("status")["auto_embed"]["manual"]
             assert (manual["total"], manual["done"], manual["force"]) == (60, 0, False)
             assert "embed run on big: 0 of 60 chunks, started" in env.run("status").stdout
@@ -289,17 +301,12 @@ def test_searches_warn_about_chosen_collections_with_missing_vectors(env: Env, e
 
 
 def test_the_background_takes_up_what_an_interrupted_embed_left(watching: Env, tmp_path: Path) -> None:
-    big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of pears.\n"
-                                    for i in range(200)})  # more than one page of a manual run
+    big = _items(tmp_path / "big", 200, "pears")  # more than one page of a manual run
     watching.run("collection", "add", str(big), "--name", "big")
-    watching.stop_daemon()
-    watching.vars.update(QMDD_FAULT_PAUSES="embed.page=4")
-    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big", "--json"],
-                                 env=watching.vars, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    embedding = _held_embed(watching, "big", 4)
+    embedding.kill()  # Ctrl-C: the run ends after its first page
+    embedding.communicate()
     with watching.client() as c:
-        wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
-        embedding.kill()  # Ctrl-C: the run ends after its first page
-        embedding.wait()
         wait_for(lambda: c.call("status")["auto_embed"]["manual"] is None, "the run to stop")
         log = watching.paths.log_file.read_text()
         assert "embed via socket: CLIENT_GONE" in log and "embed via socket: INTERNAL" not in log  # ended, not failed
@@ -308,16 +315,10 @@ def test_the_background_takes_up_what_an_interrupted_embed_left(watching: Env, t
 
 
 def test_an_embed_says_how_much_of_its_work_was_removed_while_it_ran(env: Env, tmp_path: Path) -> None:
-    big = _write(tmp_path / "big", {f"item{i}.md": f"# Item {i}\n\nInventory line {i}: a crate of plums.\n"
-                                    for i in range(200)})  # more than one page of a manual run
+    big = _items(tmp_path / "big", 200, "plums")  # more than one page of a manual run
     env.run("collection", "add", str(big), "--name", "big")
-    env.stop_daemon()
-    env.vars.update(QMDD_FAULT_PAUSES="embed.page=4")
-    embedding = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "embed", "-c", "big"],
-                                 env=env.vars, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    embedding = _held_embed(env, "big", 4)
     try:
-        with env.client() as c:
-            wait_for(lambda: (c.call("status")["auto_embed"] or {}).get("manual") is not None, "the run to start")
         env.run("collection", "remove", "big")  # while the first page waits
         out, err = embedding.communicate(timeout=90)
     finally:
