@@ -91,7 +91,10 @@ def test_get_answers_a_qmd_resource_block_beside_the_structured_document(bridge:
     assert got["structuredContent"]["file"] == "qmd://kb/my note.md" and got["structuredContent"]["title"] == "My Note"
 
     ranged = bridge.tool("get", file="kb/my note.md:3", maxLines=1)
-    assert ranged["content"][0]["resource"]["text"].split("\n\n", 1)[1].startswith("3: First line.")  # from fromLine
+    assert ranged["content"][0]["resource"]["text"].split("\n\n", 1)[1] == "3: First line."  # no phantom "4: "
+    head = bridge.tool("get", file="kb/my note.md", fromLine=1, maxLines=2)
+    assert head["content"][0]["resource"]["text"].endswith("-->\n\n1: # My Note\n2: ")
+    assert head["structuredContent"]["body"] == "# My Note\n\n"  # the lines as the file has them
     raw = bridge.tool("get", file="kb/my note.md", fromLine=3, lineNumbers=False)
     assert raw["content"][0]["resource"]["text"].split("\n\n", 1)[1].startswith("First line.\nSecond line.")
 

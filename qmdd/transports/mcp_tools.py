@@ -246,7 +246,10 @@ def build_server(table: MethodTable) -> MCPServer:
         document = Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
                             context=answer["context"], from_line=answer["from_line"],
                             lines_after=answer["lines_after"], body=answer["body"])
-        block = resource_block(document.file, document.body, document.context, start_line=document.from_line,
+        # qmd joins the lines of a range it cut short: its last line has no line break, which numbered
+        # would read as one more, empty, line of the file.
+        shown = document.body.removesuffix("\n") if document.lines_after else document.body
+        block = resource_block(document.file, shown, document.context, start_line=document.from_line,
                                line_numbers=lineNumbers)
         return CallToolResult(content=[block], structured_content=document.model_dump(mode="json"))
 
