@@ -122,6 +122,8 @@ def test_inputs_found_by_fuzzing_get_problem_details_not_server_errors(door: htt
         problem(door.post(f"/{method}", content=b'{"query": "a", "min_score": 1' + b"0" * 400 + b"}"), 400,
                 "INVALID_INPUT")
         problem(door.post(f"/{method}", content=b'{"query": "alpha", "minScore": NaN}'), 400, "INVALID_INPUT")
+        for odd in ({"min_score": 7}, {"minScore": -3}, {"snippet_lines": -1}):  # as the CLI and MCP refuse
+            problem(door.post(f"/{method}", json={"query": "alpha", **odd}), 400, "INVALID_INPUT")
         problem(door.post(f"/{method}", json={"query": "a", "collection": ["notes"], "collections": [1]}), 400,
                 "INVALID_INPUT")
     problem(door.post("/search", content=b'{"query": "alpha", "path_prefix": "\\udcff"}'), 400, "INVALID_INPUT")

@@ -117,6 +117,13 @@ def check_request(request: SearchRequest) -> None:
                         hints=("Search for a sentence or a paragraph of the text you are looking for.",))
     if not 1 <= request.limit <= 100_000:
         raise QmddError(ErrorCode.INVALID_INPUT, "limit must be between 1 and 100000")
+    # Scores are 0..1 (cosine for vsearch can dip below 0, which no threshold needs): a threshold outside
+    # that range is a mistake (a percentage, a sign slip) that would answer nothing, or everything.
+    if not 0.0 <= request.min_score <= 1.0:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"min_score must be between 0 and 1, got {request.min_score}",
+                        hints=("A result's score is 0..1: 0.3 keeps results scoring 30% or more.",))
+    if request.snippet_lines < 1:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"snippet_lines must be 1 or more, got {request.snippet_lines}")
 
 
 def no_words(query: str) -> QmddError:
