@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from qmdctl.client import Client, call_collecting
-from qmdd.protocol.errors import ErrorCode
+from qmdd.protocol.errors import ErrorCode, QmddError
 from tests.conftest import Env
 
 DEADLINE_S = 15.0
@@ -102,8 +102,18 @@ def test_the_path_filter_keeps_to_whole_folder_names(env: Env, tree: Path) -> No
         for prefix in ("pages/", "pages", "/pages/", "pages/home.md"):
             assert hits(client, "wombat", path_prefix=prefix) == ["qmd://docs/pages/home.md"], prefix
         assert hits(client, "wombat", path_prefix="pages.ru") == ["qmd://docs/pages.ru/home.md"]
-        assert hits(client, "wombat", path_prefix="pag") == []  # not a folder name of its own
+        # The folder as `get` and `ls` name it: a qmd:// URI, collection/folder, or the folder on disk.
+        for prefix in ("qmd://docs/pages", "docs/pages", str(tree / "pages"), str(tree / "pages") + "/"):
+            assert hits(client, "wombat", path_prefix=prefix) == ["qmd://docs/pages/home.md"], prefix
+        for nothing in ("pag", "qmd://docs/nowhere", str(tree.parent)):  # "pag": not a folder name of its own
+            with pytest.raises(QmddError) as caught:
+                hits(client, "wombat", path_prefix=nothing)
+            assert caught.value.code is ErrorCode.PATH_NOT_FOUND, nothing
     assert [h["file"] for h in env.json("search", "wombat", "--path", "pages/")] == ["qmd://docs/pages/home.md"]
+    here = env.run("search", "wombat", "--path", "./pages", "--json", cwd=tree)  # relative to where it runs
+    assert [h["file"] for h in json.loads(here.stdout)] == ["qmd://docs/pages/home.md"]
+    missing = env.run("search", "wombat", "--path", "nowhere", check=False)
+    assert missing.returncode == ErrorCode.PATH_NOT_FOUND.spec.exit_code and "qmd://notes/ops" in missing.stderr
 
 
 def test_collection_not_found_is_said_in_qmds_words(env: Env, tree: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
@@ -35,8 +36,11 @@ def _run(inv: Invocation, method: str, extra: dict[str, Any]) -> int:
     args = inv.args
     fmt = inv.output.fmt
     limit = args["limit"] or (ALL_LIMIT if args["all"] else (20 if fmt in ("json", "files") else 5))
+    path = args["path"]
+    if path is not None and (path in (".", "..") or path.startswith(("./", "../"))):
+        path = os.path.abspath(path)  # a folder on disk, relative to where the user is
     params = {"query": " ".join(args["query"]), "limit": limit, "collections": args["collection"],
-              "path_prefix": args["path"], "min_score": args["min_score"], "explain": args["explain"],
+              "path_prefix": path, "min_score": args["min_score"], "explain": args["explain"],
               "full": args["full"], "plugins": args["plugin"], "plugin_strict": args["strict_plugins"],
               "collapse": not args["no_collapse"], **extra}
     answer = call_collecting(inv.client, method, params, "results")

@@ -25,6 +25,7 @@ from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, read_terms, with_ph
 from qmdd.search.ports import Retrievers
 from qmdd.search.reads import Reads
 from qmdd.search.snippets import Snippets
+from qmdd.search.targets import path_readings
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store import documents as docs
 from qmdd.store.contexts import list_contexts
@@ -51,8 +52,9 @@ class SearchRequest:
     query: str
     limit: int = 5
     collections: Sequence[str] | None = None
-    # A path inside the collections, matched whole folder names at a time ("pages/" and "pages" select
-    # what is in pages/, never pages.ru/); a partial name ("pag") selects nothing but a "pag" of its own.
+    # A folder (or file) inside the collections, matched whole names at a time ("pages/" and "pages" select
+    # what is in pages/, never pages.ru/), or one collection's as qmd://c/folder or a folder on disk
+    # (`targets.path_readings`); one under which nothing is indexed is PATH_NOT_FOUND.
     path_prefix: str | None = None
     min_score: float = 0.0
     explain: bool = False
@@ -83,15 +85,27 @@ class ContextIndex:
 
 
 def resolve_filters(conn: sqlite3.Connection, request: SearchRequest) -> tuple[list[int] | None, BitMap | None]:
+    """The collections searched (None: all) and the chunks the path filter lets through (None: all)."""
     collection_ids: list[int] | None = None
     if request.collections:
         rows: list[CollectionRow] = [docs.collection_by_name(conn, name) for name in request.collections]
         collection_ids = [r.id for r in rows]
-    allowed = None
-    if request.path_prefix:
-        prefix = request.path_prefix.strip("/")
-        allowed = BitMap(docs.doc_chunk_ids_under(conn, collection_ids, prefix))
-    return collection_ids, allowed
+    if not (request.path_prefix or "").strip().strip("/"):
+        return collection_ids, None
+    for reading in path_readings(request.path_prefix or "", docs.list_collections(conn)):
+        ids = collection_ids
+        if reading.collection is not None:
+            if ids is not None and reading.collection.id not in ids:
+                continue
+            ids = [reading.collection.id]
+        allowed = BitMap(docs.doc_chunk_ids_under(conn, ids, reading.path))
+        if allowed:
+            return ids, allowed
+    raise QmddError(ErrorCode.PATH_NOT_FOUND, f"no indexed document is under {request.path_prefix!r}"
+                    + (" in the collections searched" if collection_ids is not None else ""),
+                    hints=("The path filter takes a folder inside the collections (ops/runbooks), a qmd:// "
+                           "folder (qmd://notes/ops) or a folder on disk inside a collection; `qmdctl ls` lists "
+                           "them.",))
 
 
 def search_request(params: dict[str, Any]) -> SearchRequest:

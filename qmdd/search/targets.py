@@ -119,6 +119,24 @@ def resolve_target(target: str, collections: Sequence[CollectionRow], cwd: str |
     return Target(best, relpath(best))
 
 
+def path_readings(path: str, collections: Sequence[CollectionRow]) -> list[Target]:
+    """The folders a search's `--path` may mean, most likely first; collection None: a folder inside each
+    searched collection. A qmd:// URI means one collection's folder; a path on disk inside a collection's
+    root, that folder (else, with its leading slash dropped, a folder inside the collections); a relative
+    path, a folder inside the collections, or else, when its first name is a collection's, that one's."""
+    _check_size(path)
+    text = path.strip()
+    if text.startswith(("qmd://", "//")):
+        return [resolve_target(text, collections, None)]
+    readings = [Target(None, text.strip("/"))]
+    if text.startswith(("/", "~")):
+        on_disk = resolve_target(text, collections, None)
+        return ([on_disk] if on_disk.collection is not None else []) + readings
+    if any(c.name == text.partition("/")[0] for c in collections):
+        readings.append(resolve_target(text, collections, None))
+    return readings
+
+
 def is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[{")
 
