@@ -194,7 +194,9 @@ def test_mcp_over_http_serves_the_same_tools(door: httpx.Client) -> None:
     from mcp.client.streamable_http import streamable_http_client
 
     url = str(door.base_url).rstrip("/") + "/mcp"
-    problem(httpx.post(url, json={}), 401, "UNAUTHORIZED")
+    refused = httpx.post(url, json={})  # a JSON-RPC error, which MCP clients hand to their caller
+    assert refused.status_code == 401 and refused.headers["content-type"] == "application/json"
+    assert refused.json()["error"]["message"].startswith("UNAUTHORIZED: ")
 
     async def session() -> tuple[str, list[str], Any]:
         with trio.fail_after(60):
@@ -228,6 +230,37 @@ def test_a_client_past_its_burst_gets_429_with_retry_after(env: Env, notes: Path
     # The socket's clients are not limited.
     assert all(env.client().call("ping")["pong"] for _ in range(20))
     assert env.client().call("status")["rpc"]["http"]["rate_limited"] == 1
+
+
+def test_an_mcp_session_spends_its_rate_on_tool_calls_and_reads_the_refusal(env: Env, notes: Path) -> None:
+    import httpx2
+    import trio
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+
+    env.vars.update(QMDD_HTTP_BURST="3", QMDD_HTTP_RATE_PER_MINUTE="6")
+    url = env.json("daemon", "start", "--http", "127.0.0.1:0")["http"].rstrip("/") + "/mcp"
+    env.run("collection", "add", str(notes), "--name", "notes")
+
+    async def session() -> MCPError:
+        with trio.fail_after(60):
+            async with httpx2.AsyncClient(headers={"authorization": f"Bearer {read_token(env.paths)}"},
+                                          timeout=30) as http_client, \
+                    streamable_http_client(url, http_client=http_client) as streams, \
+                    ClientSession(streams[0], streams[1]) as client:
+                await client.initialize()  # protocol: not counted
+                for _ in range(3):
+                    await client.list_tools()
+                for _ in range(3):  # the burst
+                    assert not (await client.call_tool("search", {"query": "sqlite"})).is_error
+                with pytest.raises(MCPError) as caught:
+                    await client.call_tool("search", {"query": "sqlite"})
+                await client.list_tools()  # still served
+                return caught.value
+
+    refused = trio.run(session)
+    assert refused.error.message.startswith("RATE_LIMITED: ") and 1 <= refused.error.data["retry_after"] <= 10
 
 
 def test_metrics_over_http_and_the_socket(door: httpx.Client, env: Env) -> None:

@@ -101,7 +101,13 @@ def test_only_health_is_public_and_every_operation_can_fail_with_a_problem() -> 
             statuses = operation["responses"]
             assert "500" in statuses and "403" in statuses
             assert ("401" in statuses and "429" in statuses) == (path != "/health")
-            # OpenAI's clients read OpenAI's error object under /v1/; everything else is problem details.
+            # OpenAI's clients read OpenAI's error object under /v1/, MCP clients a JSON-RPC error at /mcp;
+            # everything else is problem details.
+            if path == "/mcp":
+                refused = statuses["429"]["content"]["application/json"]["schema"]
+                assert refused["properties"]["error"]["properties"]["data"]["properties"]["code"] == {
+                    "enum": ["RATE_LIMITED"]}
+                continue
             content, schema = (("application/json", "OpenAIError") if path.startswith("/v1/") else
                                ("application/problem+json", "Problem"))
             problem = statuses["400" if "400" in statuses else "500"]["content"][content]

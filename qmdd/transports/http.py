@@ -47,8 +47,9 @@ from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.tokens import TokenFile
 from qmdd.tracing import new_span_id, trace_context, traceparent
+from qmdd.transports.mcp_http import calls_a_tool, replaying
 from qmdd.transports.ratelimit import RateLimiter
-from qmdd.transports.replies import ErrorReply, openai_error, problem
+from qmdd.transports.replies import ErrorReply, jsonrpc_error, openai_error, problem
 from qmdd.transports.rest import SEARCH_METHODS, search_params
 
 log = logging.getLogger("qmdd.http")
@@ -165,7 +166,7 @@ class HttpDoor:
         async def not_found(request: Request, exc: Exception) -> Response:
             return await unrouted(request)  # problem details too, e.g. for a target with a newline in it
         routed = Starlette(routes=routes, exception_handlers={404: not_found})
-        mcp_checks = self._endpoint(self._mcp_app_ready)
+        mcp_checks = self._endpoint(self._mcp_checked, limited=False, errors=jsonrpc_error)
 
         async def asgi(scope: Any, receive: Any, send: Any) -> None:
             try:
@@ -179,20 +180,27 @@ class HttpDoor:
 
     async def _mcp(self, checks: Callable[[Request], Awaitable[Response]], scope: Any, receive: Any,
                    send: Any) -> None:
-        """The MCP endpoint: checked as every other, then handed to the SDK's app."""
-        checked = await checks(Request(scope, receive))
+        """The MCP endpoint: checked as every other (its refusals as JSON-RPC errors, which MCP clients
+        read), its tool calls counted by the rate limit (`mcp_http`), then handed to the SDK's app."""
+        request = Request(scope, receive)
+        checked = await checks(request)
         if checked.status_code != 200:
             await checked(scope, receive, send)
             return
-        await self._mcp_app(scope, receive, send)
+        body: bytes | None = getattr(request.state, "body", None)
+        await self._mcp_app(scope, receive if body is None else replaying(body, receive), send)
 
-    async def _mcp_app_ready(self, request: Request) -> dict[str, Any]:
+    async def _mcp_checked(self, request: Request) -> dict[str, Any]:
         assert self._make_mcp_app is not None and self._nursery is not None
         async with self._mcp_building:
             if self._mcp_app is None:
                 app = await self._make_mcp_app()
                 await self._nursery.start(_run_lifespan, app)
                 self._mcp_app = app
+        if request.method == "POST":
+            request.state.body = body = await _body(request, MAX_BODY_BYTES)
+            if calls_a_tool(body):
+                self._check_rate(request)
         return {}
 
     async def serve(self, sock: socket.socket, shutdown: trio.Event, grace_s: float, *,
@@ -242,7 +250,7 @@ class HttpDoor:
 
     # --- the one per-request handler --------------------------------------------------------------
 
-    def _endpoint(self, fn: Endpoint, *, public: bool = False,
+    def _endpoint(self, fn: Endpoint, *, public: bool = False, limited: bool = True,
                   errors: ErrorReply = problem) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
             self.stats.requests += 1
@@ -251,7 +259,8 @@ class HttpDoor:
                 self._check_origin(request)
                 if not public:
                     self._check_token(request)
-                    self._check_rate(request)
+                    if limited:
+                        self._check_rate(request)
                 value = await fn(request)
             except Exception as exc:  # the per-request handler: a typed error reply, the door carries on
                 if isinstance(exc, CLIENT_GONE):
@@ -337,13 +346,7 @@ class HttpDoor:
         return _tagged(JSONResponse(answer), request.headers.get("if-none-match"))
 
     async def _json_body(self, request: Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
-        # Read, not refused on its declared length: hypercorn's trio worker ends when a reply is sent
-        # while the client half-closes with the body unsent (see `serve`).
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise _too_large(limit)
+        body = await _body(request, limit)
         try:
             value = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -351,6 +354,17 @@ class HttpDoor:
         if not isinstance(value, dict):
             raise QmddError(ErrorCode.INVALID_INPUT, "the body must be a JSON object of parameters")
         return value
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request's body, read whole. Read, not refused on its declared length: hypercorn's trio worker
+    ends when a reply is sent while the client half-closes with the body unsent (see `serve`)."""
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
 
 
 def _tagged(response: Response, if_none_match: str | None) -> Response:

@@ -24,7 +24,7 @@ from qmdd import __version__
 from qmdd.protocol.errors import ERRORS, ErrorCode
 from qmdd.protocol.schemas import load_schema
 from qmdd.protocol.wire import METHODS, REQUIRED
-from qmdd.transports.replies import openai_code, openai_type
+from qmdd.transports.replies import JSONRPC_SERVER_ERROR, openai_code, openai_type
 from qmdd.transports.rest import ONE_OR_A_LIST, QMD_ALIASES, SEARCH_METHODS
 
 OPENAPI_VERSION = "3.1.0"
@@ -234,6 +234,17 @@ def openai_error_content(status: int, codes: list[ErrorCode]) -> dict[str, Any]:
                                         {"properties": {"error": {"properties": narrowed}}}]}}}
 
 
+def jsonrpc_error_content(status: int, codes: list[ErrorCode]) -> dict[str, Any]:
+    """The door's refusals at /mcp (`replies.jsonrpc_error`): a JSON-RPC error an MCP client reads."""
+    error = {"type": "object", "required": ["code", "message", "data"],
+             "properties": {"code": {"const": JSONRPC_SERVER_ERROR}, "message": {"type": "string"},
+                            "data": {"type": "object", "required": ["code", "hints", "trace_id"],
+                                     "properties": {"code": {"enum": [str(code) for code in codes]}}}}}
+    return {JSON: {"schema": {"type": "object", "required": ["jsonrpc", "id", "error"],
+                              "properties": {"jsonrpc": {"const": "2.0"}, "id": {"type": "null"},
+                                             "error": error}}}}
+
+
 def json_reply(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
@@ -315,7 +326,7 @@ def mcp_operation() -> dict[str, Any]:
     message = {"type": "object", "description": "A JSON-RPC 2.0 message of the Model Context Protocol."}
     answers = responses({"description": "The JSON-RPC response, as JSON or as a server-sent event stream.",
                          "content": {JSON: {"schema": message}, "text/event-stream": {"schema": {"type": "string"}}}},
-                        (*ANY_ROUTE, *GUARDED))
+                        (*ANY_ROUTE, *GUARDED, ErrorCode.FRAME_TOO_LARGE), jsonrpc_error_content)
     answers["200"].pop("headers")  # the SDK's own replies carry no trace id; the door's refusals do
     answers["default"] = {"description": "The MCP SDK's answer to a request it refuses (a JSON-RPC error)."}
     return {"operationId": "mcp", "summary": "MCP over streamable HTTP: the same tools as `qmdctl mcp`.",

@@ -1,7 +1,8 @@
 """The HTTP door's error replies, in the shape each kind of client expects: RFC 7807 problem details
-carrying qmdd's code, hints and trace id on qmdd's own routes, and OpenAI's error object under /v1/,
-where the clients are OpenAI's SDKs and the tools built on them. Kept apart from the door so that its
-OpenAPI description (`qmdd.transports.openapi`) reads the same mapping."""
+carrying qmdd's code, hints and trace id on qmdd's own routes, OpenAI's error object under /v1/, where
+the clients are OpenAI's SDKs and the tools built on them, and a JSON-RPC error at /mcp, which an MCP
+client hands to its caller. Kept apart from the door so that its OpenAPI description
+(`qmdd.transports.openapi`) reads the same mapping."""
 
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def openai_error(error: QmddError, trace_id: str) -> JSONResponse:
     message = "; ".join((error.message.rstrip("."), *hints)) if hints else error.message
     body = {"error": {"message": message, "type": openai_type(error.code),
                       "param": param if isinstance(param, str) else None, "code": openai_code(error.code)}}
+    return JSONResponse(body, status_code=error.code.spec.status, headers=_headers(error))
+
+
+JSONRPC_SERVER_ERROR = -32000
+"""JSON-RPC's range for implementation errors; the message starts with qmdd's code."""
+
+
+def jsonrpc_error(error: QmddError, trace_id: str) -> JSONResponse:
+    """A JSON-RPC error object in `application/json`, at the status of qmdd's error table: the MCP client
+    reads this one (problem details it reports as a bare "Server returned an error response"). Its id is
+    null, the request's being unread; the client answers the request it sent with it."""
+    data: dict[str, Any] = {"code": str(error.code), "hints": list(error.hints), "trace_id": trace_id,
+                            **error.details}
+    body = {"jsonrpc": "2.0", "id": None,
+            "error": {"code": JSONRPC_SERVER_ERROR, "message": f"{error.code}: {error.message}", "data": data}}
     return JSONResponse(body, status_code=error.code.spec.status, headers=_headers(error))
 
 
