@@ -191,6 +191,8 @@ def test_qmdctl_mcp_http_starts_the_door_and_prints_the_url(env: Env) -> None:
     env.run("daemon", "start")
     refused = env.run("mcp", "--http", check=False)
     assert refused.returncode == 29 and "without HTTP" in refused.stderr
+    refused = env.run("daemon", "start", "--http", "127.0.0.1:0", check=False)  # as a script would
+    assert refused.returncode == 29 and "without HTTP" in refused.stderr
 
 
 def test_stateless_mcp_answers_each_post_on_its_own(env: Env, notes: Path) -> None:

@@ -54,10 +54,9 @@ def ensure_running(client: Client, *, http: str | None = None, watch: bool = Tru
 
 def start(inv: Invocation) -> int:
     info = ensure_running(inv.client, http=inv.args.get("http"), watch=not inv.args.get("no_watch"))
-    already = not info["started"]
-    if already and inv.args.get("http") and info["http"] is None:
-        inv.output.warn("warning: the daemon was already running, without HTTP; restart it with "
-                        "`qmdctl daemon stop` to serve HTTP", None)
+    if inv.args.get("http") and info["http"] is None:  # asked for, and not served: a script must know
+        raise QmddError(ErrorCode.DAEMON_RUNNING, f"qmdd is already running (pid {info['pid']}) without HTTP",
+                        hints=("Stop it (`qmdctl daemon stop`), then start it again with --http.",))
     inv.output.value(info, lambda i: inv.output.line(
         f"qmdd {'started' if i['started'] else 'already running'} (pid {i['pid']}) on {i['socket']}"
         + (f"\n  http: {i['http']}" if i["http"] else "")))
