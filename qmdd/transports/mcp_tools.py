@@ -162,6 +162,8 @@ class QmddServer(MCPServer):
                                      for e in exc.__cause__.errors(include_url=False))
                 raise tool_error(QmddError(ErrorCode.INVALID_INPUT, f"{name}: {problems}", hints=(
                     f"Check the arguments against the inputSchema of {name!r} in tools/list.",))) from None
+            if isinstance(exc.__cause__, ToolError):  # ours (`call_tool_method`), which the SDK prefixed with
+                raise exc.__cause__ from None         # "Error executing tool NAME:": every error starts with its code
             raise
 
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
