@@ -140,13 +140,15 @@ def check_request(request: SearchRequest) -> None:
         raise QmddError(ErrorCode.INVALID_INPUT, f"snippet_lines must be 1 or more, got {request.snippet_lines}")
 
 
-def no_words(query: str) -> QmddError:
-    """A keyword query with nothing to look up ("?!", "---", emoji): "No results" would read as "no page
-    says this", which it never asked."""
+def no_words(query: str) -> dict[str, Any]:
+    """The answer to a keyword query with nothing to look up ("?!", "[", emoji): no results, and a warning,
+    for "No results" alone reads as "no page says this", which it never asked. A warning, not an error:
+    a script running a list of queries (tldr's "[" is a command name) gets its empty answer and goes on."""
     shown = query if len(query) <= 40 else query[:40] + "…"
-    return QmddError(ErrorCode.INVALID_INPUT,
-                     f"the query {shown!r} has no words or numbers: keyword search ignores punctuation and symbols",
-                     hints=("Search for a word or a number that the page contains.",))
+    return {"terms": [], "results": [], "warnings": [{
+        "code": ErrorCode.INVALID_INPUT.value,
+        "message": f"the query {shown!r} has no words or numbers: keyword search ignores punctuation and symbols",
+        "hints": ["Search for a word or a number that the page contains."]}]}
 
 
 async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, tokenizer: Tokenizer,
@@ -161,7 +163,7 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
         asked = max(fetch, PHRASE_DEPTH)
         terms, found = await retrievers.keywords(request.query, asked, collection_ids, allowed, request.explain)
         if not terms:
-            raise no_words(request.query)
+            return no_words(request.query), []
         # Re-scoring, collapsing and snippets in one worker-thread hop: a hop costs more than any of them.
         answer = await trio.to_thread.run_sync(_rank_and_render, reads, tokenizer, matcher, request, terms, found,
                                                asked, i == len(sizes) - 1, limiter=cpu_limiter())
