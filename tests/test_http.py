@@ -100,6 +100,9 @@ def test_loopback_door_refuses_foreign_hosts_and_origins(door: httpx.Client) -> 
 
 
 def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Client) -> None:
+    wrong = door.delete("/search")  # typed, as the README promises every error is, with Allow
+    assert problem(wrong, 405, "METHOD_NOT_ALLOWED") and wrong.headers["allow"] == "POST"
+    assert problem(door.post("/collections"), 405, "METHOD_NOT_ALLOWED")["details"]["allow"] == "GET, HEAD"
     problem(door.post("/search", content=b"{not json"), 400, "INVALID_INPUT")
     problem(door.post("/search", json=["query"]), 400, "INVALID_INPUT")
     problem(door.post("/search", json={}), 400, "INVALID_INPUT")  # query is required

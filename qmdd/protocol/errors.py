@@ -54,6 +54,7 @@ class ErrorCode(enum.StrEnum):
     FILE_UNREADABLE = "FILE_UNREADABLE"
     UNAUTHORIZED = "UNAUTHORIZED"
     RATE_LIMITED = "RATE_LIMITED"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 
     @property
     def spec(self) -> ErrorSpec:
@@ -116,6 +117,8 @@ ERRORS: dict[ErrorCode, ErrorSpec] = {
         "Send `Authorization: Bearer TOKEN`; `qmdctl http token` prints the token.",)),
     ErrorCode.RATE_LIMITED: ErrorSpec(429, "Too many requests", 34, (
         "Wait the Retry-After seconds; the limits are http_rate_per_minute and http_burst.",)),
+    ErrorCode.METHOD_NOT_ALLOWED: ErrorSpec(405, "Method not allowed", 35, (
+        "Use a method the Allow header names: GET to read, POST to search.",)),
 }
 
 

@@ -165,7 +165,12 @@ class HttpDoor:
 
         async def not_found(request: Request, exc: Exception) -> Response:
             return await unrouted(request)  # problem details too, e.g. for a target with a newline in it
-        routed = Starlette(routes=routes, exception_handlers={404: not_found})
+
+        async def not_allowed(request: Request, exc: Exception) -> Response:
+            request.state.allow = (getattr(exc, "headers", None) or {}).get("Allow", "")  # Starlette's list
+            return await wrong_method(request)
+        wrong_method = self._endpoint(self._wrong_method, public=True)
+        routed = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
         mcp_checks = self._endpoint(self._mcp_checked, limited=False, errors=jsonrpc_error)
 
         async def asgi(scope: Any, receive: Any, send: Any) -> None:
@@ -328,6 +333,10 @@ class HttpDoor:
     async def _no_route(self, request: Request) -> Any:
         raise QmddError(ErrorCode.NOT_FOUND, f"no route for {request.method} {request.url.path!r:.200}",
                         hints=("GET /openapi.json lists the routes.",))
+
+    async def _wrong_method(self, request: Request) -> Any:
+        raise QmddError(ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not served at {request.url.path!r:.200}",
+                        details={"allow": request.state.allow})
 
     async def _openapi(self, request: Request) -> Any:
         from qmdd.transports.openapi import document

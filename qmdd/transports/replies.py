@@ -76,4 +76,6 @@ def _headers(error: QmddError) -> dict[str, str]:
         return {"www-authenticate": 'Bearer realm="qmdd"'}
     if error.code is ErrorCode.RATE_LIMITED:
         return {"retry-after": str(int(error.details["retry_after"]))}
+    if error.code is ErrorCode.METHOD_NOT_ALLOWED:
+        return {"allow": str(error.details["allow"])}
     return {}
