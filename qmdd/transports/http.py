@@ -167,7 +167,8 @@ class HttpDoor:
             return await unrouted(request)  # problem details too, e.g. for a target with a newline in it
 
         async def not_allowed(request: Request, exc: Exception) -> Response:
-            request.state.allow = (getattr(exc, "headers", None) or {}).get("Allow", "")  # Starlette's list
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")  # Starlette's, from a set: any order
+            request.state.allow = ", ".join(sorted(m.strip() for m in allowed.split(",") if m.strip()))
             return await wrong_method(request)
         wrong_method = self._endpoint(self._wrong_method, public=True)
         routed = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
