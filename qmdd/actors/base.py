@@ -283,9 +283,12 @@ class DerivedIndexActor(DatabaseActor):
     snapshot was made for the same settings, reconciled with SQLite, saved when dirty and on exit.
 
     Subclasses provide `_open_snapshot` (index and metadata, or raise one of `snapshot_errors`),
-    `_install`, `_expected_meta`, `_save_index` and `_reconcile` (returns chunks added, removed).
-    Index work runs in threads under `_cpu`; `_lock` serialises it with anything else that must not
-    see the index half-changed.
+    `_install`, `_expected_meta`, `_save_index`, `_reconcile` (returns chunks added, removed) and
+    `_collection_sizes`. Index work runs in threads under `_cpu`; `_lock` serialises it with anything
+    else that must not see the index half-changed.
+
+    `sizes`, what the index holds per collection, is replaced on the event loop after the load and after
+    each change, never mutated: it can be answered at once, even while a worker thread changes the index.
     """
 
     snapshot_errors: ClassVar[tuple[type[Exception], ...]] = ()
@@ -298,6 +301,7 @@ class DerivedIndexActor(DatabaseActor):
         self._lock = trio.Lock()  # fair: a waiting query gets the index after the current step
         self._dirty = False
         self.loaded_from = "empty"
+        self.sizes: dict[int, int] = {}
 
     def _open_snapshot(self) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
@@ -314,10 +318,15 @@ class DerivedIndexActor(DatabaseActor):
     def _reconcile(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    def _collection_sizes(self) -> dict[int, int]:
+        """collection id -> the chunks (BM25) or vectors the index holds of it."""
+        raise NotImplementedError
+
     def _changed(self) -> None:
         """Called after each change to the index, once searches can see it."""
         self._dirty = True
         self._generation.advance()
+        self.sizes = self._collection_sizes()
 
     def _remove_stale_temps(self) -> None:
         """A kill -9 during a snapshot write leaves its temp file (as big as the snapshot) behind; the
@@ -361,6 +370,7 @@ class DerivedIndexActor(DatabaseActor):
         started = time.monotonic()
         await trio.to_thread.run_sync(self._load_snapshot, limiter=self._cpu)
         await self._verify(VerifyIndex())
+        self.sizes = self._collection_sizes()
         return time.monotonic() - started
 
     async def teardown(self) -> None:

@@ -37,9 +37,6 @@ class Bm25Actor(DerivedIndexActor):
         self._meta = snapshot_meta(database_id, self._tokenizer, k1, b)
         self.index = BM25Index(k1=k1, b=b)
         self.queries = 0
-        # collection id -> live chunks, as of the last change searches can see: replaced, never mutated,
-        # so it is answered at once, even while a batch is being applied in a worker thread.
-        self._sizes: dict[int, int] = {}
 
     def handlers(self) -> dict[type, Handler]:
         return {ApplyChunks: self._apply, Bm25Query: self._query, ChunkCounts: concurrent(self._counts),
@@ -48,16 +45,14 @@ class Bm25Actor(DerivedIndexActor):
     async def setup(self) -> None:
         await super().setup()
         seconds = await self.load()
-        self._sizes = self.index.collection_sizes()
         log.info("bm25 ready: %s, %d chunks in %.2fs", self.loaded_from, len(self.index.chunk_ids()), seconds)
 
     def extra_statistics(self) -> dict[str, Any]:
         return {"queries": self.queries, "loaded_from": self.loaded_from, "dirty": self._dirty,
                 **self.index.statistics()}
 
-    def _changed(self) -> None:
-        super()._changed()
-        self._sizes = self.index.collection_sizes()
+    def _collection_sizes(self) -> dict[int, int]:
+        return self.index.collection_sizes()
 
     def _open_snapshot(self) -> tuple[BM25Index, dict[str, Any]]:
         return BM25Index.load(self._snapshot)
@@ -118,7 +113,7 @@ class Bm25Actor(DerivedIndexActor):
                                         names=query_name_keys(self._tokenizer, message.text))
 
     async def _counts(self, _: ChunkCounts) -> dict[int, int]:
-        return self._sizes
+        return self.sizes
 
     async def _query(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
         self.queries += 1

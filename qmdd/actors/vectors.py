@@ -54,7 +54,6 @@ class VectorsActor(DerivedIndexActor):
         self.fingerprint = fingerprint
         self.index = VectorIndex(dims) if dims else None
         self._chunk_docs = ChunkDocs()  # hits are answered per document
-        self._sizes: dict[int, int] = {}  # collection id -> chunks with a vector (`_refresh_sizes`)
         # Set once the snapshot is loaded and reconciled. Until then the daemon already serves
         # everything else: rebuilding 100k vectors from SQLite takes ~15 s, and keyword search must
         # not wait for it.
@@ -86,7 +85,6 @@ class VectorsActor(DerivedIndexActor):
     async def _load_in_background(self) -> None:
         await faults.pause("vectors.load")
         seconds = await self.load()
-        self._refresh_sizes()
         self._ready.set()
         log.info("vectors ready: %s, %d vectors in %.2fs", self.loaded_from, len(self.index or ()), seconds)
         await self._learn_chunk_documents()
@@ -106,16 +104,10 @@ class VectorsActor(DerivedIndexActor):
 
     async def _coverage(self, _: VectorCoverage) -> dict[int, int]:
         """collection id -> chunks with a vector in the index, as of the last change searches can see."""
-        return self._sizes
+        return self.sizes
 
-    def _changed(self) -> None:
-        super()._changed()
-        self._refresh_sizes()
-
-    def _refresh_sizes(self) -> None:
-        # Replaced, never mutated, and only on the event loop between two index changes: answered at once,
-        # even while a worker thread adds vectors (a new collection's first ones add a key to the map).
-        self._sizes = {cid: len(members) for cid, members in self.index.collections.items()} if self.index else {}
+    def _collection_sizes(self) -> dict[int, int]:
+        return self.index.collection_sizes() if self.index is not None else {}
 
     def _open_snapshot(self) -> tuple[VectorIndex, dict[str, Any]]:
         return VectorIndex.load(self._snapshot)
@@ -165,7 +157,7 @@ class VectorsActor(DerivedIndexActor):
         self.fingerprint = message.fingerprint
         self._any_stored = False
         self.index = VectorIndex(message.dims) if message.dims else None
-        self._refresh_sizes()
+        self.sizes = self._collection_sizes()
         self.loaded_from = "rebuilt"
         self._snapshot.unlink(missing_ok=True)
         self._generation.advance()  # another model: every semantic answer changes

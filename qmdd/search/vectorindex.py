@@ -311,6 +311,10 @@ class VectorIndex:
         off = np.abs(expected - self._codes[rows]).max(axis=1, initial=0) > 1
         return [c for c, bad in zip(ids, off.tolist(), strict=True) if bad]
 
+    def collection_sizes(self) -> dict[int, int]:
+        """collection id -> the chunks it has a vector for."""
+        return {cid: len(members) for cid, members in self.collections.items()}
+
     def allowed_keys(self, collection_ids: list[int] | None, allowed: BitMap | None) -> BitMap | None:
         if collection_ids is None:
             return allowed
