@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,6 +13,7 @@ from qmdd.search.bm25index import BM25Index
 from qmdd.search.collapse import collapse, sibling_path
 from qmdd.search.fields import document_name_keys, index_chunks, query_name_keys
 from qmdd.search.pipeline import collapse_documents
+from qmdd.search.ranking import COMMON_IDF, informativeness
 from qmdd.search.reads import Reads
 from qmdd.search.tokenize import Tokenizer
 from qmdd.store.documents import ChunkText, DocRow
@@ -73,7 +75,8 @@ def indexed(*chunks: ChunkText) -> BM25Index:
 
 def search(index: BM25Index, query: str, limit: int = 10) -> list[tuple[int, float]]:
     terms = TOKENIZER.query_terms(query)
-    return [(h.doc_id, h.norm) for h in index.search(terms, limit=limit, names=query_name_keys(TOKENIZER, query))]
+    return [(h.doc_id, h.norm) for h in index.search(terms, limit=limit, names=query_name_keys(TOKENIZER, query),
+                                                     stopwords_only=TOKENIZER.only_stopwords(query))]
 
 
 def test_a_page_named_in_the_query_ranks_first() -> None:
@@ -128,6 +131,24 @@ def test_one_rare_term_in_a_long_document_is_a_strong_hit() -> None:
     index.add(index_chunks(TOKENIZER, [page(2000, 99, "notes/z.md", "long talk", filler + " zyzzyva")]))
     scores = dict(search(index, "zyzzyva"))
     assert scores[99] >= scores[1] >= 0.66 * scores[99]
+
+
+def test_a_query_of_stopwords_scores_low_unless_a_name_or_a_line_says_it() -> None:
+    chunks = [page(i, i, f"common/tool{i}.md", f"tool{i}", f"tool{i}\nThe best of a kind, number {i}.")
+              for i in range(1, 21)]
+    chunks.append(page(50, 50, "common/which.md", "which", "which\nLocate a program in the user's path."))
+    index = indexed(*chunks)
+    scored = search(index, "the of a")
+    unscaled = index.search(TOKENIZER.query_terms("the of a"), limit=10)
+    assert [doc for doc, _ in scored] == [h.doc_id for h in unscaled]  # the same order, at a lower level
+    assert unscaled[0].norm > 0.3 and all(score < 0.1 for _, score in scored)
+    which = search(index, "which")
+    assert which[0] == (50, pytest.approx(which[0][1])) and which[0][1] >= 0.9  # named by the query: in full
+    # "the" in one of three documents singles it out; in all three, it singles out none.
+    assert informativeness(math.log1p(2.5 / 1.5), 3) == 1.0
+    assert informativeness(math.log1p(0.5 / 3.5), 3) < 0.2
+    assert informativeness(COMMON_IDF, 7424) == 1.0 and informativeness(COMMON_IDF / 2, 7424) == 0.5
+    assert informativeness(0.0, 0) == 1.0
 
 
 def test_short_page_about_a_term_beats_long_page_mentioning_it() -> None:
@@ -226,3 +247,17 @@ def test_end_to_end_copies_collapse_and_names_rank_first(env: Env, tmp_path: Pat
     # One mention of a rare word in a large transcript survives qmd users' habitual --min-score 0.3.
     rare = env.json("search", "zyzzyva", "--min-score", "0.3")
     assert [h["file"] for h in rare] == ["qmd://t/talks/long.md"]
+
+
+def test_end_to_end_a_query_of_stopwords_is_dropped_by_min_score(env: Env, tmp_path: Path) -> None:
+    tree = tmp_path / "pages"
+    tree.mkdir()
+    for i in range(12):
+        (tree / f"tool{i}.md").write_text(f"# tool{i}\n\n> The best of a kind.\n\n- Show the state of a job {i}:\n")
+    (tree / "which.md").write_text("# which\n\n> Locate a program in the user's path.\n")
+    env.json("collection", "add", str(tree), "--name", "p")
+    hits = env.json("search", "the of a", "-n", "5")
+    assert len(hits) == 5 and all(h["score"] < 0.3 for h in hits)
+    assert env.json("search", "the of a", "--min-score", "0.3") == []
+    assert env.json("search", "which", "-n", "1")[0]["file"] == "qmd://p/which.md"
+    assert env.json("search", "which", "--min-score", "0.3")[0]["score"] >= 0.9

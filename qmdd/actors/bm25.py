@@ -110,7 +110,8 @@ class Bm25Actor(DerivedIndexActor):
             allowed = in_collections if allowed is None else allowed & in_collections
         return terms, self.index.search(terms, limit=message.limit, allowed=allowed, explain=message.explain,
                                         term_weights=[float(w) for w in weighted.values()],
-                                        names=query_name_keys(self._tokenizer, message.text))
+                                        names=query_name_keys(self._tokenizer, message.text),
+                                        stopwords_only=self._tokenizer.only_stopwords(message.text))
 
     async def _counts(self, _: ChunkCounts) -> dict[int, int]:
         return self.sizes

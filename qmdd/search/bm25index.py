@@ -212,13 +212,15 @@ class BM25Index:
 
     def search(self, terms: Sequence[str], *, limit: int = 10, allowed: BitMap | None = None,
                explain: bool = False, term_weights: Sequence[float] | None = None,
-               names: Mapping[str, tuple[float, Sequence[str]]] | None = None) -> list[ChunkHit]:
+               names: Mapping[str, tuple[float, Sequence[str]]] | None = None,
+               stopwords_only: bool = False) -> list[ChunkHit]:
         """Top `limit` documents for the OR of `terms`, best first (ties: lower doc_id first).
 
         Without `term_weights` every distinct term weighs 1; with them, weights of repeated terms add.
         `names` maps name-key terms to (strength, the query terms each covers), see
         `fields.query_name_keys`: a document holding a key is named by that part of the query, and gets
-        strength x that part's share of the query's weight. Scores: see `ranking.combine`."""
+        strength x that part's share of the query's weight. `stopwords_only`: the terms are all
+        stopwords, which says little (`ranking.informativeness`). Scores: see `ranking.combine`."""
         weights = ranking.query_weights(terms, term_weights)
         n_live = len(self._live)
         if limit <= 0 or not weights or not n_live or (allowed is not None and not allowed):
@@ -231,13 +233,14 @@ class BM25Index:
         segments = [s for s in (self._main, self._delta) if len(s)]
         ranges = [s.ranges(qtids) for s in segments]
         k1p = self.k1 + 1.0
-        ceiling = chunk_ceiling = 0.0
+        ceiling = chunk_ceiling = rarest = 0.0
         mass: dict[str, float] = {}  # term -> its share of the ceiling, for name coverage
         matched: list[tuple[str, Arr]] = []
         for i, (term, w) in enumerate(weights.items()):
             s, f = self._postings(segments, ranges, i)
-            if not s.size:
-                mass[term] = math.log1p((doc.live - 0.5) / 0.5) * k1p * w
+            if not s.size:  # a word no document has: the rarest there can be
+                rarest = math.log1p((doc.live - 0.5) / 0.5)
+                mass[term] = rarest * k1p * w
                 ceiling += mass[term]
                 chunk_ceiling += math.log1p((n_live - 0.5) / 0.5) * k1p * w
                 continue
@@ -256,6 +259,7 @@ class BM25Index:
             # test collections where they differ, e.g. drcd 0.959 vs 0.952, cranfield 0.380 vs 0.373).
             touched, dtf_t = ranking.per_document(doc.slot[s], f, doc.n)
             didf = math.log1p((doc.live - touched.size + 0.5) / (touched.size + 0.5))
+            rarest = max(rarest, didf)
             mass[term] = didf * k1p * w
             ceiling += mass[term]
             contrib = dtf_t / (dtf_t + doc.knorm[touched]) * (didf * w * k1p)
@@ -271,7 +275,8 @@ class BM25Index:
         cand_docs = doc.slot[cand]
         named, naming = self._named(names, mass, ceiling, doc) if names else (None, [])
         final = ranking.combine(dacc, ceiling, ranking.best_per_document(cand_docs, acc[cand], doc.n),
-                                chunk_ceiling, named)
+                                chunk_ceiling, named,
+                                ranking.informativeness(rarest, doc.live) if stopwords_only else 1.0)
         best = ranking.best_chunks(cand, cand_docs, acc[cand], self._ids[cand], final, doc.ids, limit)
         best_docs = doc.slot[best]
         # Which query terms each hit's name says, for phrase evidence: the keys' postings are at hand here,

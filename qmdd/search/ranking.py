@@ -65,8 +65,22 @@ def name_evidence(strength: float, share: float) -> float:
     return strength * share ** PARTIAL_NAME_EXPONENT
 
 
+# A query of nothing but stopwords ("the of a", "with") has only words that most documents hold, and
+# its hits matched them well: its word evidence is scaled by its rarest word's document idf against
+# that of a word in a tenth of the documents (in one, among fewer than ten), so they score low and
+# `--min-score` drops them. A name it matches (which.md for "which") and a line that says it word for
+# word ("to be or not to be") still count in full.
+COMMON_IDF = math.log1p(9.0)
+
+
+def informativeness(rarest_idf: float, documents: int) -> float:
+    """How much a query's words can single out one of `documents`, 0..1, from its rarest word's idf."""
+    common = min(COMMON_IDF, math.log1p((documents - 0.5) / 1.5))
+    return min(1.0, max(rarest_idf, 0.0) / common) if common > 0.0 else 1.0
+
+
 def combine(doc_scores: Arr, doc_ceiling: float, chunk_scores: Arr, chunk_ceiling: float,
-            named: Arr | None) -> Arr:
+            named: Arr | None, informative: float = 1.0) -> Arr:
     """The 0..1 ranking score of every document.
 
     Each raw BM25 score is divided by its ceiling, sum(idf_t * (k1 + 1) * w_t) over the query terms,
@@ -75,14 +89,15 @@ def combine(doc_scores: Arr, doc_ceiling: float, chunk_scores: Arr, chunk_ceilin
     better of its document-level score (all its chunks' term frequencies summed, length-normalised
     against documents: a short page about X beats a long page that mentions X) and its best chunk's
     (length-normalised against chunks, which are bounded: one occurrence of a rare term in a 9 MB
-    transcript is as strong a hit as in a note). A name match then closes part of the remaining gap."""
+    transcript is as strong a hit as in a note), times `informative` (see `informativeness`). A name
+    match then closes part of the remaining gap."""
     base = np.zeros(doc_scores.size, np.float64)
     if doc_ceiling > 0.0:
         base = doc_scores / doc_ceiling
     if chunk_ceiling > 0.0:
         np.maximum(base, chunk_scores / chunk_ceiling, out=base)
     np.clip(base, 0.0, 1.0, out=base)
-    base *= WORDS_CEILING
+    base *= WORDS_CEILING * informative
     if named is not None:
         base = 1.0 - (1.0 - base) * (1.0 - NAME_WEIGHT * np.clip(named, 0.0, 1.0))
     return base

@@ -319,6 +319,11 @@ class Tokenizer:
         _count_elements(counts, map(_first, pairs))
         return counts
 
+    def only_stopwords(self, text: str) -> bool:
+        """Whether the query has words and every one is a stopword (`query_terms` then keeps them)."""
+        pairs = [pair for span in _spans(text) for pair in self._span_pairs(span, query=True)]
+        return bool(pairs) and all(stop for _, stop in pairs)
+
     def _index_span(self, span: str) -> tuple[str, ...]:
         if span.isascii() and span.isalpha() and len(span) <= MAX_TERM_LEN:
             # The most common spans (lower, Title or UPPER words) skip the general machinery.
