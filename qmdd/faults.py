@@ -16,6 +16,9 @@ Points:
   ``actor.vectors.SaveSnapshot`` (the end of an update), ``actor.embedder.ModelStatus`` (status,
   model list), ``actor.watcher.SyncWatches``.
 - ``embedder.query_batch`` / ``embedder.bulk_batch``: an embedder worker fails while holding a batch.
+- ``search.rank``: a `search`'s step after BM25 (re-scoring, collapsing, snippets) fails as a bug in it
+  would. It runs in the BM25 actor's worker thread, yet the request alone fails (INTERNAL): the actor
+  is not restarted.
 - ``http.server``: the HTTP door's server ends with an error right after it starts listening, as
   hypercorn's does when a connection's error escapes it: the door serves again on the same socket.
 - ``watcher.notifier`` (`check_os_error`): opening a root's inotify watches fails as at the kernel's

@@ -196,6 +196,18 @@ def test_bm25_actor_restarts_after_a_crash_and_reloads_its_index(env: Env, notes
     assert env.json("search", "narwhal")[0]["file"] == "qmd://notes/delta.md"
 
 
+def test_a_failing_step_after_bm25_fails_the_search_alone(env: Env, notes: Path) -> None:
+    # Re-scoring and rendering run in the BM25 actor's worker thread; their failure is the request's.
+    arm(env, "search.rank=1")
+    env.run("collection", "add", str(notes), "--name", "notes")
+    proc = env.run("search", "gnome-screenshot", "--json", check=False)
+    assert proc.returncode == ErrorCode.INTERNAL.spec.exit_code, (proc.stdout, proc.stderr)
+    assert "injected fault at search.rank" in json.loads(proc.stderr)["detail"]
+    stats = actor(env, "bm25")
+    assert (stats["status"], stats["restarts"], stats["errors"]) == ("running", 0, 0), stats
+    assert env.json("search", "gnome-screenshot")[0]["file"] == "qmd://notes/alpha.md"
+
+
 def test_indexer_actor_restarts_after_a_crash(env: Env, notes: Path) -> None:
     arm(env, "actor.indexer.ScanCollections=1")
     env.run("collection", "add", str(notes), "--name", "notes", "--no-update")

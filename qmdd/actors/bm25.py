@@ -98,7 +98,12 @@ class Bm25Actor(DerivedIndexActor):
         await trio.to_thread.run_sync(self._apply_sync, message, limiter=self._cpu)
         self._changed()
 
-    def _search_sync(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
+    def _search_sync(self, message: Bm25Query) -> Any:
+        """The query's terms and hits, or what the message's `then` makes of them."""
+        terms, hits = self._hits(message)
+        return (terms, hits) if message.then is None else message.then(terms, hits)
+
+    def _hits(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
         weighted = self._tokenizer.weighted_query_terms(message.text)
         terms = list(weighted)
         if not terms:
@@ -116,6 +121,6 @@ class Bm25Actor(DerivedIndexActor):
     async def _counts(self, _: ChunkCounts) -> dict[int, int]:
         return self.sizes
 
-    async def _query(self, message: Bm25Query) -> tuple[list[str], list[ChunkHit]]:
+    async def _query(self, message: Bm25Query) -> Any:
         self.queries += 1
         return await trio.to_thread.run_sync(self._search_sync, message, limiter=self._cpu)

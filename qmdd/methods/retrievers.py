@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
+import outcome
 from pyroaring import BitMap
 
 from qmdd.actors.messages import Bm25Query, EmbedTexts, RerankPairs, VectorQuery
 from qmdd.methods.services import Mailboxes
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.chunkdocs import NearChunk
+
+T = TypeVar("T")
 
 
 class ActorRetrievers:
@@ -23,6 +27,15 @@ class ActorRetrievers:
         found: tuple[list[str], list[ChunkHit]] = await self._actors.bm25.call(
             Bm25Query(text, limit, collection_ids=collection_ids, allowed=allowed, explain=explain))
         return found
+
+    async def keywords_then(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
+                            explain: bool, then: Callable[[list[str], list[ChunkHit]], T]) -> T:
+        # Captured, so that a failure of the caller's step is the caller's error, never the BM25 actor's
+        # (which would restart it).
+        done: outcome.Outcome[T] = await self._actors.bm25.call(
+            Bm25Query(text, limit, collection_ids=collection_ids, allowed=allowed, explain=explain,
+                      then=partial(outcome.capture, then)))
+        return done.unwrap()
 
     async def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         vectors: np.ndarray[Any, Any] = await self._actors.embedder.call(EmbedTexts(list(texts), "query"))

@@ -1,9 +1,9 @@
 """Keyword search orchestration: filters → BM25 (through the `Retrievers` port) → phrase evidence,
 collapsed copies, documents, contexts, snippets.
 
-After BM25, everything a search does runs in one worker thread: snippets must (a chunk may be one
-multi-megabyte line), and the rest (a few dozen rows read by primary key, phrase matching) costs less
-there than another thread hop would (bench/hybrid_speed.py).
+Everything after BM25 runs in the worker thread that ran BM25 (`Retrievers.keywords_then`): snippets
+must run in a thread (a chunk may be one multi-megabyte line), and the rest (a few dozen rows read by
+primary key, phrase matching) costs less than a second thread hop would (~0.17 ms of a search's ~1.5).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import trio
 from pyroaring import BitMap
 
+from qmdd import faults
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.collapse import FIRST_EXTRA, collapse, enough, fetch_sizes
@@ -161,23 +162,25 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     sizes = fetch_sizes(request.limit, request.collapse)
     for i, fetch in enumerate(sizes):
         asked = max(fetch, PHRASE_DEPTH)
-        terms, found = await retrievers.keywords(request.query, asked, collection_ids, allowed, request.explain)
-        if not terms:
-            return no_words(request.query), []
-        # Re-scoring, collapsing and snippets in one worker-thread hop: a hop costs more than any of them.
-        answer = await trio.to_thread.run_sync(_rank_and_render, reads, tokenizer, matcher, request, terms, found,
-                                               asked, i == len(sizes) - 1, limiter=cpu_limiter())
+        # Re-scoring, collapsing and snippets in BM25's worker thread: a hop costs more than any of them.
+        step = functools.partial(_rank_and_render, reads, tokenizer, matcher, request, asked=asked,
+                                 last=i == len(sizes) - 1)
+        answer = await retrievers.keywords_then(request.query, asked, collection_ids, allowed, request.explain, step)
         if answer is not None:
             return answer
     raise AssertionError("the last fetch always answers")
 
 
 def _rank_and_render(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, request: SearchRequest,
-                     terms: list[str], found: list[ChunkHit], asked: int,
+                     terms: list[str], found: list[ChunkHit], *, asked: int,
                      last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
     """BM25's hits, the first PHRASE_DEPTH re-scored by how closely their best chunk says the query,
     re-sorted, copies collapsed, and rendered; None when copies left too few and a larger fetch may
     give more."""
+    if faults.enabled:
+        faults.check("search.rank")
+    if not terms:
+        return no_words(request.query), []
     head = found[:PHRASE_DEPTH]
     evidence = phrase_scores(reads, tokenizer, matcher, [h.chunk_id for h in head], [h.named for h in head])
     rescored = [replace(h, norm=with_phrase(h.norm, e), phrase=e) if e else h

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pyroaring import BitMap
@@ -12,11 +12,19 @@ from pyroaring import BitMap
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.chunkdocs import NearChunk
 
+T = TypeVar("T")
+
 
 class Retrievers(Protocol):
     async def keywords(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
                        explain: bool = False) -> tuple[list[str], list[ChunkHit]]:
         """BM25: the query's terms and its best chunks."""
+        ...
+
+    async def keywords_then(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
+                            explain: bool, then: Callable[[list[str], list[ChunkHit]], T]) -> T:
+        """`then(terms, hits)` of `keywords`, run in the worker thread that searched: the next step of a
+        search without a second thread hop."""
         ...
 
     async def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
