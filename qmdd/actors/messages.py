@@ -166,6 +166,7 @@ class VectorQuery:
     limit: int
     collection_ids: list[int] | None = None
     allowed: Any = None
+    then: Any = None  # as Bm25Query's: the caller's next step on the lists, in the same worker thread
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,14 +206,17 @@ class VectorsActor(DerivedIndexActor):
             self._changed()
         return added
 
-    def _search_sync(self, message: VectorQuery) -> list[list[NearChunk]]:
+    def _search_sync(self, message: VectorQuery) -> Any:
+        """Per vector its nearest documents' best chunks, or what the message's `then` makes of them."""
         assert self.index is not None
         allowed = self.index.allowed_keys(message.collection_ids, message.allowed)
-        return [self._chunk_docs.best_per_document(self.index.search(vector, message.limit, allowed),
-                                                   lambda ids: docs.chunk_owners(self.conn, ids))
-                for vector in np.atleast_2d(message.vectors)]
+        found: list[list[NearChunk]] = [
+            self._chunk_docs.best_per_document(self.index.search(vector, message.limit, allowed),
+                                               lambda ids: docs.chunk_owners(self.conn, ids))
+            for vector in np.atleast_2d(message.vectors)]
+        return found if message.then is None else message.then(found)
 
-    async def _query(self, message: VectorQuery) -> list[list[NearChunk]]:
+    async def _query(self, message: VectorQuery) -> Any:
         with trio.move_on_after(READY_WAIT_S):  # a snapshot loads in well under this
             await self._ready.wait()
         if not self._ready.is_set():

@@ -30,11 +30,9 @@ class ActorRetrievers:
 
     async def keywords_then(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
                             explain: bool, then: Callable[[list[str], list[ChunkHit]], T]) -> T:
-        # Captured, so that a failure of the caller's step is the caller's error, never the BM25 actor's
-        # (which would restart it).
         done: outcome.Outcome[T] = await self._actors.bm25.call(
             Bm25Query(text, limit, collection_ids=collection_ids, allowed=allowed, explain=explain,
-                      then=partial(outcome.capture, then)))
+                      then=_captured(then)))
         return done.unwrap()
 
     async def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
@@ -47,6 +45,18 @@ class ActorRetrievers:
             VectorQuery(vectors, limit, collection_ids=collection_ids, allowed=allowed))
         return found
 
+    async def nearest_then(self, vectors: np.ndarray[Any, Any], limit: int, collection_ids: list[int] | None,
+                           allowed: BitMap | None, then: Callable[[list[list[NearChunk]]], T]) -> T:
+        done: outcome.Outcome[T] = await self._actors.vectors.call(
+            VectorQuery(vectors, limit, collection_ids=collection_ids, allowed=allowed, then=_captured(then)))
+        return done.unwrap()
+
     async def rerank(self, query: str, texts: Sequence[str]) -> list[float] | None:
         scores: list[float] | None = await self._actors.embedder.call(RerankPairs(query, list(texts)))
         return scores
+
+
+def _captured(then: Callable[..., T]) -> Callable[..., outcome.Outcome[T]]:
+    """The caller's step as an actor runs it: its failure is captured and becomes the caller's error
+    (unwrapped here), never the actor's, which would then be restarted."""
+    return partial(outcome.capture, then)

@@ -91,11 +91,6 @@ def _candidates(nearest: Sequence[NearChunk]) -> list[Candidate]:
 async def _vector_lists(engines: Engines, texts: Sequence[str], depth: int, collection_ids: list[int] | None,
                         allowed: Any) -> list[list[Candidate]]:
     vectors = await engines.retrievers.embed_queries(texts)
-    return await _nearest_documents(engines, vectors, depth, collection_ids, allowed)
-
-
-async def _nearest_documents(engines: Engines, vectors: Any, depth: int, collection_ids: list[int] | None,
-                             allowed: Any) -> list[list[Candidate]]:
     found = await engines.retrievers.nearest(vectors, depth * CHUNKS_PER_DOC, collection_ids, allowed)
     return [_candidates(nearest) for nearest in found]
 
@@ -112,20 +107,21 @@ async def vector_search(engines: Engines, request: SearchRequest) -> tuple[dict[
     terms = engines.tokenizer.query_terms(request.query)
     sizes = fetch_sizes(request.limit, request.collapse)
     for i, fetch in enumerate(sizes):
-        [ranked] = await _nearest_documents(engines, vectors, fetch, collection_ids, allowed)
-        # Collapsing reads the documents' rows, snippets their chunks: one worker-thread job.
-        answer = await trio.to_thread.run_sync(_collapse_and_render, reads, engines.tokenizer, terms, ranked,
-                                               request, fetch, i == len(sizes) - 1, limiter=cpu_limiter())
+        # Collapsing and snippets in the vectors actor's worker thread: a hop costs more than either.
+        step = partial(_collapse_and_render, reads, engines.tokenizer, terms, request=request, fetch=fetch,
+                       last=i == len(sizes) - 1)
+        answer = await engines.retrievers.nearest_then(vectors, fetch * CHUNKS_PER_DOC, collection_ids, allowed, step)
         if answer is not None:
             return answer
     raise AssertionError("the last fetch always answers")
 
 
-def _collapse_and_render(reads: Reads, tokenizer: Tokenizer, terms: list[str], ranked: list[Candidate],
-                         request: SearchRequest, fetch: int,
-                         last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
-    """The nearest documents with copies collapsed, rendered; None when copies left too few and a
-    larger fetch may give more."""
+def _collapse_and_render(reads: Reads, tokenizer: Tokenizer, terms: list[str], found: list[list[NearChunk]], *,
+                         request: SearchRequest, fetch: int, last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
+    """The nearest documents (`found`: the one query vector's) with copies collapsed, rendered; None
+    when copies left too few and a larger fetch may give more."""
+    [nearest] = found
+    ranked = _candidates(nearest)
     hits, copies = collapse_hits(reads, _to_hits(ranked, [max(c.score, 0.0) for c in ranked]), request.collapse)
     if not (last or enough(len(hits), len(ranked), fetch, request.limit)):
         return None

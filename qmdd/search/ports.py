@@ -36,6 +36,11 @@ class Retrievers(Protocol):
         """Per vector, its nearest `limit` chunks reduced to each document's best, best first."""
         ...
 
+    async def nearest_then(self, vectors: np.ndarray[Any, Any], limit: int, collection_ids: list[int] | None,
+                           allowed: BitMap | None, then: Callable[[list[list[NearChunk]]], T]) -> T:
+        """`then` of `nearest`'s lists, run in the worker thread that searched (as `keywords_then`)."""
+        ...
+
     async def rerank(self, query: str, texts: Sequence[str]) -> list[float] | None:
         """Each text's relevance to the query by the cross-encoder, or None when none is configured."""
         ...
