@@ -7,6 +7,7 @@ import itertools
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -270,6 +271,9 @@ def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s:
     try:
         while time.monotonic() < deadline:
             if probe.try_connect():
+                # The daemon stays this process's child: a long-lived caller (the `mcp` bridge) must reap
+                # it when it exits, or it lingers as a zombie that `daemon stop` still sees running.
+                threading.Thread(target=proc.wait, name="qmdd-reaper", daemon=True).start()
                 return proc.pid
             code = proc.poll()
             # DAEMON_RUNNING: another client started one first. Wait for it while it is starting on our

@@ -210,7 +210,7 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
             metrics.read_statistics("door", lambda: services.door_statistics())
             mcp = McpHost(timed(table, metrics, "mcp"))
             rpc = RpcServer({**timed(table, metrics, "socket"), "mcp.session": mcp.session}, f"qmdd/{__version__}",
-                            config.frame_stall_s)
+                            config.frame_stall_s, sessions=("mcp.session",))
             server = listener.trio_listener(sock)
             async with trio.open_nursery() as connections:
                 http = None if http_sock is None else await _serve_http(config, timed(table, metrics, "http"), mcp,
@@ -234,9 +234,11 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
                     systemd.notify("STOPPING=1", "STATUS=stopping")
                     accepting.cancel_scope.cancel()
                 await server.aclose()
-                log.info("stopping: no new connections; %d request(s) in flight", rpc.stats.in_flight)
+                log.info("stopping: no new connections; %d request(s) and %d MCP call(s) in flight",
+                         rpc.stats.in_flight, mcp.calls_in_flight)
                 with trio.move_on_after(config.shutdown_grace_s):
                     await rpc.idle.wait()
+                    await mcp.wait_idle()
                 connections.cancel_scope.cancel()
             with trio.move_on_after(config.shutdown_grace_s):
                 for name in STOP_ORDER:

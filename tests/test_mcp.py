@@ -202,6 +202,40 @@ def test_daemon_dying_mid_call_gives_backend_unavailable_then_the_session_recove
     run(scenario)
 
 
+def test_daemon_stop_while_the_bridge_that_started_it_is_open(env: Env, kb: Path) -> None:
+    env.run("collection", "add", str(kb), "--name", "kb")
+    env.stop_daemon()
+
+    async def scenario() -> None:
+        # The bridge starts the daemon (its child, then) with the first tool call held for 2 s.
+        async with session(env, {"QMDD_FAULT_PAUSES": "mcp.tool=2"}) as client:
+            pid = env.daemon_pid()
+            assert pid is not None
+            answers = []
+
+            async def held_call() -> None:
+                answers.append(await client.call_tool("search", {"query": "tar"}))
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(held_call)
+                await anyio.sleep(0.5)
+                # It used to linger as the bridge's zombie: `daemon stop` saw it running and gave up after
+                # 30 s (TIMEOUT), and `daemon status` meanwhile said "not running".
+                stop = await anyio.to_thread.run_sync(lambda: env.run("daemon", "stop", check=False))
+            assert stop.returncode == 0 and f"qmdd stopped (pid {pid})" in stop.stdout, (stop.stdout, stop.stderr)
+            [held] = answers  # the call in flight was answered before the daemon went
+            assert not held.is_error and held.structured_content["results"][0]["file"] == "qmd://kb/archives.md"
+            deadline = anyio.current_time() + 10
+            while Path(f"/proc/{pid}").exists() and anyio.current_time() < deadline:  # the bridge reaps it
+                await anyio.sleep(0.05)
+            assert not Path(f"/proc/{pid}").exists()
+        # The open session is not a request the stop waited for; its call in flight was.
+        assert "stopping: no new connections; 0 request(s) and 1 MCP call(s) in flight" in \
+            env.paths.log_file.read_text()
+
+    run(scenario)
+
+
 def _inspector() -> str | None:
     """The MCP Inspector CLI: from .ci/run's npm install, else installed here once (npm registry)."""
     if shutil.which("node") is None or shutil.which("npm") is None:

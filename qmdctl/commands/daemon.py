@@ -18,13 +18,18 @@ STOP_TIMEOUT_S = 30.0
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (exited, not yet reaped by a parent that still runs) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # gone meanwhile, or no /proc: what kill said
+        return True
 
 
 def wait_for_exit(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> bool:

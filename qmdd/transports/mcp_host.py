@@ -38,6 +38,20 @@ class McpHost:
         self._building = trio.Lock()
         self.sessions = 0
         self.open_sessions = 0
+        self.calls_in_flight = 0  # the sessions' requests not answered yet, which a stopping daemon waits for
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def _calls(self, change: int) -> None:
+        self.calls_in_flight += change
+        if not self.calls_in_flight:
+            self._idle.set()
+        elif self._idle.is_set():
+            self._idle = trio.Event()
+
+    async def wait_idle(self) -> None:
+        """Until no session has a request in flight (an open session between calls is idle)."""
+        await self._idle.wait()
 
     async def preload(self) -> None:
         """Import the SDK and build the server in a thread, off the start-up path."""
@@ -76,12 +90,13 @@ class McpHost:
         server = await self.server()
         import anyio
         from mcp.shared.message import SessionMessage
-        from mcp_types import jsonrpc_message_adapter
+        from mcp_types import JSONRPCError, JSONRPCRequest, JSONRPCResponse, jsonrpc_message_adapter
 
         lowlevel = session_server(server)
         lowlevel.instructions = await self.instructions()
         read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](32)
         write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](32)
+        asked: set[Any] = set()  # ids of the agent's requests not answered yet
 
         async def from_bridge() -> None:
             async with read_writer:
@@ -103,12 +118,18 @@ class McpHost:
                     except ValueError as exc:  # valid JSON, not a JSON-RPC message
                         await call.emit("mcp", _jsonrpc_error(INVALID_REQUEST, f"Invalid Request: {exc}"[:500]))
                         continue
+                    if isinstance(message, JSONRPCRequest) and message.id not in asked:
+                        asked.add(message.id)
+                        self._calls(+1)
                     await read_writer.send(SessionMessage(message))
 
         async def to_bridge() -> None:
             async with write_reader:
                 async for message in write_reader:
                     await call.emit("mcp", message.message.model_dump_json(by_alias=True, exclude_unset=True))
+                    if isinstance(message.message, JSONRPCResponse | JSONRPCError) and message.message.id in asked:
+                        asked.discard(message.message.id)
+                        self._calls(-1)
 
         self.sessions += 1
         self.open_sessions += 1
@@ -120,6 +141,7 @@ class McpHost:
                 nursery.cancel_scope.cancel()
         finally:
             self.open_sessions -= 1
+            self._calls(-len(asked))
         return {"closed": True}
 
     async def http_app(self, *, stateless: bool = False) -> Any:

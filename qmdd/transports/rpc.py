@@ -17,7 +17,7 @@ import logging
 import os
 import resource
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,8 +122,12 @@ async def read_started_frame(reader: FrameReader, stall_s: float) -> bytes | Non
 
 class RpcServer:
     def __init__(self, methods: Mapping[str, MethodHandler], server_name: str,
-                 frame_stall_s: float = 30.0, max_connections: int | None = None) -> None:
+                 frame_stall_s: float = 30.0, max_connections: int | None = None,
+                 sessions: Collection[str] = ()) -> None:
         self.methods = methods
+        # Methods whose request is a session (an MCP bridge's, open for as long as its agent runs): not
+        # requests in flight, which a stopping daemon waits for; their own calls are counted where served.
+        self.sessions = frozenset(sessions)
         self.server_name = server_name
         self.frame_stall_s = frame_stall_s
         self.max_connections = connection_cap() if max_connections is None else max_connections
@@ -264,8 +268,10 @@ class RpcServer:
             return None if body is None else framing.decode_body(body)
 
         self.stats.requests += 1
-        self.stats.in_flight += 1
-        self.idle = trio.Event() if self.stats.in_flight == 1 else self.idle
+        counted = method not in self.sessions
+        if counted:
+            self.stats.in_flight += 1
+            self.idle = trio.Event() if self.stats.in_flight == 1 else self.idle
         try:
             log.debug("%s %s%s", method, {k: v for k, v in params.items() if k != "text"},
                       f" identity={identity}" if identity else "")
@@ -279,9 +285,10 @@ class RpcServer:
             log.exception("method %s failed", method)
             raise QmddError(ErrorCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            self.stats.in_flight -= 1
-            if self.stats.in_flight == 0:
-                self.idle.set()
+            if counted:
+                self.stats.in_flight -= 1
+                if self.stats.in_flight == 0:
+                    self.idle.set()
         reply = result(req_id, value)
         reply["trace_id"] = trace_id
         await self._send(stream, reply)
