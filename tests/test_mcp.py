@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -225,15 +226,21 @@ def test_daemon_stop_while_the_bridge_that_started_it_is_open(env: Env, kb: Path
             assert stop.returncode == 0 and f"qmdd stopped (pid {pid})" in stop.stdout, (stop.stdout, stop.stderr)
             [held] = answers  # the call in flight was answered before the daemon went
             assert not held.is_error and held.structured_content["results"][0]["file"] == "qmd://kb/archives.md"
-            deadline = anyio.current_time() + 10
-            while Path(f"/proc/{pid}").exists() and anyio.current_time() < deadline:  # the bridge reaps it
-                await anyio.sleep(0.05)
-            assert not Path(f"/proc/{pid}").exists()
+            assert await anyio.to_thread.run_sync(_gone, pid)  # no zombie either: the bridge reaped it
         # The open session is not a request the stop waited for; its call in flight was.
         assert "stopping: no new connections; 0 request(s) and 1 MCP call(s) in flight" in \
             env.paths.log_file.read_text()
 
     run(scenario)
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _inspector() -> str | None:
