@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from qmdd.consistency import check_index
 from qmdd.protocol.errors import ERRORS, ErrorCode
 from qmdd.tokens import read_token
 from tests.conftest import Env
+from tests.test_faults import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "plugins"
@@ -53,6 +56,8 @@ def test_install_list_info_replace_remove(env: Env, kube: Path) -> None:
     assert installed["name"] == "path-boost" and installed["hooks"] == ["score"] and installed["version"] == "1.0"
     again = env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"), check=False)
     assert again.returncode == exit_code(ErrorCode.INVALID_INPUT) and "--replace" in again.stderr
+    taken = env.run("plugin", "install", str(FIXTURES / "garbage.wasm"), "--name", "path-boost", check=False)
+    assert "installed already" in taken.stderr  # the name is checked first: compiling may take seconds
     env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"), "--replace")
     env.run("plugin", "install", str(FIXTURES / "constant.wat"), "--name", "half")
     assert [p["name"] for p in env.json("plugin", "list")] == ["half", "path-boost"]
@@ -82,6 +87,48 @@ def test_what_is_not_a_plugin_is_refused(env: Env, name: str, why: str) -> None:
     assert env.json("plugin", "list") == []
     missing = env.run("plugin", "install", str(FIXTURES / "nowhere.wat"), check=False)
     assert missing.returncode == exit_code(ErrorCode.PATH_NOT_FOUND)
+
+
+def test_a_module_built_to_be_slow_is_refused_before_it_is_compiled(env: Env, tmp_path: Path) -> None:
+    # 200,000 empty functions: compiling them took 14 s of both cores (a trial's hostile plugin).
+    functions = 200_000
+    body = b"\x02\x00\x0b"  # one function body: its size, no locals, `end`
+    sections = [(1, b"\x01\x60\x00\x00"),  # one type: () -> ()
+                (3, _leb(functions) + b"\x00" * functions),  # every function of that type
+                (10, _leb(functions) + body * functions)]
+    module = b"\0asm\x01\x00\x00\x00" + b"".join(bytes([i]) + _leb(len(s)) + s for i, s in sections)
+    (tmp_path / "many.wasm").write_bytes(module)
+    refused = env.run("plugin", "install", str(tmp_path / "many.wasm"), check=False)
+    assert refused.returncode == exit_code(ErrorCode.INVALID_INPUT)
+    assert "it declares 200,000 functions (a plugin has at most 20,000)" in refused.stderr
+
+
+def _leb(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def test_searches_with_plugins_answer_while_an_install_is_under_way(env: Env, kube: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"))
+    env.stop_daemon()
+    env.vars["QMDD_FAULT_PAUSES"] = "plugins.install=20"  # the next install is held, as a long compile holds it
+    install = subprocess.Popen([sys.executable, "-m", "qmdctl.main", "plugin", "install",
+                                str(EXAMPLES / "drop-drafts.wat")], env=env.vars, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: "plugin.install {'module': b';; drop-drafts" in env.paths.log_file.read_text(), 30,
+                 "the install to be under way")
+        # Management held the actor's inbox, and the search's hook waited behind it for the whole install.
+        boosted = search(env, "kubernetes", "-n", "2", "--plugin", "path-boost", "--explain")
+        assert boosted and boosted[0]["explain"]["plugins"][0]["name"] == "path-boost"
+        assert "installed (drop-drafts.wat" not in env.paths.log_file.read_text()  # answered while it was held
+    finally:
+        install.kill()
 
 
 def test_scorers_and_filters_per_query(env: Env, kube: Path) -> None:

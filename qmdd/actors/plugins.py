@@ -1,10 +1,12 @@
 """Plugins actor: installs, removes and switches plugins, and runs their query-time hooks.
 
 The plugins themselves live in a `PluginRegistry` (the engine: one wasmtime Engine, the installed table,
-their statistics), which the indexer also uses for transforms. Management is handled in turn; calls run
-beside the inbox, each in a worker thread under this actor's own limiter, so a slow plugin holds a
-thread, never the event loop, and never more than CALL_THREADS at once. Every change advances the
-index generation: a cached search answer never outlives the plugins it was computed with.
+their statistics), which the indexer also uses for transforms. Every message is handled beside the
+inbox: management one change at a time (its own limiter of one), calls each in a worker thread under
+the calls' limiter, so a slow plugin holds a thread, never the event loop, and never more than
+CALL_THREADS at once. Management in turn held the inbox, and with it every search's hooks, for as
+long as an install compiled (seconds for a large module). Every change advances the index generation:
+a cached search answer never outlives the plugins it was computed with.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 import trio
 
+from qmdd import faults
 from qmdd.actors.base import Actor, Generation, Handler, concurrent
 from qmdd.actors.messages import InstallPlugin, ListPlugins, RemovePlugin, RunPlugin, SetPluginEnabled
 from qmdd.protocol.errors import ErrorCode, QmddError
@@ -36,8 +39,9 @@ class PluginsActor(Actor):
         self._manage = trio.CapacityLimiter(1)
 
     def handlers(self) -> dict[type, Handler]:
-        return {InstallPlugin: self._install, RemovePlugin: self._remove, SetPluginEnabled: self._set_enabled,
-                ListPlugins: concurrent(self._list), RunPlugin: concurrent(self._run)}
+        return {InstallPlugin: concurrent(self._install), RemovePlugin: concurrent(self._remove),
+                SetPluginEnabled: concurrent(self._set_enabled), ListPlugins: concurrent(self._list),
+                RunPlugin: concurrent(self._run)}
 
     def extra_statistics(self) -> dict[str, Any]:
         plugins = self._registry.installed()
@@ -50,6 +54,7 @@ class PluginsActor(Actor):
                 "broken": dict(self._registry.broken)}
 
     async def _install(self, message: InstallPlugin) -> dict[str, Any]:
+        await faults.pause("plugins.install")
         installed = await trio.to_thread.run_sync(
             lambda: self._registry.install(message.module, where=message.where, default_name=message.default_name,
                                            name=message.name, manifest=message.manifest,
@@ -69,7 +74,9 @@ class PluginsActor(Actor):
         return changed.to_wire()
 
     async def _list(self, _: ListPlugins) -> list[dict[str, Any]]:
-        return [p.to_wire() for p in self._registry.installed()]
+        # In a thread: the registry's lock is held while an install writes its files.
+        installed = await trio.to_thread.run_sync(self._registry.installed)
+        return [p.to_wire() for p in installed]
 
     async def _run(self, message: RunPlugin) -> list[Any]:
         try:

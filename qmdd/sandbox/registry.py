@@ -158,24 +158,28 @@ class PluginRegistry:
                 manifest: str | None = None, replace_existing: bool = False) -> Installed:
         """Compile and check a module (WAT text or binary), then keep it under its name: `name`, else
         its manifest's, else `default_name` (the file's)."""
-        compiled = self.sandbox.compile(data, text=not data.startswith(b"\0asm"), where=where)
         if manifest is None:
             chosen = manifest_from({"name": default_name}, where)
         else:
             chosen = manifest_text(manifest, where, default_name=default_name)
         if name:
             chosen = replace(chosen, name=check_name(name))
-        compiled = _declared(compiled, chosen, where)
+        self._check_free(chosen.name, replace_existing)  # before compiling, which may take seconds
+        compiled = _declared(self.sandbox.compile(data, text=not data.startswith(b"\0asm"), where=where),
+                             chosen, where)
         installed = Installed(chosen, compiled, hashlib.sha256(compiled.binary).hexdigest(), time.time())
         with self._lock:
-            if chosen.name in self._plugins and not replace_existing:
-                raise QmddError(ErrorCode.INVALID_INPUT, f"a plugin named {chosen.name!r} is installed already",
-                                hints=("Pass --replace to install this one over it.",))
+            self._check_free(chosen.name, replace_existing)
             self._write(installed, compiled.binary)
             self._plugins[chosen.name] = installed
             self.broken.pop(chosen.name, None)
         log.info("plugin %s installed (%s, hooks %s)", installed.identity, where, ",".join(compiled.hooks))
         return installed
+
+    def _check_free(self, name: str, replace_existing: bool) -> None:
+        if name in self._plugins and not replace_existing:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"a plugin named {name!r} is installed already",
+                            hints=("Pass --replace to install this one over it.",))
 
     def remove(self, name: str) -> Installed | None:
         """The plugin removed (None when it was one that could not be loaded)."""

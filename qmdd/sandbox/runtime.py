@@ -33,6 +33,7 @@ from qmdd.sandbox.abi import (
     encode_batch,
 )
 from qmdd.sandbox.manifest import Manifest
+from qmdd.sandbox.shape import Malformed, module_shape, too_big
 
 WASM_MAGIC = b"\0asm"
 TICK_S = 0.002
@@ -108,6 +109,8 @@ class Sandbox:
         config.consume_fuel = True
         config.epoch_interruption = True
         config.max_wasm_stack = MAX_STACK_BYTES
+        # A large plugin compiles on one core: on all of them it starved the daemon's searches meanwhile.
+        config.parallel_compilation = False
         self.engine = wasmtime.Engine(config)
         self._ticker = _Ticker(self.engine)
 
@@ -125,6 +128,9 @@ class Sandbox:
             raise _not_a_plugin(where, f"not WebAssembly text: {str(exc).splitlines()[0]}") from None
         if not binary.startswith(WASM_MAGIC):
             raise _not_a_plugin(where, "not a WebAssembly module (no \\0asm header)")
+        with contextlib.suppress(Malformed):  # then wasmtime says what is wrong, below
+            if (why := too_big(module_shape(binary))) is not None:
+                raise _not_a_plugin(where, why)
         try:
             module = wasmtime.Module(self.engine, binary)
         except wasmtime.WasmtimeError as exc:
