@@ -104,6 +104,8 @@ def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Clie
     assert problem(wrong, 405, "METHOD_NOT_ALLOWED") and wrong.headers["allow"] == "POST"
     assert problem(door.post("/collections"), 405, "METHOD_NOT_ALLOWED")["details"]["allow"] == "GET, HEAD"
     problem(door.post("/search", content=b"{not json"), 400, "INVALID_INPUT")
+    deep = problem(door.post("/search", content=b"[" * 100_000 + b"]" * 100_000), 400, "INVALID_INPUT")
+    assert "nested too deeply" in deep["detail"]  # it was a 500 (RecursionError)
     problem(door.post("/search", json=["query"]), 400, "INVALID_INPUT")
     problem(door.post("/search", json={}), 400, "INVALID_INPUT")  # query is required
     problem(door.post("/search", json={"query": "x", "cwd": "/etc"}), 400, "INVALID_INPUT")

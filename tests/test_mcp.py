@@ -160,6 +160,7 @@ def test_garbage_gets_protocol_errors_older_clients_are_accepted_and_eof_exits(e
     proc = _bridge(env)
     try:
         assert _exchange(proc, "this is not json")["error"]["code"] == -32700
+        assert _exchange(proc, "[" * 100_000 + "]" * 100_000)["error"]["code"] == -32700  # nested to no end
         assert _exchange(proc, {"jsonrpc": "2.0", "id": 7, "nonsense": True})["error"]["code"] == -32600
         init = _exchange(proc, INITIALIZE)
         assert init["id"] == 1 and init["result"]["protocolVersion"] == "2025-06-18"  # an older client

@@ -137,7 +137,7 @@ class Bridge:
     def to_daemon(self, line: bytes) -> None:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # the daemon answers it with a parse error
             message = None
         if isinstance(message, dict):
             method = message.get("method")

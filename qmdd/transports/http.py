@@ -361,6 +361,8 @@ class HttpDoor:
             value = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise QmddError(ErrorCode.INVALID_INPUT, f"the body is not JSON: {exc}"[:300]) from None
+        except RecursionError:  # "[[[[…" a hundred thousand deep: it was a 500
+            raise QmddError(ErrorCode.INVALID_INPUT, "the body's JSON is nested too deeply") from None
         if not isinstance(value, dict):
             raise QmddError(ErrorCode.INVALID_INPUT, "the body must be a JSON object of parameters")
         return value

@@ -110,8 +110,8 @@ class McpHost:
                         continue
                     try:
                         json.loads(line)
-                    except ValueError as exc:
-                        await call.emit("mcp", _jsonrpc_error(PARSE_ERROR, f"Parse error: {exc}"))
+                    except (ValueError, RecursionError) as exc:  # not JSON, or JSON nested to no end
+                        await call.emit("mcp", _jsonrpc_error(PARSE_ERROR, f"Parse error: {exc}"[:300]))
                         continue
                     try:
                         message = jsonrpc_message_adapter.validate_json(line, by_name=False)
