@@ -357,3 +357,9 @@ def test_a_wrong_key_is_refused_at_once_and_a_shared_key_file_not_read(env: Env,
     assert other.json("search", "gnome")  # the daemon serves on
     (other.home / "remote.key").chmod(0o600)  # fixed without a restart: the key is read when first needed
     assert other.json("embed")["embedded"] > 0
+    # The server's key rotated: refused, B reads its file again at the next request (it read it once, at the
+    # first, and the hint's fix needed a restart).
+    env.run("http", "token", "--rotate")
+    assert failed(other, "embed", "-f")["code"] == "UNAUTHORIZED"
+    (other.home / "remote.key").write_text((read_token(env.paths) or "") + "\n")
+    assert other.json("embed", "-f")["embedded"] > 0

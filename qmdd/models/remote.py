@@ -315,6 +315,8 @@ class RemoteEmbedder:
                     base64_refused = True  # a server that knows only floats; a real refusal comes again
                     continue
                 if status not in RETRIED_STATUSES and status < 500:
+                    if status in (401, 403):  # the key is read again for the next request: fixed without a restart
+                        await self.aclose()
                     raise self._refused(response)
                 why, retry_after = f"HTTP {status}: {server_message(response)}", response.headers.get("retry-after")
             if attempt >= settings.retries:
@@ -351,7 +353,8 @@ class RemoteEmbedder:
         self.stats.last_error = f"HTTP {status}: {said}"
         if status in (401, 403):
             return QmddError(ErrorCode.UNAUTHORIZED, f"the remote embedder at {url} refused the key ({status}): "
-                             f"{said}", hints=("Check the key in remote_key_file (or remote_key_env's variable).",))
+                             f"{said}", hints=("Check the key in remote_key_file (read again at the next request) or "
+                                              "remote_key_env's variable (read when the daemon starts).",))
         if status == 404:
             return QmddError(ErrorCode.MODEL_NOT_FOUND, f"the remote embedder at {url} answered 404: {said}",
                              hints=(f"remote_model is {self.settings.model!r}: is it the server's name for it?",
