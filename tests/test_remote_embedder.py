@@ -361,5 +361,7 @@ def test_a_wrong_key_is_refused_at_once_and_a_shared_key_file_not_read(env: Env,
     # first, and the hint's fix needed a restart).
     env.run("http", "token", "--rotate")
     assert failed(other, "embed", "-f")["code"] == "UNAUTHORIZED"
+    degraded = other.run("query", "gnome", "--json")  # keywords still answer; the warning says why not vectors
+    assert json.loads(degraded.stdout) and "UNAUTHORIZED" in degraded.stderr
     (other.home / "remote.key").write_text((read_token(env.paths) or "") + "\n")
     assert other.json("embed", "-f")["embedded"] > 0

@@ -176,7 +176,10 @@ async def retrieve(engines: Engines, subqueries: Sequence[SubQuery], depth: int,
     return lists, warnings
 
 
-_DEGRADABLE = (ErrorCode.INDEX_NOT_READY, ErrorCode.MODEL_NOT_FOUND, ErrorCode.MODEL_LOAD_FAILED)
+# The vector side cannot answer, for a reason the warning tells: no vectors yet, no model, or a remote
+# embedder down, refusing the key or answering badly. The keyword lists still make an answer.
+_DEGRADABLE = (ErrorCode.INDEX_NOT_READY, ErrorCode.MODEL_NOT_FOUND, ErrorCode.MODEL_LOAD_FAILED,
+               ErrorCode.BACKEND_UNAVAILABLE, ErrorCode.UNAUTHORIZED, ErrorCode.EMBEDDING_FAILED)
 
 
 async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: bool,
