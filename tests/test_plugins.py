@@ -204,6 +204,8 @@ def test_each_misbehaviour_ends_in_a_warning(env: Env, kube: Path, tmp_path: Pat
     env.run("plugin", "install", str(module))
     answer = env.client().call("search", {"query": "kubernetes", "plugins": ["bad"]})
     assert len(answer["results"]) == 4 and why in answer["warnings"][0]["message"]
+    info = env.json("plugin", "info", "bad")  # what a failed call spent counts: it used to read 0 and 0 ms
+    assert info["failures"] == 1 and info["seconds"] > 0 and info["fuel_used"] > 0
 
 
 def test_a_transform_reindexes_what_it_touches(env: Env, kube: Path) -> None:

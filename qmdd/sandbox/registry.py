@@ -224,7 +224,7 @@ class PluginRegistry:
         try:
             result = self.sandbox.call(installed.compiled, installed.manifest, hook, query, candidates)
         except PluginCallFailed as exc:
-            self._failed(installed, str(exc))
+            self._failed(installed, exc)
             raise
         with self._lock:
             s = installed.stats
@@ -234,11 +234,14 @@ class PluginRegistry:
             s.seconds += result.seconds
         return result.values
 
-    def _failed(self, installed: Installed, why: str) -> None:
+    def _failed(self, installed: Installed, failure: PluginCallFailed) -> None:
+        why = str(failure)
         with self._lock:
             s = installed.stats
             s.calls += 1
             s.failures += 1
+            s.fuel += failure.fuel
+            s.seconds += failure.seconds
             s.failures_in_a_row += 1
             s.last_error = why
             log.warning("plugin %s failed: %s", installed.name, why)

@@ -50,7 +50,13 @@ _SIGNATURES = {"qmd_alloc": (["i32"], ["i32"]), "qmd_abi_version": ([], ["i32"])
 
 
 class PluginCallFailed(Exception):
-    """A call that did not give a usable answer; the reason is for warnings, `status` and the log."""
+    """A call that did not give a usable answer; the reason is for warnings, `status` and the log, and
+    what the call spent before it failed (fuel, seconds) for the plugin's statistics."""
+
+    def __init__(self, why: str, fuel: int = 0, seconds: float = 0.0) -> None:
+        super().__init__(why)
+        self.fuel = fuel
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -183,12 +189,10 @@ class Sandbox:
         try:
             with self._ticker.running():
                 values = self._run(store, compiled, hook, query, candidates)
-        except wasmtime.Trap as trap:
-            raise PluginCallFailed(_trap_reason(trap, manifest)) from None
-        except wasmtime.WasmtimeError as exc:
-            raise PluginCallFailed(_why(exc)) from None
-        except MalformedOutput as exc:
-            raise PluginCallFailed(f"malformed output: {exc}") from None
+        except (wasmtime.Trap, wasmtime.WasmtimeError, MalformedOutput, PluginCallFailed) as exc:
+            # What it spent counts too: a plugin that runs out of fuel on every call is the costliest.
+            raise PluginCallFailed(_failure(exc, manifest), manifest.fuel - store.get_fuel(),
+                                   time.perf_counter() - started) from None
         return CallResult(values, manifest.fuel - store.get_fuel(), time.perf_counter() - started)
 
     def _store(self, manifest: Manifest) -> wasmtime.Store:
@@ -247,6 +251,16 @@ def _why(exc: Exception) -> str:
     executing" above a backtrace)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1][:300] if lines else type(exc).__name__
+
+
+def _failure(exc: Exception, manifest: Manifest) -> str:
+    if isinstance(exc, wasmtime.Trap):
+        return _trap_reason(exc, manifest)
+    if isinstance(exc, wasmtime.WasmtimeError):
+        return _why(exc)
+    if isinstance(exc, MalformedOutput):
+        return f"malformed output: {exc}"
+    return str(exc)
 
 
 def _trap_reason(trap: wasmtime.Trap, manifest: Manifest) -> str:
