@@ -8,6 +8,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,35 @@ def test_searches_with_plugins_answer_while_an_install_is_under_way(env: Env, ku
         assert "installed (drop-drafts.wat" not in env.paths.log_file.read_text()  # answered while it was held
     finally:
         install.kill()
+
+
+def test_a_slow_plugin_queues_behind_itself_not_in_front_of_the_others(env: Env, kube: Path,
+                                                                        tmp_path: Path) -> None:
+    env.run("collection", "add", str(kube), "--name", "kube")
+    module = tmp_path / "spin.wat"
+    module.write_bytes((FIXTURES / "spin.wat").read_bytes())
+    module.with_suffix(".toml").write_text('[plugin]\nname = "spin"\nfuel = 1000000000\ntime_ms = 2000\n')
+    env.run("plugin", "install", str(module))
+    env.run("plugin", "install", str(EXAMPLES / "path-boost.wat"))
+    done: list[str] = []
+
+    def searching(plugin: str, query: str) -> None:
+        with env.client() as client:
+            client.call("search", {"query": query, "plugins": [plugin]})
+        done.append(plugin)
+
+    # Calls spinning until their fuel runs out (~0.5 s each) held both call threads: a well-behaved
+    # plugin's search waited behind them.
+    spinning = [threading.Thread(target=searching, args=("spin", f"kubernetes {i}")) for i in range(4)]
+    for thread in spinning:
+        thread.start()
+    wait_for(lambda: all(f"'kubernetes {i}'" in env.paths.log_file.read_text() for i in range(4))
+             and env.json("status")["actors"]["plugins"]["threads_busy"] >= 1, 10, "the spin calls to start")
+    time.sleep(0.1)  # from BM25 on to the plugin: milliseconds
+    searching("path-boost", "kubernetes plan")
+    for thread in spinning:
+        thread.join(timeout=30)
+    assert done[0] == "path-boost", done
 
 
 def test_scorers_and_filters_per_query(env: Env, kube: Path) -> None:

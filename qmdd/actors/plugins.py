@@ -4,7 +4,7 @@ The plugins themselves live in a `PluginRegistry` (the engine: one wasmtime Engi
 their statistics), which the indexer also uses for transforms. Every message is handled beside the
 inbox: management one change at a time (its own limiter of one), calls each in a worker thread under
 the calls' limiter, so a slow plugin holds a thread, never the event loop, and never more than
-CALL_THREADS at once. Management in turn held the inbox, and with it every search's hooks, for as
+PLUGIN_THREADS of the CALL_THREADS at once. Management in turn held the inbox, and with it every search's hooks, for as
 long as an install compiled (seconds for a large module). Every change advances the index generation:
 a cached search answer never outlives the plugins it was computed with.
 """
@@ -26,6 +26,10 @@ from qmdd.sandbox.runtime import PluginCallFailed
 log = logging.getLogger("qmdd.plugins")
 
 CALL_THREADS = 2
+PLUGIN_THREADS = max(1, CALL_THREADS - 1)
+"""One plugin's calls at once: never all the threads, so a slow plugin (each call up to its time limit)
+queues behind itself and leaves a thread to the others. Sixteen searches through a plugin spinning
+~1 s a call held a well-behaved plugin's search for 4 s."""
 
 
 class PluginsActor(Actor):
@@ -36,6 +40,7 @@ class PluginsActor(Actor):
         self._registry = registry
         self._generation = generation or Generation()
         self._calls = trio.CapacityLimiter(CALL_THREADS)
+        self._per_plugin: dict[str, trio.CapacityLimiter] = {}
         self._manage = trio.CapacityLimiter(1)
 
     def handlers(self) -> dict[type, Handler]:
@@ -64,6 +69,7 @@ class PluginsActor(Actor):
 
     async def _remove(self, message: RemovePlugin) -> dict[str, Any]:
         removed = await trio.to_thread.run_sync(self._registry.remove, message.name, limiter=self._manage)
+        self._per_plugin.pop(message.name, None)
         self._generation.advance()
         return {"name": message.name, "hooks": list(removed.compiled.hooks) if removed else []}
 
@@ -79,9 +85,11 @@ class PluginsActor(Actor):
         return [p.to_wire() for p in installed]
 
     async def _run(self, message: RunPlugin) -> list[Any]:
+        own = self._per_plugin.setdefault(message.name, trio.CapacityLimiter(PLUGIN_THREADS))
         try:
-            return await trio.to_thread.run_sync(self._registry.call, message.name, message.hook, message.query,
-                                                 message.candidates, limiter=self._calls)
+            async with own:
+                return await trio.to_thread.run_sync(self._registry.call, message.name, message.hook,
+                                                     message.query, message.candidates, limiter=self._calls)
         except PluginCallFailed as exc:
             if not self._registry.get(message.name).enabled:
                 # The failure that disabled it changes what searches answer from now on.
