@@ -252,7 +252,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return parsed
 
 
-def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Config:
+def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None,
+                flags: dict[str, str] | None = None) -> Config:
+    """The settings: the config file, then QMDD_* variables, then `overrides` (command-line values, each
+    named in errors by its flag in `flags`, else --its-key)."""
     env = dict(os.environ) if env is None else env
     paths = resolve_paths(env)
     values: dict[str, Any] = {}
@@ -281,7 +284,7 @@ def load_config(overrides: dict[str, Any] | None = None, env: dict[str, str] | N
             values[key] = _coerce(key, env_value, f"QMDD_{key.upper()}")
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+            values[key] = _coerce(key, value, (flags or {}).get(key) or f"--{key.replace('_', '-')}")
     config = replace(Config(paths=paths), **values)
     _check_remote(config)
     return config

@@ -150,7 +150,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         # remote_url off: a worker serves the local model, whatever this machine's daemon embeds with.
-        config = load_config({"log_level": args.log_level, "embed_nats": args.nats, "remote_url": ""})
+        config = load_config({"log_level": args.log_level, "embed_nats": args.nats, "remote_url": ""},
+                             flags={"embed_nats": "--nats"})
         setup_logging(config.log_level, config.log_format)
         if not config.embed_nats:
             raise QmddError(ErrorCode.CONFIG_ERROR, "no NATS server given",

@@ -149,6 +149,8 @@ def test_bad_requests_get_openai_errors_and_the_daemon_keeps_serving(door: httpx
         if param == "model":
             assert MODEL in message  # the model in use, and how to ask for it
     assert "tokenizer" in openai_error(post("/v1/embeddings", json={"input": [1, 2]}), 400, "invalid_input", "input")
+    mixed = openai_error(post("/v1/embeddings", json={"input": ["a", 5]}), 400, "invalid_input", "input")
+    assert "input[1] is a number, not a string" in mixed  # neither texts nor a token array
     openai_error(post("/v1/embeddings", content=b'{"input": "x"'), 400, "invalid_input")
     openai_error(post("/v1/embeddings", content=b" " * (MAX_EMBEDDINGS_BODY_BYTES + 1)), 413, "frame_too_large")
     url = str(door.base_url).rstrip("/") + "/v1/embeddings"

@@ -325,6 +325,8 @@ def test_a_worker_without_nats_or_its_model_exits_with_a_clear_message(env: Env,
                           timeout=60)
     assert gone.returncode == 23 and "BACKEND_UNAVAILABLE: cannot reach NATS" in gone.stderr, gone.stderr
     assert time.monotonic() - started < 30
+    wrong = subprocess.run([*run, "http://127.0.0.1:4222"], env=env.vars, capture_output=True, text=True, timeout=60)
+    assert "CONFIG_ERROR: --nats:" in wrong.stderr, wrong.stderr  # the flag typed, not --embed-nats
     env.paths.data_dir.mkdir(parents=True, exist_ok=True)
     (env.paths.data_dir / "models.json").write_text('{"embedding": "no-such-model"}')
     unknown = subprocess.run([*run, nats_url], env=env.vars, capture_output=True, text=True, timeout=60)

@@ -187,6 +187,8 @@ def test_qmdctl_mcp_http_starts_the_door_and_prints_the_url(env: Env) -> None:
                                                        "accept": "application/json, text/event-stream"}, timeout=30)
     assert answer.status_code == 200 and "qmdd" in answer.text
     assert "running" in env.run("mcp", "--http").stdout  # points to the daemon that runs
+    moved = env.run("mcp", "--http", "--port", "1")  # the port of the door that runs; it used to say nothing
+    assert "running" in moved.stdout and "--port 1 is not used" in moved.stderr
     env.stop_daemon()
     env.run("daemon", "start")
     refused = env.run("mcp", "--http", check=False)

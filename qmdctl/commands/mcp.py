@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 
 from qmdctl.client import Client
 from qmdctl.render import terminal_safe
@@ -233,6 +234,10 @@ def point_to_http(inv: Invocation) -> int:
         # `mcp stop` stops only a daemon this command started, and only while that one still runs.
         ownfiles.replace_file(str(inv.client.paths.data_dir / MCP_STARTED_FILE), f"{info['pid']}\n")
     url = info["http"].rstrip("/") + "/mcp"
+    serving = urllib.parse.urlsplit(info["http"]).port
+    if not info["started"] and inv.args.get("port") not in (None, 0, serving):
+        sys.stderr.write(f"note: qmdd (pid {info['pid']}) already serves HTTP on port {serving}: --port "
+                         f"{inv.args['port']} is not used (stop it first to move it).\n")
     sys.stdout.write(f"MCP over HTTP: {url} (qmdd pid {info['pid']}, {'started' if info['started'] else 'running'})\n"
                      "Send the header  Authorization: Bearer TOKEN  (`qmdctl http token` prints TOKEN).\n")
     return 0

@@ -67,6 +67,10 @@ async def embeddings(s: Services, params: dict[str, Any], call: Call) -> dict[st
             "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens}}
 
 
+_JSON_KIND = {int: "a number", float: "a number", bool: "a boolean", list: "an array", dict: "an object",
+              type(None): "null"}
+
+
 def _texts(value: str | list[Any]) -> list[str]:
     """The texts of `input`, refused as OpenAI refuses them (none, an empty one) and within our limits.
     Token arrays (lists of integers, OpenAI's other form) are refused: their ids are the caller's
@@ -78,12 +82,12 @@ def _texts(value: str | list[Any]) -> list[str]:
         raise _invalid("input", f"input has {len(texts)} texts; at most {MAX_INPUTS} are embedded at once",
                        hints=("Split the texts into several requests.",))
     size = 0
+    if all(map(_is_token_id, texts)) or any(isinstance(t, list) and t and all(map(_is_token_id, t)) for t in texts):
+        raise _invalid("input", "token arrays are not accepted: qmdd cannot know which tokenizer made "
+                       "them", hints=("Send the texts themselves; the model's tokenizer reads them here.",))
     for i, text in enumerate(texts):
-        if _is_token_id(text) or (isinstance(text, list) and all(map(_is_token_id, text))):
-            raise _invalid("input", "token arrays are not accepted: qmdd cannot know which tokenizer made "
-                           "them", hints=("Send the texts themselves; the model's tokenizer reads them here.",))
         if not isinstance(text, str):
-            raise _invalid("input", f"input[{i}] is a {type(text).__name__}, not a string")
+            raise _invalid("input", f"input[{i}] is {_JSON_KIND.get(type(text), 'a value')}, not a string")
         if not text:
             raise _invalid("input", f"input[{i}] is an empty string, which has no embedding")
         size += len(text.encode())
