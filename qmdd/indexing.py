@@ -26,7 +26,7 @@ from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file
 MAX_REPORTED_PROBLEMS = 100
 BatchSink = Callable[[list[ChunkText], list[int]], None]
 ProgressSink = Callable[[dict[str, object]], None]
-Transform = Callable[[list[tuple[str, str]]], list[str | None]]
+Transform = Callable[[list[tuple[str, str]]], list[tuple[str, bool]]]
 """[(path, text)] -> each document's new text, or None where the collection's transform plugins failed
 on it (it is then indexed as it is). Applied before chunking, a group of documents per call."""
 TRANSFORM_GROUP_FILES = 64
@@ -151,9 +151,10 @@ def _read_group(root: ConfinedRoot, group: list[FileStat], chunker: ChunkerConfi
         if not isinstance(read, tuple):
             parsed.append(read)
             continue
-        new = next(rewritten)
-        parsed.append(parse_document(st, read[0], read[1], chunker) if new is None
-                      else parse_document(st, read[0], new, chunker, transforms.key))
+        # A text some transform of the chain could not make is kept without the chain's key: not the
+        # chain's output, so it is made again once the chain changes.
+        text, complete = next(rewritten)
+        parsed.append(parse_document(st, read[0], text, chunker, transforms.key if complete else ""))
     return parsed
 
 

@@ -290,6 +290,24 @@ def test_the_http_door_lists_plugins_and_searches_with_them(env: Env, kube: Path
         assert "/plugins" in door.get("/openapi.json").json()["paths"]
 
 
+def test_a_failing_transform_leaves_the_others_of_the_chain_in_force(env: Env, kube: Path, tmp_path: Path) -> None:
+    # 630 KB with a comment: too big for the second transform's 1 MB of memory, so it fails on this one.
+    (kube / "huge.md").write_text("# Huge\n\nzanzibar <!-- hidden --> " + "filler words here\n" * 35_000)
+    small = tmp_path / "small.wat"
+    small.write_bytes((EXAMPLES / "strip-comments.wat").read_bytes())
+    small.with_suffix(".toml").write_text('[plugin]\nname = "small"\nmemory_mb = 1\nfuel = 1000000000\n'
+                                          'time_ms = 2000\n')
+    env.run("plugin", "install", str(EXAMPLES / "strip-comments.wat"))
+    env.run("plugin", "install", str(small))
+    env.run("collection", "add", str(kube), "--name", "kube", "--no-update")
+    env.run("plugin", "attach", "strip-comments", "-c", "kube")
+    env.run("plugin", "attach", "small", "-c", "kube")  # after strip-comments; fails on huge.md alone
+    assert env.json("plugin", "info", "small")["failures"] >= 1
+    # huge.md's comment, which strip-comments removed, stays out: the failure further down the chain used
+    # to index the document as it was read, comment and all.
+    assert search(env, "hidden") == [] and files(search(env, "zanzibar")) == ["kube/huge.md"]
+
+
 def test_a_transform_group_that_fails_is_redone_one_document_at_a_time(env: Env, kube: Path, tmp_path: Path) -> None:
     """Documents are transformed in groups (up to 64 files, about 1 MB); one too big for the plugin's
     memory (1 MB here) fails its group, and the others are still transformed, each on its own; the big

@@ -49,7 +49,6 @@ from qmdd.indexing import (
 )
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.sandbox.registry import PluginRegistry
-from qmdd.sandbox.runtime import PluginCallFailed
 from qmdd.store import chunkterms, walguard
 from qmdd.store import documents as docs
 from qmdd.store.contexts import no_context, remove_context, set_context
@@ -294,18 +293,8 @@ class IndexerActor(DatabaseActor):
         if chain is None:
             return Transforms()
 
-        def apply(documents: list[tuple[str, str]]) -> list[str | None]:
-            named = [(f"{collection.name}/{path}", text) for path, text in documents]
-            try:
-                return list(chain(named))
-            except PluginCallFailed as exc:
-                if len(named) == 1:
-                    log.warning("%s indexed without its transforms: %s", named[0][0], exc)
-                    return [None]
-            # One document spoilt the group (too big for the plugin's limits, say): each on its own.
-            return [apply([document])[0] for document in documents]
-
-        return Transforms(apply, key)
+        return Transforms(lambda documents: chain([(f"{collection.name}/{path}", text) for path, text in documents]),
+                          key)
 
     async def _set_plugins(self, message: SetCollectionPlugins) -> dict[str, object]:
         row = await self._write(docs.set_collection_plugins, self.conn, message.collection, message.plugins)

@@ -32,8 +32,8 @@ log = logging.getLogger("qmdd.plugins")
 
 FAILURES_TO_DISABLE = 3
 """Failed calls in a row after which a plugin is disabled (with the last reason) until enabled again."""
-Transform = Callable[[list[tuple[str, str]]], list[str]]
-"""[(path, text)] -> their new texts, raising PluginCallFailed."""
+Transform = Callable[[list[tuple[str, str]]], list[tuple[str, bool]]]
+"""[(path, text)] -> each one's new text, and whether every transform of the chain made it."""
 
 
 @dataclass
@@ -266,11 +266,26 @@ class PluginRegistry:
         if not chain:
             return None, ""
 
-        def transform(documents: list[tuple[str, str]]) -> list[str]:
-            texts = [text for _, text in documents]
+        def transform(documents: list[tuple[str, str]]) -> list[tuple[str, bool]]:
+            paths = [path for path, _ in documents]
+            texts, complete = [text for _, text in documents], [True] * len(documents)
             for installed in chain:
-                texts = self.call(installed.name, "transform", "",
-                                  [Candidate(0.0, text, "", path, "{}", i)
-                                   for i, ((path, _), text) in enumerate(zip(documents, texts, strict=True))])
-            return texts
+                texts, made = self._through(installed, paths, texts)
+                complete = [c and m for c, m in zip(complete, made, strict=True)]
+            return list(zip(texts, complete, strict=True))
         return transform, ",".join(p.identity for p in chain)
+
+    def _through(self, installed: Installed, paths: list[str], texts: list[str]) -> tuple[list[str], list[bool]]:
+        """The texts through one transform, and which it made. One that fails a group (a document too big
+        for its limits, say) is tried on each document alone; a document it fails on goes on unchanged to
+        the next transform: a failing transform after strip-comments used to undo strip-comments too."""
+        batch = [Candidate(0.0, text, "", path, "{}", i)
+                 for i, (path, text) in enumerate(zip(paths, texts, strict=True))]
+        try:
+            return self.call(installed.name, "transform", "", batch), [True] * len(texts)
+        except PluginCallFailed as exc:
+            if len(texts) == 1:
+                log.warning("%s: transform %s left out for it: %s", paths[0], installed.name, exc)
+                return texts, [False]
+        alone = [self._through(installed, [path], [text]) for path, text in zip(paths, texts, strict=True)]
+        return [t[0] for t, _ in alone], [m[0] for _, m in alone]
