@@ -81,6 +81,8 @@ def test_install_list_info_replace_remove(env: Env, kube: Path) -> None:
     ("imports-wasi.wat", "imports wasi_snapshot_preview1"),
     ("no-alloc.wat", "no `qmd_alloc`"),
     ("abi2.wat", "ABI version 2"),
+    ("start-loop.wat", r"failed when started: ran out of fuel \(1,000,000 to start\)"),  # both used to install,
+    ("huge-memory.wat", "failed when started: .*memory"),  # then fail every call
 ])
 def test_what_is_not_a_plugin_is_refused(env: Env, name: str, why: str) -> None:
     refused = env.run("plugin", "install", str(FIXTURES / name), "--json", check=False)

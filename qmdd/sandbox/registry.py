@@ -129,6 +129,7 @@ class PluginRegistry:
         manifest = manifest_from(record["manifest"], record_file)
         compiled = self._compiled_from_cache(name, binary) or self.sandbox.compile(binary, text=False, where=name)
         compiled = _declared(compiled, manifest, name)
+        self.sandbox.started(compiled, manifest, name)
         return Installed(manifest, compiled, record["sha256"], float(record["installed_at"]),
                          bool(record["enabled"]), record.get("disabled_reason"))
 
@@ -167,6 +168,7 @@ class PluginRegistry:
         self._check_free(chosen.name, replace_existing)  # before compiling, which may take seconds
         compiled = _declared(self.sandbox.compile(data, text=not data.startswith(b"\0asm"), where=where),
                              chosen, where)
+        self.sandbox.started(compiled, chosen, where)
         installed = Installed(chosen, compiled, hashlib.sha256(compiled.binary).hexdigest(), time.time())
         with self._lock:
             self._check_free(chosen.name, replace_existing)

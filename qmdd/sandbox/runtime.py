@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import wasmtime
@@ -32,7 +32,7 @@ from qmdd.sandbox.abi import (
     decode_text,
     encode_batch,
 )
-from qmdd.sandbox.manifest import Manifest
+from qmdd.sandbox.manifest import LIMITS, Manifest
 from qmdd.sandbox.shape import Malformed, module_shape, too_big
 
 WASM_MAGIC = b"\0asm"
@@ -168,14 +168,29 @@ class Sandbox:
         return compiled
 
     def _abi_version(self, compiled: Compiled, where: str) -> int:
-        store = self._store(Manifest(name="install", fuel=SETUP_FUEL))
+        # As much memory as any manifest may give it: its own limits are checked by `started`.
+        version: int = self._setup(compiled, Manifest(name="install", memory_mb=LIMITS["memory_mb"][1]), where,
+                                   "qmd_abi_version")
+        return version
+
+    def started(self, compiled: Compiled, manifest: Manifest, where: str) -> None:
+        """Refuse a module that cannot start within its manifest's limits (a start function that never
+        ends, more memory declared than memory_mb): every call of it would fail."""
+        self._setup(compiled, manifest, where)
+
+    def _setup(self, compiled: Compiled, manifest: Manifest, where: str, ask: str | None = None) -> Any:
+        """An instance made with SETUP_FUEL under `manifest`'s memory and time limits, and what its
+        export `ask` answers (None when not asked)."""
+        setup = replace(manifest, fuel=SETUP_FUEL)
+        store = self._store(setup)
         try:
             with self._ticker.running():
                 instance = wasmtime.Instance(store, compiled.module, [])
-                version: int = _func(instance.exports(store), "qmd_abi_version")(store)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                return None if ask is None else _func(instance.exports(store), ask)(store)
+        except wasmtime.Trap as trap:
+            raise _not_a_plugin(where, f"it failed when started: {_trap_reason(trap, setup, 'to start')}") from None
+        except wasmtime.WasmtimeError as exc:
             raise _not_a_plugin(where, f"it failed when started: {_why(exc)}") from None
-        return version
 
     # --- calls ---------------------------------------------------------------------------------------
 
@@ -263,9 +278,9 @@ def _failure(exc: Exception, manifest: Manifest) -> str:
     return str(exc)
 
 
-def _trap_reason(trap: wasmtime.Trap, manifest: Manifest) -> str:
+def _trap_reason(trap: wasmtime.Trap, manifest: Manifest, fuel_for: str = "per call") -> str:
     if trap.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
-        return f"ran out of fuel ({manifest.fuel:,} per call)"
+        return f"ran out of fuel ({manifest.fuel:,} {fuel_for})"
     if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
         return f"ran past its time limit ({manifest.time_ms} ms)"
     return f"trapped: {_why(trap)}"
