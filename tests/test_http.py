@@ -114,6 +114,9 @@ def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Clie
     problem(door.post("/search", content=b" " * (MAX_BODY_BYTES + 1)), 413, "FRAME_TOO_LARGE")
     problem(door.get("/documents/notes/missing.md"), 404, "NOT_FOUND")
     problem(door.get("/documents/notes/alpha.md", params={"max_lines": "-1"}), 400, "INVALID_INPUT")
+    assert "max_line" in problem(door.get("/documents/notes/alpha.md", params={"max_line": "5"}), 400,
+                                 "INVALID_INPUT")["detail"]  # misspelt: it used to return the whole file
+    problem(door.get("/documents/"), 400, "INVALID_INPUT")  # it said "Collection not found: "
     assert door.get("/search").status_code == 405
     assert door.get("/no/such/endpoint").status_code == 404
     assert door.post("/search", json={"query": "alpha"}).json()["results"]

@@ -345,6 +345,13 @@ class HttpDoor:
 
     async def _document(self, request: Request) -> Any:
         target = request.path_params["target"]
+        if not target:
+            raise QmddError(ErrorCode.INVALID_INPUT, "no document named: GET /documents/COLLECTION/PATH or "
+                            "/documents/%23DOCID")
+        # Refused as unknown JSON fields are: a misspelt ?max_line=5 must not return the whole file.
+        if unknown := sorted(set(request.query_params) - {"from_line", "max_lines"}):
+            raise QmddError(ErrorCode.INVALID_INPUT, f"unknown query parameter(s) {', '.join(unknown)!r:.200}",
+                            hints=("GET /documents/… takes from_line and max_lines.",))
         params: dict[str, Any] = {"target": target if target.startswith("#") else f"qmd://{target}"}
         for name in ("from_line", "max_lines"):
             value = request.query_params.get(name)
