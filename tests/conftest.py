@@ -76,6 +76,15 @@ class Env:
         os.kill(pid, signal.SIGKILL)
 
 
+def exited(pid: int) -> bool:
+    """Whether `pid` has ended: gone, or a zombie its parent (init, for a daemon whose client exited)
+    has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of converted models for the whole session: each daemon would convert again."""

@@ -25,7 +25,7 @@ from qmdd.paths import ensure_private_dir
 from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode
 from qmdd.protocol.wire import hello
-from tests.conftest import Env
+from tests.conftest import Env, exited
 
 NOBODY = 65534
 SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
@@ -195,7 +195,7 @@ def test_stop_signals_a_daemon_that_does_not_answer_and_waits_for_it(env: Env) -
     out, _ = stop.communicate(timeout=60)
     assert stop.returncode == 0
     assert json.loads(out) == {"running": False, "stopped": True, "pid": pid}
-    assert not Path(f"/proc/{pid}").exists()
+    assert exited(pid)
 
 
 def test_stop_never_says_a_live_daemon_is_gone(env: Env, monkeypatch: pytest.MonkeyPatch,

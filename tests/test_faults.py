@@ -23,7 +23,7 @@ from qmdd import faults
 from qmdd.actors.base import Mailbox
 from qmdd.actors.supervisor import RestartPolicy, Supervisor
 from qmdd.protocol.errors import ErrorCode, QmddError
-from tests.conftest import Env
+from tests.conftest import Env, exited
 from tests.test_supervisor import Echo, EchoActor
 
 # --- unit: the fault point in the Actor template, the restart policy ------------------------------
@@ -324,18 +324,11 @@ def test_crash_loop_degrades_the_daemon_instead_of_spinning(env: Env, notes: Pat
     assert any(line.split()[:2] == ["bm25", "failed"] for line in text.splitlines())
     # A degraded daemon still stops cleanly, and the next one starts healthy (faults disarmed).
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), 15, "the daemon to stop")
+    wait_for(lambda: exited(pid), 15, "the daemon to stop")
     assert "qmdd stopped" in env.paths.log_file.read_text()
     del env.vars["QMDD_FAULTS"]
     assert env.json("search", "narwhal")[0]["file"] == "qmd://notes/delta.md"
     assert env.json("status")["state"] == "ok"
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_status_still_answers_when_the_embedder_is_given_up_on(env: Env, notes: Path) -> None:
