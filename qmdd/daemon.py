@@ -243,7 +243,7 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
             with trio.move_on_after(config.shutdown_grace_s):
                 for name in STOP_ORDER:
                     child = supervisor.children[name]
-                    child.mailbox.send_channel.close()
+                    child.mailbox.close()
                     await child.ended.wait()
                 await supervisor.wait_ended()
             nursery.cancel_scope.cancel()

@@ -66,7 +66,7 @@ async def start(nursery: trio.Nursery, tmp_path: Path, model: FakeModel, *, batc
                 workers: int = 1) -> Mailbox:
     mailbox = Mailbox("embedder")
     actor = embedder(tmp_path, mailbox, model, batch_tokens=batch_tokens, workers=workers)
-    await nursery.start(actor.run, mailbox.receive_channel)
+    await nursery.start(actor.run, mailbox)
     return mailbox
 
 

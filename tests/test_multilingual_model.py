@@ -135,7 +135,7 @@ def test_the_embedder_puts_each_kind_of_text_behind_its_prefix(tmp_path: Path) -
     async def main() -> None:
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
-                await nursery.start(actor.run, mailbox.receive_channel)
+                await nursery.start(actor.run, mailbox)
                 await mailbox.call(EmbedTexts(["a"], "query"))
                 await mailbox.call(EmbedTexts(["b"], "bulk"))
                 await mailbox.call(EmbedTexts(["c"], "bulk", "query"))

@@ -25,6 +25,13 @@ class Fail:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Handled in turn: answered when `release` is set."""
+
+    release: trio.Event
+
+
+@dataclass(frozen=True)
 class Slow:
     """Handled beside the inbox: answered when `release` is set, or fails once it is (`fail`)."""
 
@@ -42,7 +49,11 @@ class EchoActor(Actor):
         self.instance = EchoActor.instances
 
     def handlers(self) -> dict[type, Handler]:
-        return {Echo: self._echo, Fail: self._fail, Slow: concurrent(self._slow)}
+        return {Echo: self._echo, Fail: self._fail, Hold: self._hold, Slow: concurrent(self._slow)}
+
+    async def _hold(self, message: Hold) -> int:
+        await message.release.wait()
+        return self.instance
 
     async def _echo(self, message: Echo) -> tuple[int, Any]:
         return self.instance, message.value
@@ -123,6 +134,26 @@ def test_cast_nowait_refuses_when_inbox_full() -> None:
         assert mailbox.queue_depth() == 1
 
     trio.run(main)
+
+
+def test_a_concurrent_message_is_not_read_behind_one_handled_in_turn() -> None:
+    async def test(supervisor: Supervisor, mailbox: Mailbox) -> None:
+        held, released = trio.Event(), trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mailbox.call, Hold(held))
+            await trio.testing.wait_all_tasks_blocked()
+            released.set()
+            # Answered while Hold is being handled (it used to wait in the inbox behind it); an Echo, in
+            # turn, still waits.
+            assert await mailbox.call(Slow(released)) == 1
+            with trio.move_on_after(0.2):
+                await mailbox.call(Echo("after"))
+                raise AssertionError("answered before the message in turn ahead of it")
+            held.set()
+        assert await mailbox.call(Echo("after")) == (1, "after")
+        assert mailbox.queue_depth() == 0
+
+    run(test)
 
 
 def test_a_concurrent_handler_is_answered_beside_the_inbox_and_a_typed_error_only_replies() -> None:

@@ -68,11 +68,21 @@ def offer_progress(channel: trio.MemorySendChannel[Any] | None, event: dict[str,
 
 
 class Mailbox:
-    """The send side of an actor's inbox: what the daemon's wiring hands to other components."""
+    """The send side of an actor's inbox: what the daemon's wiring hands to other components.
+
+    Messages the actor handles beside the inbox (`concurrent`) go to a second channel once its instance
+    has said which (`beside`): in the inbox they were read only after the message handled in turn before
+    them, so a vector query waited for a snapshot save, a query embedding for a rerank, a plugin call for
+    an install. Both channels outlive a crash of the actor: the next instance reads on."""
 
     def __init__(self, name: str, size: int = INBOX_SIZE) -> None:
         self.name = name
         self.send_channel, self.receive_channel = trio.open_memory_channel[Envelope](size)
+        self.beside_send, self.beside_receive = trio.open_memory_channel[Envelope](size)
+        self.beside: frozenset[type] = frozenset()
+
+    def _channel(self, message: Any) -> trio.MemorySendChannel[Envelope]:
+        return self.beside_send if type(message) in self.beside else self.send_channel
 
     async def call(self, message: Any) -> Any:
         """Send and wait for the reply; raises the handler's QmddError."""
@@ -80,7 +90,7 @@ class Mailbox:
         with span(f"{self.name}.{type(message).__name__}"):
             async with reply_receive:
                 try:
-                    await self.send_channel.send(Envelope(message, reply_send))
+                    await self._channel(message).send(Envelope(message, reply_send))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor has stopped") from None
                 return (await reply_receive.receive()).unwrap()
@@ -88,14 +98,24 @@ class Mailbox:
     def cast_nowait(self, message: Any) -> None:
         """Fire and forget; refuses rather than blocks when the actor is far behind."""
         try:
-            self.send_channel.send_nowait(Envelope(message))
+            self.send_nowait(Envelope(message))
         except trio.WouldBlock:
             raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor is overloaded") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise QmddError(ErrorCode.BACKEND_UNAVAILABLE, f"the {self.name} actor has stopped") from None
 
+    def send_nowait(self, envelope: Envelope) -> None:
+        """An envelope into the channel its message goes to (an actor handing a request back)."""
+        self._channel(envelope.message).send_nowait(envelope)
+
+    def close(self) -> None:
+        """No more messages: the actor answers those already sent, then ends."""
+        self.send_channel.close()
+        self.beside_send.close()
+
     def queue_depth(self) -> int:
-        return self.send_channel.statistics().current_buffer_used
+        return (self.send_channel.statistics().current_buffer_used
+                + self.beside_send.statistics().current_buffer_used)
 
 
 @dataclass
@@ -173,20 +193,29 @@ class Actor:
                 "busy_s": round(self.stats.busy_s, 3), "last_error": self.stats.last_error,
                 **self.extra_statistics()}
 
-    async def run(self, inbox: trio.MemoryReceiveChannel[Envelope], *,
-                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, mailbox: Mailbox, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Until the mailbox is closed: its inbox in turn, and beside it the messages handled beside."""
         self._handlers = self.handlers()
+        mailbox.beside = frozenset(kind for kind, handler in self._handlers.items() if isinstance(handler, Concurrent))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
                 await self.setup()
                 task_status.started()
-                async for envelope in inbox:
+                beside_read = trio.Event()
+                nursery.start_soon(self._read_beside, mailbox.beside_receive, beside_read)
+                async for envelope in mailbox.receive_channel:
                     await self._dispatch(envelope)
+                await beside_read.wait()  # closed too: what was sent before is started, not dropped
             finally:
                 with trio.CancelScope(shield=True):
                     await self.teardown()
             nursery.cancel_scope.cancel()
+
+    async def _read_beside(self, channel: trio.MemoryReceiveChannel[Envelope], read: trio.Event) -> None:
+        async for envelope in channel:
+            await self._dispatch(envelope)  # each started at once (messages sent here are `concurrent`)
+        read.set()
 
     async def _dispatch(self, envelope: Envelope) -> None:
         handler = self._handlers.get(type(envelope.message))

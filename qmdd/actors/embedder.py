@@ -150,7 +150,7 @@ class EmbedderActor(Actor):
                 ErrorCode.EMBEDDING_FAILED, "the embedder failed on this request twice")))
             return
         try:
-            self._mailbox.send_channel.send_nowait(envelope)
+            self._mailbox.send_nowait(envelope)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             send_reply(envelope, outcome.Error(QmddError(
                 ErrorCode.BACKEND_UNAVAILABLE, "the embedder is stopping or overloaded")))

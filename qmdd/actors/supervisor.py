@@ -19,7 +19,7 @@ from typing import Any
 import outcome
 import trio
 
-from qmdd.actors.base import Actor, Mailbox, send_reply
+from qmdd.actors.base import Actor, Envelope, Mailbox, send_reply
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 log = logging.getLogger("qmdd.supervisor")
@@ -105,7 +105,7 @@ class Supervisor:
             health.actor = actor = health.factory()
             try:
                 async with trio.open_nursery() as inner:
-                    await inner.start(actor.run, health.mailbox.receive_channel)
+                    await inner.start(actor.run, health.mailbox)
                     health.status = "running"
                     if not reported:
                         reported = True
@@ -139,9 +139,14 @@ class Supervisor:
             await trio.sleep(min(backoff, self.policy.backoff_max_s))
 
     async def _answer_dead_letters(self, health: ActorHealth) -> None:
-        """Until the daemon closes the inbox (at shutdown): answer each message at once, log nothing."""
-        async for envelope in health.mailbox.receive_channel:
-            send_reply(envelope, outcome.Error(QmddError(
-                ErrorCode.BACKEND_UNAVAILABLE,
-                f"the {health.name} actor is down after repeated crashes: {health.last_crash}",
-                hints=("Restart the daemon with `qmdctl daemon stop`; the daemon log has the cause.",))))
+        """Until the daemon closes the mailbox (at shutdown): answer each message at once, log nothing."""
+        async def answer(channel: trio.MemoryReceiveChannel[Envelope]) -> None:
+            async for envelope in channel:
+                send_reply(envelope, outcome.Error(QmddError(
+                    ErrorCode.BACKEND_UNAVAILABLE,
+                    f"the {health.name} actor is down after repeated crashes: {health.last_crash}",
+                    hints=("Restart the daemon with `qmdctl daemon stop`; the daemon log has the cause.",))))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer, health.mailbox.receive_channel)
+            nursery.start_soon(answer, health.mailbox.beside_receive)
