@@ -20,7 +20,7 @@ from qmdd.protocol import framing
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.protocol.wire import MAX_FRAME_BYTES, PROTOCOL_VERSION, hello, request
 from qmdd.store.db import connect
-from tests.conftest import Env
+from tests.conftest import Env, exited
 
 
 def raw_connect(env: Env, greet: bool = True) -> socket.socket:
@@ -137,9 +137,7 @@ def test_second_daemon_is_refused_and_stale_socket_is_replaced(env: Env) -> None
 
 def _wait_dead(pid: int) -> None:
     for _ in range(500):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if exited(pid):
             return
         time.sleep(0.01)
     raise AssertionError(f"pid {pid} did not die")

@@ -21,7 +21,7 @@ from watchfiles import Change
 
 from qmdctl.client import Client, call_collecting
 from qmdd.actors.watcher import follow_root, relative_changes, root_key
-from tests.conftest import Env
+from tests.conftest import Env, exited
 
 DEADLINE_S = 15.0  # generous: CI shares 2 cores; the latency itself is measured by bench/watch_latency.py
 
@@ -257,11 +257,7 @@ def test_shutdown_with_watches_is_prompt(watching: Env, notes: Path, tmp_path: P
     assert pid is not None
     started = time.monotonic()
     os.kill(pid, signal.SIGTERM)
-    while time.monotonic() - started < 10:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() - started < 10 and not exited(pid):
         time.sleep(0.02)
     # Not a benchmark: a notifier thread that only returned at its timeout (watchfiles' default is 5 s
     # per collection) would show here.
