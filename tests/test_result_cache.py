@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from qmdd.methods.cache import ResultCache, cache_key, cached
+from qmdd.methods.cache import GenerationMemo, ResultCache, cache_key, cached
 from qmdd.methods.call import Call
 from qmdd.tracing import parse_traceparent, traceparent
 
@@ -29,6 +29,21 @@ def test_entries_live_for_their_generation_and_ttl() -> None:
     assert cache.get("b", (1, 0)) is None
     assert cache.statistics() | {"bytes": 0} == {"entries": 0, "bytes": 0, "capacity": 2, "hits": 1, "misses": 3,
                                                  "stale": 1, "expired": 1, "evicted": 0}
+
+
+def test_a_memo_holds_for_one_generation_and_refuses_what_was_worked_out_before_a_change() -> None:
+    memo = GenerationMemo()
+    assert memo.get((1, 0), "k") is None
+    memo.put((1, 0), "k", ["a"])
+    assert memo.get((1, 0), "k") == ["a"]
+    assert memo.get((1, 1), "k") is None  # the index moved: everything is forgotten
+    assert memo.get((1, 0), "k") is None
+    memo.get((2, 1), "other")  # a request saw a newer generation while one worked out "k" at (1, 0)
+    memo.put((1, 0), "k", ["stale"])
+    assert memo.get((2, 1), "k") is None
+    for i in range(GenerationMemo.MAX_ENTRIES + 1):
+        memo.put((2, 1), i, i)
+    assert memo.get((2, 1), GenerationMemo.MAX_ENTRIES) == GenerationMemo.MAX_ENTRIES and memo.get((2, 1), 0) is None
 
 
 def test_least_recently_used_go_first_within_entries_and_bytes() -> None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from qmdd.search.snippets import Snippets
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qmdd.search import snippets as snippets_module
+from qmdd.search.snippets import BACKGROUND_WEIGHT, LONG_LINE_CHARS, MAX_CANDIDATES, Snippets, _excerpt
 from qmdd.search.tokenize import Tokenizer
 
 TOK = Tokenizer()
@@ -41,3 +48,39 @@ def test_cjk_and_long_lines() -> None:
     snip = snippets("搜索").make(text, chunk_start_line=1, doc_lines=3)
     assert snip.line == 2
     assert len(snip.text) < 700
+
+
+def every_candidate_in_turn(s: Snippets, lines: list[str]) -> tuple[int, int]:
+    """`best_hit` as it was before it skipped candidates: each one tokenized, in order."""
+    best, best_column, best_hits = -1, 0, 0.0
+    for i, column in itertools.islice(s._matches("\n".join(lines).casefold()), MAX_CANDIDATES):
+        text = lines[i] if len(lines[i]) <= LONG_LINE_CHARS else _excerpt(lines[i], column)
+        found = set(TOK.index_terms(text))
+        hits = len(s._wanted & found) + BACKGROUND_WEIGHT * len(s._background & found)
+        if hits > best_hits:
+            best, best_column, best_hits = i, column, hits
+    return best, best_column
+
+
+WORDS = ["tar", "guitar", "enlisted", "profile",  # these hold a probe ("tar", "list", "file") but not its term
+         "archive", "archives", "extract", "extracting", "file", "files", "list", "listing", "the",
+         "création", "STRASSE", "straße", "搜索", "x" * 30]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(WORDS), max_size=8).map(" ".join), min_size=1, max_size=12),
+       st.lists(st.sampled_from(WORDS), min_size=1, max_size=4), st.lists(st.sampled_from(WORDS), max_size=3),
+       st.integers(0, 3))
+def test_skipping_candidates_finds_what_trying_each_finds(lines: list[str], query: list[str], intent: list[str],
+                                                          long_line: int) -> None:
+    if long_line:  # a line past LONG_LINE_CHARS: looked at in windows around its probes
+        lines = [*lines[:long_line], " ".join(lines) + " pad" * 700 + " tar archive", *lines[long_line:]]
+    s = Snippets(TOK.query_terms(" ".join(query)), TOK.index_terms, TOK.query_terms(" ".join(intent)))
+    assert s.best_hit(lines) == every_candidate_in_turn(s, lines)
+
+
+def test_more_terms_than_probes_are_still_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snippets_module, "MAX_PROBES", 1)
+    s = Snippets(TOK.query_terms("tar archive"), TOK.index_terms)  # "arch" is searched for, "tar" not
+    lines = ["an archive", "tar archive"]
+    assert s.best_hit(lines) == every_candidate_in_turn(s, lines) == (1, 4)

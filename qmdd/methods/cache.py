@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -88,6 +88,32 @@ class ResultCache:
 
     def _drop(self, key: str) -> None:
         self._bytes -= len(self._entries.pop(key)[2])
+
+
+class GenerationMemo:
+    """Facts worked out from the index that every answer would otherwise work out again (which searched
+    collections lack vectors: two actor calls and two table reads), kept while the index generation
+    stays what it was when they were worked out; the first look at a new generation forgets them all."""
+
+    MAX_ENTRIES = 64  # keys per generation (one per set of collections searched by name)
+
+    def __init__(self) -> None:
+        self._generation: GenerationKey | None = None
+        self._values: dict[Hashable, Any] = {}
+
+    def get(self, generation: GenerationKey, key: Hashable) -> Any | None:
+        if generation != self._generation:
+            self._generation, self._values = generation, {}
+        return self._values.get(key)
+
+    def put(self, generation: GenerationKey, key: Hashable, value: Any) -> None:
+        """Keep `value`, worked out after `generation` was read: unless the index has moved on since, when
+        it belongs to no generation anyone still sees."""
+        if generation != self._generation:
+            return
+        if len(self._values) >= self.MAX_ENTRIES:
+            self._values.clear()
+        self._values[key] = value
 
 
 def cache_key(method: str, params: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ import trio
 from qmdd.actors.base import Generation, Mailbox
 from qmdd.actors.supervisor import Supervisor
 from qmdd.config import Config
-from qmdd.methods.cache import ResultCache
+from qmdd.methods.cache import GenerationMemo, ResultCache
 from qmdd.methods.metrics import Metrics
 from qmdd.models.registry import ModelRegistry
 from qmdd.search.tokenize import Tokenizer, TokenizerConfig
@@ -51,6 +51,7 @@ class Services:
     generation: Generation = field(default_factory=Generation)
     """Advanced by the BM25 and vectors actors after each change they apply."""
     cache: ResultCache = field(default_factory=lambda: ResultCache(0, 0.0))
+    memo: GenerationMemo = field(default_factory=GenerationMemo)
 
     def index_generation(self) -> tuple[int, int]:
         """Moves whenever what a search can see may have changed (see qmdd.methods.cache)."""

@@ -158,12 +158,11 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     check_request(request)
     collection_ids, allowed = resolve_filters(conn, request)
     reads = Reads(conn)
-    matcher = PhraseMatcher(request.query, tokenizer)
     sizes = fetch_sizes(request.limit, request.collapse)
     for i, fetch in enumerate(sizes):
         asked = max(fetch, PHRASE_DEPTH)
         # Re-scoring, collapsing and snippets in BM25's worker thread: a hop costs more than any of them.
-        step = functools.partial(_rank_and_render, reads, tokenizer, matcher, request, asked=asked,
+        step = functools.partial(_rank_and_render, reads, tokenizer, request, asked=asked,
                                  last=i == len(sizes) - 1)
         answer = await retrievers.keywords_then(request.query, asked, collection_ids, allowed, request.explain, step)
         if answer is not None:
@@ -171,7 +170,7 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     raise AssertionError("the last fetch always answers")
 
 
-def _rank_and_render(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, request: SearchRequest,
+def _rank_and_render(reads: Reads, tokenizer: Tokenizer, request: SearchRequest,
                      terms: list[str], found: list[ChunkHit], *, asked: int,
                      last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
     """BM25's hits, the first PHRASE_DEPTH re-scored by how closely their best chunk says the query,
@@ -182,6 +181,7 @@ def _rank_and_render(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher,
     if not terms:
         return no_words(request.query), []
     head = found[:PHRASE_DEPTH]
+    matcher = PhraseMatcher(request.query, tokenizer)  # here, not on the event loop: it tokenizes the query
     evidence = phrase_scores(reads, tokenizer, matcher, [h.chunk_id for h in head], [h.named for h in head])
     rescored = [replace(h, norm=with_phrase(h.norm, e), phrase=e) if e else h
                 for h, e in zip(head, evidence, strict=True)]

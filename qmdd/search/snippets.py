@@ -56,6 +56,12 @@ class Snippets:
         query_probes = sorted({_probe(t) for t in self._wanted})
         extra = sorted({_probe(t) for t in self._background} - set(query_probes))
         self._probes = (query_probes + extra)[:MAX_PROBES]  # the query's own terms first
+        # Per probe, how many query and intent terms it stands for; the terms past MAX_PROBES have none
+        # searched for, so any text may hold them.
+        self._probe_counts = {probe: (sum(_probe(t) == probe for t in self._wanted),
+                                      sum(_probe(t) == probe for t in self._background)) for probe in self._probes}
+        self._unprobed = (sum(_probe(t) not in self._probe_counts for t in self._wanted),
+                          sum(_probe(t) not in self._probe_counts for t in self._background))
         longest_first = sorted(self._probes, key=len, reverse=True)
         self._probe_re = re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
 
@@ -86,20 +92,37 @@ class Snippets:
         the first on ties; (-1, 0) if none does.
 
         Tokenizing is what a snippet costs; one regex pass over the folded chunk finds the few lines
-        that can hold a term, and only those are tokenized."""
+        that can hold a term, and only those are tokenized, those whose probes promise the most first:
+        a text holds no more terms than it holds their probes, so the rest are skipped once the best
+        one found holds as many as they could."""
         if self._probe_re is None:
             return -1, 0
         # casefold never adds or drops a newline; it can lengthen a line (ß → ss), which only moves
         # a long line's window a little.
         folded = "\n".join(lines).casefold()
-        best, best_column, best_hits = -1, 0, 0.0
-        for i, column in itertools.islice(self._matches(folded), MAX_CANDIDATES):
+        candidates = []
+        for order, (i, column) in enumerate(itertools.islice(self._matches(folded), MAX_CANDIDATES)):
             text = lines[i] if len(lines[i]) <= LONG_LINE_CHARS else _excerpt(lines[i], column)
+            candidates.append((-self._at_most(text.casefold()), order, i, column, text))
+        candidates.sort()
+        best, best_column, best_hits, best_order = -1, 0, 0.0, MAX_CANDIDATES
+        for negated_bound, order, i, column, text in candidates:
+            if -negated_bound < best_hits or (-negated_bound == best_hits and order > best_order):
+                break  # neither this nor any after it (as promising, or less) can beat the best or tie earlier
             found = set(self._terms_of(text))
-            hits = len(self._wanted & found) + BACKGROUND_WEIGHT * len(self._background & found)
-            if hits > best_hits:
-                best, best_column, best_hits = i, column, hits
+            hits = _weigh(len(self._wanted & found), len(self._background & found))
+            if hits > best_hits or (hits == best_hits and hits and order < best_order):
+                best, best_column, best_hits, best_order = i, column, hits, order
         return best, best_column
+
+    def _at_most(self, folded: str) -> float:
+        """The most `best_hit` can count for a (case-folded) text: its terms whose probes it holds."""
+        query, intent = self._unprobed
+        for probe, (in_query, in_intent) in self._probe_counts.items():
+            if probe in folded:
+                query += in_query
+                intent += in_intent
+        return _weigh(query, intent)
 
     def make(self, chunk_text: str, chunk_start_line: int, doc_lines: int, context_lines: int = 4) -> Snippet:
         """Up to `context_lines` lines around the best line of a chunk: one before, the rest after; of a
@@ -123,6 +146,12 @@ class Snippets:
         header = f"@@ -{first},{len(window)} @@ ({before} before, {after} after)"
         line = chunk_start_line + (hit if hit >= 0 else 0)
         return Snippet(line=line, text=f"{header}\n{body}")
+
+
+def _weigh(query_terms: int, intent_terms: int) -> float:
+    """What a line holding so many distinct query and intent terms counts for: the same arithmetic for a
+    count and a bound, so a bound is never below the count it bounds."""
+    return query_terms + BACKGROUND_WEIGHT * intent_terms
 
 
 def _line_end(text: str, at: int) -> int:
