@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import random
+import struct
+from array import array
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qmdd.search.phrases import (
     END,
@@ -13,7 +18,6 @@ from qmdd.search.phrases import (
     TEXT_LIMIT,
     PhraseMatcher,
     common_subsequence,
-    read_terms,
     sentence_evidence,
     stored_terms,
     stored_version,
@@ -83,15 +87,58 @@ def test_stored_terms_match_as_the_text_does() -> None:
         for text in texts:
             stored = stored_terms(TOKENIZER, text)
             assert len(stored) == 4 * len(text_terms(TOKENIZER, text)) <= 4 * TEXT_LIMIT
-            assert read_terms(stored) == text_terms(TOKENIZER, text)
+            assert array("I", stored).tolist() == text_terms(TOKENIZER, text)  # (on a little-endian machine)
             for named in ((), {"tar"}):
-                assert matcher.evidence_of(read_terms(stored), named) == matcher.evidence(text, named)
+                assert matcher.evidence_in(stored, named) == matcher.evidence(text, named) == \
+                    sentence_by_sentence(matcher, text_terms(TOKENIZER, text), named)
     # Sentence ends and articles read alike however written; a term's id is never a sentence end.
     assert text_terms(TOKENIZER, "The cat. A cat!\nan cat") == [term_id("a"), term_id("cat"), END] * 2 + \
         [term_id("a"), term_id("cat")]
     assert END not in {term_id(t) for t in ("", "a", "tar", "两数")}
     # Terms made by another tokenizer are another version: the indexer then makes them again.
     assert stored_version(TOKENIZER) != stored_version(Tokenizer(TokenizerConfig(stem=False)))
+
+
+def sentence_by_sentence(matcher: PhraseMatcher, terms: list[int], named: Collection[str]) -> float:
+    """The evidence as the definition says it: each sentence split out, its named terms left out and
+    counted as said, coverage^3 * precision^2 of the best."""
+    ids = {term_id(t) for t in named}
+    query = [t for t in matcher._query if t not in ids]
+    said = len(matcher._query) - len(query)
+    best = 0.0
+    sentence: list[int] = []
+    for term in [*terms, END]:
+        if term != END:
+            sentence.append(term)
+            continue
+        if sentence:
+            kept = [t for t in sentence if t not in ids] if said else sentence
+            common = said + common_subsequence(query, kept)
+            if common:
+                best = max(best, (common / len(matcher._query)) ** 3 * (common / (len(kept) + said)) ** 2)
+        sentence = []
+    return best
+
+
+VOCABULARY = ["create", "tar", "archive", "a", "file", "from", "the", "list", "extract"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([*VOCABULARY, ".", "x"]), max_size=40),
+       st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=6),
+       st.sets(st.sampled_from(["tar", "archive", "list", "zebra"]), max_size=2))
+def test_reading_stored_terms_in_place_finds_what_splitting_every_sentence_finds(
+        words: list[str], query: list[str], named: set[str]) -> None:
+    matcher = PhraseMatcher(" ".join(query), TOKENIZER)
+    terms = text_terms(TOKENIZER, " ".join(words))
+    stored = stored_terms(TOKENIZER, " ".join(words))
+    assert matcher.evidence_in(stored, named) == pytest.approx(sentence_by_sentence(matcher, terms, named))
+    # Four bytes that straddle two stored terms are no term and no sentence end: a query term's bytes
+    # and four zero bytes, both planted two bytes off the terms' bounds.
+    planted = b"\1\1" + struct.pack("<I", matcher._query[0]) + bytes(4) + b"\1\1"
+    for blob in (planted + stored, stored + planted):
+        assert matcher.evidence_in(blob, named) == pytest.approx(
+            sentence_by_sentence(matcher, array("I", blob).tolist(), named))
 
 
 def test_phrase_raises_a_score_within_zero_to_one() -> None:

@@ -147,12 +147,26 @@ def stored_terms(tokenizer: Tokenizer, text: str) -> bytes:
     return ids.tobytes()
 
 
-def read_terms(stored: bytes) -> list[int]:
-    """What `stored_terms` stored."""
-    ids = array("I", stored)
-    if sys.byteorder == "big":
-        ids.byteswap()
-    return ids.tolist()
+def _stored(term: int) -> bytes:
+    """A term's id as `stored_terms` stores it."""
+    return term.to_bytes(4, "little")
+
+
+_STORED_END = _stored(END)
+
+
+def _offsets(stored: bytes, term: bytes) -> list[int]:
+    """Where stored terms hold a term (as `_stored` gives it): term offsets, in order. bytes.find scans
+    in C; four bytes that straddle two terms are not one."""
+    found = []
+    at = stored.find(term)
+    while at >= 0:
+        if at & 3:
+            at = stored.find(term, at + 1)
+        else:
+            found.append(at >> 2)
+            at = stored.find(term, at + 4)
+    return found
 
 
 def stored_version(tokenizer: Tokenizer) -> str:
@@ -173,33 +187,62 @@ class PhraseMatcher:
         self._query = [term for term in text_terms(tokenizer, query[:QUERY_CHARS]) if term != END]
         # One word has no order to find, and BM25 and the name keys already weigh where it occurs.
         self.has_order = 2 <= len(self._query) <= QUERY_WORDS and len(query) <= QUERY_CHARS
+        self._stored = {term: _stored(term) for term in self._query}
 
     def evidence(self, text: str, named: Collection[str] = ()) -> float:
         """The best sentence's evidence in `text` (0..1). `named`: the query's terms that the name of
         the text's document holds. A page's name is the subject of each of its lines ("create an
         archive" on tar's page says "create a tar archive"), so those terms count as said by every
         sentence, wherever the query has them, and are skipped in the sentence."""
-        return self.evidence_of(text_terms(self._tokenizer, text), named)
+        return self.evidence_in(stored_terms(self._tokenizer, text), named)
 
-    def evidence_of(self, terms: list[int], named: Collection[str] = ()) -> float:
-        """`evidence` of a text given as its `text_terms` (which this may extend)."""
+    def evidence_in(self, stored: bytes, named: Collection[str] = ()) -> float:
+        """`evidence` of a text given as its `stored_terms`, read where they lie: the query's terms and
+        the sentence ends are found by bytes.find, and only the sentences holding a query term are
+        matched (unless a name says some of the query, when every sentence counts). Splitting out
+        every sentence in Python took 40% longer (215 vs 152 us for a tldr search's 20 chunks)."""
         ids = {term_id(term) for term in named}
         query = [term for term in self._query if term not in ids]
         said = len(self._query) - len(query)
-        positions = _positions(query)
-        terms.append(END)
-        best, start = 0.0, 0
-        while start < len(terms):  # sentence by sentence, each found by a C-level scan
-            end = terms.index(END, start)
-            sentence = terms[start:end]
+        hits: list[tuple[int, list[int]]] = []  # (term offset, the query positions of its term), in order
+        for term, at in _positions(query).items():
+            for offset in _offsets(stored, self._stored[term]):
+                hits.append((offset, at))
+        if not (hits or said):
+            return 0.0
+        hits.sort()  # by offset: a term offset holds one term, so no two are equal
+        ends = _offsets(stored, _STORED_END)
+        ends.append(len(stored) >> 2)
+        if said:
+            return self._with_named(stored, ids, said, hits, ends)
+        best, h = 0.0, 0
+        while h < len(hits):  # sentence by sentence among those holding a hit
+            k = bisect.bisect_left(ends, hits[h][0])
+            start, end = (ends[k - 1] + 1 if k else 0), ends[k]
+            matched = []
+            while h < len(hits) and hits[h][0] < end:
+                matched.append(hits[h][1])
+                h += 1
+            best = max(best, _evidence(_longest_increasing(matched), len(self._query), end - start))
+        return best
+
+    def _with_named(self, stored: bytes, ids: set[int], said: int, hits: list[tuple[int, list[int]]],
+                    ends: list[int]) -> float:
+        """`evidence_in` when the name says `said` of the query's terms: every sentence, less its own
+        named terms, says those."""
+        named_at = sorted(offset for term in ids for offset in _offsets(stored, _stored(term)))
+        best, start, h, n = 0.0, 0, 0, 0
+        for end in ends:
+            if end > start:
+                matched, skipped = [], n
+                while h < len(hits) and hits[h][0] < end:
+                    matched.append(hits[h][1])
+                    h += 1
+                while n < len(named_at) and named_at[n] < end:
+                    n += 1
+                common = said + _longest_increasing(matched)
+                best = max(best, _evidence(common, len(self._query), end - start - (n - skipped) + said))
             start = end + 1
-            if not sentence:
-                continue
-            if said:
-                sentence = [term for term in sentence if term not in ids]
-            common = said + _longest_increasing(filter(None, map(positions.get, sentence)))
-            if common:
-                best = max(best, _evidence(common, len(self._query), len(sentence) + said))
         return best
 
 

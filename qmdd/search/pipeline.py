@@ -22,7 +22,7 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.collapse import FIRST_EXTRA, collapse, enough, fetch_sizes
 from qmdd.search.fields import document_name_keys, query_name_keys
-from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, read_terms, with_phrase
+from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
 from qmdd.search.ports import Retrievers
 from qmdd.search.reads import Reads
 from qmdd.search.snippets import Snippets
@@ -219,7 +219,7 @@ def phrase_scores(reads: Reads, tokenizer: Tokenizer, matcher: PhraseMatcher, ch
             said = {t for key in _name_keys(tokenizer, chunk.title, chunk.path) if key in names for t in names[key][1]}
         terms = stored[chunk_id]
         if terms is not None:
-            out.append(matcher.evidence_of(read_terms(terms), said))
+            out.append(matcher.evidence_in(terms, said))
         else:
             assert chunk is not None
             out.append(matcher.evidence(chunk.text, said))
