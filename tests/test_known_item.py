@@ -16,7 +16,7 @@ from qmdd.search.pipeline import collapse_documents
 from qmdd.search.ranking import COMMON_IDF, informativeness
 from qmdd.search.reads import Reads
 from qmdd.search.tokenize import Tokenizer
-from qmdd.store.documents import ChunkText, DocRow
+from qmdd.store.documents import ChunkText, DocMarks, DocRow
 from tests.conftest import Env
 
 TOKENIZER = Tokenizer()
@@ -171,10 +171,11 @@ class RowsRead(Reads):
         super().__init__(sqlite3.connect(":memory:"))
         self.rows, self.asked = rows, 0
 
-    def documents(self, ids: Iterable[int]) -> dict[int, DocRow]:
+    def marks(self, ids: Iterable[int]) -> dict[int, DocMarks]:
         wanted = list(ids)
         self.asked = max(self.asked, len(wanted))
-        return {i: self.rows[i] for i in wanted if i in self.rows}
+        return {i: DocMarks(i, row.collection_id, row.collection, row.path, row.hash)
+                for i in wanted if (row := self.rows.get(i)) is not None}
 
 
 def test_collapsing_the_head_of_a_long_list_reads_only_what_it_needs() -> None:

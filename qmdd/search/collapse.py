@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TypeVar
-
-from qmdd.store.documents import DocRow
+from typing import Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -46,7 +44,18 @@ def sibling_path(path: str) -> str:
     return "/".join(m["base"] if (m := _VARIANT_FOLDER.fullmatch(p)) else p for p in folders.split("/")) + "/" + name
 
 
-def collapse(keys: Sequence[K], row_of: Callable[[K], DocRow | None]) -> tuple[list[K], dict[K, list[K]]]:
+class Marked(Protocol):
+    """What collapsing reads of a document (a `DocMarks` or a `DocRow`)."""
+
+    @property
+    def collection_id(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+
+
+def collapse(keys: Sequence[K], row_of: Callable[[K], Marked | None]) -> tuple[list[K], dict[K, list[K]]]:
     """Keys in rank order -> (the first key of each group, in order; first key -> the others, in order).
     A key without a row stands alone."""
     group_of: dict[Hashable, K] = {}
@@ -66,7 +75,7 @@ def collapse(keys: Sequence[K], row_of: Callable[[K], DocRow | None]) -> tuple[l
     return kept, others
 
 
-def _marks(row: DocRow) -> list[Hashable]:
+def _marks(row: Marked) -> list[Hashable]:
     marks: list[Hashable] = [("path", row.collection_id, sibling_path(row.path))]
     if row.hash:
         marks.append(("hash", row.hash))

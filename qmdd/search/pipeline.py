@@ -249,7 +249,7 @@ def collapse_documents(reads: Reads, doc_ids: Sequence[int], enabled: bool,
     window = len(doc_ids) if wanted is None else wanted + FIRST_EXTRA
     while True:
         head = doc_ids[:window]
-        rows = reads.documents(head)
+        rows = reads.marks(head)
         kept, others = collapse(head, rows.get)
         if len(kept) >= (wanted or 0) or window >= len(doc_ids):
             return kept, {k: [rows[o].uri for o in found] for k, found in others.items()}

@@ -1,10 +1,10 @@
 """One request's reads of chunks and documents: each row read from SQLite once, however many of the
 request's steps need it (phrase evidence, collapsing, results).
 
-A search reads its top chunks' phrase terms (their texts where none are stored) to re-score them, the
-documents of its hits to collapse copies, then the shown hits' chunks and documents again for their
-snippets; read through this, the later steps find them read. A request's steps run one after another
-(some in a worker thread), never at once.
+A search reads its top chunks' phrase terms (their texts where none are stored) to re-score them, what
+tells copies apart of its hits' documents to collapse them, then the shown hits' chunks and whole
+document rows for their results; read through this, a later step finds read what an earlier one read.
+A request's steps run one after another (some in a worker thread), never at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from qmdd.store import chunkterms
 from qmdd.store import documents as docs
-from qmdd.store.documents import ChunkText, DocRow
+from qmdd.store.documents import ChunkText, DocMarks, DocRow
 
 R = TypeVar("R")
 
@@ -25,6 +25,7 @@ class Reads:
         self.conn = conn
         self._chunks: dict[int, ChunkText | None] = {}  # None: no such chunk (removed meanwhile)
         self._docs: dict[int, DocRow | None] = {}
+        self._marks: dict[int, DocMarks | None] = {}
         self._terms: dict[int, tuple[bytes | None] | None] = {}  # a chunk's row: (its stored terms,)
 
     def chunk_texts(self, ids: Iterable[int]) -> dict[int, ChunkText]:
@@ -33,6 +34,10 @@ class Reads:
 
     def documents(self, ids: Iterable[int]) -> dict[int, DocRow]:
         return _read_through(self._docs, ids, lambda missing: docs.docs_by_ids(self.conn, missing))
+
+    def marks(self, ids: Iterable[int]) -> dict[int, DocMarks]:
+        """What collapsing copies needs of each document: less than `documents` reads."""
+        return _read_through(self._marks, ids, lambda missing: docs.marks_by_ids(self.conn, missing))
 
     def phrase_terms(self, ids: Iterable[int]) -> dict[int, bytes | None]:
         """Each existing chunk's stored phrase terms (None: not stored yet)."""

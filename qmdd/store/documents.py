@@ -109,7 +109,26 @@ class DocRow:
 
     @property
     def uri(self) -> str:
-        return f"qmd://{self.collection}/{self.path}"
+        return document_uri(self.collection, self.path)
+
+
+def document_uri(collection: str, path: str) -> str:
+    return f"qmd://{collection}/{path}"
+
+
+class DocMarks(NamedTuple):
+    """What tells a document's copies (qmdd.search.collapse), and what names one: a third of a `DocRow`'s
+    reading time, for the many documents a search collapses and the few it shows."""
+
+    id: int
+    collection_id: int
+    collection: str
+    path: str
+    hash: str
+
+    @property
+    def uri(self) -> str:
+        return document_uri(self.collection, self.path)
 
 
 _COLLECTION_COLS = ("id, name, root, masks, excludes, created_at, updated_at, root_dev, root_ino, plugins,"
@@ -398,6 +417,12 @@ DOCS_SQL = f"SELECT {_DOC_COLS} FROM documents d JOIN collections c ON c.id = d.
 
 def docs_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocRow]:
     return {r[0]: DocRow(*r) for r in select_in(conn, f"{DOCS_SQL} WHERE d.id IN ({{in}})", ids)}
+
+
+def marks_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocMarks]:
+    return {r[0]: DocMarks(*r) for r in select_in(
+        conn, "SELECT d.id, d.collection_id, c.name, d.path, d.hash FROM documents d"
+              " JOIN collections c ON c.id = d.collection_id WHERE d.id IN ({in})", ids)}
 
 
 def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] | None,
