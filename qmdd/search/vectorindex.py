@@ -378,12 +378,26 @@ class VectorIndex:
         owners = self._row_keys[rows[np.asarray(found.keys, dtype=np.int64)]]
         similarity = 1.0 - np.asarray(found.distances, dtype=np.float64)
         # Every node yields a chunk: the best `limit` nodes, and any tied with them.
-        chosen = range(int(np.searchsorted(-similarity, -similarity[min(limit, len(rows)) - 1], side="right")))
-        hits = [VectorHit(chunk, float(similarity[i])) for i in chosen
-                for chunk in (int(owners[i]), *self._twins.get(int(owners[i]), ()))
-                if allowed is None or chunk in allowed]
-        hits.sort(key=lambda hit: (-hit.similarity, hit.chunk_id))
-        return hits[:limit]
+        count = int(np.searchsorted(-similarity, -similarity[min(limit, len(rows)) - 1], side="right"))
+        chunks, similarities = owners[:count], similarity[:count]
+        if allowed is not None or not self._twins.keys().isdisjoint(chunks.tolist()):
+            chunks, similarities = self._allowed_chunks(chunks.tolist(), similarities.tolist(), allowed)
+        order = np.lexsort((chunks, -similarities))[:limit]  # best first, ties by chunk id
+        # Built from lists: indexing numpy arrays item by item took twice as long (300 hits: 175 vs 52 us).
+        return list(map(VectorHit._make, zip(chunks[order].tolist(), similarities[order].tolist(), strict=True)))
+
+    def _allowed_chunks(self, owners: list[int], similarities: list[float],
+                        allowed: BitMap | None) -> tuple[np.ndarray, np.ndarray]:
+        """The chunks of these nodes (each node's owner and its twins) that are in `allowed`, with their
+        node's similarity."""
+        chunks, kept = [], []
+        for owner, similarity in zip(owners, similarities, strict=True):
+            twins = self._twins.get(owner)
+            for chunk in (owner,) if twins is None else (owner, *twins):
+                if allowed is None or chunk in allowed:
+                    chunks.append(chunk)
+                    kept.append(similarity)
+        return np.array(chunks, dtype=np.int64), np.array(kept, dtype=np.float64)
 
     def statistics(self) -> dict[str, Any]:
         held = self._row_of.nbytes + (0 if self._viewing else self._n * (3 * self.ndim + 4))
