@@ -124,21 +124,31 @@ def fuse(lists: Sequence[RankedList[K]]) -> list[Fused[K]]:
     total = sum(ranked.weight for ranked in active)
     contributions: dict[K, dict[str, float]] = {}  # insertion order = first appearance
     best_ranks: dict[K, int] = {}
-    for ranked in active:
-        rank = 0
+    for ranked in active:  # (this loop runs for every candidate of every list: a few hundred per query)
+        source, weight, rank = ranked.source, ranked.weight, 0
         for key, score in zip(ranked.keys, ranked.scores, strict=True):
-            per_source = contributions.setdefault(key, {})
-            if ranked.source in per_source:  # only a key's first occurrence counts
+            per_source = contributions.get(key)
+            if per_source is None:
+                contributions[key] = per_source = {}
+                best_ranks[key] = rank + 1
+            elif source in per_source:  # only a key's first occurrence counts
                 continue
+            elif rank + 1 < best_ranks[key]:
+                best_ranks[key] = rank + 1
             rank += 1
-            evidence = min(1.0, max(0.0, score)) if math.isfinite(score) else 0.0
-            per_source[ranked.source] = ranked.weight * evidence / total
-            best_ranks[key] = min(best_ranks.get(key, rank), rank)
-    unsorted = [(sum(per_source.values()), best_ranks[key], order, key)
-                for order, (key, per_source) in enumerate(contributions.items())]
-    unsorted.sort(key=lambda entry: (-entry[0], entry[1], entry[2]))
-    return [Fused(key, score, rank, contributions[key], best)
-            for rank, (score, best, _, key) in enumerate(unsorted, 1)]
+            per_source[source] = weight * _evidence(score) / total
+    # (-score, best rank, first appearance): distinct, so the keys themselves are never compared
+    ordered = sorted((-sum(per_source.values()), best_ranks[key], order, key)
+                     for order, (key, per_source) in enumerate(contributions.items()))
+    return [Fused(key, -negated, rank, contributions[key], best)
+            for rank, (negated, best, _, key) in enumerate(ordered, 1)]
+
+
+def _evidence(score: float) -> float:
+    """A list's score clipped to 0..1; NaN and infinities are no evidence."""
+    if 0.0 <= score <= 1.0:
+        return score
+    return 1.0 if 1.0 < score < math.inf else 0.0
 
 
 def calibrate_cosine(similarity: float, floor: float) -> float:
