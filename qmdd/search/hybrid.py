@@ -190,9 +190,9 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     lists, warnings = await retrieve(engines, subqueries, max(candidates, request.limit), collection_ids, allowed)
     names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
     reads = Reads(engines.conn)
-    weighed = _ranked_lists(lists, names, engines.latin_only(), engines.cosine_floor())
+    weigh = partial(_ranked_lists, lists, names, engines.latin_only(), engines.cosine_floor())
     terms = sorted({t for sub in subqueries for t in engines.tokenizer.query_terms(sub.text)})
-    rank = partial(_rank, engines.tokenizer, reads, subqueries, lists, weighed, request,
+    rank = partial(_rank, engines.tokenizer, reads, subqueries, lists, weigh, request,
                    max(request.limit, RERANK_DEPTH if rerank else request.limit))
     blended: list[Blended[int]] = []
     if rerank:
@@ -226,10 +226,11 @@ class _Ranked:
 
 
 def _rank(tokenizer: Tokenizer, reads: Reads, subqueries: Sequence[SubQuery],
-          lists: Sequence[tuple[SubQuery, list[Candidate]]], weighed: Sequence[RankedList[int]],
+          lists: Sequence[tuple[SubQuery, list[Candidate]]], weigh: Callable[[], list[RankedList[int]]],
           request: SearchRequest, shown: int) -> _Ranked:
-    """The first `shown` documents of the fused, collapsed, re-scored lists (`_fuse_and_rescore`)."""
-    fused, by_source, copies, phrases = _fuse_and_rescore(tokenizer, reads, subqueries, lists, weighed, request,
+    """The first `shown` documents of the lists weighed (`weigh`: here in the worker thread, since it
+    calibrates every candidate's score), fused, collapsed and re-scored (`_fuse_and_rescore`)."""
+    fused, by_source, copies, phrases = _fuse_and_rescore(tokenizer, reads, subqueries, lists, weigh(), request,
                                                           max(PHRASE_DEPTH, shown))
     head = fused[:shown]
     return _Ranked(head, {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head},
