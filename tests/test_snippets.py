@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import random
+import re
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -50,10 +53,33 @@ def test_cjk_and_long_lines() -> None:
     assert len(snip.text) < 700
 
 
+def regex_matches(s: Snippets, folded: str) -> Iterator[tuple[int, int]]:
+    """The candidates as a regex of the probes found them: (line, column) of the first match on each line
+    holding one, of each probe's first match on a long line."""
+    probe_re = re.compile("|".join(map(re.escape, sorted(s._probes, key=len, reverse=True))))
+    line, start, pos = 0, 0, 0
+    end = folded.find("\n") % (len(folded) + 1)
+    while (m := probe_re.search(folded, pos)) is not None:
+        at = m.start()
+        if at > end:
+            line += 1 + folded.count("\n", end + 1, at)
+            start = folded.rfind("\n", end, at) + 1
+            end = folded.find("\n", at) % (len(folded) + 1)
+        if end - start <= LONG_LINE_CHARS:
+            yield line, at - start
+        else:
+            for column in sorted({folded.find(probe, at, end) for probe in s._probes} - {-1}):
+                yield line, column - start
+        pos = end
+
+
 def every_candidate_in_turn(s: Snippets, lines: list[str]) -> tuple[int, int]:
     """`best_hit` as it was before it skipped candidates: each one tokenized, in order."""
     best, best_column, best_hits = -1, 0, 0.0
-    for i, column in itertools.islice(s._matches("\n".join(lines).casefold()), MAX_CANDIDATES):
+    folded = "\n".join(lines).casefold()
+    candidates = list(itertools.islice(regex_matches(s, folded), MAX_CANDIDATES))
+    assert s._matches(folded)[:MAX_CANDIDATES] == candidates
+    for i, column in candidates:
         text = lines[i] if len(lines[i]) <= LONG_LINE_CHARS else _excerpt(lines[i], column)
         found = set(TOK.index_terms(text))
         hits = len(s._wanted & found) + BACKGROUND_WEIGHT * len(s._background & found)
@@ -84,3 +110,13 @@ def test_more_terms_than_probes_are_still_counted(monkeypatch: pytest.MonkeyPatc
     s = Snippets(TOK.query_terms("tar archive"), TOK.index_terms)  # "arch" is searched for, "tar" not
     lines = ["an archive", "tar archive"]
     assert s.best_hit(lines) == every_candidate_in_turn(s, lines) == (1, 4)
+
+
+def test_the_first_candidates_are_found_however_many_lines_hold_a_probe() -> None:
+    rng = random.Random(5)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 5))) for _ in range(400)]
+    lines[30] = " ".join(WORDS) + " pad" * 700 + " tar"  # a long line: one window per probe
+    s = Snippets(TOK.query_terms("tar archive extract list"), TOK.index_terms, TOK.query_terms("file"))
+    folded = "\n".join(lines).casefold()
+    assert s._matches(folded)[:MAX_CANDIDATES] == list(itertools.islice(regex_matches(s, folded), MAX_CANDIDATES))
+    assert s.best_hit(lines) == every_candidate_in_turn(s, lines)
