@@ -240,7 +240,8 @@ def test_a_client_past_its_burst_gets_429_with_retry_after(env: Env, notes: Path
     assert env.client().call("status")["rpc"]["http"]["rate_limited"] == 1
 
 
-def test_an_mcp_session_spends_its_rate_on_tool_calls_and_reads_the_refusal(env: Env, notes: Path) -> None:
+def test_an_mcp_session_spends_its_rate_on_tool_calls_and_its_opening_and_reads_the_refusal(env: Env,
+                                                                                           notes: Path) -> None:
     import httpx2
     import trio
     from mcp.client.session import ClientSession
@@ -250,18 +251,22 @@ def test_an_mcp_session_spends_its_rate_on_tool_calls_and_reads_the_refusal(env:
     env.vars.update(QMDD_HTTP_BURST="3", QMDD_HTTP_RATE_PER_MINUTE="6")
     url = env.json("daemon", "start", "--http", "127.0.0.1:0")["http"].rstrip("/") + "/mcp"
     env.run("collection", "add", str(notes), "--name", "notes")
+    token = read_token(env.paths)
+
+    def open_sessions() -> int:
+        return int(env.client().call("status")["rpc"]["mcp"]["open_http_sessions"])
 
     async def session() -> MCPError:
         with trio.fail_after(60):
-            async with httpx2.AsyncClient(headers={"authorization": f"Bearer {read_token(env.paths)}"},
-                                          timeout=30) as http_client, \
+            async with httpx2.AsyncClient(headers={"authorization": f"Bearer {token}"}, timeout=30) as http_client, \
                     streamable_http_client(url, http_client=http_client) as streams, \
                     ClientSession(streams[0], streams[1]) as client:
-                await client.initialize()  # protocol: not counted
-                for _ in range(3):
+                await client.initialize()  # opens a session: counted
+                for _ in range(3):  # protocol: not counted
                     await client.list_tools()
-                for _ in range(3):  # the burst
+                for _ in range(2):  # the rest of the burst
                     assert not (await client.call_tool("search", {"query": "sqlite"})).is_error
+                assert open_sessions() == 1
                 with pytest.raises(MCPError) as caught:
                     await client.call_tool("search", {"query": "sqlite"})
                 await client.list_tools()  # still served
@@ -269,6 +274,16 @@ def test_an_mcp_session_spends_its_rate_on_tool_calls_and_reads_the_refusal(env:
 
     refused = trio.run(session)
     assert refused.error.message.startswith("RATE_LIMITED: ") and 1 <= refused.error.data["retry_after"] <= 10
+    assert open_sessions() == 0  # the client closed its session
+    # Opening sessions in a loop (10,000 filled the SDK's table in 40 s) meets the same limit.
+    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                  "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                             "clientInfo": {"name": "c", "version": "1"}}}
+    with httpx.Client(headers={"authorization": f"Bearer {token}", "accept": "application/json, text/event-stream"},
+                      timeout=30) as client:
+        opened = client.post(url, json=initialize)
+        assert opened.status_code == 429 and opened.json()["error"]["data"]["code"] == "RATE_LIMITED"
+    assert open_sessions() == 0
 
 
 def test_metrics_over_http_and_the_socket(door: httpx.Client, env: Env) -> None:

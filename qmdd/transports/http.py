@@ -47,7 +47,7 @@ from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.tokens import TokenFile
 from qmdd.tracing import new_span_id, trace_context, traceparent
-from qmdd.transports.mcp_http import calls_a_tool, replaying
+from qmdd.transports.mcp_http import counted, replaying
 from qmdd.transports.ratelimit import RateLimiter
 from qmdd.transports.replies import ErrorReply, jsonrpc_error, openai_error, problem
 from qmdd.transports.rest import SEARCH_METHODS, search_params
@@ -187,7 +187,8 @@ class HttpDoor:
     async def _mcp(self, checks: Callable[[Request], Awaitable[Response]], scope: Any, receive: Any,
                    send: Any) -> None:
         """The MCP endpoint: checked as every other (its refusals as JSON-RPC errors, which MCP clients
-        read), its tool calls counted by the rate limit (`mcp_http`), then handed to the SDK's app."""
+        read), its tool calls and session openings counted by the rate limit (`mcp_http`), then handed to
+        the SDK's app."""
         request = Request(scope, receive)
         checked = await checks(request)
         if checked.status_code != 200:
@@ -205,7 +206,7 @@ class HttpDoor:
                 self._mcp_app = app
         if request.method == "POST":
             request.state.body = body = await _body(request, MAX_BODY_BYTES)
-            if calls_a_tool(body):
+            if counted(body):
                 self._check_rate(request)
         return {}
 

@@ -159,7 +159,8 @@ class McpHost:
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
 
     def statistics(self) -> dict[str, Any]:
-        return {"sessions": self.sessions, "open_sessions": self.open_sessions, "loaded": self._server is not None}
+        return {"sessions": self.sessions, "open_sessions": self.open_sessions, "loaded": self._server is not None,
+                "open_http_sessions": open_http_sessions(self._server)}
 
 
 def _build_server(table: MethodTable) -> Any:
@@ -175,3 +176,11 @@ def session_server(server: Any) -> Any:
     our own (MCPServer itself runs stdio, SSE or its own HTTP app). `_lowlevel_server` is private in the
     SDK: this is the one place that touches it, and tests/test_mcp.py checks that it is still there."""
     return server._lowlevel_server
+
+
+def open_http_sessions(server: Any) -> int:
+    """The MCP-over-HTTP sessions open now (0 before the HTTP app is built). The SDK counts them only in
+    its session manager's private `_server_instances`: this is the one place that reads it, and
+    tests/test_http.py checks the count."""
+    manager = None if server is None else session_server(server)._session_manager
+    return 0 if manager is None else len(manager._server_instances)
