@@ -17,6 +17,7 @@ import pytest
 
 from qmdctl.client import Client
 from qmdd.actors.embed_jobs import EMBED_PAGE
+from qmdd.protocol.errors import ErrorCode
 from qmdd.store.db import MIGRATIONS, migrate
 from tests.conftest import Env
 from tests.test_mcp import run, session
@@ -342,3 +343,23 @@ def test_switching_back_to_a_model_embeds_what_was_chosen_meanwhile(watching: En
     # already, so the chosen collection it never embedded (other) is embedded for it.
     wait_for(lambda: watching.json("status")["model"]["embedded"] == 5, "other's MiniLM vectors", 60)
     assert watching.json("status")["auto_embed"]["last_error"] is None
+
+
+def test_a_stop_delivers_an_answer_ready_within_its_grace_and_logs_one_it_cut_off_as_cancelled(
+        env: Env, tmp_path: Path) -> None:
+    env.run("collection", "add", str(_items(tmp_path / "few", 3, "plums")), "--name", "few")
+    env.run("collection", "add", str(_items(tmp_path / "late", 3, "figs")), "--name", "late")
+    env.vars["QMDD_SHUTDOWN_GRACE_S"] = "30"
+    embedding = _held_embed(env, "few", 2)  # its page waits 2 s: well within the grace
+    env.run("daemon", "stop")
+    _, err = embedding.communicate(timeout=60)
+    assert embedding.returncode == 0, err  # answered, though the daemon was stopping
+    assert "embed via socket: ok" in env.paths.log_file.read_text()
+
+    env.vars["QMDD_SHUTDOWN_GRACE_S"] = "0.5"
+    embedding = _held_embed(env, "late", 10)  # cut off by the stop
+    env.run("daemon", "stop")
+    _, err = embedding.communicate(timeout=60)
+    assert embedding.returncode == ErrorCode.BACKEND_UNAVAILABLE.spec.exit_code, err
+    log = env.paths.log_file.read_text()
+    assert "embed via socket: CANCELLED" in log and log.count("embed via socket: ok") == 1

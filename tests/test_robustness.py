@@ -279,7 +279,7 @@ def test_one_index_never_has_two_daemons(tmp_path: Path) -> None:
             assert client.call("ping")["pid"] == pid
         finally:
             client.call("shutdown")
-    os.waitpid(pid, 0)  # the client started it as our child: reap it
+    _wait_dead(pid)  # the client started it as our child, and its reaper thread reaps it
 
 
 def test_update_reports_a_missing_root_and_updates_the_others(env: Env, notes: Path, tmp_path: Path) -> None:

@@ -65,6 +65,9 @@ def timed(table: Mapping[str, MethodHandler], metrics: Metrics, door: str) -> di
                 # A client that hung up (Ctrl-C on a long embed) ended its call: no daemon error to count.
                 error = str(typed.code) if typed is not None else "CLIENT_GONE" if client_gone(exc) else "INTERNAL"
                 raise
+            except BaseException:  # cancelled (a stopping daemon's grace ran out): not "ok"; raised again
+                error = "CANCELLED"
+                raise
             finally:
                 seconds = time.perf_counter() - started
                 metrics.observe(method, door, seconds, error)

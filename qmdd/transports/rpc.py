@@ -229,14 +229,32 @@ class RpcServer:
                     continue
                 if message["type"] != "req":
                     raise QmddError(ErrorCode.PROTOCOL_ERROR, f"expected a request frame, not {message['type']!r}")
+            except QmddError as exc:
+                self._count(exc.code)
+                await self._send(stream, error(req_id, exc))
+                if not greeted:  # before the hello there is no session
+                    return
+                continue
+            # In flight until its answer is sent: a stopping daemon waits for that (within its grace),
+            # where counting only the method's work let the stop cut off an answer that was ready.
+            counted = message["method"] not in self.sessions
+            if counted:
+                self.stats.in_flight += 1
+                self.idle = trio.Event() if self.stats.in_flight == 1 else self.idle
+            try:
                 await self._request(stream, reader, message)
             except QmddError as exc:
                 self._count(exc.code)
                 await self._send(stream, error(req_id, exc))
-                # Before the hello there is no session; after an oversized frame (which a method reading
-                # the connection itself, like mcp.session, may meet) there is no next frame boundary.
-                if not greeted or isinstance(exc, (FrameTooLarge, FrameStalled)):
+                # After an oversized frame (which a method reading the connection itself, like
+                # mcp.session, may meet) there is no next frame boundary.
+                if isinstance(exc, (FrameTooLarge, FrameStalled)):
                     return
+            finally:
+                if counted:
+                    self.stats.in_flight -= 1
+                    if self.stats.in_flight == 0:
+                        self.idle.set()
 
     async def _hello(self, stream: trio.SocketStream, message: ClientFrame) -> None:
         if message["type"] != "hello":
@@ -268,10 +286,6 @@ class RpcServer:
             return None if body is None else framing.decode_body(body)
 
         self.stats.requests += 1
-        counted = method not in self.sessions
-        if counted:
-            self.stats.in_flight += 1
-            self.idle = trio.Event() if self.stats.in_flight == 1 else self.idle
         try:
             log.debug("%s %s%s", method, {k: v for k, v in params.items() if k != "text"},
                       f" identity={identity}" if identity else "")
@@ -284,11 +298,6 @@ class RpcServer:
                 raise typed from None
             log.exception("method %s failed", method)
             raise QmddError(ErrorCode.INTERNAL, f"{method} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if counted:
-                self.stats.in_flight -= 1
-                if self.stats.in_flight == 0:
-                    self.idle.set()
         reply = result(req_id, value)
         reply["trace_id"] = trace_id
         await self._send(stream, reply)
