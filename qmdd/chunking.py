@@ -120,8 +120,12 @@ def _clean_heading(text: str) -> str:
         return " ".join(text.split())
     text = _ATTRS_RE.sub("", text)
     text = _LINK_RE.sub(r"\1", text)
-    text = _TAG_RE.sub("", text)
-    text = _CODE_RE.sub(r"\2", text)
+    # A tag in a code span is its text (`` `<cmath>` `` names a header): tags go only around code spans.
+    pieces, at = [], 0
+    for code in _CODE_RE.finditer(text):
+        pieces += [_TAG_RE.sub("", text[at:code.start()]), code[2]]
+        at = code.end()
+    text = "".join(pieces) + _TAG_RE.sub("", text[at:])
     text = _EMPHASIS_RE.sub(r"\2", text)
     text = _ESCAPE_RE.sub(r"\1", text)
     return " ".join(text.split())

@@ -167,6 +167,14 @@ def test_atx_heading_details() -> None:
     assert list(dict.fromkeys(c.heading_path for c in chunks)) == [(), ("Closed",)]
 
 
+def test_heading_markup_is_stripped_but_a_code_span_is_literal() -> None:
+    text = ("# `<cmath>`\n\nintro\n\n## <span id=\"x\">Three-*dimensional*</span> `hypot` [ref](u)\n\nbody\n"
+            "\n### **`std::vector<T>`** and <b>bold</b>\n\nmore\n")
+    paths = [c.heading_path for c in chunk_markdown(text, ChunkerConfig(target_tokens=4, max_tokens=8,
+                                                                       overlap_tokens=0))]
+    assert paths[-1] == ("<cmath>", "Three-dimensional hypot ref", "std::vector<T> and bold")
+
+
 def test_crlf_lines_are_kept_exactly() -> None:
     text = "# A\r\nline\r\n# B\r\n" + "x " * 100 + "\r\n"
     chunks = chunk_markdown(text, SMALL)
