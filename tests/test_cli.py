@@ -160,6 +160,8 @@ def test_errors_have_stable_codes_and_exit_codes(env: Env, notes: Path, tmp_path
     marks = env.run("search", "?.,;:! --", "--json")
     assert json.loads(marks.stdout) == [] and "warning: INVALID_INPUT" in marks.stderr
     assert "has no words or numbers" in marks.stderr and "a word or a number" in marks.stderr
+    too_long = env.run("search", "b" * 70, "--json")  # dropped from the index as base64 is: not "punctuation"
+    assert json.loads(too_long.stdout) == [] and "longer than 64 characters" in too_long.stderr
     # The daemon is still serving after all of that.
     assert env.json("search", "alpha")
 

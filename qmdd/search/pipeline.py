@@ -27,7 +27,7 @@ from qmdd.search.ports import Retrievers
 from qmdd.search.reads import Reads
 from qmdd.search.snippets import Snippets
 from qmdd.search.targets import path_readings
-from qmdd.search.tokenize import Tokenizer
+from qmdd.search.tokenize import MAX_TERM_LEN, Tokenizer
 from qmdd.store import documents as docs
 from qmdd.store.contexts import list_contexts
 from qmdd.store.documents import CollectionRow, DocRow
@@ -146,9 +146,12 @@ def no_words(query: str) -> dict[str, Any]:
     for "No results" alone reads as "no page says this", which it never asked. A warning, not an error:
     a script running a list of queries (tldr's "[" is a command name) gets its empty answer and goes on."""
     shown = query if len(query) <= 40 else query[:40] + "…"
+    if any(len(part) > MAX_TERM_LEN for part in query.split()):
+        why = f"its words are longer than {MAX_TERM_LEN} characters, which are not indexed (as base64 or ids)"
+    else:
+        why = "it has no words or numbers: keyword search ignores punctuation and symbols"
     return {"terms": [], "results": [], "warnings": [{
-        "code": ErrorCode.INVALID_INPUT.value,
-        "message": f"the query {shown!r} has no words or numbers: keyword search ignores punctuation and symbols",
+        "code": ErrorCode.INVALID_INPUT.value, "message": f"the query {shown!r} finds nothing: {why}",
         "hints": ["Search for a word or a number that the page contains."]}]}
 
 
