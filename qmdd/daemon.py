@@ -172,6 +172,9 @@ async def _serve_http(config: Config, table: MethodTable, mcp: McpHost, sock: so
     await nursery.start(door.serve, sock, shutdown, config.shutdown_grace_s)
     await trio.to_thread.run_sync(ownfiles.replace_file, str(paths.http_address), url + "\n")
     log.info("HTTP door on %s", url)
+    if not (door.loopback or tls):
+        log.warning("the HTTP door serves plain HTTP beyond this machine: its bearer token crosses the network "
+                    "in the clear; set [http] cert and key for HTTPS")
     return door
 
 

@@ -96,6 +96,14 @@ def test_running_daemon_with_http_door(env: Env, notes: Path) -> None:
     assert (http["status"], http["code"], code) == ("fail", "PERMISSION_DENIED", 17) and "--rotate" in http["fix"]
 
 
+def test_plain_http_beyond_loopback_is_a_warning(env: Env) -> None:
+    env.run("daemon", "start", "--http", "0.0.0.0:0")
+    code, report = doctor(env)
+    http = by_name(report)["http"]
+    assert code == 0 and http["status"] == "warn" and "in the clear" in http["detail"] and "cert" in http["fix"]
+    assert "serves plain HTTP beyond this machine" in env.paths.log_file.read_text()
+
+
 def test_broken_pieces_are_named_with_their_code(env: Env) -> None:
     data = env.paths.data_dir
     data.mkdir(parents=True)
