@@ -110,6 +110,9 @@ def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Clie
     problem(door.post("/search", json={}), 400, "INVALID_INPUT")  # query is required
     problem(door.post("/search", json={"query": "x", "cwd": "/etc"}), 400, "INVALID_INPUT")
     problem(door.post("/search", json={"query": "x", "limit": "many"}), 400, "INVALID_INPUT")
+    for candidates in (-5, 0, 1001):  # refused as the CLI refuses them, not clamped
+        assert "between 1 and 1000" in problem(door.post("/query", json={"query": "x", "candidates": candidates}),
+                                               400, "INVALID_INPUT")["detail"]
     problem(door.post("/search", json={"query": "x", "collection": "nope"}), 404, "COLLECTION_NOT_FOUND")
     problem(door.post("/search", content=b" " * (MAX_BODY_BYTES + 1)), 413, "FRAME_TOO_LARGE")
     problem(door.get("/documents/notes/missing.md"), 404, "NOT_FOUND")
