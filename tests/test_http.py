@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.tokens import read_token
 from qmdd.transports.http import MAX_BODY_BYTES
 from tests.conftest import Env
@@ -309,3 +310,21 @@ def test_metrics_over_http_and_the_socket(door: httpx.Client, env: Env) -> None:
     # The same over the socket, through qmdctl.
     families = {f.name for f in text_string_to_metric_families(env.run("metrics").stdout)}
     assert {"qmdd_requests", "qmdd_request_seconds", "qmdd_actor", "qmdd_door"} <= families
+
+
+def test_line_ranges_are_checked_alike_at_every_door(door: httpx.Client, env: Env) -> None:
+    """alpha.md has 11 lines. Line 0, an empty slice and a line past the end are refused, whoever asks."""
+    assert door.get("/documents/notes/alpha.md", params={"from_line": 11, "max_lines": 1}).json()["body"] == \
+        "More text about cameras.\n"
+    for params, said in (({"from_line": 0}, "the first line is 1"), ({"max_lines": 0}, "1 line or more"),
+                         ({"from_line": 12}, "past the end of qmd://notes/alpha.md (11 lines)"),
+                         ({"from_line": 10**30}, "past the end")):
+        assert said in problem(door.get("/documents/notes/alpha.md", params=params), 400, "INVALID_INPUT")["detail"]
+    for target in ("notes/alpha.md:0", "notes/alpha.md:5:0", "notes/alpha.md:99"):
+        refused = env.run("get", target, check=False)
+        assert refused.returncode == ErrorCode.INVALID_INPUT.spec.exit_code and "INVALID_INPUT" in refused.stderr
+    with env.client() as c:
+        with pytest.raises(QmddError) as caught:
+            c.call("get", {"target": "notes/alpha.md", "from_line": -3})  # as MCP's fromLine reaches it
+        assert caught.value.code == ErrorCode.INVALID_INPUT
+    assert env.run("get", "notes/alpha.md:11").stdout.rstrip().endswith("More text about cameras.")

@@ -55,6 +55,17 @@ def read_text(doc: DocRow, max_bytes: int) -> str:
     return decoded.text
 
 
+def check_lines(from_line: int | None, max_lines: int | None) -> None:
+    """Lines are numbered from 1, and a slice holds one or more: every door (a flag, `path:10:5`, REST's
+    query parameters, MCP's arguments) refuses the rest alike."""
+    if from_line is not None and from_line < 1:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"the first line is 1, not {from_line}",
+                        hints=("Lines are numbered from 1: `path:1` is the first.",))
+    if max_lines is not None and max_lines < 1:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"a slice holds 1 line or more, not {max_lines}",
+                        hints=("Leave the line count out for the rest of the file.",))
+
+
 def slice_lines(text: str, from_line: int | None, max_lines: int | None) -> tuple[str, int, int]:
     """(body, first line number, lines left after the slice). The body is those lines as the file has
     them, each with its newline: a slice whose last line is empty ends in "\n\n", one that is all of a
@@ -143,9 +154,15 @@ async def get(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
     target, from_line, count = split_line_suffix(params["target"])
     from_line = params["from_line"] if params["from_line"] is not None else from_line
     count = params["max_lines"] if params["max_lines"] is not None else count
+    check_lines(from_line, count)
     doc = find_document(s, target, params["cwd"])
     text = await read(s, doc)
     body, first, remaining = slice_lines(text, from_line, count)
+    if from_line is not None and from_line > 1 and not body:
+        lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+        raise QmddError(ErrorCode.INVALID_INPUT, f"line {from_line} is past the end of {doc.uri} ({lines} lines)",
+                        hints=(f"Ask for a line from 1 to {lines}; `lines_after` in an answer counts what is left.",),
+                        details={"lines": lines})
     context = ContextIndex(list_contexts(s.reader)).for_path(doc.collection_id, doc.path)
     return {"file": doc.uri, "docid": doc.docid, "title": doc.title, "context": context,
             "collection": doc.collection, "path": doc.path, "from_line": first,
@@ -201,6 +218,7 @@ async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str
         await call.emit("missing", miss.to_wire())
     contexts = ContextIndex(list_contexts(s.reader))
     max_bytes, max_lines = params["max_bytes"], params["max_lines"]
+    check_lines(None, max_lines)
     sent = skipped = 0
     for doc in wanted:
         entry: dict[str, Any] = {"file": doc.uri, "docid": doc.docid, "title": doc.title,
