@@ -114,6 +114,25 @@ def test_multi_get_answers_resource_blocks_and_qmd_skip_notes(bridge: RawBridge)
     assert default["content"][0]["resource"]["text"].startswith("<!-- Context: Personal notes -->\n\n# Big\n\na fairly")
 
 
+def test_multi_get_hands_an_agent_at_most_100_documents_and_counts_the_rest(env: Env, tmp_path: Path) -> None:
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(130):
+        (many / f"page{i:03}.md").write_text(f"# Page {i}\n\ntext {i}\n")
+    env.run("collection", "add", str(many), "--name", "many")
+
+    async def scenario() -> None:
+        async with session(env) as client:
+            answer = await client.call_tool("multi_get", {"pattern": "many/*.md"})
+            assert not answer.is_error
+            documents = answer.structured_content["documents"]
+            assert len(documents) == 100 and documents[0]["file"] == "qmd://many/page000.md"
+            assert answer.structured_content["more"] == 30 and "30 more documents" in answer.content[-1].text
+
+    run(scenario)
+    assert len(env.json("multi-get", "many/*.md")) == 130  # the CLI reads what it is asked for
+
+
 def test_out_of_range_arguments_are_errors_and_a_limit_above_the_cap_is_a_warning(env: Env, kb: Path) -> None:
     env.run("collection", "add", str(kb), "--name", "kb")
 
@@ -127,6 +146,8 @@ def test_out_of_range_arguments_are_errors_and_a_limit_above_the_cap_is_a_warnin
                     ("vsearch", {"query": "line", "minScore": -0.1}, "minScore"),
                     ("query", {"query": "line", "candidateLimit": 0}, "candidateLimit"),
                     ("get", {"file": "kb/my note.md", "maxLines": -1}, "maxLines"),
+                    ("get", {"file": "kb/my note.md", "maxLines": 0}, "maxLines"),
+                    ("get", {"file": "kb/my note.md", "fromLine": -3}, "fromLine"),
                     ("multi_get", {"pattern": "kb/*.md", "maxBytes": 0}, "maxBytes")):
                 refused = await client.call_tool(tool, arguments)
                 assert refused.is_error, (tool, arguments)

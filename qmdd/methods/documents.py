@@ -211,9 +211,14 @@ async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str
     if not any(pattern.replace(",", "").strip() for pattern in params["patterns"]):
         raise QmddError(ErrorCode.INVALID_INPUT, "the pattern is empty: it names no file",
                         hints=("Name files by a glob (notes/2026-*.md) or as a comma-separated list of paths.",))
+    max_files = params["max_files"]
+    if max_files is not None and max_files < 1:
+        raise QmddError(ErrorCode.INVALID_INPUT, f"max_files must be 1 or more, got {max_files}")
     wanted, misses = await _wanted(s, params["patterns"], params["cwd"])
     if not wanted:
         raise _nothing_found(params["patterns"], misses)
+    more = max(len(wanted) - max_files, 0) if max_files is not None else 0
+    wanted = wanted[:len(wanted) - more]  # the first `max_files`: the rest are counted, not read
     for miss in misses:
         await call.emit("missing", miss.to_wire())
     contexts = ContextIndex(list_contexts(s.reader))
@@ -242,7 +247,7 @@ async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str
                 entry["body"] = body
                 sent += 1
         await call.emit("result", entry)
-    return {"documents": sent, "skipped": skipped, "missing": len(misses)}
+    return {"documents": sent, "skipped": skipped, "missing": len(misses), "more": more}
 
 
 def _listing_target(target: str, collections: list[CollectionRow], cwd: str | None

@@ -197,7 +197,7 @@ METHODS: dict[str, Mapping[str, tuple[type | tuple[type, ...], Any]]] = {
                "plugins": (_STR_LIST, None), "plugin_strict": (bool, False)},
     "get": {"target": (str, REQUIRED), "from_line": (int, None), "max_lines": (int, None), "cwd": (str, None)},
     "multi_get": {"patterns": (_STR_LIST, REQUIRED), "max_bytes": (int, 64 * 1024), "max_lines": (int, None),
-                  "cwd": (str, None)},  # streams one item per document
+                  "cwd": (str, None), "max_files": (int, None)},  # streams one item per document
     # Streams its files in batches when there are many; `after` and `limit` ask for one page (by path).
     "ls": {"target": (str, None), "cwd": (str, None), "after": (str, None), "limit": (int, None)},
     "context.add": {"target": (str, REQUIRED), "text": (str, REQUIRED), "cwd": (str, None)},

@@ -20,6 +20,7 @@ from mcp_types import (
     ContentBlock,
     ListResourcesResult,
     PaginatedRequestParams,
+    TextContent,
     ToolAnnotations,
 )
 from pydantic import BaseModel, Field, ValidationError
@@ -44,6 +45,9 @@ from qmdd.transports.rest import QMD_ALIASES, qmd_renamed
 
 MAX_RESULTS = 100
 MULTI_GET_MAX_BYTES = 64 * 1024  # qmd's default
+# Documents one multi_get hands an agent: a glob over a whole collection (9,000 cpp-docs pages) made one
+# 80 MB answer, more than any agent reads; the rest are counted, and the agent narrows its pattern.
+MULTI_GET_MAX_FILES = 100
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                             open_world_hint=False)
 
@@ -114,6 +118,8 @@ class MultiDocument(BaseModel):
 
 class MultiGetResult(BaseModel):
     documents: list[MultiDocument]
+    more: int = Field(0, description=f"Documents the pattern matched beyond the first {MULTI_GET_MAX_FILES}, "
+                      "which are not returned: narrow the pattern to read them.")
 
 
 def tool_error(err: QmddError) -> ToolError:
@@ -242,7 +248,8 @@ def build_server(table: MethodTable) -> MCPServer:
         "Read a document: a qmd://collection/path URI, collection/path, a #docid from a result, or a path "
         "suffix; optionally FILE:LINE or FILE:LINE:COUNT, or fromLine/maxLines. The text comes as a "
         "text/markdown resource, line-numbered unless lineNumbers is false."))
-    async def get(file: str, fromLine: int | None = None, maxLines: Annotated[int | None, Field(ge=0)] = None,
+    async def get(file: str, fromLine: Annotated[int | None, Field(ge=1)] = None,
+                  maxLines: Annotated[int | None, Field(ge=1)] = None,
                   lineNumbers: LineNumbers = True) -> Annotated[CallToolResult, Document]:
         answer, _ = await call_tool_method(table, "get", {"target": file, "from_line": fromLine, "max_lines": maxLines})
         document = Document(file=answer["file"], docid=answer["docid"], title=answer["title"],
@@ -259,11 +266,11 @@ def build_server(table: MethodTable) -> MCPServer:
         "Read several documents at once by glob (e.g. notes/2026-*.md) or comma-separated list of paths or "
         "docids; documents larger than maxBytes (default 64 KiB) are listed as skipped, with a reason, "
         "instead of being returned."))
-    async def multi_get(pattern: str, maxLines: Annotated[int | None, Field(ge=0)] = None,
+    async def multi_get(pattern: str, maxLines: Annotated[int | None, Field(ge=1)] = None,
                         maxBytes: Annotated[int, Field(ge=1)] = MULTI_GET_MAX_BYTES,
                         lineNumbers: LineNumbers = True) -> Annotated[CallToolResult, MultiGetResult]:
-        _, items = await call_tool_method(table, "multi_get", {"patterns": [pattern], "max_bytes": maxBytes,
-                                                               "max_lines": maxLines})
+        answer, items = await call_tool_method(table, "multi_get", {
+            "patterns": [pattern], "max_bytes": maxBytes, "max_lines": maxLines, "max_files": MULTI_GET_MAX_FILES})
         fields = MultiDocument.model_fields
         documents = [MultiDocument(**{k: v for k, v in doc.items() if k in fields})
                      for kind, doc in items if kind == "result"]
@@ -274,7 +281,10 @@ def build_server(table: MethodTable) -> MCPServer:
                 content.append(skipped_block(doc.file, doc.reason))
             else:
                 content.append(resource_block(doc.file, doc.body, doc.context, line_numbers=lineNumbers))
-        structured = MultiGetResult(documents=documents).model_dump(mode="json")
+        if answer["more"]:
+            content.append(TextContent(type="text", text=f"{answer['more']} more documents match {pattern!r} and "
+                                       f"are not returned (at most {MULTI_GET_MAX_FILES}): narrow the pattern."))
+        structured = MultiGetResult(documents=documents, more=answer["more"]).model_dump(mode="json")
         return CallToolResult(content=content, structured_content=structured)
 
     @server.tool(name="status", annotations=READ_ONLY, description=(
