@@ -328,3 +328,18 @@ def test_line_ranges_are_checked_alike_at_every_door(door: httpx.Client, env: En
             c.call("get", {"target": "notes/alpha.md", "from_line": -3})  # as MCP's fromLine reaches it
         assert caught.value.code == ErrorCode.INVALID_INPUT
     assert env.run("get", "notes/alpha.md:11").stdout.rstrip().endswith("More text about cameras.")
+
+
+def test_a_body_that_stops_arriving_is_a_typed_timeout(door: httpx.Client) -> None:
+    with socket.create_connection((door.base_url.host, door.base_url.port), timeout=30) as raw:
+        raw.sendall(b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
+                    f"Authorization: {door.headers['authorization']}\r\n".encode() +
+                    b'Content-Length: 2000000\r\n\r\n{"query": "x"}')
+        started = time.monotonic()
+        answer = b""
+        while (b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}")) and (part := raw.recv(65536)):
+            answer += part
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504") and b"application/problem+json" in head
+    assert json.loads(body)["code"] == "TIMEOUT" and time.monotonic() - started < 25
+    assert door.post("/search", json={"query": "alpha"}).json()["results"]

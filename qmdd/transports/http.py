@@ -60,6 +60,8 @@ MAX_EMBEDDINGS_BODY_BYTES = 16 << 20
 """An embeddings body: the method's 4 MiB of texts even as ASCII-only JSON (json.dumps' default), whose
 \\uXXXX escapes take up to three times a character's UTF-8 bytes."""
 
+BODY_STALL_S = 10.0
+"""Longest wait for the next part of a request's body (below hypercorn's 30 s read timeout)."""
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 RESTART_PAUSE_S = 0.05
 """Between an HTTP server that ended on a connection's error and the next: bounds a crash loop a client
@@ -378,13 +380,22 @@ class HttpDoor:
 
 async def _body(request: Request, limit: int) -> bytes:
     """The request's body, read whole. Read, not refused on its declared length: hypercorn's trio worker
-    ends when a reply is sent while the client half-closes with the body unsent (see `serve`)."""
+    ends when a reply is sent while the client half-closes with the body unsent (see `serve`). A body that
+    stops arriving for BODY_STALL_S is a TIMEOUT: hypercorn's own read timeout answered a bare 500."""
     body = bytearray()
-    async for part in request.stream():
+    parts = request.stream().__aiter__()
+    while True:
+        with trio.move_on_after(BODY_STALL_S) as waiting:
+            try:
+                part = await parts.__anext__()
+            except StopAsyncIteration:
+                return bytes(body)
+        if waiting.cancelled_caught:
+            raise QmddError(ErrorCode.TIMEOUT, f"the request body stopped arriving ({len(body):,} bytes came in "
+                            f"{BODY_STALL_S:g} s)", hints=("Send the whole body its Content-Length declares.",))
         body += part
         if len(body) > limit:
             raise _too_large(limit)
-    return bytes(body)
 
 
 def _tagged(response: Response, if_none_match: str | None) -> Response:
