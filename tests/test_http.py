@@ -109,6 +109,9 @@ def test_bad_requests_get_problem_details_and_the_door_stays_up(door: httpx.Clie
     assert "nested too deeply" in deep["detail"]  # it was a 500 (RecursionError)
     problem(door.post("/search", json=["query"]), 400, "INVALID_INPUT")
     problem(door.post("/search", json={}), 400, "INVALID_INPUT")  # query is required
+    misspelt = problem(door.post("/search", json={"query": "x", "colections": ["notes"]}), 400, "INVALID_INPUT")
+    assert "'colections'" in misspelt["detail"] and "'collections'" in misspelt["detail"]
+    assert "/openapi.json" in misspelt["recovery_hints"][0]
     problem(door.post("/search", json={"query": "x", "cwd": "/etc"}), 400, "INVALID_INPUT")
     problem(door.post("/search", json={"query": "x", "limit": "many"}), 400, "INVALID_INPUT")
     for candidates in (-5, 0, 1001):  # refused as the CLI refuses them, not clamped

@@ -40,5 +40,6 @@ def search_params(method: str, body: dict[str, Any]) -> dict[str, Any]:
     params = qmd_renamed(method, body)
     unknown = set(params) - set(METHODS[method])
     if unknown:
-        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown field(s) for {method}: {sorted(unknown)}")
+        raise QmddError(ErrorCode.INVALID_INPUT, f"unknown field(s) for {method}: {sorted(unknown)}; it takes "
+                        f"{sorted(METHODS[method])}", hints=("`GET /openapi.json` describes every endpoint's fields.",))
     return params
