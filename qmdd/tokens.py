@@ -5,6 +5,7 @@ new one, which the daemon serves from the next request on (it notices the file c
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 
@@ -47,3 +48,14 @@ class TokenFile:
         if seen != self._seen:
             self._token, self._seen = read_token(self._paths), seen
         return self._token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is this machine: a token sent there never crosses the network. The door checks
+    Host and Origin with it, and `doctor` whether the door's URL carries the token in the clear."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

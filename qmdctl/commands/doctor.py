@@ -11,7 +11,6 @@ the model is checked by its files, not loaded (a running daemon reports the load
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 import sys
@@ -20,6 +19,7 @@ import urllib.parse
 from qmdctl.client import CONNECT_TIMEOUT_S
 from qmdd import __version__, ownfiles
 from qmdd.protocol.errors import ErrorCode, QmddError
+from qmdd.tokens import is_loopback
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -329,17 +329,10 @@ def check_http(paths: Paths, running: bool) -> dict[str, Any]:
     answer = _health(url)
     if answer is not None:
         return check("http", FAIL, f"{url}/health: {answer}", "see the daemon's log (`qmdctl daemon status`)")
-    if url.startswith("http://") and not _loopback(urllib.parse.urlsplit(url).hostname or ""):
+    if url.startswith("http://") and not is_loopback(urllib.parse.urlsplit(url).hostname or ""):
         return check("http", WARN, f"serving {url} in plain HTTP beyond this machine: the bearer token crosses the "
                      "network in the clear", "set [http] cert and key (HTTPS), or listen on 127.0.0.1")
     return check("http", OK, f"serving {url} (MCP at {url.rstrip('/')}/mcp; token: `qmdctl http token`)")
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _health(url: str) -> str | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -45,7 +44,7 @@ from qmdd.config import listen_address
 from qmdd.methods.call import whole
 from qmdd.methods.table import MethodTable, invoke
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
-from qmdd.tokens import TokenFile
+from qmdd.tokens import TokenFile, is_loopback
 from qmdd.tracing import new_span_id, trace_context, traceparent
 from qmdd.transports.mcp_http import counted, replaying
 from qmdd.transports.ratelimit import RateLimiter
@@ -80,15 +79,6 @@ class HttpStats:
     restarts: int = 0
     disconnects: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def open_http_socket(listen: str) -> socket.socket:
