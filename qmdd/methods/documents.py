@@ -211,19 +211,18 @@ async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str
     if not any(pattern.replace(",", "").strip() for pattern in params["patterns"]):
         raise QmddError(ErrorCode.INVALID_INPUT, "the pattern is empty: it names no file",
                         hints=("Name files by a glob (notes/2026-*.md) or as a comma-separated list of paths.",))
-    max_files = params["max_files"]
+    max_bytes, max_lines, max_files = params["max_bytes"], params["max_lines"], params["max_files"]
+    check_lines(None, max_lines)
     if max_files is not None and max_files < 1:
         raise QmddError(ErrorCode.INVALID_INPUT, f"max_files must be 1 or more, got {max_files}")
-    wanted, misses = await _wanted(s, params["patterns"], params["cwd"])
-    if not wanted:
+    matched, misses = await _wanted(s, params["patterns"], params["cwd"])
+    if not matched:
         raise _nothing_found(params["patterns"], misses)
-    more = max(len(wanted) - max_files, 0) if max_files is not None else 0
-    wanted = wanted[:len(wanted) - more]  # the first `max_files`: the rest are counted, not read
+    wanted = matched[:max_files]  # the rest are counted, not read
+    more = len(matched) - len(wanted)
     for miss in misses:
         await call.emit("missing", miss.to_wire())
     contexts = ContextIndex(list_contexts(s.reader))
-    max_bytes, max_lines = params["max_bytes"], params["max_lines"]
-    check_lines(None, max_lines)
     sent = skipped = 0
     for doc in wanted:
         entry: dict[str, Any] = {"file": doc.uri, "docid": doc.docid, "title": doc.title,
