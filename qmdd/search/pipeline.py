@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -186,10 +186,11 @@ def _rank_and_render(reads: Reads, tokenizer: Tokenizer, request: SearchRequest,
     head = found[:PHRASE_DEPTH]
     matcher = PhraseMatcher(request.query, tokenizer)  # here, not on the event loop: it tokenizes the query
     evidence = phrase_scores(reads, tokenizer, matcher, [h.chunk_id for h in head], [h.named for h in head])
-    rescored = [replace(h, norm=with_phrase(h.norm, e), phrase=e) if e else h
-                for h, e in zip(head, evidence, strict=True)]
+    for hit, e in zip(head, evidence, strict=True):  # in place: the hits are this search's own
+        if e:
+            hit.norm, hit.phrase = with_phrase(hit.norm, e), e
     # Re-scoring only raises scores, so every re-scored hit stays above the ones past the depth.
-    hits, copies = collapse_hits(reads, sorted(rescored, key=lambda h: -h.norm) + found[PHRASE_DEPTH:],
+    hits, copies = collapse_hits(reads, sorted(head, key=lambda h: -h.norm) + found[PHRASE_DEPTH:],
                                  request.collapse)
     if not (last or enough(len(hits), len(found), asked, request.limit)):
         return None
