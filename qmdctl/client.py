@@ -230,12 +230,17 @@ def call_collecting(client: Client, method: str, params: dict[str, Any], key: st
     return answer
 
 
-def _log_tail(paths: Paths, lines: int = 8) -> str:
+def _log_tail(paths: Paths, since: int, lines: int = 8) -> str:
+    """The last lines this start wrote to the log (from offset `since`): what an earlier daemon wrote
+    there is not this failure's cause, and shown beside it, misled."""
     try:
-        text = paths.log_file.read_text(encoding="utf-8", errors="replace")
+        with open(paths.log_file, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(since if size >= since else 0, size - 65_536))  # rotated meanwhile: all of it
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-lines:]) or "(nothing written)"
 
 
 def _open_log(paths: Paths) -> int:
@@ -259,6 +264,7 @@ def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s:
     timeout_s = start_timeout() if timeout_s is None else timeout_s
     ensure_private_dir(paths.data_dir)
     log = _open_log(paths)
+    since = os.fstat(log).st_size
     try:
         proc = subprocess.Popen([sys.executable, "-E", "-P", "-m", "qmdd"], cwd="/", stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=True, close_fds=True,
@@ -282,14 +288,14 @@ def start_daemon(paths: Paths, environ: dict[str, str] | None = None, timeout_s:
             if code is not None and (code != ErrorCode.DAEMON_RUNNING.spec.exit_code
                                      or not ownfiles.lock_holder(str(paths.lock_file))[0]):
                 raise QmddError(ErrorCode.DAEMON_START_FAILED,
-                                f"qmdd exited with status {code}; log {paths.log_file}:\n{_log_tail(paths)}",
+                                f"qmdd exited with status {code}; log {paths.log_file}:\n{_log_tail(paths, since)}",
                                 hints=_start_hints(code))
             time.sleep(delay)
             delay = min(delay * 1.5, 0.1)
     finally:
         probe.close()
     raise QmddError(ErrorCode.DAEMON_START_FAILED,
-                    f"qmdd did not answer within {timeout_s:.0f}s; log {paths.log_file}:\n{_log_tail(paths)}")
+                    f"qmdd did not answer within {timeout_s:.0f}s; log {paths.log_file}:\n{_log_tail(paths, since)}")
 
 
 def _start_hints(code: int) -> tuple[str, ...] | None:

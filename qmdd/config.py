@@ -9,7 +9,7 @@ import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from qmdd.paths import Paths, resolve_paths
+from qmdd.paths import Paths, listen_address, resolve_paths
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.protocol.wire import MAX_FRAME_BYTES
 
@@ -330,12 +330,3 @@ def display_url(value: str) -> str:
     parts = urllib.parse.urlsplit(value)
     host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
-
-
-def listen_address(value: str) -> tuple[str, int]:
-    """(host, port) of an http_listen value: HOST:PORT, [IPv6]:PORT; port 0 takes a free one."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or int(port) > 65535 or any(c in host for c in "[]/ "):
-        raise ValueError(value)
-    return host, int(port)

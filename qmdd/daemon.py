@@ -32,7 +32,7 @@ from qmdd.actors.plugins import PluginsActor
 from qmdd.actors.supervisor import Supervisor
 from qmdd.actors.vectors import VectorsActor
 from qmdd.actors.watcher import WatcherActor
-from qmdd.config import Config, listen_address
+from qmdd.config import Config
 from qmdd.methods.cache import cached
 from qmdd.methods.metrics import timed
 from qmdd.methods.services import Mailboxes, make_services
@@ -40,7 +40,7 @@ from qmdd.methods.table import MethodTable, method_table
 from qmdd.models.natspool import PoolSettings
 from qmdd.models.placement import embedding_runtime
 from qmdd.models.registry import ModelRegistry, load_model
-from qmdd.paths import Paths, ensure_private_dir
+from qmdd.paths import Paths, ensure_private_dir, listen_address
 from qmdd.sandbox.registry import PluginRegistry
 from qmdd.search.fields import index_chunks
 from qmdd.search.phrases import stored_terms, stored_version

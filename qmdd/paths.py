@@ -27,6 +27,16 @@ INDEX_NAME_RULE = (f"an index name is 1-{INDEX_NAME_MAX} letters, digits, '_', '
                    "letter, a digit or '_'")
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """(host, port) of an http_listen value (the HTTP door's address: the config's and `daemon start
+    --http`'s): HOST:PORT, [IPv6]:PORT; port 0 takes a free one. ValueError if it is neither."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535 or any(c in host for c in "[]/ "):
+        raise ValueError(value)
+    return host, int(port)
+
+
 def check_index_name(name: str) -> str:
     """The name, when it is one directory and file name part: no separators, no leading dot or dash
     (`..`, hidden files, options), nothing a socket path or a terminal would mind."""

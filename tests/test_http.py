@@ -180,6 +180,11 @@ def test_a_bad_listen_value_is_a_config_error(env: Env) -> None:
     env.paths.config_file.write_text('[http]\nlisten = "no-port"\n')
     proc = env.run("daemon", "start", check=False)
     assert proc.returncode != 0 and "http_listen" in proc.stderr, proc.stderr
+    # The flag's value is refused as the flag's, before any daemon starts (it would name the variable
+    # the flag is passed as, which the user never set).
+    proc = env.run("daemon", "start", "--http", "notahost", check=False)
+    assert proc.returncode == ErrorCode.INVALID_INPUT.spec.exit_code, proc.stderr
+    assert "--http 'notahost'" in proc.stderr and "QMDD_HTTP_LISTEN" not in proc.stderr
     env.paths.config_file.write_text('[http]\nlisten = "127.0.0.1:0"\n')
     started = env.json("daemon", "start")
     assert json.dumps(started["http"]).startswith('"http://127.0.0.1:')

@@ -235,7 +235,12 @@ def test_client_reports_daemon_start_failure(env: Env) -> None:
     with pytest.raises(QmddError) as e:
         client.connect()
     assert e.value.code is ErrorCode.DAEMON_START_FAILED
-    assert "CONFIG_ERROR" in e.value.message
+    assert "CONFIG_ERROR" in e.value.message and "max_file_bytes" in e.value.message
+    # A second failure, for another reason, shows its own log lines, not the first one's.
+    env.home.joinpath("config.toml").write_text("stem = 'maybe'\n")
+    with pytest.raises(QmddError) as again:
+        env.client().connect()
+    assert "stem" in again.value.message and "max_file_bytes" not in again.value.message
 
 
 def test_bad_globs_are_typed_errors_and_never_break_the_indexer(env: Env, notes: Path) -> None:

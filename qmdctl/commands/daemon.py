@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qmdctl.client import CONNECT_TIMEOUT_S, Client, start_daemon
 from qmdd import ownfiles
+from qmdd.paths import listen_address
 from qmdd.protocol.errors import ErrorCode, QmddError
 
 if TYPE_CHECKING:
@@ -58,8 +59,16 @@ def ensure_running(client: Client, *, http: str | None = None, watch: bool = Tru
 
 
 def start(inv: Invocation) -> int:
-    info = ensure_running(inv.client, http=inv.args.get("http"), watch=not inv.args.get("no_watch"))
-    if inv.args.get("http") and info["http"] is None:  # asked for, and not served: a script must know
+    http = inv.args.get("http")
+    if http:  # checked here, where the flag was given: the daemon would blame the variable it is passed as
+        try:
+            listen_address(http)
+        except ValueError:
+            raise QmddError(ErrorCode.INVALID_INPUT, f"--http {http!r} is not HOST:PORT",
+                            hints=("Give the address to listen on, e.g. --http 127.0.0.1:8181 or --http "
+                                   "[::1]:8181 (port 0: any free one).",)) from None
+    info = ensure_running(inv.client, http=http, watch=not inv.args.get("no_watch"))
+    if http and info["http"] is None:  # asked for, and not served: a script must know
         raise QmddError(ErrorCode.DAEMON_RUNNING, f"qmdd is already running (pid {info['pid']}) without HTTP",
                         hints=("Stop it (`qmdctl daemon stop`), then start it again with --http.",))
     inv.output.value(info, lambda i: inv.output.line(

@@ -40,9 +40,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from qmdd import __version__, faults
-from qmdd.config import listen_address
 from qmdd.methods.call import whole
 from qmdd.methods.table import MethodTable, invoke
+from qmdd.paths import listen_address
 from qmdd.protocol.errors import ErrorCode, QmddError, unwrap_error
 from qmdd.tokens import TokenFile, is_loopback
 from qmdd.tracing import new_span_id, trace_context, traceparent
