@@ -21,9 +21,12 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, EscapesRoot, FileTooLarge, NotRegularFile
 from qmdd.store import documents as docs
 from qmdd.store.documents import ChunkText, CollectionRow, DocState, ParsedFile
-from qmdd.walk import IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file, walk_collection
+from qmdd.walk import BROKEN_LINK, IGNORE_FILES, FileStat, PathFilter, WalkConfig, admit_file, walk_collection
 
 MAX_REPORTED_PROBLEMS = 100
+LINKS_CHECKED = 100
+"""Broken links looked at again per watcher change; any past these wait for the next full scan (`qmdctl
+update`, a daemon start)."""
 BatchSink = Callable[[list[ChunkText], list[int]], None]
 ProgressSink = Callable[[dict[str, object]], None]
 Transform = Callable[[list[tuple[str, str]]], list[tuple[str, bool]]]
@@ -224,6 +227,8 @@ def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: Coll
                   relpaths: list[str], *, max_file_bytes: int, batch_files: int, chunker: ChunkerConfig,
                   on_batch: BatchSink, transforms: Transforms) -> ScanSummary | None:
     started = time.monotonic()
+    if _links_repaired(conn, root, collection.id) or _links_changed(conn, root, collection.id, relpaths):
+        return None
     summary = ScanSummary(collection.name)
     present: list[FileStat] = []
     gone: list[str] = []
@@ -267,6 +272,35 @@ def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: Coll
         docs.update_problems(conn, collection.id, checked, problems)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _links_repaired(conn: sqlite3.Connection, root: ConfinedRoot, collection_id: int) -> bool:
+    """Whether a link the last scan found broken leads somewhere now: its target's creation is the
+    change the watcher saw, the link itself did not change, and only a walk indexes a link. A stat per
+    broken link (at most LINKS_CHECKED) a change."""
+    for relpath in docs.problem_paths(conn, collection_id, BROKEN_LINK, LINKS_CHECKED):
+        try:
+            root.stat(relpath)
+        except OSError:  # still broken, gone, or now leading outside the root (EscapesRoot): the walk reports it
+            continue
+        return True
+    return False
+
+
+def _links_changed(conn: sqlite3.Connection, root: ConfinedRoot, collection_id: int, relpaths: list[str]) -> bool:
+    """Whether a symlink leads to one of these changed files, and so changed with it: the watcher sees
+    the file's change, not the link's. A link holds what its file held, so only the documents with the
+    same content are looked at (their copies, usually none), a stat or two each."""
+    for relpath, size, mtime_ns in docs.same_content(conn, collection_id, relpaths):
+        try:
+            if not stat.S_ISLNK(root.lstat(relpath).st_mode):
+                continue
+            st = root.stat(relpath)
+        except OSError:  # the link or its file gone: it is, or leads, nowhere now
+            return True
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            return True
+    return False
 
 
 class _BatchWriter:

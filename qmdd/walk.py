@@ -81,10 +81,15 @@ class FileStat:
     mtime_ns: int
 
 
+BROKEN_LINK = "broken_link"
+"""A symlink whose target is missing: indexed once the target appears (the watcher sees the target's
+change, not the link's, so `indexing.update_paths` looks at these links again)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WalkProblem:
     relpath: str
-    # Stable codes: too_large, symlink_loop, outside_root, unreadable, not_regular, bad_name.
+    # Stable codes: too_large, symlink_loop, outside_root, broken_link, unreadable, not_regular, bad_name.
     code: str
     message: str
     # A file the masks select, skipped (it counts among a scan's files); False for a directory, an
@@ -328,7 +333,7 @@ class _Walk:
         except OSError as exc:
             # Broken link: only worth reporting when it would have been indexed.
             if rules.file_wanted(name, rel, chain):
-                self.problem(rel, "unreadable", f"broken symlink: {exc}", file=True)
+                self.problem(rel, BROKEN_LINK, f"broken symlink: {exc}", file=True)
             return
         is_dir = stat.S_ISDIR(st.st_mode)
         # Path-based rules judge the link by its own name, as for any other entry.

@@ -279,7 +279,7 @@ def test_symlinks_inside_and_outside(tmp_path: Path) -> None:
     assert paths(res) == ["link.md", "real/a.md", "rel-link.md", "stash/s.md"]
     assert res.files[0].size == (root / "real" / "a.md").stat().st_size
     assert problems(res) == [
-        ("broken.md", "unreadable"),
+        ("broken.md", "broken_link"),
         ("out.md", "outside_root"),
         ("outdir", "outside_root"),
     ]

@@ -94,6 +94,31 @@ def test_creates_edits_deletes_and_renames_are_followed(watching: Env, client: C
     assert state["last_error"] is None
 
 
+def test_a_broken_link_is_indexed_once_its_target_appears(watching: Env, client: Client, notes: Path) -> None:
+    (notes / "journal").mkdir()  # there already: a new directory is walked whole, and that finds the link
+    (notes / "latest.md").symlink_to("journal/today.md")  # its target is written later
+    add_collection(watching, notes)
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
+    problems = {p["path"]: p["code"] for p in client.call("status")["problems"]}
+    assert problems.get("latest.md") == "broken_link"
+
+    (notes / "journal" / "today.md").write_text("# Today\n\nThe quokka came back.\n")
+    # Only the target changed, as the watcher sees it; the link leads to it now, and is a document too.
+    wait_for(lambda: {"latest.md", "journal/today.md"} <= indexed(client), "the link to be indexed")
+    assert "latest.md" not in {p["path"] for p in client.call("status")["problems"]}
+
+    # The link's document follows its file's edits and its deletion, though only the file changes.
+    (notes / "journal" / "today.md").write_text("# Today\n\nThe wombat, now.\n")
+
+    def both() -> set[str]:
+        answer = client.call("search", {"query": "wombat", "limit": 10, "collapse": False})
+        return {r["path"] for r in answer["results"]}
+    wait_for(lambda: both() == {"latest.md", "journal/today.md"}, "the link's document to follow an edit")
+    (notes / "journal" / "today.md").unlink()
+    wait_for(lambda: not {"latest.md", "journal/today.md"} & indexed(client), "the link's document to go")
+    assert {p["path"]: p["code"] for p in client.call("status")["problems"]}.get("latest.md") == "broken_link"
+
+
 def test_editor_saves_are_indexed_and_their_temp_files_never_are(watching: Env, client: Client, notes: Path) -> None:
     add_collection(watching, notes)
     wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")

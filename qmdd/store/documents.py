@@ -329,6 +329,20 @@ def has_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[s
                             (collection_id, *at_or_below(path))).fetchone() for path in paths)
 
 
+def same_content(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of the other documents of this collection whose content is, as indexed,
+    that of one of `paths`: their copies, and the symlinks leading to them."""
+    return list(select_in(conn, "SELECT DISTINCT o.path, o.size, o.mtime_ns FROM documents d JOIN documents o"
+                                " ON o.hash = d.hash AND o.collection_id = d.collection_id AND o.id != d.id"
+                                " WHERE d.collection_id = ? AND d.path IN ({in})", paths, (collection_id,)))
+
+
+def problem_paths(conn: sqlite3.Connection, collection_id: int, code: str, limit: int) -> list[str]:
+    """Up to `limit` paths of this collection recorded with the problem `code`."""
+    return [r[0] for r in conn.execute("SELECT path FROM problems WHERE collection_id = ? AND code = ? LIMIT ?",
+                                       (collection_id, code, limit))]
+
+
 def update_problems(conn: sqlite3.Connection, collection_id: int, paths: Sequence[str],
                     problems: Iterable[tuple[str, str, str]]) -> None:
     """Replace the recorded problems of just these paths (and below them: a deleted directory)."""
