@@ -56,10 +56,12 @@ from qmdd.store.documents import DocRow
 # Score fusion, fitted on the eval collections and the known-item sets (bench/fusion_fit.py): keyword
 # lists get 0.7 of the weight, and a cosine counts above 0.3 (what unrelated texts reach with MiniLM;
 # each packaged model has its own floor, `PackagedModel.cosine_floor`: 0.85 for multilingual-e5).
-# `query` minus the better of `search` and `vsearch`: +0.005 to +0.07 on eight of eleven sets, 0.000
-# on drcd (Chinese: the vector list gets no weight) and tldr names, -0.007 on medline (30 queries), and
-# -0.030 on Spanish tldr tasks, which the English-only model reads badly (vsearch Hit@1 0.34). Rank
-# fusion (weighted RRF, what this replaced) was up to 0.035 below on the English sets as well.
+# `query` minus the better of `search` and `vsearch` (nDCG@10; Hit@1 on the known-item sets): +0.004 to
+# +0.070 on six English eval collections, -0.006 on medline (30 queries: one standard error of that
+# difference is 0.019, and no share or floor is above it there without falling below elsewhere, left
+# out in cross-validation), 0.000 to +0.025 on the known-item sets, Spanish tldr tasks included, since
+# phrase evidence and names rank their pages. Rank fusion (weighted RRF, what this replaced) was up to
+# 0.035 below on the English sets.
 LEX_SHARE = 0.7
 COSINE_FLOOR = 0.3
 RERANK_DEPTH = 30  # documents the cross-encoder rescores: ~0.1 s each batch of 16 on a CPU
