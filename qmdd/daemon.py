@@ -22,7 +22,7 @@ import outcome
 import trio
 
 from qmdd import __version__, ownfiles
-from qmdd.actors.base import Generation, Mailbox, typed_outcome
+from qmdd.actors.base import CatchUp, Generation, Mailbox, typed_outcome
 from qmdd.actors.bm25 import Bm25Actor
 from qmdd.actors.embed_jobs import EmbedJobsActor
 from qmdd.actors.embedder import EmbedderActor
@@ -121,7 +121,7 @@ async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = tri
 
 
 async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Config, db_id: str,
-                        registry: ModelRegistry, generation: Generation) -> None:
+                        registry: ModelRegistry, generation: Generation, catch_up: CatchUp) -> None:
     """Each actor under the supervisor, in dependency order; each gets the mailboxes it sends to."""
     paths = config.paths
     runtime = await trio.to_thread.run_sync(embedding_runtime, config, registry)
@@ -150,7 +150,7 @@ async def _start_actors(supervisor: Supervisor, actors: Mailboxes, config: Confi
     await supervisor.start_actor(actors.watcher, lambda: WatcherActor(
         paths.database, actors.indexer, enabled=config.watch, debounce_ms=config.watch_debounce_ms,
         poll_s=config.watch_poll_s, embed_jobs=actors.embed_jobs,
-        own_dirs=(paths.data_dir, paths.runtime_dir, paths.cache_dir)))
+        own_dirs=(paths.data_dir, paths.runtime_dir, paths.cache_dir), catch_up=catch_up))
 
 
 # Stopped in this order: the watcher makes no more changes, no embed job starts a page, a scan still running
@@ -204,8 +204,9 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
             actors = Mailboxes(**{name: Mailbox(name) for name in STOP_ORDER})
             registry = ModelRegistry(paths)
             generation = Generation()
-            await _start_actors(supervisor, actors, config, db_id, registry, generation)
-            services = make_services(config, reader, actors, supervisor, registry, shutdown, generation)
+            catch_up = CatchUp(generation)
+            await _start_actors(supervisor, actors, config, db_id, registry, generation, catch_up)
+            services = make_services(config, reader, actors, supervisor, registry, shutdown, generation, catch_up)
             table = cached(method_table(services), services.cache, services.index_generation)
             metrics = services.metrics
             metrics.read_statistics("cache", lambda: {"results": services.cache.statistics()})

@@ -27,7 +27,8 @@ Points:
 QMDD_FAULT_PAUSES="point=seconds,..." makes `pause(point)` wait that long the first time (to hold
 work in flight while a test kills the daemon). Points: ``vectors.load`` (the vector index's
 background load), ``mcp.tool`` (an MCP tool call), ``embed.page`` (a page of `embed` or of the background
-embedder, before its texts go to the model), ``plugins.install`` (an install, as a long compile holds it).
+embedder, before its texts go to the model), ``plugins.install`` (an install, as a long compile holds it),
+``watcher.rescan`` (a collection's rescan, the start-up one first, before it goes to the indexer).
 """
 
 from __future__ import annotations

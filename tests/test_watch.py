@@ -21,6 +21,7 @@ from watchfiles import Change
 
 from qmdctl.client import Client, call_collecting
 from qmdd.actors.watcher import follow_root, relative_changes, root_key
+from qmdd.methods.freshness import CATCH_UP_WAIT_S
 from tests.conftest import Env, exited
 
 DEADLINE_S = 15.0  # generous: CI shares 2 cores; the latency itself is measured by bench/watch_latency.py
@@ -244,8 +245,26 @@ def test_changes_made_while_the_daemon_was_down_are_indexed_on_start(watching: E
     (notes / "beta.md").unlink()
     (notes / "offline.md").write_text("# Offline\n\nThe jerboa, written while the daemon was down.\n")
     with watching.client() as client:  # starts the daemon; no `update`
+        # The first answer already: a search waits for the start-up rescan (it once raced it, and lost).
+        answer = client.call("search", {"query": "jerboa", "limit": 5})
+        assert [r["file"] for r in answer["results"]] == ["qmd://notes/offline.md"] and "warnings" not in answer
+        assert "beta.md" not in indexed(client)
+
+
+def test_a_search_held_past_the_start_up_rescan_says_so(watching: Env, notes: Path) -> None:
+    add_collection(watching, notes)
+    watching.stop_daemon()
+    (notes / "offline.md").write_text("# Offline\n\nThe jerboa, written while the daemon was down.\n")
+    watching.vars["QMDD_FAULT_PAUSES"] = f"watcher.rescan={CATCH_UP_WAIT_S + 3}"
+    with watching.client() as client:
+        started = time.monotonic()
+        answer = client.call("search", {"query": "jerboa", "limit": 5})
+        assert time.monotonic() - started >= CATCH_UP_WAIT_S - 0.5  # it waited, then answered
+        assert answer["results"] == []
+        [warning] = answer["warnings"]
+        assert warning["code"] == "INDEX_NOT_READY" and "notes" in warning["message"]
         wait_for(lambda: hits(client, "jerboa") == ["qmd://notes/offline.md"], "the start-up rescan")
-        wait_for(lambda: "beta.md" not in indexed(client), "the start-up rescan to remove a deleted file")
+        assert "warnings" not in client.call("search", {"query": "jerboa", "limit": 5})
 
 
 def test_no_watch_turns_the_watcher_off(env: Env, notes: Path) -> None:

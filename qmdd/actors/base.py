@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -282,6 +282,39 @@ class Generation:
 
     def advance(self) -> None:
         self.value += 1
+
+
+class CatchUp:
+    """The collections whose start-up rescan has not finished: until it has, what changed while the
+    daemon was down is not searchable (a file edited then is found by its old words, a deleted one is
+    still found). The watcher marks them; searches wait for theirs a little, then answer with a warning
+    (`qmdd.methods.freshness`). Each one finished advances the index generation, so an answer cached
+    meanwhile is not served again."""
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+        self._pending: dict[int, str] = {}  # collection id -> name
+        self._progress = trio.Event()  # set (and replaced) each time one finishes
+
+    def begin(self, collection_id: int, name: str) -> None:
+        self._pending[collection_id] = name
+
+    def done(self, collection_id: int) -> None:
+        if self._pending.pop(collection_id, None) is not None:
+            self._generation.advance()
+            self._progress.set()
+            self._progress = trio.Event()
+
+    def behind(self, names: Collection[str] | None) -> set[str]:
+        """Those of `names` (None: any) still being rescanned."""
+        return {n for n in self._pending.values() if names is None or n in names}
+
+    async def wait(self, names: Collection[str] | None, timeout_s: float) -> set[str]:
+        """Wait up to `timeout_s` for the rescans of `names` (None: all); those still not done."""
+        with trio.move_on_after(timeout_s):
+            while self.behind(names):
+                await self._progress.wait()
+        return self.behind(names)
 
 
 class DatabaseActor(Actor):

@@ -34,7 +34,7 @@ import watchfiles
 from watchfiles import Change
 
 from qmdd import faults
-from qmdd.actors.base import DatabaseActor, Handler, Mailbox, typed_outcome
+from qmdd.actors.base import CatchUp, DatabaseActor, Handler, Mailbox, typed_outcome
 from qmdd.actors.messages import ChunksIndexed, IndexPaths, SaveSnapshot, SyncWatches, WatchStatus
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.store import documents as docs
@@ -135,8 +135,11 @@ class WatcherActor(DatabaseActor):
     name = "watcher"
 
     def __init__(self, database: Path, indexer: Mailbox, *, enabled: bool, debounce_ms: int, poll_s: float,
-                 embed_jobs: Mailbox | None = None, own_dirs: tuple[Path, ...] = ()) -> None:
+                 embed_jobs: Mailbox | None = None, own_dirs: tuple[Path, ...] = (),
+                 catch_up: CatchUp | None = None) -> None:
         super().__init__(database)
+        # Told which collections' start-up rescans are still to finish (searches wait for them).
+        self._catch_up = catch_up
         self._indexer = indexer
         self._enabled = enabled
         self._debounce_ms = max(debounce_ms, STEP_MS)
@@ -162,6 +165,8 @@ class WatcherActor(DatabaseActor):
     async def setup(self) -> None:
         await super().setup()
         await self._sync(SyncWatches())
+        for watch in self._watches.values():  # at daemon start (or a restart): each is rescanned first
+            self._caught_up(watch, False)
 
     async def _sync(self, message: SyncWatches) -> dict[str, Any]:
         if not self._enabled:
@@ -185,11 +190,22 @@ class WatcherActor(DatabaseActor):
         return {"enabled": self._enabled, "collections": {w.name: w.to_wire() for w in self._watches.values()}}
 
     async def _run_watch(self, watch: CollectionWatch) -> None:
-        with watch.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._dispatch_changes, watch)
-                await self._follow_root(watch)
-        watch.set_state("stopped")
+        try:
+            with watch.cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._dispatch_changes, watch)
+                    await self._follow_root(watch)
+            watch.set_state("stopped")
+        finally:
+            self._caught_up(watch)
+
+    def _caught_up(self, watch: CollectionWatch, done: bool = True) -> None:
+        """Its start-up rescan is done (or will not come: the root is away), or (done=False) to come."""
+        if self._catch_up is not None:
+            if done:
+                self._catch_up.done(watch.collection_id)
+            else:
+                self._catch_up.begin(watch.collection_id, watch.name)
 
     # --- following a root ---------------------------------------------------------------------
 
@@ -201,6 +217,7 @@ class WatcherActor(DatabaseActor):
                     log.warning("collection %s: root %s is missing; waiting for it to come back",
                                 watch.name, watch.root)
                     watch.set_state("missing")
+                    self._caught_up(watch)  # nothing to catch up with: searches are not held for it
                 await trio.sleep(self._poll_s)
                 continue
             refusal = self._refusal(watch, key)
@@ -210,6 +227,7 @@ class WatcherActor(DatabaseActor):
                                 "collection is added again", watch.name, watch.root, refusal)
                     watch.last_error = f"root refused: {refusal}; re-add the collection if the new folder is meant"
                     watch.set_state("refused")
+                    self._caught_up(watch)
                 await trio.sleep(self._poll_s)
                 continue
             if watch.state in ("missing", "refused"):
@@ -263,8 +281,8 @@ class WatcherActor(DatabaseActor):
                         watch.name, watch.root, error, 15 * self._poll_s)
             watch.last_error = str(error)
             watch.set_state("polling")
+        watch.request(None)  # first, so that a start-up rescan is not 15 polls late
         await trio.sleep(15 * self._poll_s)
-        watch.request(None)
 
     def _note(self, watch: CollectionWatch, raw: AbstractSet[tuple[int, str]]) -> None:
         changes = relative_changes(watch.root, raw, self._own_dirs)
@@ -288,7 +306,11 @@ class WatcherActor(DatabaseActor):
             watch.wake = trio.Event()
             full = watch.pending_full or len(watch.pending) > FULL_SCAN_PATHS
             changes, watch.pending, watch.pending_full = watch.pending, {}, False
+            if full:
+                await faults.pause("watcher.rescan")
             await self._index(watch, changes, full)
+            if full:
+                self._caught_up(watch)
 
     async def _settle(self, watch: CollectionWatch) -> None:
         """Let a burst (checkout, copy, unpack) finish, so it goes to the indexer as one batch."""
@@ -317,7 +339,8 @@ class WatcherActor(DatabaseActor):
             return
         watch.batches += 1
         watch.rescans += int(full)
-        watch.last_error = None
+        if watch.state != "polling":  # where it is, the error says why
+            watch.last_error = None
         if summary["indexed"] or summary["removed"]:
             watch.unsaved = True
             log.info("collection %s: %s %d, removed %d in %.3fs", watch.name,

@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from qmdd.actors.base import Generation, Mailbox
+from qmdd.actors.base import CatchUp, Generation, Mailbox
 from qmdd.actors.supervisor import Supervisor
 from qmdd.config import Config
 from qmdd.methods.cache import GenerationMemo, ResultCache
@@ -52,6 +52,8 @@ class Services:
     """Advanced by the BM25 and vectors actors after each change they apply."""
     cache: ResultCache = field(default_factory=lambda: ResultCache(0, 0.0))
     memo: GenerationMemo = field(default_factory=GenerationMemo)
+    catch_up: CatchUp = field(default_factory=lambda: CatchUp(Generation()))
+    """The collections still being rescanned since the daemon started (`qmdd.methods.freshness`)."""
 
     def index_generation(self) -> tuple[int, int]:
         """Moves whenever what a search can see may have changed (see qmdd.methods.cache)."""
@@ -60,7 +62,8 @@ class Services:
 
 
 def make_services(config: Config, reader: sqlite3.Connection, actors: Mailboxes, supervisor: Supervisor,
-                  registry: ModelRegistry, shutdown: trio.Event, generation: Generation) -> Services:
+                  registry: ModelRegistry, shutdown: trio.Event, generation: Generation,
+                  catch_up: CatchUp) -> Services:
     return Services(config, reader, actors, supervisor, registry, shutdown,
                     Tokenizer(TokenizerConfig(stem=config.stem)), generation=generation,
-                    cache=ResultCache(config.cache_entries, config.cache_ttl_s))
+                    cache=ResultCache(config.cache_entries, config.cache_ttl_s), catch_up=catch_up)

@@ -19,6 +19,7 @@ from qmdd.methods import (
     semantic,
 )
 from qmdd.methods.call import Call, MethodHandler
+from qmdd.methods.freshness import after_catch_up
 from qmdd.methods.services import Services
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.protocol.wire import validate_params
@@ -34,7 +35,7 @@ def method_table(s: Services) -> dict[str, MethodHandler]:
     for module in (admin, collections, contexts, documents, keyword, semantic, hybrid, models, embeddings, plugins):
         table.update(module.methods(s))
     for method in plugins.SEARCH_METHODS:
-        table[method] = plugins.with_plugins(s, table[method])
+        table[method] = after_catch_up(s, plugins.with_plugins(s, table[method]))
     return table
 
 
