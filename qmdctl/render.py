@@ -239,6 +239,14 @@ def one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
+def labelled_context(label: str, text: str) -> str:
+    """`label` and a context on text or md output. Contexts that apply at several levels come as one
+    text, blank-line separated (qmd's): each on its own line, indented under the first, so that none
+    reads as a line of qmdctl's own (a label, another result), and a line break within one as `\n`."""
+    parts = [one_line(part.strip()) for part in text.split("\n\n") if part.strip()]
+    return label + ("\n" + " " * len(label)).join(parts)
+
+
 def files_field(text: str, quoted: bool = False) -> str:
     """A field of the `files` format, which must stay one record per line: CSV quoting (qmd's rule: a
     field with a comma, quote or line break is quoted, quotes doubled), and a line break inside a field

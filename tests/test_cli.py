@@ -154,6 +154,12 @@ def test_errors_have_stable_codes_and_exit_codes(env: Env, notes: Path, tmp_path
         assert problem["code"] == str(code) and problem["recovery_hints"] and problem["status"] >= 400
     text = env.run("get", "notes/missing.md", check=False)
     assert text.stderr.startswith("error: NOT_FOUND") and "hint:" in text.stderr
+    (tmp_path / "other").mkdir()
+    env.run("collection", "add", str(tmp_path / "other"), "--name", "other")
+    for dry in ((), ("--dry-run",)):  # a rename's hint is about renaming (the catalogue's: `add --name`)
+        taken = env.run("collection", "rename", "notes", "other", *dry, check=False)
+        assert taken.returncode == exit_code(ErrorCode.COLLECTION_EXISTS), taken.stderr
+        assert "hint: Rename it to another name" in taken.stderr and "--name" not in taken.stderr
     empty = env.run("search", "   ", check=False)  # the catalogue's hint names the command that failed
     assert "`qmdctl search --help`" in empty.stderr and "COMMAND" not in empty.stderr
     # Nothing to look up is not "no page says it": said beside the empty answer, which a script still gets.

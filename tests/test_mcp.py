@@ -129,6 +129,7 @@ def test_tools_resources_and_errors_through_the_sdk_client(env: Env, kb: Path) -
             # 2025-11-25 resource-not-found code (tests/test_mcp_qmd_shapes.py has more).
             for attempt, code in ((client.call_tool("nope", {}), INVALID_PARAMS),
                                   (client.get_prompt("nope"), INVALID_PARAMS),
+                                  (client.get_prompt("ask", {}), INVALID_PARAMS),  # its `question` missing
                                   (client.read_resource("qmd://kb/missing.md"), -32002)):
                 with pytest.raises(MCPError) as refused:
                     await attempt

@@ -102,7 +102,7 @@ def test_get_answers_a_qmd_resource_block_beside_the_structured_document(bridge:
 def test_multi_get_answers_resource_blocks_and_qmd_skip_notes(bridge: RawBridge) -> None:
     both = bridge.tool("multi_get", pattern="kb/big.md,kb/my note.md", maxBytes=200, maxLines=2)
     skipped, read = both["content"]
-    assert skipped == {"type": "text", "text": "[SKIPPED: kb/big.md - File too large (1KB > 0KB). "
+    assert skipped == {"type": "text", "text": "[SKIPPED: kb/big.md - File too large (1,087 bytes > 200 bytes). "
                                                "Use 'get' with file=\"kb/big.md\" to retrieve.]"}
     assert read["resource"]["uri"] == "qmd://kb/my%20note.md" and read["resource"]["mimeType"] == "text/markdown"
     assert read["resource"]["text"].endswith("1: # My Note\n2: \n3: \n4: [... truncated 2 more lines]")

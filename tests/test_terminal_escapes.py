@@ -90,6 +90,10 @@ def test_a_line_break_in_a_name_cannot_fake_a_line_of_output(env: Env, tmp_path:
         assert not any(line.startswith(("qmd:__notes_fake", "Score: 100%")) for line in lines), (args, shown)
         assert "two\\nqmd:__notes_fake.md" in shown or args == ("status",), (args, shown)
     assert "Context: line one\\nScore: 100%" in env.run("search", "wombat").stdout
+    # Contexts of several levels come as one text, blank-line separated: one a line, indented, not "\n\n".
+    env.run("context", "add", "/", "All my notes")
+    shown = env.run("search", "wombat").stdout
+    assert "Context: All my notes\n         line one\\nScore: 100%\n" in shown, shown
     assert env.json("search", "wombat")[0]["file"] == "qmd://notes/two\nqmd:__notes_fake.md"  # JSON: exact
 
 

@@ -7,7 +7,7 @@ import time
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
-from qmdctl.render import files_field, human_size, number_lines, one_line, report_error, xml_escape
+from qmdctl.render import files_field, human_size, labelled_context, number_lines, one_line, report_error, xml_escape
 from qmdd.protocol.errors import QmddError
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
@@ -52,7 +52,7 @@ def get(inv: Invocation) -> int:
         else:
             out.line(f"**Title:** {one_line(doc['title'])}")
         if doc["context"]:
-            out.line(f"**Context:** {one_line(doc['context'])}")
+            out.line(labelled_context("**Context:** ", doc["context"]))
         out.line(f"\n````markdown\n{doc['body'].removesuffix(chr(10))}\n````")
     elif out.fmt == "xml":
         out.line('<?xml version="1.0" encoding="UTF-8"?>')
@@ -60,7 +60,7 @@ def get(inv: Invocation) -> int:
     else:
         out.line(out.style(_ident(doc), "cyan"))
         if doc["context"]:
-            out.line(f"Folder Context: {one_line(doc['context'])}")
+            out.line(labelled_context("Folder Context: ", doc["context"]))
         out.line("---\n")
         body = doc["body"]
         out.line(_numbered_body(body, doc["from_line"]) if _numbered(inv) else body.removesuffix("\n"))
@@ -136,7 +136,7 @@ def multi_get(inv: Invocation) -> int:
                 out.line(f"**docid:** `{e['docid']}`\n")
             out.line(f"**Title:** {one_line(e['title'])}\n")
             if e.get("context"):
-                out.line(f"**Context:** {one_line(e['context'])}\n")
+                out.line(labelled_context("**Context:** ", e["context"]) + "\n")
             body = e.get("body", "").removesuffix("\n")
             out.line(f"> {e['reason']}\n" if e.get("skipped") else f"````markdown\n{body}\n````\n")
     elif out.fmt == "xml":
@@ -161,7 +161,7 @@ def _multi_get_text(inv: Invocation, e: dict[str, Any]) -> None:
         out.line(out.style(f"[SKIPPED: {e['reason']}]", "yellow"))
         return
     if e.get("context"):
-        out.line(f"Folder Context: {one_line(e['context'])}\n---\n")
+        out.line(labelled_context("Folder Context: ", e["context"]) + "\n---\n")
     body, marker = e["body"], ""
     if e.get("lines_after"):
         marker = f"[... truncated {e['lines_after']} more lines]"

@@ -7,7 +7,7 @@ import os
 
 from qmdctl.client import call_collecting
 from qmdctl.fullpath import show_full_paths
-from qmdctl.render import files_field, number_lines, one_line, xml_escape
+from qmdctl.render import files_field, labelled_context, number_lines, one_line, xml_escape
 
 TYPE_CHECKING = False  # not typing's: importing typing costs ~10 ms per qmdctl call
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def render_results(out: Output, shaped: list[dict[str, Any]], query: str, *, min
             docid = f"\n**docid:** `{s['docid']}`" if "docid" in s else ""
             out.line(f"---\n# {one_line(s['title'] or s['file'])}\n**file:** `{one_line(s['file'])}`{docid}")
             if s.get("context"):
-                out.line(f"**context:** {one_line(s['context'])}")
+                out.line(labelled_context("**context:** ", s["context"]))
             out.line(f"\n{s.get('body', s.get('snippet'))}\n")
     else:
         _render_text(out, shaped, min_score)
@@ -132,7 +132,7 @@ def _render_text(out: Output, shaped: list[dict[str, Any]], min_score: float) ->
         if s["title"]:
             out.line(f"Title: {out.style(one_line(s['title']), 'bold')}")
         if s.get("context"):
-            out.line(f"Context: {one_line(s['context'])}")
+            out.line(labelled_context("Context: ", s["context"]))
         if s.get("copies"):
             more = f" (+{len(s['copies']) - 3} more)" if len(s["copies"]) > 3 else ""
             out.line(f"Copies: {', '.join(map(one_line, s['copies'][:3]))}{more}")

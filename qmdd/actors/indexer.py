@@ -330,7 +330,7 @@ class IndexerActor(DatabaseActor):
         if message.dry_run:
             old = docs.collection_by_name(self.conn, message.old)
             if new != old.name and any(c.name == new for c in docs.list_collections(self.conn)):
-                raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {new!r} already exists")
+                raise docs.name_taken(new)
             return {"name": new, "root": old.root}
         row = await self._write(docs.rename_collection, self.conn, message.old, new)
         await self._save_collections()

@@ -228,7 +228,7 @@ async def multi_get(s: Services, params: dict[str, Any], call: Call) -> dict[str
         entry: dict[str, Any] = {"file": doc.uri, "docid": doc.docid, "title": doc.title,
                                  "context": contexts.for_path(doc.collection_id, doc.path)}
         if doc.size > max_bytes:
-            entry.update(skipped=True, reason=f"File too large ({doc.size // 1024}KB > {max_bytes // 1024}KB). "
+            entry.update(skipped=True, reason=f"File too large ({_sizes(doc.size, max_bytes)}). "
                          f"Use 'qmdctl get {doc.uri}' to retrieve.")
             skipped += 1
         else:
@@ -297,3 +297,8 @@ async def ls(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:
                          "docid": d.docid, "title": d.title} for d in found]}
     await stream_long_list(call, answer, "files")
     return answer
+
+
+def _sizes(size: int, limit: int) -> str:
+    """qmd's "(12KB > 10KB)", in bytes below a KB, where qmd said "(0KB > 0KB)"."""
+    return f"{size // 1024}KB > {limit // 1024}KB" if limit >= 1024 else f"{size:,} bytes > {limit:,} bytes"

@@ -213,11 +213,17 @@ def remove_collection(conn: sqlite3.Connection, name: str) -> list[int]:
     return removed
 
 
+def name_taken(new: str) -> QmddError:
+    """A rename to a name in use (the catalogue's hint speaks of `collection add --name`)."""
+    return QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {new!r} already exists", hints=(
+        "Rename it to another name, or remove the other collection first (`qmdctl collection remove NAME`).",))
+
+
 def rename_collection(conn: sqlite3.Connection, old: str, new: str) -> CollectionRow:
     with transaction(conn):
         collection_by_name(conn, old)
         if conn.execute("SELECT 1 FROM collections WHERE name = ?", (new,)).fetchone():
-            raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {new!r} already exists")
+            raise name_taken(new)
         conn.execute("UPDATE collections SET name = ? WHERE name = ?", (new, old))
     return collection_by_name(conn, new)
 

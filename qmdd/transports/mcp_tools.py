@@ -173,8 +173,12 @@ class QmddServer(MCPServer):
             raise
 
     async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
-        if self._prompt_manager.get_prompt(name) is None:
+        prompt = self._prompt_manager.get_prompt(name)
+        if prompt is None:
             raise MCPError(INVALID_PARAMS, f"Unknown prompt: {name}")
+        # The SDK raises a bare ValueError for these: answered with code 0, and logged as the server's failure.
+        if missing := sorted(a.name for a in prompt.arguments or () if a.required and a.name not in (arguments or {})):
+            raise MCPError(INVALID_PARAMS, f"prompt {name!r}: missing argument {', '.join(map(repr, missing))}")
         return await super().get_prompt(name, arguments, context)
 
     async def read_resource(self, uri: Any, context: Any = None) -> Any:
