@@ -262,8 +262,10 @@ def _update_paths(conn: sqlite3.Connection, root: ConfinedRoot, collection: Coll
     removals = docs.paths_under(conn, collection.id, gone)
     summary.files = len(present) + summary.skipped
     writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
+    # Read again even where the stat is the one indexed: the watcher says the file changed, and a stat
+    # misses a rewrite that kept its size and time (cp -p, rsync -t) or a file made unreadable (chmod).
     _index_files(writer, root, present, states, removals, chunker, max_file_bytes, lambda _: None, lambda: None,
-                 transforms)
+                 transforms, reread=True)
     problems = [(p.path, p.code, p.message) for p in summary.problems]
     checked = [*(f.relpath for f in present), *gone]
     # Nothing to write for a change to a file that is not indexed (an editor's temp file): no
@@ -371,7 +373,8 @@ def _take(writer: _BatchWriter, st: FileStat, old: DocState | None, result: Pars
         if old is not None:  # never keep serving content we can no longer read
             writer.removals.append(st.relpath)
     elif old is not None and old.hash == result.hash:
-        writer.touched.append((st.relpath, st.size, st.mtime_ns))
+        if (old.size, old.mtime_ns) != (st.size, st.mtime_ns):  # else nothing to write: a re-read, the same
+            writer.touched.append((st.relpath, st.size, st.mtime_ns))
         summary.unchanged += 1
     elif old is not None:
         writer.parsed.append(result)

@@ -120,6 +120,17 @@ def test_a_broken_link_is_indexed_once_its_target_appears(watching: Env, client:
     assert {p["path"]: p["code"] for p in client.call("status")["problems"]}.get("latest.md") == "broken_link"
 
 
+def test_a_rewrite_that_keeps_size_and_time_is_indexed(watching: Env, client: Client, notes: Path) -> None:
+    add_collection(watching, notes)
+    wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
+    note = notes / "beta.md"
+    kept = note.stat()
+    note.write_text(note.read_text().replace("SQLite", "Quokka"))  # same length: "cp -p", "rsync -t"
+    os.utime(note, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert (note.stat().st_size, note.stat().st_mtime_ns) == (kept.st_size, kept.st_mtime_ns)
+    wait_for(lambda: hits(client, "quokka") == ["qmd://notes/beta.md"], "the rewrite to be indexed")
+
+
 def test_editor_saves_are_indexed_and_their_temp_files_never_are(watching: Env, client: Client, notes: Path) -> None:
     add_collection(watching, notes)
     wait_for(lambda: watch_state(client)["state"] == "watching", "the watch to start")
