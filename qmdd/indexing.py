@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from qmdd.chunking import ChunkerConfig, chunk_markdown, embedding_text, extract_title
+from qmdd.chunking import CHUNK_RULES, ChunkerConfig, chunk_markdown, embedding_text, extract_title
 from qmdd.decoding import Undecodable, decode_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, EscapesRoot, FileTooLarge, NotRegularFile
@@ -184,7 +184,8 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
                     on_progress: ProgressSink, checkpoint: Callable[[], None] = lambda: None,
                     transforms: Transforms = Transforms()) -> ScanSummary:
     """`checkpoint` is called between files; it raises to abandon the scan (trio cancellation). When
-    the transforms are not those the collection was indexed with, every file is read again."""
+    the transforms are not those the collection was indexed with, every file is read again; when the
+    chunking rules are not, every document is cut again (its vectors are kept where a chunk's text is)."""
     started = time.monotonic()
     summary = ScanSummary(collection.name)
     with open_root(collection) as root:
@@ -198,11 +199,12 @@ def scan_collection(conn: sqlite3.Connection, collection: CollectionRow, config:
         seen = {f.relpath for f in walk.files}
         removals = [path for path in states if path not in seen]
         writer = _BatchWriter(conn, collection, summary, batch_files, on_batch)
-        reread = transforms.key != collection.transform_key
+        rechunk = collection.chunk_rules != CHUNK_RULES
+        reread = transforms.key != collection.transform_key or rechunk
         _index_files(writer, root, walk.files, states, removals, chunker, config.max_file_bytes, on_progress,
-                     checkpoint, transforms, reread=reread)
+                     checkpoint, transforms, reread=reread, rechunk=rechunk)
         if reread:
-            docs.set_transform_key(conn, collection.id, transforms.key)
+            docs.set_indexed_with(conn, collection.id, transforms.key, CHUNK_RULES)
     docs.replace_problems(conn, collection.id, [(p.path, p.code, p.message) for p in summary.problems])
     summary.seconds = time.monotonic() - started
     return summary
@@ -216,7 +218,7 @@ def update_paths(conn: sqlite3.Connection, collection: CollectionRow, path_filte
     Returns None when only a walk can decide (a directory appeared, a symlink, an ignore file
     changed, the transforms changed): the caller rescans the collection, which costs a stat per file.
     """
-    if transforms.key != collection.transform_key:
+    if transforms.key != collection.transform_key or collection.chunk_rules != CHUNK_RULES:
         return None
     with open_root(collection) as root:
         return _update_paths(conn, root, collection, path_filter, relpaths, max_file_bytes=max_file_bytes,
@@ -337,9 +339,10 @@ class _BatchWriter:
 
 def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat], states: dict[str, DocState],
                  removals: list[str], chunker: ChunkerConfig, max_bytes: int, on_progress: ProgressSink,
-                 checkpoint: Callable[[], None], transforms: Transforms, *, reread: bool = False) -> None:
+                 checkpoint: Callable[[], None], transforms: Transforms, *, reread: bool = False,
+                 rechunk: bool = False) -> None:
     """Read, hash and chunk the files whose stat differs from SQLite's (all of them when `reread`);
-    write them and the removals."""
+    write them (all, even with the same content, when `rechunk`: cut by other rules) and the removals."""
     summary = writer.summary
     writer.removals.extend(removals)
     candidates = files if reread else [
@@ -351,7 +354,7 @@ def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat]
         results = ([read_document(root, group[0], chunker, max_bytes)] if transforms.apply is None
                    else _read_group(root, group, chunker, max_bytes, transforms))
         for st, result in zip(group, results, strict=True):
-            _take(writer, st, states.get(st.relpath), result)
+            _take(writer, st, states.get(st.relpath), result, rechunk)
         done += len(group)
         if writer.full():
             writer.flush()
@@ -360,7 +363,8 @@ def _index_files(writer: _BatchWriter, root: ConfinedRoot, files: list[FileStat]
     on_progress({"collection": summary.collection, "done": done, "total": len(candidates)})
 
 
-def _take(writer: _BatchWriter, st: FileStat, old: DocState | None, result: ParsedFile | FileProblem | None) -> None:
+def _take(writer: _BatchWriter, st: FileStat, old: DocState | None, result: ParsedFile | FileProblem | None,
+          rechunk: bool = False) -> None:
     """One read file into the batch: new or changed, touched (same content), a problem, or gone."""
     summary = writer.summary
     if result is None:
@@ -372,7 +376,7 @@ def _take(writer: _BatchWriter, st: FileStat, old: DocState | None, result: Pars
         summary.skipped += 1
         if old is not None:  # never keep serving content we can no longer read
             writer.removals.append(st.relpath)
-    elif old is not None and old.hash == result.hash:
+    elif old is not None and old.hash == result.hash and not rechunk:
         if (old.size, old.mtime_ns) != (st.size, st.mtime_ns):  # else nothing to write: a re-read, the same
             writer.touched.append((st.relpath, st.size, st.mtime_ns))
         summary.unchanged += 1

@@ -1,11 +1,14 @@
+import sqlite3
 from dataclasses import dataclass, field
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qmdd.chunking import (
+    CHUNK_RULES,
     Chunk,
     ChunkerConfig,
     _line_estimates,
@@ -13,6 +16,7 @@ from qmdd.chunking import (
     estimate_tokens,
     extract_title,
 )
+from tests.conftest import Env
 
 SMALL = ChunkerConfig(target_tokens=40, max_tokens=60, overlap_tokens=10)
 
@@ -26,17 +30,24 @@ def check_invariants(text: str, chunks: list[Chunk], config: ChunkerConfig) -> N
     if lines and lines[-1] == "":
         lines.pop()
     covered: set[int] = set()
+    pieces: dict[int, list[str]] = {}  # a long line's pieces, in order
     for i, chunk in enumerate(chunks):
         assert chunk.seq == i
         assert 1 <= chunk.start_line <= chunk.end_line <= len(lines)
-        assert chunk.text == "\n".join(lines[chunk.start_line - 1 : chunk.end_line])
+        whole = "\n".join(lines[chunk.start_line - 1 : chunk.end_line])
+        if chunk.text != whole:  # a piece of one line over the cap: a slice of it, whitespace trimmed
+            assert chunk.start_line == chunk.end_line and estimate_tokens(whole) > config.max_tokens
+            assert chunk.text == chunk.text.strip() and chunk.text in whole
+            pieces.setdefault(chunk.start_line, []).append(chunk.text)
         assert chunk.text.strip()
         assert lines[chunk.start_line - 1].strip() and lines[chunk.end_line - 1].strip()
-        if estimate_tokens(chunk.text) > config.max_tokens:
-            assert chunk.start_line == chunk.end_line, "only a single enormous line may exceed the cap"
+        assert estimate_tokens(chunk.text) <= config.max_tokens
         covered.update(range(chunk.start_line, chunk.end_line + 1))
+    for line, parts in pieces.items():  # together, the whole line's text, in order
+        assert "".join("".join(parts).split()) == "".join(lines[line - 1].split())
     for a, b in pairwise(chunks):
-        assert a.start_line <= b.start_line and a.end_line < b.end_line
+        same_line = a.start_line == a.end_line == b.start_line == b.end_line
+        assert a.start_line <= b.start_line and (a.end_line < b.end_line or same_line)
     assert {i + 1 for i, line in enumerate(lines) if line.strip()} <= covered
 
 
@@ -241,12 +252,26 @@ def test_oversized_fence_is_split_between_lines() -> None:
     check_invariants(text, chunks, SMALL)
 
 
-def test_enormous_single_line_is_kept_whole() -> None:
-    huge = words(500)
-    text = f"# H\nbefore\n\n{huge}\n\nafter\n"
+def test_a_line_over_the_cap_is_cut_into_sentences() -> None:
+    sentences = [f"Sentence {i} says " + words(12) + "." for i in range(20)]
+    long_line = " ".join(sentences)
+    text = f"# H\nbefore\n\n{long_line}\n\nafter\n"
     chunks = chunk_markdown(text, SMALL)
-    assert [c.text for c in chunks] == ["# H\nbefore", huge, "after"]
+    assert chunks[0].text == "# H\nbefore" and chunks[-1].text == "after"
+    middle = chunks[1:-1]
+    assert len(middle) > 1 and all(c.start_line == c.end_line == 4 for c in middle)
+    assert all(c.text.endswith(".") for c in middle)  # whole sentences, packed up to the target
+    assert all(estimate_tokens(c.text) <= SMALL.target_tokens for c in middle)
     check_invariants(text, chunks, SMALL)
+
+
+def test_chinese_paragraph_lines_are_cut_at_sentence_ends() -> None:
+    sentence = "\u68b5\u8a9e\u7684\u5b78\u8853\u7814\u7a76" * 4 + "\u3002"  # 29 characters, one full stop
+    line = sentence * 20
+    chunks = chunk_markdown(f"# T\n\n{line}\n")
+    assert [c.text for c in chunks[1:]] == [sentence * 6] * 3 + [sentence * 2]  # 6 x 29 <= 200 < 7 x 29
+    no_stops = "\u4e2d" * 700  # no sentence end, no space: cut every target_tokens characters
+    assert [len(c.text) for c in chunk_markdown(no_stops)] == [200, 200, 200, 100]
 
 
 def test_invalid_config_is_rejected() -> None:
@@ -333,3 +358,25 @@ def test_chunk_invariants_on_generated_documents(doc: Doc, config: ChunkerConfig
             fence = set(range(start, end + 1))
             if estimate_tokens("\n".join(doc.lines[start - 1 : end])) <= config.max_tokens:
                 assert span & fence in (set(), fence), "a fence that fits was cut"
+
+
+# -- an index cut by older rules -------------------------------------------------------------------
+
+
+def test_an_index_cut_by_older_rules_is_cut_again_once(env: Env, tmp_path: Path) -> None:
+    root = tmp_path / "notes"
+    root.mkdir()
+    paragraph = " ".join(f"Sentence {i} of a paragraph written as one line, about the jerboa." for i in range(40))
+    (root / "long.md").write_text(f"# Long\n\n{paragraph}\n")
+    (root / "short.md").write_text("# Short\n\nOne line.\n")
+    env.run("collection", "add", str(root), "--name", "notes")
+    env.stop_daemon()
+    with sqlite3.connect(env.paths.database) as conn:  # as an index made before CHUNK_RULES "2"
+        conn.execute("UPDATE collections SET chunk_rules = ''")
+        before = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    [summary] = env.json("update")
+    assert summary["updated"] == 2  # every document cut again, though no file changed
+    with sqlite3.connect(env.paths.database) as conn:
+        assert conn.execute("SELECT chunk_rules FROM collections").fetchall() == [(CHUNK_RULES,)]
+        assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == before > 3
+    assert env.json("update")[0]["updated"] == 0  # once

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qmdd.chunking import ChunkerConfig
+from qmdd.chunking import CHUNK_RULES, ChunkerConfig
 from qmdd.indexing import ScanSummary, scan_collection, update_paths
 from qmdd.store import db
 from qmdd.store import documents as docs
@@ -56,7 +56,7 @@ def tree(tmp_path: Path) -> Path:
 
 def test_every_scan_adds_up(tree: Path, tmp_path: Path) -> None:
     conn = db.open_database(tmp_path / "index.sqlite")
-    collection = docs.add_collection(conn, "tree", str(tree), ["**/*.md"], [])
+    collection = docs.add_collection(conn, "tree", str(tree), ["**/*.md"], [], chunk_rules=CHUNK_RULES)
     first = scan(conn, collection)
     # The case that read "9 files, 7 indexed, 3 skipped": files skipped by the walk were left out of files.
     assert (first.files, first.new, first.updated, first.unchanged, first.skipped) == (11, 7, 0, 0, 4)

@@ -37,7 +37,7 @@ from qmdd.actors.messages import (
     StoreEmbeddings,
     VerifyIndex,
 )
-from qmdd.chunking import ChunkerConfig
+from qmdd.chunking import CHUNK_RULES, ChunkerConfig
 from qmdd.indexing import (
     BatchSink,
     ProgressSink,
@@ -311,7 +311,8 @@ class IndexerActor(DatabaseActor):
         walk_config(masks, message.excludes, self._max_file_bytes)
         if message.dry_run:
             return {"name": name, "root": str(root), "masks": masks, "excludes": list(message.excludes)}
-        row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes, root_key)
+        row = await self._write(docs.add_collection, self.conn, name, str(root), masks, message.excludes, root_key,
+                                CHUNK_RULES)
         await self._save_collections()
         return {"name": row.name, "root": row.root, "masks": list(row.masks), "excludes": list(row.excludes)}
 

@@ -10,7 +10,7 @@ import sqlite3
 
 import numpy as np
 
-from qmdd.chunking import ChunkerConfig, embedding_text
+from qmdd.chunking import CHUNK_RULES, ChunkerConfig, embedding_text
 from qmdd.config import Config
 from qmdd.consistency.report import Facts, Report
 from qmdd.decoding import Decoded, decode_text
@@ -132,7 +132,8 @@ def _check_tree(conn: sqlite3.Connection, report: Report, config: Config, facts:
             if not transformed and bool(text.strip()) != (facts.chunks_per_doc[state.id] > 0):
                 report.add(True, "document_without_chunks", "a document with text has no chunks, or a blank one "
                            "has some", where + path)
-            up_to_date.append((root, st, state))
+            if collection.chunk_rules == CHUNK_RULES:  # else cut by older rules, which its next scan replaces
+                up_to_date.append((root, st, state))
             if path in recorded:
                 report.add(strict, "problem_for_indexed_file", "a file is both indexed and listed as a problem",
                            where + path)

@@ -56,10 +56,10 @@ from qmdd.store.documents import DocRow
 # Score fusion, fitted on the eval collections and the known-item sets (bench/fusion_fit.py): keyword
 # lists get 0.7 of the weight, and a cosine counts above 0.3 (what unrelated texts reach with MiniLM;
 # each packaged model has its own floor, `PackagedModel.cosine_floor`: 0.85 for multilingual-e5).
-# `query` minus the better of `search` and `vsearch` (nDCG@10; Hit@1 on the known-item sets): +0.004 to
-# +0.070 on six English eval collections, -0.006 on medline (30 queries: one standard error of that
-# difference is 0.019, and no share or floor is above it there without falling below elsewhere, left
-# out in cross-validation), 0.000 to +0.025 on the known-item sets, Spanish tldr tasks included, since
+# `query` minus the better of `search` and `vsearch` (nDCG@10; Hit@1 on the known-item sets): +0.006 to
+# +0.070 on six English eval collections, -0.001 on medline (30 queries: one standard error of that
+# difference is 0.019; no share or floor lifts it without lowering others, tldr tasks most), +0.009 on
+# drcd with multilingual-e5, 0.000 to +0.025 on the known-item sets, Spanish tldr tasks included, since
 # phrase evidence and names rank their pages. Rank fusion (weighted RRF, what this replaced) was up to
 # 0.035 below on the English sets.
 LEX_SHARE = 0.7

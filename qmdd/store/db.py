@@ -111,6 +111,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE chunks ADD COLUMN phrase BLOB;
     """,
+    # The chunking rules its documents were cut by (qmdd.chunking.CHUNK_RULES; '' before): when they
+    # differ from this qmdd's, the next scan cuts every document again.
+    """
+    ALTER TABLE collections ADD COLUMN chunk_rules TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

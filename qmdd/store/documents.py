@@ -35,6 +35,8 @@ class CollectionRow:
     """Run by default: on its searches (scorers, filters) and its documents (transforms)."""
     transform_key: str = ""
     """The transforms its documents were indexed with (qmdd.sandbox.registry.transform_key)."""
+    chunk_rules: str = ""
+    """The chunking rules its documents were cut by (qmdd.chunking.CHUNK_RULES)."""
 
     @property
     def root_key(self) -> RootKey | None:
@@ -132,14 +134,14 @@ class DocMarks(NamedTuple):
 
 
 _COLLECTION_COLS = ("id, name, root, masks, excludes, created_at, updated_at, root_dev, root_ino, plugins,"
-                    " transform_key")
+                    " transform_key, chunk_rules")
 _DOC_COLS = ("d.id, d.collection_id, c.name, c.root, d.path, d.size, d.mtime_ns, d.hash, d.title, d.lines,"
              " c.root_dev, c.root_ino")
 
 
 def _collection(row: Sequence[Any]) -> CollectionRow:
     return CollectionRow(row[0], row[1], row[2], tuple(json.loads(row[3])), tuple(json.loads(row[4])),
-                         row[5], row[6], row[7], row[8], tuple(json.loads(row[9])), row[10])
+                         row[5], row[6], row[7], row[8], tuple(json.loads(row[9])), row[10], row[11])
 
 
 # --- collections ---------------------------------------------------------------------------------
@@ -167,14 +169,16 @@ def collection_by_id(conn: sqlite3.Connection, collection_id: int) -> Collection
 
 
 def add_collection(conn: sqlite3.Connection, name: str, root: str, masks: Sequence[str],
-                   excludes: Sequence[str], root_key: RootKey | None = None) -> CollectionRow:
+                   excludes: Sequence[str], root_key: RootKey | None = None, chunk_rules: str = "") -> CollectionRow:
+    """A new collection; `chunk_rules` are those its documents will be cut by (it has none yet)."""
     dev, ino = root_key or (None, None)
     with transaction(conn):
         if conn.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
             raise QmddError(ErrorCode.COLLECTION_EXISTS, f"a collection named {name!r} already exists")
-        conn.execute("INSERT INTO collections (name, root, masks, excludes, created_at, root_dev, root_ino)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (name, root, json.dumps(list(masks)), json.dumps(list(excludes)), time.time(), dev, ino))
+        conn.execute("INSERT INTO collections (name, root, masks, excludes, created_at, root_dev, root_ino,"
+                     " chunk_rules) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (name, root, json.dumps(list(masks)), json.dumps(list(excludes)), time.time(), dev, ino,
+                      chunk_rules))
     return collection_by_name(conn, name)
 
 
@@ -192,10 +196,11 @@ def set_collection_plugins(conn: sqlite3.Connection, name: str, plugins: Sequenc
     return collection_by_name(conn, name)
 
 
-def set_transform_key(conn: sqlite3.Connection, collection_id: int, key: str) -> None:
-    """After a whole scan with these transforms: every document was indexed through them."""
+def set_indexed_with(conn: sqlite3.Connection, collection_id: int, transform_key: str, chunk_rules: str) -> None:
+    """After a whole scan with these transforms and chunking rules: every document was indexed by them."""
     with transaction(conn):
-        conn.execute("UPDATE collections SET transform_key = ? WHERE id = ?", (key, collection_id))
+        conn.execute("UPDATE collections SET transform_key = ?, chunk_rules = ? WHERE id = ?",
+                     (transform_key, chunk_rules, collection_id))
 
 
 def collection_chunk_ids(conn: sqlite3.Connection, collection_id: int) -> list[int]:
