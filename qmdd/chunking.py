@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate, compress, pairwise, repeat
 from operator import add, not_, sub
@@ -279,49 +280,36 @@ def line_pieces(line: str, budget: int) -> list[str]:
     """A long line as consecutive slices of whole sentences, each up to `budget` estimated tokens; a
     sentence over it is cut at spaces, and where it has none every `budget` characters (one token a
     character at most: CJK). Leading and trailing spaces of a piece are left out."""
+    def characters(word: str) -> list[str]:
+        return [word[i:i + budget] for i in range(0, len(word), budget)]
+
+    def words(sentence: str) -> list[str]:
+        return _pack(sentence, _SPACE_RE, budget, characters)
+
+    return [p for p in (piece.strip() for piece in _pack(line, _SENTENCE_END_RE, budget, words)) if p]
+
+
+def _pack(text: str, boundary: re.Pattern[str], budget: int, cut: Callable[[str], list[str]]) -> list[str]:
+    """`text`'s parts between boundaries, packed into slices of up to `budget` tokens; a part over it
+    alone is cut by `cut`."""
+    ends = [m.end() for m in boundary.finditer(text) if m.end() > m.start()]
+    if not ends or ends[-1] < len(text):
+        ends.append(len(text))
     pieces: list[str] = []
     start = end = used = 0
-    for part_end in _ends(line, _SENTENCE_END_RE):
-        cost = estimate_tokens(line[end:part_end])
+    for part_end in ends:
+        cost = estimate_tokens(text[end:part_end])
         if used and used + cost > budget:
-            pieces.append(line[start:end])
+            pieces.append(text[start:end])
             start, used = end, 0
-        if cost > budget:  # one sentence alone is over: cut it, and start afresh after it
-            pieces.extend(_cut(line[end:part_end], budget))
+        if cost > budget:
+            pieces.extend(cut(text[end:part_end]))
             start = part_end
         else:
             used += cost
         end = part_end
     if start < end:
-        pieces.append(line[start:end])
-    return [p for p in (piece.strip() for piece in pieces) if p]
-
-
-def _ends(text: str, boundary: re.Pattern[str]) -> list[int]:
-    """Where the parts between boundaries end (the last one at the text's end)."""
-    ends = [m.end() for m in boundary.finditer(text) if m.end() > m.start()]
-    if not ends or ends[-1] < len(text):
-        ends.append(len(text))
-    return ends
-
-
-def _cut(sentence: str, budget: int) -> list[str]:
-    """A sentence over `budget` tokens: words packed up to it, a word over it every `budget` characters."""
-    pieces: list[str] = []
-    start = end = used = 0
-    for word_end in _ends(sentence, _SPACE_RE):
-        cost = estimate_tokens(sentence[end:word_end])
-        if used and used + cost > budget:
-            pieces.append(sentence[start:end])
-            start, used = end, 0
-        if cost > budget:
-            pieces.extend(sentence[i:i + budget] for i in range(end, word_end, budget))
-            start = word_end
-        else:
-            used += cost
-        end = word_end
-    if start < end:
-        pieces.append(sentence[start:end])
+        pieces.append(text[start:end])
     return pieces
 
 

@@ -272,6 +272,8 @@ def test_chinese_paragraph_lines_are_cut_at_sentence_ends() -> None:
     assert [c.text for c in chunks[1:]] == [sentence * 6] * 3 + [sentence * 2]  # 6 x 29 <= 200 < 7 x 29
     no_stops = "\u4e2d" * 700  # no sentence end, no space: cut every target_tokens characters
     assert [len(c.text) for c in chunk_markdown(no_stops)] == [200, 200, 200, 100]
+    blob = "a" * 5000 + " b"  # a word over the budget, then one more: each said once, in order
+    assert [len(c.text) for c in chunk_markdown(blob)] == [200] * 25 + [1]
 
 
 def test_invalid_config_is_rejected() -> None:
