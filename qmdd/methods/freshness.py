@@ -2,9 +2,10 @@
 
 While the daemon was down, files changed; the watcher's first act is a rescan (a stat per file) that
 brings the index up to date, but a command that started the daemon asks at once, and was answered from
-the index as it was: a deleted note still found, an edited one found by its old words. A search now
-waits for the rescan of the collections it reads, up to CATCH_UP_WAIT_S (a rescan of 38k unchanged
-files takes ~0.4 s), and past that answers with a warning saying what may be missing.
+the index as it was (a new-user trial: the rescan landed ~0.4 s after the daemon was ready, three
+answers later): a deleted note still found, a new one not. A search now waits for the rescans of the
+collections it reads, up to CATCH_UP_WAIT_S, and past that answers with a warning saying what may be
+missing.
 """
 
 from __future__ import annotations
