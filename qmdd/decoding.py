@@ -59,6 +59,12 @@ class Decoded:
     encoding: str  # a Python codec name (utf_8 for the fast path), or utf_8+NAME for UTF-8 with NAME lines
 
 
+def line_count(text: str) -> int:
+    """A text's lines as an editor numbers them: a last line without its newline counts, an empty
+    text has none."""
+    return text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+
+
 def decode_text(data: bytes) -> Decoded | Undecodable:
     """The text of a file's bytes, a leading BOM dropped and CRLF line ends made LF."""
     for bom, encoding in _BOMS:

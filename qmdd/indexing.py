@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from qmdd.chunking import CHUNK_RULES, ChunkerConfig, chunk_markdown, embedding_text, extract_title
-from qmdd.decoding import Undecodable, decode_text
+from qmdd.decoding import Undecodable, decode_text, line_count
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import ConfinedRoot, EscapesRoot, FileTooLarge, NotRegularFile
 from qmdd.store import documents as docs
@@ -136,7 +136,7 @@ def parse_document(st: FileStat, data: bytes, text: str, chunker: ChunkerConfig,
         path=st.relpath, size=len(data), mtime_ns=st.mtime_ns,
         hash=document_hash(data, transform_key),
         title=title,
-        lines=text.count("\n") + (0 if text.endswith("\n") or not text else 1),
+        lines=line_count(text),
         chunks=chunks,
         chunk_hashes=[hashlib.sha256(embedding_text(title, c.heading_path, c.text).encode()).hexdigest()
                       for c in chunks])

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import trio
 
 from qmdd.actors.collection_rules import filesystem_error
-from qmdd.decoding import Undecodable, decode_text
+from qmdd.decoding import Undecodable, decode_text, line_count
 from qmdd.methods.call import Call, MethodHandler, stream_long_list
 from qmdd.methods.collections import list_collections
 from qmdd.methods.services import Services
@@ -159,7 +159,7 @@ async def get(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]
     text = await read(s, doc)
     body, first, remaining = slice_lines(text, from_line, count)
     if from_line is not None and from_line > 1 and not body:
-        lines = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+        lines = line_count(text)
         raise QmddError(ErrorCode.INVALID_INPUT, f"line {from_line} is past the end of {doc.uri} ({lines} lines)",
                         hints=(f"Ask for a line from 1 to {lines}; `lines_after` in an answer counts what is left.",),
                         details={"lines": lines})
