@@ -272,16 +272,19 @@ class BM25Index:
             cand = cand[self._allowed_mask(cand, allowed)]
             if not cand.size:
                 return []
-        cand_docs = doc.slot[cand]
+        cand_docs, cand_scores = doc.slot[cand], acc[cand]
         named, naming = self._named(names, mass, ceiling, doc) if names else (None, [])
-        final = ranking.combine(dacc, ceiling, ranking.best_per_document(cand_docs, acc[cand], doc.n),
-                                chunk_ceiling, named,
+        # Documents are scored and ranked among those a chunk matched only, not across the index.
+        matched_docs, best_chunk = ranking.best_per_document(cand_docs, cand_scores)
+        final = ranking.combine(dacc[matched_docs], ceiling, best_chunk, chunk_ceiling,
+                                None if named is None else named[matched_docs],
                                 ranking.informativeness(rarest, doc.live) if stopwords_only else 1.0)
-        best = ranking.best_chunks(cand, cand_docs, acc[cand], self._ids[cand], final, doc.ids, limit)
-        best_docs = doc.slot[best]
+        top = ranking.top_documents(final, doc.ids[matched_docs], limit)
+        best_docs = matched_docs[top]
+        best = ranking.best_chunks(best_docs, cand, cand_docs, cand_scores, self._ids[cand], doc.n)
         # Which query terms each hit's name says, for phrase evidence: the keys' postings are at hand here,
         # where working them out again from the title and path would cost more than this search.
-        said: list[set[str]] = [set() for _ in best]
+        said: list[set[str]] = [set() for _ in best_docs]
         order = np.argsort(best_docs)
         ranked_docs = best_docs[order]
         for covered, holders in naming:  # (best is never empty here) np.isin would sort both sides, per key
@@ -289,12 +292,12 @@ class BM25Index:
             for i in order[at[ranked_docs[at] == holders]].tolist():
                 said[i].update(covered)
         # Read out of the arrays at once: numpy item by item is what building the hits cost.
-        names_of = named[best_docs].tolist() if named is not None else [0.0] * len(best)
+        names_of = named[best_docs].tolist() if named is not None else [0.0] * best_docs.size
         return [ChunkHit(doc_id, chunk_id, score, norm, ranking.explained(matched, d) if explain else None, name,
                          tuple(sorted(said[i])))
                 for i, (doc_id, chunk_id, d, score, norm, name) in enumerate(zip(
-                    self._docs[best].tolist(), self._ids[best].tolist(), best_docs.tolist(), dacc[best_docs].tolist(),
-                    final[best_docs].tolist(), names_of, strict=True))]
+                    doc.ids[best_docs].tolist(), self._ids[best].tolist(), best_docs.tolist(),
+                    dacc[best_docs].tolist(), final[top].tolist(), names_of, strict=True))]
 
     def _postings(self, segments: Sequence[Postings], ranges: Sequence[tuple[Any, Any]], i: int) -> tuple[Arr, Arr]:
         """Live (slots, tf) of the i-th looked-up term across the segments."""
@@ -319,13 +322,14 @@ class BM25Index:
         per key some document holds, (the query terms it covers, the dense documents holding it)."""
         named = np.zeros(doc.n, np.float64)
         naming: list[tuple[Sequence[str], Arr]] = []
-        keys = list(names)
-        qtids = np.fromiter((self._vocab.get(k, -1) for k in keys), np.int64, count=len(keys))
+        # Most of a query's candidate names are no document's: only those the vocabulary has are looked up.
+        keys = [key for key in names if key in self._vocab]
+        if not keys:
+            return named, naming
+        qtids = np.array([self._vocab[key] for key in keys], np.int64)
         segments = [s for s in (self._main, self._delta) if len(s)]
         ranges = [s.ranges(qtids) for s in segments]
         for i, key in enumerate(keys):
-            if qtids[i] < 0:
-                continue
             s, _ = self._postings(segments, ranges, i)
             if s.size and ceiling > 0.0:
                 strength, covered = names[key]

@@ -103,18 +103,16 @@ def combine(doc_scores: Arr, doc_ceiling: float, chunk_scores: Arr, chunk_ceilin
     return base
 
 
-def best_per_document(docs: Arr, scores: Arr, n_docs: int) -> Arr:
-    """Per dense document, its best chunk score among the given (document, score) pairs (0 if none).
-    `docs` is almost always non-decreasing (see `per_document`), which makes this one reduceat."""
-    best = np.zeros(n_docs, np.float64)
-    if not docs.size:
-        return best
+def best_per_document(docs: Arr, scores: Arr) -> tuple[Arr, Arr]:
+    """(the documents, ascending; each one's best chunk score) of (document, chunk score) pairs. `docs`
+    is almost always non-decreasing (see `per_document`), which makes this one reduceat."""
     if docs.size < 2 or bool((docs[1:] >= docs[:-1]).all()):
         starts = np.flatnonzero(np.concatenate(([True], docs[1:] != docs[:-1])))
-        best[docs[starts]] = np.maximum.reduceat(scores.astype(np.float64), starts)
-    else:
-        np.maximum.at(best, docs, scores)
-    return best
+        return docs[starts], np.maximum.reduceat(scores.astype(np.float64), starts)
+    documents, inverse = np.unique(docs, return_inverse=True)
+    best = np.zeros(documents.size, np.float64)
+    np.maximum.at(best, inverse, scores)
+    return documents, best
 
 
 def query_weights(terms: Sequence[str], term_weights: Sequence[float] | None) -> dict[str, float]:
@@ -144,21 +142,18 @@ def per_document(docs: Arr, tf: Arr, n_docs: int) -> tuple[Arr, Arr]:
     return touched, summed[touched]
 
 
-def best_chunks(cand: Arr, cand_docs: Arr, cand_scores: Arr, cand_ids: Arr, doc_scores: Arr, doc_ids: Arr,
-                 limit: int) -> list[int]:
-    """Slots of the best chunk of each of the top `limit` documents, in rank order.
+def top_documents(scores: Arr, ids: Arr, limit: int) -> Arr:
+    """Positions of the top `limit` scores, ranked by (score desc, id asc)."""
+    if scores.size > limit:
+        keep = np.flatnonzero(scores >= floor_of_top(scores, limit))  # closed under ties: the cut is deterministic
+        return keep[np.lexsort((ids[keep], -scores[keep]))[:limit]]
+    return np.lexsort((ids, -scores))[:limit]
 
-    Documents rank by (document score desc, doc id asc); within a document the chunk with the best
+
+def best_chunks(top: Arr, cand: Arr, cand_docs: Arr, cand_scores: Arr, cand_ids: Arr, n_docs: int) -> Arr:
+    """Slots of the best chunk of each of the `top` documents, in their order: the chunk with the best
     chunk score wins (ties: lower chunk id). Only the top documents' chunks are ever sorted."""
-    present = np.zeros(doc_scores.size, bool)
-    present[cand_docs] = True
-    docs = np.flatnonzero(present)
-    scores = doc_scores[docs]
-    if docs.size > limit:
-        keep = scores >= floor_of_top(scores, limit)  # closed under ties: the cut is deterministic
-        docs, scores = docs[keep], scores[keep]
-    top = docs[np.lexsort((doc_ids[docs], -scores))[:limit]]
-    wanted = np.zeros(doc_scores.size, bool)
+    wanted = np.zeros(n_docs, bool)
     wanted[top] = True
     m = wanted[cand_docs]
     sel_docs, sel_slots = cand_docs[m], cand[m]
@@ -167,7 +162,7 @@ def best_chunks(cand: Arr, cand_docs: Arr, cand_scores: Arr, cand_ids: Arr, doc_
     first = np.ones(sel_docs.size, bool)
     first[1:] = sel_docs[1:] != sel_docs[:-1]
     best = dict(zip(sel_docs[first].tolist(), sel_slots[first].tolist(), strict=True))
-    return [best[d] for d in top.tolist()]
+    return np.array([best[d] for d in top.tolist()], np.int64)
 
 
 def floor_of_top(scores: Arr, k: int) -> float:

@@ -29,8 +29,8 @@ class Reads:
         self._terms: dict[int, tuple[bytes | None] | None] = {}  # a chunk's row: (its stored terms,)
 
     def chunk_texts(self, ids: Iterable[int]) -> dict[int, ChunkText]:
-        return _read_through(self._chunks, ids, lambda missing: {c.chunk_id: c for c in
-                                                                 docs.chunk_texts(self.conn, missing)})
+        """The chunks, their documents' rows read with them (a result shows both)."""
+        return _read_through(self._chunks, ids, self._chunks_and_documents)
 
     def documents(self, ids: Iterable[int]) -> dict[int, DocRow]:
         return _read_through(self._docs, ids, lambda missing: docs.docs_by_ids(self.conn, missing))
@@ -40,10 +40,24 @@ class Reads:
         return _read_through(self._marks, ids, lambda missing: docs.marks_by_ids(self.conn, missing))
 
     def phrase_terms(self, ids: Iterable[int]) -> dict[int, bytes | None]:
-        """Each existing chunk's stored phrase terms (None: not stored yet)."""
-        rows = _read_through(self._terms, ids, lambda missing: {i: (terms,) for i, terms in
-                                                                chunkterms.read_terms(self.conn, missing).items()})
+        """Each existing chunk's stored phrase terms (None: not stored yet), their documents' marks read
+        with them (collapsing comes next)."""
+        rows = _read_through(self._terms, ids, self._terms_and_marks)
         return {i: row[0] for i, row in rows.items()}
+
+    def _chunks_and_documents(self, ids: list[int]) -> dict[int, ChunkText]:
+        found = {}
+        for chunk, doc in docs.chunks_with_documents(self.conn, ids):
+            found[chunk.chunk_id] = chunk
+            self._docs.setdefault(doc.id, doc)
+        return found
+
+    def _terms_and_marks(self, ids: list[int]) -> dict[int, tuple[bytes | None]]:
+        found: dict[int, tuple[bytes | None]] = {}
+        for chunk_id, (terms, marks) in chunkterms.read_terms(self.conn, ids).items():
+            found[chunk_id] = (terms,)
+            self._marks.setdefault(marks.id, marks)
+        return found
 
 
 def _read_through(read: dict[int, R | None], ids: Iterable[int],

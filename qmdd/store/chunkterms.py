@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from qmdd.store.db import select_in, transaction
+from qmdd.store.documents import MARKS_COLS, DocMarks
 
 VERSION_KEY = "phrase_terms"
 
@@ -34,9 +35,13 @@ def store_terms(conn: sqlite3.Connection, rows: Sequence[tuple[int, bytes]]) -> 
         conn.executemany("UPDATE chunks SET phrase = ? WHERE id = ?", [(terms, chunk) for chunk, terms in rows])
 
 
-def read_terms(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, bytes | None]:
-    """chunk id -> its stored terms (None: not stored), for the chunks that exist."""
-    return dict(select_in(conn, "SELECT id, phrase FROM chunks WHERE id IN ({in})", ids))
+def read_terms(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, tuple[bytes | None, DocMarks]]:
+    """chunk id -> (its stored terms (None: not stored), its document's marks), for the chunks that
+    exist: a search re-scores its top hits by their terms and then collapses their documents' copies,
+    and one statement reads what both need."""
+    return {r[0]: (r[1], DocMarks(*r[2:])) for r in select_in(
+        conn, f"SELECT k.id, k.phrase, {MARKS_COLS} FROM chunks k JOIN documents d ON d.id = k.doc_id"
+              " JOIN collections c ON c.id = d.collection_id WHERE k.id IN ({in})", ids)}
 
 
 def without_terms(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str]]:

@@ -444,10 +444,26 @@ def docs_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocRo
     return {r[0]: DocRow(*r) for r in select_in(conn, f"{DOCS_SQL} WHERE d.id IN ({{in}})", ids)}
 
 
+MARKS_COLS = "d.id, d.collection_id, c.name, d.path, d.hash"
+"""Every column of a `DocMarks`, in its order, from documents `d` and collections `c`."""
+
+
 def marks_by_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, DocMarks]:
     return {r[0]: DocMarks(*r) for r in select_in(
-        conn, "SELECT d.id, d.collection_id, c.name, d.path, d.hash FROM documents d"
-              " JOIN collections c ON c.id = d.collection_id WHERE d.id IN ({in})", ids)}
+        conn, f"SELECT {MARKS_COLS} FROM documents d JOIN collections c ON c.id = d.collection_id"
+              " WHERE d.id IN ({in})", ids)}
+
+
+def chunks_with_documents(conn: sqlite3.Connection, ids: Sequence[int]) -> list[tuple[ChunkText, DocRow]]:
+    """Chunks with their documents' whole rows, in one statement: what a result shows of a hit."""
+    out = []
+    for r in select_in(conn, f"SELECT k.id, k.heading, k.start_line, k.text, {_DOC_COLS} FROM chunks k"
+                             " JOIN documents d ON d.id = k.doc_id JOIN collections c ON c.id = d.collection_id"
+                             " WHERE k.id IN ({in})", ids):
+        doc = DocRow(*r[4:])
+        out.append((ChunkText(r[0], doc.id, doc.collection_id, doc.path, doc.title,
+                              tuple(r[1].split("\x1f")) if r[1] else (), r[2], r[3]), doc))
+    return out
 
 
 def doc_chunk_ids_under(conn: sqlite3.Connection, collection_ids: Sequence[int] | None,
