@@ -36,11 +36,20 @@ class Metrics:
         self.errors = Counter("qmdd_errors", "Requests answered with an error, by code and door.", ("code", "door"),
                               registry=self.registry)
 
-    def observe(self, method: str, door: str, seconds: float, error: str | None = None) -> None:
-        self.requests.labels(method, door).inc()
-        self.latency.labels(method, door).observe(seconds)
-        if error is not None:
-            self.errors.labels(error, door).inc()
+    def observer(self, method: str, door: str) -> Callable[[float, str | None], None]:
+        """Records a request of one method at one door: its counters are looked up at its first request
+        (a lookup per request cost more than counting it; a method never called shows no series)."""
+        counters: list[tuple[Counter, Histogram]] = []
+
+        def observe(seconds: float, error: str | None) -> None:
+            if not counters:
+                counters.append((self.requests.labels(method, door), self.latency.labels(method, door)))
+            requests, latency = counters[0]
+            requests.inc()
+            latency.observe(seconds)
+            if error is not None:
+                self.errors.labels(error, door).inc()
+        return observe
 
     def read_statistics(self, name: str, source: Callable[[], Mapping[str, Any]]) -> None:
         """Publish `source()`'s numbers (nested maps flattened) as gauges qmdd_<name>{part, statistic}:
@@ -55,6 +64,8 @@ def timed(table: Mapping[str, MethodHandler], metrics: Metrics, door: str) -> di
     """The table as one door serves it: each call counted, timed, logged at info (the log line carries
     the request's trace id) and, when OpenTelemetry is on, made a span; its error code counted."""
     def wrap(method: str, handler: MethodHandler) -> MethodHandler:
+        observe = metrics.observer(method, door)
+
         async def timed_handler(params: dict[str, Any], call: Call) -> Any:
             started, error = time.perf_counter(), None
             try:
@@ -70,7 +81,7 @@ def timed(table: Mapping[str, MethodHandler], metrics: Metrics, door: str) -> di
                 raise
             finally:
                 seconds = time.perf_counter() - started
-                metrics.observe(method, door, seconds, error)
+                observe(seconds, error)
                 log.info("%s via %s: %s in %.1f ms", method, door, error or "ok", seconds * 1000)
         return timed_handler
     return {method: wrap(method, handler) for method, handler in table.items()}

@@ -38,7 +38,12 @@ from typing import TypeVar
 from qmdd.search.tokenize import Tokenizer
 
 PHRASE_WEIGHT = 0.5  # a sentence that is exactly the query closes half of the gap left to a score of 1
-PHRASE_DEPTH = 20  # hits re-scored, best first: 10 lifts 0.015 fewer tldr tasks (0.45 ms faster), 30 none more
+# Hits re-scored, best first. `query`'s fused documents: 10 lifts 0.015 fewer tldr tasks, 15 lifts 0.005
+# fewer (Hit@1 0.900 vs 0.905), 30 none more. `search`'s keyword hits: 15 gives what 20 does on every
+# dev set (tldr names, tasks, Spanish tasks, LeetCode, cpp-docs; the eight eval sets to six decimals),
+# 12 lifts 0.010 fewer tldr tasks and 10 0.015; each hit fewer saves ~10 us of the search.
+PHRASE_DEPTH = 20
+SEARCH_PHRASE_DEPTH = 15
 # A chunk holds at most 256 model tokens (1-2 KB of prose), but that is an estimate, and one very long
 # line can be one chunk: only its start is read, so a planted multi-megabyte line costs what any chunk
 # costs (~0.2 ms for 4 KB of query words, the worst case; a 450-byte tldr chunk takes ~30 us).

@@ -22,7 +22,7 @@ from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
 from qmdd.search.collapse import FIRST_EXTRA, collapse, enough, fetch_sizes
 from qmdd.search.fields import document_name_keys, query_name_keys
-from qmdd.search.phrases import PHRASE_DEPTH, PhraseMatcher, with_phrase
+from qmdd.search.phrases import SEARCH_PHRASE_DEPTH, PhraseMatcher, with_phrase
 from qmdd.search.ports import Retrievers
 from qmdd.search.reads import Reads
 from qmdd.search.snippets import Snippets
@@ -163,7 +163,7 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     reads = Reads(conn)
     sizes = fetch_sizes(request.limit, request.collapse)
     for i, fetch in enumerate(sizes):
-        asked = max(fetch, PHRASE_DEPTH)
+        asked = max(fetch, SEARCH_PHRASE_DEPTH)
         # Re-scoring, collapsing and snippets in BM25's worker thread: a hop costs more than any of them.
         step = functools.partial(_rank_and_render, reads, tokenizer, request, asked=asked,
                                  last=i == len(sizes) - 1)
@@ -176,21 +176,21 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
 def _rank_and_render(reads: Reads, tokenizer: Tokenizer, request: SearchRequest,
                      terms: list[str], found: list[ChunkHit], *, asked: int,
                      last: bool) -> tuple[dict[str, Any], list[DocRow]] | None:
-    """BM25's hits, the first PHRASE_DEPTH re-scored by how closely their best chunk says the query,
+    """BM25's hits, the first SEARCH_PHRASE_DEPTH re-scored by how closely their best chunk says the query,
     re-sorted, copies collapsed, and rendered; None when copies left too few and a larger fetch may
     give more."""
     if faults.enabled:
         faults.check("search.rank")
     if not terms:
         return no_words(request.query), []
-    head = found[:PHRASE_DEPTH]
+    head = found[:SEARCH_PHRASE_DEPTH]
     matcher = PhraseMatcher(request.query, tokenizer)  # here, not on the event loop: it tokenizes the query
     evidence = phrase_scores(reads, tokenizer, matcher, [h.chunk_id for h in head], [h.named for h in head])
     for hit, e in zip(head, evidence, strict=True):  # in place: the hits are this search's own
         if e:
             hit.norm, hit.phrase = with_phrase(hit.norm, e), e
     # Re-scoring only raises scores, so every re-scored hit stays above the ones past the depth.
-    hits, copies = collapse_hits(reads, sorted(head, key=lambda h: -h.norm) + found[PHRASE_DEPTH:],
+    hits, copies = collapse_hits(reads, sorted(head, key=lambda h: -h.norm) + found[SEARCH_PHRASE_DEPTH:],
                                  request.collapse)
     if not (last or enough(len(hits), len(found), asked, request.limit)):
         return None

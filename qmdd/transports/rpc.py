@@ -287,8 +287,9 @@ class RpcServer:
 
         self.stats.requests += 1
         try:
-            log.debug("%s %s%s", method, {k: v for k, v in params.items() if k != "text"},
-                      f" identity={identity}" if identity else "")
+            if log.isEnabledFor(logging.DEBUG):  # its arguments cost more than the check
+                log.debug("%s %s%s", method, {k: v for k, v in params.items() if k != "text"},
+                          f" identity={identity}" if identity else "")
             value = await handler(params, Call(emit, receive, trace_id))
         except Exception as exc:
             if client_gone(exc):
