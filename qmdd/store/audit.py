@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from qmdd.store.db import heading_path
+
 
 class ChunkAudit(NamedTuple):
     chunk_id: int
@@ -78,7 +80,7 @@ def chunks_with_documents(conn: sqlite3.Connection) -> Iterator[ChunkAudit]:
     """Every chunk with what its document says about it, streamed: an index of any size fits."""
     for r in conn.execute("SELECT k.id, k.doc_id, d.collection_id, d.title, k.heading, k.text, k.hash,"
                           " k.start_line, k.end_line, d.lines FROM chunks k JOIN documents d ON d.id = k.doc_id"):
-        yield ChunkAudit(r[0], r[1], r[2], r[3], tuple(r[4].split("\x1f")) if r[4] else (), *r[5:])
+        yield ChunkAudit(r[0], r[1], r[2], r[3], heading_path(r[4]), *r[5:])
 
 
 def document_count(conn: sqlite3.Connection) -> int:

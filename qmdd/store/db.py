@@ -168,6 +168,11 @@ def placeholders(count: int) -> str:
     return ",".join("?" * count)
 
 
+def heading_path(stored: str) -> tuple[str, ...]:
+    """A chunk's `heading` column as the heading path it was written from (joined by \\x1f)."""
+    return tuple(stored.split("\x1f")) if stored else ()
+
+
 def select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any], before: Sequence[Any] = ()
               ) -> Iterator[Any]:
     """The rows of `sql` for all of `values`, however many: one statement per batch of `IN_BATCH`

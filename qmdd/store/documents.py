@@ -17,7 +17,7 @@ import numpy as np
 
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.safefiles import RootKey
-from qmdd.store.db import placeholders, select_in, transaction
+from qmdd.store.db import heading_path, placeholders, select_in, transaction
 
 
 @dataclass(frozen=True)
@@ -409,7 +409,7 @@ class ChunkText:
 
 
 def _chunk_texts(rows: Iterable[Sequence[Any]]) -> list[ChunkText]:
-    return [ChunkText(r[0], r[1], r[2], r[3], r[4], tuple(r[5].split("\x1f")) if r[5] else (), r[6], r[7])
+    return [ChunkText(r[0], r[1], r[2], r[3], r[4], heading_path(r[5]), r[6], r[7])
             for r in rows]
 
 
@@ -462,7 +462,7 @@ def chunks_with_documents(conn: sqlite3.Connection, ids: Sequence[int]) -> list[
                              " WHERE k.id IN ({in})", ids):
         doc = DocRow(*r[4:])
         out.append((ChunkText(r[0], doc.id, doc.collection_id, doc.path, doc.title,
-                              tuple(r[1].split("\x1f")) if r[1] else (), r[2], r[3]), doc))
+                              heading_path(r[1]), r[2], r[3]), doc))
     return out
 
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qmdd.store.db import placeholders, select_in, transaction
+from qmdd.store.db import heading_path, placeholders, select_in, transaction
 
 VECTOR_DTYPE = np.float16
 
@@ -49,7 +49,7 @@ def _collection_filter(collection_ids: Sequence[int] | None) -> str:
 
 
 def _pending(rows: Iterable[tuple[int, str, str, str, str]]) -> list[PendingChunk]:
-    return [PendingChunk(r[0], r[1], r[2], tuple(r[3].split("\x1f")) if r[3] else (), r[4]) for r in rows]
+    return [PendingChunk(r[0], r[1], r[2], heading_path(r[3]), r[4]) for r in rows]
 
 
 def pending_chunks(conn: sqlite3.Connection, fingerprint: str, after_id: int, limit: int,
