@@ -10,11 +10,13 @@ let in-flight requests finish within the grace period, stop the watcher first an
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 import socket
 import sqlite3
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -100,13 +102,30 @@ async def _watch_signals(shutdown: trio.Event, cancel: Callable[[], None]) -> No
             shutdown.set()
 
 
-async def _preload_mcp(mcp: McpHost) -> None:
-    """Import the MCP SDK (~1 s) in the background, so an agent's first bridge starts answering at once."""
+async def _settle(mcp: McpHost) -> None:
+    """Import the MCP SDK (~1 s) in the background, so an agent's first bridge starts answering at once;
+    then freeze what start-up made (`freeze_start_up`)."""
     loaded = await outcome.acapture(mcp.preload)
     if isinstance(loaded, outcome.Error):
         if not isinstance(loaded.error, Exception):
             loaded.unwrap()  # cancellation
         log.warning("MCP support unavailable: %r", loaded.error)
+    freeze_start_up()
+
+
+def freeze_start_up() -> None:
+    """Collect start-up's garbage once, then take what remains out of every later collection.
+
+    Start-up leaves ~140k objects that live as long as the daemon (modules, the MCP SDK, the loaded
+    indexes). Each full collection walked them all: 58-76 ms with the event loop held, about once in
+    8,000 tldr searches, the slowest answer of a run; frozen, the slowest of 8,000 took 9 ms. This one
+    collection (~0.1 s, with the GIL held: a thread would hold the event loop as long) happens once,
+    right after start-up, instead of at a moment a search cannot choose."""
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("froze %d start-up objects after a collection of %.0f ms", gc.get_freeze_count(),
+             (time.perf_counter() - started) * 1e3)
 
 
 async def run_daemon(config: Config, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -231,7 +250,7 @@ async def _serve_doors(config: Config, sock: socket.socket, http_sock: socket.so
                     health = partial(service_status, supervisor, reader)
                     systemd.notify("READY=1", f"STATUS={health()}")
                     nursery.start_soon(systemd.keep_manager_informed, health)
-                    nursery.start_soon(_preload_mcp, mcp)
+                    nursery.start_soon(_settle, mcp)
                     if wal_lost:
                         connections.start_soon(_rescan_everything, actors.indexer)
                     await shutdown.wait()

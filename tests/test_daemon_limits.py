@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -94,6 +95,21 @@ def test_idle_connections_at_a_low_descriptor_limit_never_starve_requests_or_mcp
             sock.close()
     log = daemon.log()
     assert "EMFILE" not in log and "Too many open files" not in log and "MCP support unavailable" not in log
+    daemon.stop()
+
+
+def test_start_up_objects_are_frozen_once_the_daemon_settles(env: Env, daemon: OwnDaemon) -> None:
+    """A full collection walks every object the collector tracks, with the event loop held: the ~140k
+    that start-up leaves (modules, the MCP SDK, the indexes) are frozen once it settles, so later full
+    collections walk only what requests left."""
+    daemon.start()
+    deadline = time.monotonic() + 60
+    while (froze := re.search(r"froze (\d+) start-up objects", daemon.log())) is None:
+        assert time.monotonic() < deadline, "start-up was not frozen within 60 s"
+        time.sleep(0.05)
+    assert int(froze[1]) > 50_000, froze[0]  # the MCP SDK's alone, imported by then
+    with daemon.client() as client:
+        assert client.call("search", {"query": "anything"})["results"] == []
     daemon.stop()
 
 
