@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qmdctl.client import Client
+from qmdd.actors.bm25 import INLINE_CHARS
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.pipeline import MAX_QUERY_CHARS
 from qmdd.search.snippets import MAX_SNIPPET_CHARS, Snippets
@@ -84,6 +85,27 @@ def test_search_of_a_huge_line_answers_and_other_clients_are_served_meanwhile(en
         thread.join(DEADLINE_S)
     assert searches and not thread.is_alive()
 
+
+
+def test_small_searches_run_on_the_event_loop_and_large_ones_in_a_worker_thread(env: Env, notes: Path) -> None:
+    """A search of little work runs in the BM25 actor's turn (a thread hop cost a third of it); a long
+    query, or one asking for many hits, is given to a worker thread. Both answer alike."""
+    env.run("collection", "add", str(notes), "--name", "notes")
+
+    def searched(query: str, limit: int) -> tuple[list[str], int, int]:
+        with Client(env.paths, environ=env.vars, reply_timeout=DEADLINE_S) as client:
+            files = [r["file"] for r in client.call("search", {"query": query, "limit": limit})["results"]]
+            bm25 = client.call("status")["actors"]["bm25"]
+        return files, bm25["queries"], bm25["inline_queries"]
+
+    _, queries, inline = searched("gnome screenshot packaging", 5)
+    assert inline >= 1
+    files, more, inline_more = searched("alpha project", 5)  # each query new: the result cache never answers
+    assert files[0] == "qmd://notes/alpha.md" and (more, inline_more) == (queries + 1, inline + 1)
+    files, most, inline_most = searched("alpha projects", 100)
+    assert files[0] == "qmd://notes/alpha.md" and (most, inline_most) == (more + 1, inline_more)
+    files, _, inline_last = searched("alpha project " + "x" * INLINE_CHARS, 5)
+    assert files[0] == "qmd://notes/alpha.md" and inline_last == inline_more
 
 def _reference(pattern: str) -> re.Pattern[str]:
     """The glob as a backtracking regex: right, and fast enough for the short strings of the test."""

@@ -129,9 +129,10 @@ class Bm25Query:
     collection_ids: list[int] | None = None
     allowed: Any = None  # a pyroaring BitMap of chunk ids that may match (a path filter), or None for all
     explain: bool = False
-    # The caller's next step, run on (terms, hits) in the same worker thread, its result the reply: a
-    # second thread hop cost a search more (~0.17 ms) than re-scoring and rendering it. It must not
-    # raise (the method layer hands it over wrapped in `outcome.capture`).
+    # The caller's next step, run on (terms, hits) where the search ran (its worker thread, or the event
+    # loop for a small search), its result the reply: a thread hop cost a search more (~0.2 ms) than
+    # re-scoring and rendering it. It must not raise (the method layer hands it over wrapped in
+    # `outcome.capture`).
     then: Any = None
 
 

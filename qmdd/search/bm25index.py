@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import array
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -44,6 +44,7 @@ _MAX_ID = 2**32
 _MAX_TF = 2**16 - 1
 _MIN_DELTA = 1 << 16
 _DEAD_FRACTION = 0.25
+_POSTINGS_MEMO = 100_000  # terms whose postings `postings` remembers, forgotten all at once past it
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,7 @@ class BM25Index:
         self._doc_cache: ranking.DocColumns | None = None
         self._sorted_view: tuple[Arr, Arr] | None = None
         self._allowed_cache: tuple[BitMap, Arr] | None = None
+        self._postings_of: dict[str, int] = {}  # term -> its postings (`postings`), until they change
 
     # -- mutation -------------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class BM25Index:
         self._knorm_cache = self._doc_cache = None
         self._sorted_view = None
         self._allowed_cache = None
+        self._postings_of = {}
 
     def remove(self, chunk_ids: Iterable[int]) -> int:
         """Mark chunks dead; returns how many were live. Unknown ids are ignored."""
@@ -201,6 +204,22 @@ class BM25Index:
 
     def chunk_ids(self) -> BitMap:
         return self._live.copy()
+
+    def postings(self, terms: Collection[str]) -> int:
+        """How many postings a search of `terms` reads (dead ones included): its work, told before it.
+        Memoised per term until postings are added or compacted: most queries' terms were seen before."""
+        known, distinct = self._postings_of, dict.fromkeys(terms)
+        if missing := [t for t in distinct if t not in known and t in self._vocab]:
+            if len(known) > _POSTINGS_MEMO:
+                known.clear()
+            wanted = np.array([self._vocab[t] for t in missing], np.int64)
+            counts = np.zeros(len(missing), np.int64)
+            for segment in (self._main, self._delta):
+                if len(segment):
+                    starts, ends = segment.ranges(wanted)
+                    counts += np.array(ends, np.int64) - np.array(starts, np.int64)
+            known.update(zip(missing, counts.tolist(), strict=True))
+        return sum(known.get(t, 0) for t in distinct)
 
     def collection_sizes(self) -> dict[int, int]:
         """collection id -> its live chunks."""
@@ -459,6 +478,7 @@ class BM25Index:
             self._knorm_cache = self._doc_cache = None
             self._sorted_view = None
         self._allowed_cache = None
+        self._postings_of = {}
         if postings.tids.size < 0.75 * len(self._vocab):
             # Churn leaves terms no live chunk uses; renumber the survivors densely (order kept).
             names = list(self._vocab)

@@ -1,9 +1,10 @@
 """Keyword search orchestration: filters → BM25 (through the `Retrievers` port) → phrase evidence,
 collapsed copies, documents, contexts, snippets.
 
-Everything after BM25 runs in the worker thread that ran BM25 (`Retrievers.keywords_then`): snippets
-must run in a thread (a chunk may be one multi-megabyte line), and the rest (a few dozen rows read by
-primary key, phrase matching) costs less than a second thread hop would (~0.17 ms of a search's ~1.5).
+Everything after BM25 runs where BM25 ran (`Retrievers.keywords_then`): in the BM25 actor's turn for a
+small search, in its worker thread for a larger one (`qmdd.actors.bm25`), never in a second thread: the
+rest (a few dozen rows read by primary key, phrase matching, snippets of chunks cut to the model's
+size) costs less than a second thread hop would (~0.2 ms of a search's ~1.5).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ async def keyword_search(conn: sqlite3.Connection, retrievers: Retrievers, token
     sizes = fetch_sizes(request.limit, request.collapse)
     for i, fetch in enumerate(sizes):
         asked = max(fetch, SEARCH_PHRASE_DEPTH)
-        # Re-scoring, collapsing and snippets in BM25's worker thread: a hop costs more than any of them.
+        # Re-scoring, collapsing and snippets where BM25 runs: a hop costs more than any of them.
         step = functools.partial(_rank_and_render, reads, tokenizer, request, asked=asked,
                                  last=i == len(sizes) - 1)
         answer = await retrievers.keywords_then(request.query, asked, collection_ids, allowed, request.explain, step)

@@ -23,8 +23,8 @@ class Retrievers(Protocol):
 
     async def keywords_then(self, text: str, limit: int, collection_ids: list[int] | None, allowed: BitMap | None,
                             explain: bool, then: Callable[[list[str], list[ChunkHit]], T]) -> T:
-        """`then(terms, hits)` of `keywords`, run in the worker thread that searched: the next step of a
-        search without a second thread hop."""
+        """`then(terms, hits)` of `keywords`, run where the search ran (its worker thread, or the event
+        loop for a small one): the next step of a search without a second thread hop."""
         ...
 
     async def embed_queries(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
