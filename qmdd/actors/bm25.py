@@ -28,9 +28,10 @@ log = logging.getLogger("qmdd.bm25")
 
 # A search at most this large runs in the actor's turn on the event loop, the rest in a worker thread
 # (`Bm25Actor._query`): a query of up to INLINE_CHARS characters, whose terms have up to INLINE_POSTINGS
-# postings (BM25 takes ~0.15 ms + 25 ns a posting: ~1 ms at most), asking for up to INLINE_HITS hits
-# (re-scoring and rendering take bounded work a hit: chunks are cut to the model's size, and phrase
-# evidence reads TEXT_LIMIT characters of each).
+# postings (BM25 takes ~0.15 ms + 25 ns a posting: ~1 ms at most) counting the chunks of a filter (a
+# filter new to the index costs about as much a chunk), asking for up to INLINE_HITS hits (re-scoring
+# and rendering take bounded work a hit: chunks are cut to the model's size, and phrase evidence reads
+# TEXT_LIMIT characters of each).
 INLINE_CHARS = 1_024
 INLINE_POSTINGS = 32_000
 INLINE_HITS = 40
@@ -139,10 +140,19 @@ class Bm25Actor(DerivedIndexActor):
         and so the event loop, for as long: the loop gets a turn only every switch interval (5 ms),
         or where the worker waits on SQLite. A large one leaves the loop those turns."""
         self.queries += 1
+        weighted = None
         if len(message.text) <= INLINE_CHARS and message.limit <= INLINE_HITS:
             weighted = self._tokenizer.weighted_query_terms(message.text)
-            if self.index.postings(weighted) <= INLINE_POSTINGS:
+            if self._work(message, weighted) <= INLINE_POSTINGS:
                 self.inline_queries += 1
                 return self._search_sync(message, weighted)
-            return await trio.to_thread.run_sync(self._search_sync, message, weighted, limiter=self._cpu)
-        return await trio.to_thread.run_sync(self._search_sync, message, limiter=self._cpu)
+        return await trio.to_thread.run_sync(self._search_sync, message, weighted, limiter=self._cpu)
+
+    def _work(self, message: Bm25Query, weighted: dict[str, int]) -> int:
+        """What a search reads: its terms' postings, and the chunks its filters let through."""
+        work = self.index.postings(weighted)
+        if message.allowed is not None:
+            work += len(message.allowed)
+        if message.collection_ids is not None:
+            work += sum(self.sizes.get(cid, 0) for cid in message.collection_ids)
+        return work
