@@ -36,6 +36,7 @@ INLINE_CHARS = 1_024
 INLINE_POSTINGS = 32_000
 INLINE_HITS = 40
 
+
 class Bm25Actor(DerivedIndexActor):
     name = "bm25"
     snapshot_errors = (SnapshotError,)
