@@ -185,7 +185,7 @@ def _rank_and_render(reads: Reads, tokenizer: Tokenizer, request: SearchRequest,
     if not terms:
         return no_words(request.query), []
     head = found[:SEARCH_PHRASE_DEPTH]
-    matcher = PhraseMatcher(request.query, tokenizer)  # here, not on the event loop: it tokenizes the query
+    matcher = PhraseMatcher(request.query, tokenizer)  # here, where the search runs: it tokenizes the query
     evidence = phrase_scores(reads, tokenizer, matcher, [h.chunk_id for h in head], [h.named for h in head])
     for hit, e in zip(head, evidence, strict=True):  # in place: the hits are this search's own
         if e:
