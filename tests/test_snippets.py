@@ -112,11 +112,15 @@ def test_more_terms_than_probes_are_still_counted(monkeypatch: pytest.MonkeyPatc
     assert s.best_hit(lines) == every_candidate_in_turn(s, lines) == (1, 4)
 
 
-def test_the_first_candidates_are_found_however_many_lines_hold_a_probe() -> None:
+@pytest.mark.parametrize("long_line", [True, False])  # a text with a long line, and one of short lines only
+def test_the_first_candidates_are_found_however_many_lines_hold_a_probe(long_line: bool) -> None:
     rng = random.Random(5)
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 5))) for _ in range(400)]
-    lines[30] = " ".join(WORDS) + " pad" * 700 + " tar"  # a long line: one window per probe
+    lines[200] = "tar archive extract list file"  # the best line, past the first MAX_CANDIDATES holding a probe
+    if long_line:
+        lines[30] = " ".join(WORDS) + " pad" * 700 + " tar"  # one window per probe
     s = Snippets(TOK.query_terms("tar archive extract list"), TOK.index_terms, TOK.query_terms("file"))
     folded = "\n".join(lines).casefold()
     assert s._matches(folded)[:MAX_CANDIDATES] == list(itertools.islice(regex_matches(s, folded), MAX_CANDIDATES))
     assert s.best_hit(lines) == every_candidate_in_turn(s, lines)
+    assert s.best_hit(lines)[0] < 200

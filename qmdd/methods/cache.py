@@ -142,7 +142,7 @@ def cached(table: Mapping[str, MethodHandler], cache: ResultCache,
                 parts.append((kind, payload))
                 await call.emit(kind, payload)
 
-            answer = await handler(params, replace(call, emit=record))
+            answer = await handler(params, replace(call, emit=record, generation=seen))
             if not _plugin_failed(answer):  # a plugin's failure may be passing (its time limit)
                 # Stored under the generation read before the work: a change meanwhile makes it unservable.
                 cache.put(key, seen, msgpack.packb([parts, answer]))

@@ -26,6 +26,9 @@ class Call:
     emit: Emit
     receive: Receive = _no_more_frames
     trace_id: str = "-"
+    generation: tuple[int, int] | None = None
+    """The index generation the answer is worked out at, where the result cache read it before the work
+    (`qmdd.methods.cache`): the steps below that key what they remember on it need not read it again."""
 
 
 MethodHandler = Callable[[dict[str, Any], Call], Awaitable[Any]]

@@ -134,7 +134,7 @@ def with_plugins(s: Services, handler: MethodHandler) -> MethodHandler:
 
     async def searching(params: dict[str, Any], call: Call) -> Any:
         nonlocal attached, plugins_seen
-        version = s.index_generation()[0]  # SQLite's data_version
+        version = (call.generation or s.index_generation())[0]  # SQLite's data_version
         if attached[0] != version:  # read again only after a commit: most searches pay a pragma, not a query
             attached = (version, _attached(s))
         named = list(dict.fromkeys(params["plugins"] or ()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection
 
 MAX_SNIPPET_CHARS = 500
@@ -42,7 +43,7 @@ def _excerpt(line: str, column: int) -> str:
 
 
 class Snippets:
-    """Snippets for one query: the probe regex is compiled once and reused for every result."""
+    """Snippets for one query: its probes worked out once and looked for in every result."""
 
     def __init__(self, terms: Collection[str], terms_of: Callable[[str], Collection[str]],
                  background: Collection[str] = ()) -> None:
@@ -51,15 +52,13 @@ class Snippets:
         # they break ties and steer toward the meaning meant, without outweighing the query.
         self._background = set(background) - self._wanted
         self._terms_of = terms_of
-        query_probes = sorted({_probe(t) for t in self._wanted})
-        extra = sorted({_probe(t) for t in self._background} - set(query_probes))
-        self._probes = (query_probes + extra)[:MAX_PROBES]  # the query's own terms first
-        # Per probe, how many query and intent terms it stands for; the terms past MAX_PROBES have none
-        # searched for, so any text may hold them.
-        self._probe_counts = {probe: (sum(_probe(t) == probe for t in self._wanted),
-                                      sum(_probe(t) == probe for t in self._background)) for probe in self._probes}
-        self._unprobed = (sum(_probe(t) not in self._probe_counts for t in self._wanted),
-                          sum(_probe(t) not in self._probe_counts for t in self._background))
+        # Per probe, how many query and intent terms it stands for.
+        in_query, in_intent = Counter(map(_probe, self._wanted)), Counter(map(_probe, self._background))
+        self._probes = (sorted(in_query) + sorted(in_intent.keys() - in_query.keys()))[:MAX_PROBES]  # query's first
+        self._probe_counts = {probe: (in_query[probe], in_intent[probe]) for probe in self._probes}
+        # The terms past MAX_PROBES have none searched for, so any text may hold them.
+        self._unprobed = (sum(n for probe, n in in_query.items() if probe not in self._probe_counts),
+                          sum(n for probe, n in in_intent.items() if probe not in self._probe_counts))
 
     def _matches(self, folded: str) -> list[tuple[int, int]]:
         """(line, column) of the first probe match on each line holding one; on a long line, of the
@@ -90,8 +89,8 @@ class Snippets:
         (intent terms counting less),
         the first on ties; (-1, 0) if none does.
 
-        Tokenizing is what a snippet costs; one regex pass over the folded chunk finds the few lines
-        that can hold a term, and only those are tokenized, those whose probes promise the most first:
+        Tokenizing is what a snippet costs; looking for the probes in the folded chunk finds the few
+        lines that can hold a term, and only those are tokenized, those whose probes promise the most first:
         a text holds no more terms than it holds their probes, so the rest are skipped once the best
         one found holds as many as they could."""
         if not self._probes:
@@ -99,10 +98,9 @@ class Snippets:
         # casefold never adds or drops a newline; it can lengthen a line (ß → ss), which only moves
         # a long line's window a little.
         folded = "\n".join(lines).casefold()
-        candidates = []
-        for order, (i, column) in enumerate(self._matches(folded)[:MAX_CANDIDATES]):
-            text = lines[i] if len(lines[i]) <= LONG_LINE_CHARS else _excerpt(lines[i], column)
-            candidates.append((-self._at_most(text.casefold()), order, i, column, text))
+        candidates = self._short_line_candidates(lines, folded)
+        if candidates is None:
+            candidates = self._candidates(lines, folded)
         candidates.sort()
         best, best_column, best_hits, best_order = -1, 0, 0.0, MAX_CANDIDATES
         for negated_bound, order, i, column, text in candidates:
@@ -113,6 +111,41 @@ class Snippets:
             if hits > best_hits or (hits == best_hits and hits and order < best_order):
                 best, best_column, best_hits, best_order = i, column, hits, order
         return best, best_column
+
+    def _candidates(self, lines: list[str], folded: str) -> list[tuple[float, int, int, int, str]]:
+        """(-bound, order, line, column, text) of each candidate `_matches` finds."""
+        candidates = []
+        for order, (i, column) in enumerate(self._matches(folded)[:MAX_CANDIDATES]):
+            text = lines[i] if len(lines[i]) <= LONG_LINE_CHARS else _excerpt(lines[i], column)
+            candidates.append((-self._at_most(text.casefold()), order, i, column, text))
+        return candidates
+
+    def _short_line_candidates(self, lines: list[str],
+                               folded: str) -> list[tuple[float, int, int, int, str]] | None:
+        """`_candidates` of a text whose lines are all short (a chunk of prose or code; None for
+        another), found line by line: the probes looked for in each line give its column and its bound
+        at once, where finding them across the text, then bounding each line found, took a fifth more
+        (a tldr hit's snippet: 25 -> 21 us)."""
+        folded_lines = folded.split("\n")  # as many as `lines`: casefolding keeps newlines
+        if max(map(len, folded_lines)) > LONG_LINE_CHARS:
+            return None
+        probes = tuple(self._probe_counts.items())
+        unprobed_query, unprobed_intent = self._unprobed
+        candidates: list[tuple[float, int, int, int, str]] = []
+        for i, line in enumerate(folded_lines):
+            query, intent, column = unprobed_query, unprobed_intent, -1
+            for probe, (in_query, in_intent) in probes:
+                at = line.find(probe)
+                if at >= 0:
+                    query += in_query
+                    intent += in_intent
+                    if column < 0 or at < column:
+                        column = at
+            if column >= 0:
+                candidates.append((-_weigh(query, intent), len(candidates), i, column, lines[i]))
+                if len(candidates) == MAX_CANDIDATES:
+                    break
+        return candidates
 
     def _at_most(self, folded: str) -> float:
         """The most `best_hit` can count for a (case-folded) text: its terms whose probes it holds."""
