@@ -88,6 +88,18 @@ def test_embed_then_vsearch_and_query_find_by_meaning(env: Env, corpus: Path) ->
     assert bad.returncode == 11 and json.loads(bad.stderr)["code"] == "QUERY_PARSE_ERROR"
 
     assert env.run("vsearch", "pasta", "-c", "nope", check=False).returncode == 13
+
+    # No reranker is set: `query` answers as with --no-rerank, and asks the embedder only for the query's
+    # vector (one message), not for reranking too. `status` asks it too: counted from two calls in a row.
+    def embedder_messages() -> int:
+        handled: int = env.json("status")["actors"]["embedder"]["handled"]
+        return handled
+    first = embedder_messages()
+    per_status = embedder_messages() - first
+    before = embedder_messages()
+    default = env.json("query", "archive a folder of photos", "-n", "3")
+    assert embedder_messages() - before == 1 + per_status
+    assert default == env.json("query", "archive a folder of photos", "-n", "3", "--no-rerank")
     status = env.json("status")
     assert status["model"]["embedded"] == status["model"]["chunks"] == len(DOCS)
     assert status["model"]["loaded"]["embedding"]["name"] == "all-minilm-l6-v2"

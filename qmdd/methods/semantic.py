@@ -26,11 +26,14 @@ def methods(s: Services) -> dict[str, MethodHandler]:
 
 
 def engines(s: Services) -> Engines:
+    def has_reranker() -> bool:
+        return s.registry.selection()["reranker"] is not None
+
     if s.config.remote_url:  # a remote model: assumed to read every script, its floor from the settings
         return Engines(s.reader, ActorRetrievers(s.actors), s.tokenizer, lambda: False,
-                       lambda: s.config.remote_cosine_floor)
+                       lambda: s.config.remote_cosine_floor, has_reranker)
     return Engines(s.reader, ActorRetrievers(s.actors), s.tokenizer, s.registry.selected_is_latin_only,
-                   s.registry.selected_cosine_floor)
+                   s.registry.selected_cosine_floor, has_reranker)
 
 
 async def vsearch(s: Services, params: dict[str, Any], call: Call) -> dict[str, Any]:

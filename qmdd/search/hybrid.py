@@ -75,6 +75,7 @@ class Engines:
     tokenizer: Tokenizer
     latin_only: Callable[[], bool] = lambda: False  # does the embedding model in use read only Latin script?
     cosine_floor: Callable[[], float] = lambda: COSINE_FLOOR  # the cosine its unrelated texts reach
+    has_reranker: Callable[[], bool] = lambda: True  # is a reranker set? Without one, `query` asks it nothing
 
 
 @dataclass
@@ -197,7 +198,9 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     rank = partial(_rank, engines.tokenizer, reads, subqueries, lists, weigh, request,
                    max(request.limit, RERANK_DEPTH if rerank else request.limit))
     blended: list[Blended[int]] = []
-    if rerank:
+    # No reranker set (the default install): its texts are not read nor the embedder asked, and ranking
+    # and rendering stay one hop; the answer is the one the reranker's absence gave (~0.3 ms sooner).
+    if rerank and engines.has_reranker():
         ranked = await trio.to_thread.run_sync(rank, limiter=cpu_limiter())
         blended = await _reranked(engines, request, subqueries, ranked)
         results, rows = await build_results(reads, engines.tokenizer, terms, _shown(ranked, blended, request),
