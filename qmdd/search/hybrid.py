@@ -170,7 +170,7 @@ async def retrieve(engines: Engines, subqueries: Sequence[SubQuery], depth: int,
     """One ranked document list per sub-query (BM25 and vectors searched concurrently), warnings for
     what could not be searched, and `then` of the lists. The keyword lists are in long before the
     query's embedding, so `then` runs with the vector search, in its worker thread: after the
-    embedding, one thread hop where searching then ranking took two (~0.3 ms of `query`); where they
+    embedding, one thread hop where searching then ranking took two (~0.2 ms of `query`); where they
     are not in by then, or the vectors fail, in a thread of its own."""
     lex = [s for s in subqueries if s.kind == "lex"]
     vec = [s for s in subqueries if s.kind == "vec"]
