@@ -336,7 +336,6 @@ def test_many_removals_trigger_compaction() -> None:
     assert ranked(index.search(["u1"])) == [(1, 1), (2000, 2000)]
 
 
-
 def test_postings_counts_what_a_search_of_the_terms_reads() -> None:
     """A term's chunks, dead ones included until compaction: the work the BM25 actor weighs before it
     chooses where a search runs. Remembered per term, and forgotten when postings change."""
@@ -349,6 +348,7 @@ def test_postings_counts_what_a_search_of_the_terms_reads() -> None:
     assert index.postings(["odd", "new"]) == 12
     index.remove(range(0, 20, 2))  # compacted: the dead postings are gone
     assert index.statistics()["dead_postings"] == 0 and index.postings(["w", "odd", "new"]) == 9 + 10 + 1
+
 
 # -- snapshots -------------------------------------------------------------------------------------
 

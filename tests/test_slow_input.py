@@ -86,7 +86,6 @@ def test_search_of_a_huge_line_answers_and_other_clients_are_served_meanwhile(en
     assert searches and not thread.is_alive()
 
 
-
 def test_small_searches_run_on_the_event_loop_and_large_ones_in_a_worker_thread(env: Env, notes: Path) -> None:
     """A search of little work runs in the BM25 actor's turn (a thread hop cost a third of it); a long
     query, or one asking for many hits, is given to a worker thread. Both answer alike."""
@@ -106,6 +105,7 @@ def test_small_searches_run_on_the_event_loop_and_large_ones_in_a_worker_thread(
     assert files[0] == "qmd://notes/alpha.md" and (most, inline_most) == (more + 1, inline_more)
     files, _, inline_last = searched("alpha project " + "x" * INLINE_CHARS, 5)
     assert files[0] == "qmd://notes/alpha.md" and inline_last == inline_more
+
 
 def _reference(pattern: str) -> re.Pattern[str]:
     """The glob as a backtracking regex: right, and fast enough for the short strings of the test."""
